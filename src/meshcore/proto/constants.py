@@ -1,0 +1,106 @@
+"""Every protocol constant of meshcore in one place, with its unit and its source.
+
+Timers are defaults: the trio layers take them from settings objects, which start from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- versions and names -------------------------------------------------------------------
+PROTOCOL_VERSION: Final = 1
+"""Carried in every control message and every handshake header; unknown versions are refused."""
+
+PROTOCOL_NAME: Final = b"meshcore/1 pqIK-hyb X25519+MLKEM768 ChaChaPoly SHA256"
+SUITES: Final = b"suites=[X25519+MLKEM768]"
+
+# --- key and field sizes (bytes) -----------------------------------------------------------
+X25519_KEY_BYTES: Final = 32
+MLKEM768_PK_BYTES: Final = 1184
+MLKEM768_SK_BYTES: Final = 2400
+MLKEM768_CT_BYTES: Final = 1088
+MLKEM768_SS_BYTES: Final = 32
+PEER_ID_BYTES: Final = 32
+AEAD_TAG_BYTES: Final = 16
+FRAME_HEADER_BYTES: Final = 16
+MAC_BYTES: Final = 16
+
+# --- size limits (bytes) -------------------------------------------------------------------
+MAX_MESSAGE_BYTES: Final = 65536
+"""Largest application message one DATA frame carries (64 KiB)."""
+
+MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + 256
+"""Largest sealed transport frame: header, inner header, padding and tag on top of a message."""
+
+MAX_HANDSHAKE_BYTES: Final = 4096
+"""Largest handshake message (CRYPTO.md §3.11)."""
+
+MAX_CONTROL_BYTES: Final = MAX_FRAME_BYTES + 256
+"""Largest relay control message: a relayed frame plus its envelope."""
+
+MAX_CANDIDATES: Final = 16
+"""Most endpoints one peer announces."""
+
+MAX_REASON_BYTES: Final = 256
+"""Longest human-readable reason (UTF-8) in a close or error message."""
+
+REKEY_FRAGMENT_BYTES: Final = 1150
+"""Rekey handshake messages travel as HANDSHAKE inner frames of at most this size (§3.8)."""
+
+# --- key lifetimes (WireGuard, CRYPTO.md §3.8) ---------------------------------------------
+REKEY_AFTER_S: Final = 120.0
+REJECT_AFTER_S: Final = 180.0
+REKEY_ATTEMPT_S: Final = 90.0
+REKEY_TIMEOUT_S: Final = 5.0
+REKEY_TIMEOUT_JITTER_S: Final = 0.334
+MAX_TIMER_HANDSHAKES: Final = 18
+KEEPALIVE_TIMEOUT_S: Final = 10.0
+ZEROIZE_AFTER_S: Final = 540.0
+REKEY_AFTER_MESSAGES: Final = 1 << 60
+REJECT_AFTER_MESSAGES: Final = (1 << 64) - (1 << 13) - 1
+OLD_KEY_RECEIVE_S: Final = REKEY_TIMEOUT_S
+"""After a rekey the previous receive key stays valid this long for frames in flight."""
+AEAD_FORGERY_LIMIT: Final = 1 << 20
+"""Authentication failures on one key before a new handshake is forced (RFC 9001 §6.6)."""
+
+# --- replay window (RFC 6479; Linux / wireguard-go) ----------------------------------------
+REPLAY_WINDOW_BITS: Final = 8192
+REPLAY_WINDOW_USABLE: Final = REPLAY_WINDOW_BITS - 64
+
+# --- handshake state (Rosenpass, this design) ----------------------------------------------
+BISCUIT_KEY_ROTATE_S: Final = 120.0
+BISCUIT_MAX_AGE_S: Final = 10.0
+HANDSHAKE_TIMEOUT_S: Final = 5.0
+RESUME_MAX_AGE_S: Final = 300.0
+
+# --- paths (Tailscale magicsock, RFC 9000 §8.2.4) ------------------------------------------
+PATH_HEARTBEAT_S: Final = 3.0
+PATH_TRUST_S: Final = 6.5
+PATH_DEAD_S: Final = 15.0
+PATH_VALIDATION_TIMEOUT_S: Final = 3.0
+PATH_CHALLENGE_RETRY_S: Final = 1.0
+DIRECT_RACE_DEADLINE_S: Final = 5.0
+DIRECT_RETRY_S: Final = 60.0
+DIRECT_REDIAL_S: Final = 0.05
+"""A refused simultaneous-open dial is retried this often until the race deadline (DESIGN §5)."""
+
+# --- session ------------------------------------------------------------------------------
+RETRANSMIT_BUFFER_FRAMES: Final = 4096
+"""Sealed, unacknowledged frames kept per session before `send` applies back-pressure."""
+RETRANSMIT_BUFFER_BYTES: Final = 32 * 1024 * 1024
+REORDER_BUFFER_FRAMES: Final = 4096
+ACK_EVERY_FRAMES: Final = 32
+ACK_DELAY_S: Final = 0.02
+
+# --- relay limits (DESIGN.md §3, CRYPTO.md §3.11) ------------------------------------------
+RELAY_HELLO_DEADLINE_S: Final = 5.0
+RELAY_MAX_PEERS: Final = 20000
+RELAY_MAX_CIRCUITS: Final = 20000
+RELAY_CONNECTIONS_PER_S_PER_IP: Final = 10.0
+RELAY_CONNECTIONS_BURST_PER_IP: Final = 20
+RELAY_PAIRINGS_PER_S: Final = 20.0
+RELAY_PAIRINGS_BURST: Final = 5
+RELAY_CIRCUIT_QUEUE_FRAMES: Final = 64
+RELAY_CIRCUIT_QUEUE_BYTES: Final = 256 * 1024
+RELAY_PING_INTERVAL_S: Final = 20.0
+RELAY_IDLE_TIMEOUT_S: Final = 60.0

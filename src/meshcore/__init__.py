@@ -15,7 +15,9 @@ from meshcore.errors import (
     NoUsablePath,
     ProtocolError,
     RelayError,
+    ReplayError,
     SessionClosed,
+    TransportClosed,
 )
 
 __version__ = "0.1.0"
@@ -29,6 +31,8 @@ __all__ = [
     "NoUsablePath",
     "ProtocolError",
     "RelayError",
+    "ReplayError",
     "SessionClosed",
+    "TransportClosed",
     "__version__",
 ]

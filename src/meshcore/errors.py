@@ -15,7 +15,9 @@ __all__ = [
     "NoUsablePath",
     "ProtocolError",
     "RelayError",
+    "ReplayError",
     "SessionClosed",
+    "TransportClosed",
 ]
 
 
@@ -36,6 +38,10 @@ class DecodeError(ProtocolError):
 
 class AuthenticationError(ProtocolError):
     """A message failed its MAC or AEAD check and was dropped."""
+
+
+class ReplayError(ProtocolError):
+    """A frame authenticated but was a duplicate or too old for the replay window; dropped."""
 
 
 class HandshakeError(MeshError):
@@ -74,3 +80,11 @@ class SessionClosed(MeshError):
 
 class NoUsablePath(MeshError):
     """No path to the peer works: neither the relay circuit nor any direct attempt."""
+
+
+class TransportClosed(MeshError):
+    """The transport (WebSocket connection or relay circuit) is closed; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

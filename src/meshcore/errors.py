@@ -51,7 +51,9 @@ class HandshakeError(MeshError):
     used as an oracle by an attacker.
     """
 
-    def __init__(self, message: str = "handshake failed: the peer could not be authenticated") -> None:
+    def __init__(
+        self, message: str = "handshake failed: the peer could not be authenticated"
+    ) -> None:
         super().__init__(message)
 
 

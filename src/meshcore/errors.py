@@ -10,7 +10,9 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DecodeError",
+    "FrameTooLarge",
     "HandshakeError",
+    "KeyExpired",
     "MeshError",
     "NoUsablePath",
     "ProtocolError",
@@ -18,6 +20,7 @@ __all__ = [
     "ReplayError",
     "SessionClosed",
     "TransportClosed",
+    "UnknownReceiverIndex",
 ]
 
 
@@ -90,3 +93,22 @@ class TransportClosed(MeshError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class KeyExpired(MeshError):
+    """A session key is past its lifetime (age, message count or forgery budget).
+
+    Nothing is sealed or accepted with it any more; start a new handshake.
+    """
+
+
+class UnknownReceiverIndex(ProtocolError):
+    """A transport frame names a receiver index that no live key of ours has; dropped."""
+
+    def __init__(self, message: str, *, receiver_index: int) -> None:
+        super().__init__(message)
+        self.receiver_index = receiver_index
+
+
+class FrameTooLarge(MeshError):
+    """A plaintext is too large to seal into one transport frame; split it first."""

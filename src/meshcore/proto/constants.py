@@ -104,3 +104,13 @@ RELAY_CIRCUIT_QUEUE_FRAMES: Final = 64
 RELAY_CIRCUIT_QUEUE_BYTES: Final = 256 * 1024
 RELAY_PING_INTERVAL_S: Final = 20.0
 RELAY_IDLE_TIMEOUT_S: Final = 60.0
+
+# --- wire codec field sizes (wire.py, inner.py; docs/wire-control.md) ----------------------
+RELAY_NONCE_BYTES: Final = 32
+"""Random nonce in the relay's authentication Challenge (CRYPTO.md §3.11)."""
+RELAY_AUTH_MAC_BYTES: Final = 32
+"""Full HMAC-SHA256 tag a peer answers the relay's Challenge with."""
+PATH_CHALLENGE_BYTES: Final = 16
+"""Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (CRYPTO.md §3.6)."""
+MAX_REKEY_FRAGMENTS: Final = -(-MAX_HANDSHAKE_BYTES // REKEY_FRAGMENT_BYTES)
+"""Most fragments one rekey handshake message is split into (4096 / 1150, rounded up)."""

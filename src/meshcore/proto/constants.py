@@ -114,3 +114,13 @@ PATH_CHALLENGE_BYTES: Final = 16
 """Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (CRYPTO.md §3.6)."""
 MAX_REKEY_FRAGMENTS: Final = -(-MAX_HANDSHAKE_BYTES // REKEY_FRAGMENT_BYTES)
 """Most fragments one rekey handshake message is split into (4096 / 1150, rounded up)."""
+
+# --- transport (meshcore._transport; measured in benchmarks/bench_transport.py) ----------
+TRANSPORT_CONNECT_TIMEOUT_S: Final = 10.0
+"""TCP connect plus WebSocket upgrade, client side."""
+TRANSPORT_HANDSHAKE_TIMEOUT_S: Final = 5.0
+"""A server drops a connection that has not finished its WebSocket upgrade by then."""
+TRANSPORT_CLOSE_TIMEOUT_S: Final = 2.0
+"""How long `aclose` waits for the remote's close frame before cutting the TCP connection."""
+TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
+"""Messages read ahead of `receive()`; when full the reader stops and TCP pushes back."""

@@ -124,3 +124,7 @@ TRANSPORT_CLOSE_TIMEOUT_S: Final = 2.0
 """How long `aclose` waits for the remote's close frame before cutting the TCP connection."""
 TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
 """Messages read ahead of `receive()`; when full the reader stops and TCP pushes back."""
+
+# --- inner frames (inner.py) --------------------------------------------------------------
+MAX_INNER_BYTES: Final = MAX_FRAME_BYTES - FRAME_HEADER_BYTES - AEAD_TAG_BYTES
+"""Largest plaintext inside a sealed transport frame (inner type, pad length, body, padding)."""

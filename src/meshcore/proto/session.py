@@ -1,0 +1,541 @@
+"""Sans-IO session state: sequence numbers, cumulative acks, the bounded retransmit buffer,
+reorder and dedup on receive, and the ack, keepalive, retransmit and dead-peer timers.
+
+The core is path-agnostic: frames from any path go into `receive_frame`, and `outbox` says
+what to transmit, either on the active path (`ACTIVE`) or on the path a frame came from
+(path validation replies). Moving to a new path is `retransmit_unacked(now)`: every
+unacknowledged message is sent again, as the same sealed bytes while its key is current,
+and the receiver's replay window and sequence numbers drop whatever arrives twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Final
+
+import attrs
+
+from meshcore.errors import (
+    AuthenticationError,
+    DecodeError,
+    MeshError,
+    ReplayError,
+    SessionClosed,
+)
+from meshcore.proto import constants as C
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.framing import KeyRing
+from meshcore.proto.inner import (
+    Ack,
+    Close,
+    Data,
+    Endpoints,
+    InnerMessage,
+    Keepalive,
+    PathChallenge,
+    PathResponse,
+    RekeyFragment,
+    decode_inner_untrusted,
+    encode_data,
+    encode_inner,
+)
+
+__all__ = [
+    "ACTIVE",
+    "EndpointsReceived",
+    "MessageReceived",
+    "PathChallengeReceived",
+    "PathResponseReceived",
+    "PeerClosed",
+    "RekeyFragmentReceived",
+    "SessionCore",
+    "SessionEvent",
+    "SessionFailed",
+    "SessionSettings",
+    "SessionState",
+    "SessionStats",
+]
+
+ACTIVE: Final = None
+"""Outbox destination meaning "whatever path is active now"."""
+
+_MAX_RTO_S: Final = 8.0
+_MIN_RTO_S: Final = 0.2
+
+
+@attrs.frozen
+class SessionSettings:
+    """Timers and bounds of one session; every default comes from `constants`."""
+
+    keepalive_s: float = C.PATH_HEARTBEAT_S
+    """Send a keepalive after this long without sending anything."""
+    dead_after_s: float | None = C.PATH_DEAD_S
+    """Fail the session after this long without an authenticated frame (None: never)."""
+    retransmit_timeout_s: float = 1.0
+    """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
+    ack_delay_s: float = C.ACK_DELAY_S
+    ack_every_frames: int = 8
+    ack_every_bytes: int = 64 * 1024
+    window_frames: int = 48
+    """Most unacknowledged messages in flight (kept below the relay's per-circuit queue)."""
+    window_bytes: int = 192 * 1024
+    reorder_frames: int = C.REORDER_BUFFER_FRAMES
+    pad_to: int = 16
+
+
+class SessionState(enum.Enum):
+    """Lifecycle of a session core."""
+
+    OPEN = "open"
+    """Messages flow both ways."""
+    CLOSED = "closed"
+    """We closed it, the peer closed it, or it failed; nothing more is sent or accepted."""
+
+
+@attrs.frozen
+class MessageReceived:
+    """An application message arrived, in order, exactly once."""
+
+    payload: bytes
+
+
+@attrs.frozen
+class PeerClosed:
+    """The peer closed the session."""
+
+    code: int
+    reason: str
+
+
+@attrs.frozen
+class SessionFailed:
+    """The session cannot go on (the peer went silent or broke the protocol)."""
+
+    reason: str
+
+
+@attrs.frozen
+class PathChallengeReceived:
+    """An authenticated PATH_CHALLENGE arrived on `path`; the core already queued the reply."""
+
+    path: Hashable
+    data: bytes
+
+
+@attrs.frozen
+class PathResponseReceived:
+    """An authenticated PATH_RESPONSE arrived on `path`."""
+
+    path: Hashable
+    data: bytes
+
+
+@attrs.frozen
+class EndpointsReceived:
+    """The peer announced its direct-path candidates."""
+
+    endpoints: tuple[Endpoint, ...]
+
+
+@attrs.frozen
+class RekeyFragmentReceived:
+    """An authenticated rekey handshake fragment, for the rekey machine."""
+
+    fragment: RekeyFragment
+
+
+SessionEvent = (
+    MessageReceived
+    | PeerClosed
+    | SessionFailed
+    | PathChallengeReceived
+    | PathResponseReceived
+    | EndpointsReceived
+    | RekeyFragmentReceived
+)
+
+
+@attrs.define
+class SessionStats:
+    """Counters of one session, for status displays and tests."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    retransmitted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rtt_s: float | None = None
+
+
+@attrs.define(slots=True)
+class _Pending:
+    seq: int
+    payload: bytes
+    frame: bytes
+    first_sent: float
+    retransmitted: bool = False
+
+
+class SessionCore:
+    """Reliable, ordered, exactly-once delivery of messages over sealed frames.
+
+    Feed it frames with `receive_frame`, application messages with `send`, and the clock with
+    `handle_timer`; take what it decided from `events()` and `outbox()`.
+    """
+
+    def __init__(
+        self,
+        keys: KeyRing,
+        now: float,
+        settings: SessionSettings | None = None,
+    ) -> None:
+        self.keys = keys
+        self.settings = settings or SessionSettings()
+        self.state = SessionState.OPEN
+        self.stats = SessionStats()
+        self.close_reason: str | None = None
+        self._next_seq = 0
+        self._pending: deque[_Pending] = deque()
+        self._pending_bytes = 0
+        self._peer_acked = 0
+        self._recv_next = 0
+        self._reorder: dict[int, bytes] = {}
+        self._ack_sent = 0
+        self._ack_owed_since: float | None = None
+        self._ack_owed_frames = 0
+        self._ack_owed_bytes = 0
+        self._last_sent = now
+        self._last_received = now
+        self._rto = self.settings.retransmit_timeout_s
+        self._retransmit_at: float | None = None
+        self._events: list[SessionEvent] = []
+        self._outbox: list[tuple[Hashable, bytes]] = []
+        self._acks_held = False
+        self.on_rekey_needed: Callable[[float], None] | None = None
+
+    # ------------------------------------------------------------------ application side
+    def can_send(self) -> bool:
+        """True while the send window has room for another message."""
+        s = self.settings
+        return (
+            self.state is SessionState.OPEN
+            and len(self._pending) < s.window_frames
+            and self._pending_bytes < s.window_bytes
+        )
+
+    @property
+    def all_acked(self) -> bool:
+        """True when the peer has acknowledged every message sent so far."""
+        return not self._pending
+
+    @property
+    def unacked(self) -> int:
+        """Messages sent but not yet acknowledged."""
+        return len(self._pending)
+
+    @property
+    def acks_held(self) -> bool:
+        """True while acknowledgements are withheld (the application is not reading)."""
+        return self._acks_held
+
+    def hold_acks(self, held: bool, now: float) -> None:
+        """Withhold acks while the application's inbox is full; release sends one at once.
+
+        This is the receiver's flow control: the peer's send window fills and its `send`
+        waits, while keepalives keep flowing so the path never looks dead.
+        """
+        self._acks_held = held
+        if not held and self._ack_owed_since is not None:
+            self._send_ack(now)
+
+    def send(self, payload: bytes, now: float) -> None:
+        """Seal `payload` as the next message and queue it for the active path.
+
+        Raises `SessionClosed` after close, and `MeshError` if the window is full (wait
+        until `can_send()`).
+        """
+        if self.state is not SessionState.OPEN:
+            raise SessionClosed(self.close_reason or "session closed")
+        if not self.can_send():
+            raise MeshError("send window full: wait until the peer acknowledges")
+        if len(payload) > C.MAX_MESSAGE_BYTES:
+            raise MeshError(
+                f"message of {len(payload)} bytes is larger than the "
+                f"{C.MAX_MESSAGE_BYTES}-byte limit: split it"
+            )
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        frame = self._seal_data(seq, payload, now)
+        self._pending.append(_Pending(seq, payload, frame, now))
+        self._pending_bytes += len(payload)
+        if self._retransmit_at is None:
+            self._retransmit_at = now + self._rto
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += len(payload)
+
+    def close(self, code: int, reason: str, now: float) -> None:
+        """Tell the peer we are closing (best effort) and stop; idempotent."""
+        if self.state is not SessionState.OPEN:
+            return
+        self._transmit(ACTIVE, self._seal(encode_inner(Close(code, reason[:200])), now), now)
+        self._finish(reason)
+
+    def seal_control(self, message: InnerMessage, now: float) -> bytes:
+        """Seal an unreliable control message (path challenge, endpoints, rekey fragment).
+
+        The caller sends the returned frame on the path of its choice.
+        """
+        if self.state is not SessionState.OPEN:
+            raise SessionClosed(self.close_reason or "session closed")
+        return self._seal(encode_inner(message, self.settings.pad_to), now)
+
+    def queue_control(self, message: InnerMessage, now: float, path: Hashable = ACTIVE) -> None:
+        """Seal an unreliable control message and queue it for `path`."""
+        self._transmit(path, self.seal_control(message, now), now)
+
+    # ------------------------------------------------------------------ network side
+    def receive_frame(self, frame: bytes, now: float, path: Hashable = ACTIVE) -> None:
+        """Authenticate, decrypt and process one frame from `path`.
+
+        Forged, tampered and replayed frames are counted and dropped without changing any
+        state; an authenticated but malformed message fails the session.
+        """
+        if self.state is not SessionState.OPEN:
+            return
+        try:
+            plaintext = self.keys.open(frame, now)
+        except ReplayError:
+            self.stats.duplicates += 1
+            return
+        except (AuthenticationError, DecodeError):
+            self.stats.rejected += 1
+            return
+        except MeshError:
+            # an expired key or the forgery budget: nothing authenticated arrived
+            self.stats.rejected += 1
+            return
+        self._last_received = now
+        self.stats.frames_received += 1
+        try:
+            message = decode_inner_untrusted(plaintext)
+        except DecodeError as exc:
+            self._fail(f"peer sent a malformed message: {exc}")
+            return
+        self._dispatch(message, now, path)
+
+    def _dispatch(self, message: InnerMessage, now: float, path: Hashable) -> None:
+        if isinstance(message, Data):
+            self._on_ack(message.ack, now)
+            if self.state is SessionState.OPEN:
+                self._on_data(message.seq, message.payload, now)
+        elif isinstance(message, Ack):
+            self._on_ack(message.ack, now)
+        elif isinstance(message, Keepalive):
+            pass
+        elif isinstance(message, PathChallenge):
+            self._transmit(path, self.seal_control(PathResponse(message.data), now), now)
+            self._events.append(PathChallengeReceived(path, message.data))
+        elif isinstance(message, PathResponse):
+            self._events.append(PathResponseReceived(path, message.data))
+        elif isinstance(message, Endpoints):
+            self._events.append(EndpointsReceived(message.endpoints))
+        elif isinstance(message, RekeyFragment):
+            self._events.append(RekeyFragmentReceived(message))
+        elif isinstance(message, Close):
+            self._events.append(PeerClosed(message.code, message.reason))
+            why = message.reason or "no reason given"
+            self._finish(f"closed by peer: {why}")
+
+    def _on_data(self, seq: int, payload: bytes, now: float) -> None:
+        if seq < self._recv_next:
+            # the sender missed our ack (e.g. across a path switch): ack again at once
+            self.stats.duplicates += 1
+            self._owe_ack(now, urgent=True)
+            return
+        if seq >= self._recv_next + self.settings.reorder_frames:
+            self.stats.duplicates += 1
+            return
+        if seq == self._recv_next:
+            self._deliver(payload)
+            nxt = self._recv_next
+            while nxt in self._reorder:
+                self._deliver(self._reorder.pop(nxt))
+                nxt = self._recv_next
+        elif seq not in self._reorder:
+            self._reorder[seq] = payload
+        else:
+            self.stats.duplicates += 1
+        self._ack_owed_bytes += len(payload)
+        self._owe_ack(now, urgent=False)
+
+    def _deliver(self, payload: bytes) -> None:
+        self._recv_next += 1
+        self.stats.messages_received += 1
+        self.stats.bytes_received += len(payload)
+        self._events.append(MessageReceived(payload))
+
+    def _owe_ack(self, now: float, *, urgent: bool) -> None:
+        self._ack_owed_frames += 1
+        if self._ack_owed_since is None:
+            self._ack_owed_since = now
+        s = self.settings
+        if (
+            urgent
+            or self._ack_owed_frames >= s.ack_every_frames
+            or self._ack_owed_bytes >= s.ack_every_bytes
+        ):
+            self._send_ack(now)
+
+    def _send_ack(self, now: float) -> None:
+        if self._acks_held:
+            return
+        self._mark_acked()
+        self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._recv_next)), now), now)
+
+    def _mark_acked(self) -> None:
+        self._ack_sent = self._recv_next
+        self._ack_owed_since = None
+        self._ack_owed_frames = 0
+        self._ack_owed_bytes = 0
+
+    def _on_ack(self, ack: int, now: float) -> None:
+        if ack <= self._peer_acked:
+            return
+        if ack > self._next_seq:
+            self._fail(f"peer acknowledged message {ack - 1}, which was never sent")
+            return
+        self._peer_acked = ack
+        pending = self._pending
+        sample: float | None = None
+        while pending and pending[0].seq < ack:
+            entry = pending.popleft()
+            self._pending_bytes -= len(entry.payload)
+            if not entry.retransmitted:
+                sample = now - entry.first_sent
+        if sample is not None:
+            rtt = self.stats.rtt_s
+            self.stats.rtt_s = sample if rtt is None else 0.875 * rtt + 0.125 * sample
+        self._rto = self.settings.retransmit_timeout_s
+        self._retransmit_at = now + self._rto if pending else None
+
+    # ------------------------------------------------------------------ paths and timers
+    def retransmit_unacked(self, now: float) -> int:
+        """Send every unacknowledged message again on the active path; returns how many.
+
+        Used when the session moves to a new path and by the retransmission timer. A frame
+        whose key is still the current send key goes out as the same sealed bytes; one
+        sealed under a replaced key is sealed again under the current key (new counter,
+        same sequence number), so no nonce is ever reused.
+        """
+        if self.state is not SessionState.OPEN:
+            return 0
+        send_key = self.keys.send_key
+        current_index = send_key.remote_index if send_key is not None else None
+        for entry in self._pending:
+            if _receiver_index(entry.frame) != current_index:
+                entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
+            entry.retransmitted = True
+            self._transmit(ACTIVE, entry.frame, now)
+            self.stats.retransmitted += 1
+        if self._pending:
+            self._retransmit_at = now + self._rto
+        return len(self._pending)
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` next needs to run (absolute time), or None."""
+        if self.state is not SessionState.OPEN:
+            return None
+        s = self.settings
+        deadlines = [self._last_sent + s.keepalive_s]
+        if s.dead_after_s is not None:
+            deadlines.append(self._last_received + s.dead_after_s)
+        if self._ack_owed_since is not None and not self._acks_held:
+            deadlines.append(self._ack_owed_since + s.ack_delay_s)
+        if self._retransmit_at is not None:
+            deadlines.append(self._retransmit_at)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Run whatever timers are due at `now`."""
+        if self.state is not SessionState.OPEN:
+            return
+        s = self.settings
+        if s.dead_after_s is not None and now >= self._last_received + s.dead_after_s:
+            self._fail(f"no authenticated frame from the peer for {s.dead_after_s:g} s")
+            return
+        if (
+            self._ack_owed_since is not None
+            and not self._acks_held
+            and now >= self._ack_owed_since + s.ack_delay_s
+        ):
+            self._send_ack(now)
+        if self._retransmit_at is not None and now >= self._retransmit_at:
+            self._rto = min(self._rto * 2, _MAX_RTO_S)
+            self.retransmit_unacked(now)
+        if now >= self._last_sent + s.keepalive_s:
+            self._transmit(ACTIVE, self._seal(encode_inner(Keepalive()), now), now)
+        if self.on_rekey_needed is not None and self.keys.needs_rekey(now):
+            self.on_rekey_needed(now)
+
+    @property
+    def last_received(self) -> float:
+        """When the last authenticated frame arrived (any path)."""
+        return self._last_received
+
+    # ------------------------------------------------------------------ results
+    def events(self) -> list[SessionEvent]:
+        """Take the events produced since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def outbox(self) -> list[tuple[Hashable, bytes]]:
+        """Take the frames to transmit: `(path, frame)`, path `ACTIVE` for the active one."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def fail(self, reason: str) -> None:
+        """Mark the session failed from outside (e.g. every path is gone)."""
+        self._fail(reason)
+
+    # ------------------------------------------------------------------ internals
+    def _seal_data(self, seq: int, payload: bytes, now: float, *, transmit: bool = True) -> bytes:
+        ack = self._ack_sent if self._acks_held else self._recv_next
+        frame = self._seal(encode_data(seq, ack, payload, self.settings.pad_to), now)
+        if self._ack_owed_since is not None and not self._acks_held:
+            self._mark_acked()
+        if transmit:
+            self._transmit(ACTIVE, frame, now)
+        return frame
+
+    def _seal(self, plaintext: bytes, now: float) -> bytes:
+        try:
+            return self.keys.seal(plaintext, now)
+        except MeshError as exc:
+            self._fail(f"cannot send: {exc}")
+            raise SessionClosed(self.close_reason or str(exc)) from exc
+
+    def _transmit(self, path: Hashable, frame: bytes, now: float) -> None:
+        self._outbox.append((path, frame))
+        self._last_sent = now
+        self.stats.frames_sent += 1
+
+    def _fail(self, reason: str) -> None:
+        if self.state is SessionState.OPEN:
+            self._events.append(SessionFailed(reason))
+            self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        self.state = SessionState.CLOSED
+        self.close_reason = reason
+        self._reorder.clear()
+
+
+def _receiver_index(frame: bytes) -> int:
+    return int.from_bytes(frame[4:8], "little")
+

@@ -1,0 +1,655 @@
+"""Transports: message-oriented connections (WebSocket over TCP via trio-websocket) and the
+shared-port TCP sockets that direct paths are dialled from.
+
+Rule for every Transport: once it is closed, for whatever reason and by whichever side,
+`send()` and `receive()` raise `TransportClosed` carrying `close_reason`. Messages that had
+arrived before the *remote* closed (or broke the protocol) are still delivered first; after
+a *local* `aclose()` nothing more is delivered.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import socket as _stdlib_socket
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, cast
+
+import trio
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+    wrap_server_stream,
+)
+
+from meshcore._nursery import open_hidden_nursery
+from meshcore.errors import ConfigError, TransportClosed
+from meshcore.proto.constants import (
+    MAX_CONTROL_BYTES,
+    TRANSPORT_CLOSE_TIMEOUT_S,
+    TRANSPORT_CONNECT_TIMEOUT_S,
+    TRANSPORT_HANDSHAKE_TIMEOUT_S,
+    TRANSPORT_RECEIVE_QUEUE_MESSAGES,
+)
+from meshcore.proto.endpoint import Endpoint
+
+__all__ = [
+    "ConnectFailed",
+    "Transport",
+    "WebSocketTransport",
+    "open_reuseport_listener",
+    "open_tcp_socket_from",
+    "open_websocket_transport",
+    "serve_websocket_transports",
+    "wrap_stream_transport",
+]
+
+logger = logging.getLogger("meshcore.transport")
+
+_WS_REASON_MAX_BYTES = 123  # RFC 6455 §5.5: control payload <= 125 bytes, 2 of them the code
+_WS_NORMAL = 1000
+_WS_UNSUPPORTED_DATA = 1003
+_WS_ABNORMAL = 1006
+_WS_INTERNAL_ERROR = 1011
+_READ_BYTES = 65536  # per TCP read; trio-websocket's 4 KiB default costs 16 reads per 64 KiB
+_WS_INNER_QUEUE = 1  # trio-websocket's own queue: ours is the one that matters
+
+
+class ConnectFailed(TransportClosed):
+    """A connection could not be opened: refused, unreachable, timed out, or upgrade refused.
+
+    The message names the target; `errno` is the OS error number when there is one (a direct
+    dialer re-dials quickly on `errno.ECONNREFUSED`, see DESIGN.md §5).
+    """
+
+    def __init__(self, reason: str, *, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.errno = errno
+
+
+class Transport(trio.abc.AsyncResource):
+    """A message-oriented, ordered, reliable connection: the carrier a Session runs over.
+
+    `send` and `receive` move whole messages. Once the transport is closed both raise
+    `TransportClosed(close_reason)` (see the module docstring for which messages are still
+    delivered). `aclose(reason)` is idempotent; the first reason given, by either side, wins.
+    """
+
+    @abc.abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Send one message; blocks while the other side is not keeping up."""
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes:
+        """Return the next message. Cancelling a receive loses nothing."""
+
+    @abc.abstractmethod
+    async def aclose(self, reason: str = "closed") -> None:
+        """Close, telling the other side `reason`; never raises for an already closed transport."""
+
+    @property
+    @abc.abstractmethod
+    def local_address(self) -> Endpoint | None:
+        """Our end of the connection, when it is an IP connection."""
+
+    @property
+    @abc.abstractmethod
+    def remote_address(self) -> Endpoint | None:
+        """The other end as we see it (for a relay: the peer's public, NAT-mapped address)."""
+
+    @property
+    @abc.abstractmethod
+    def close_reason(self) -> str | None:
+        """Why the transport closed (our own reason, or the remote's words), or None if open."""
+
+
+class WebSocketTransport(Transport):
+    """A Transport over one WebSocket connection; binary messages only.
+
+    A reader task reads the WebSocket continuously into a bounded queue, so pings are
+    answered and close frames seen even when the application is slow to call `receive()`;
+    when the queue is full the reader stops and TCP flow control pushes back on the sender.
+
+    Made by `open_websocket_transport`, `serve_websocket_transports` or
+    `wrap_stream_transport`, which own its task; do not construct it directly.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.abc.Stream,
+        *,
+        max_message: int,
+        receive_queue: int,
+        close_timeout: float,
+    ) -> None:
+        self._ws = ws
+        self._stream = stream
+        self._max_message = max_message
+        self._close_timeout = close_timeout
+        self._queue_in, self._queue_out = trio.open_memory_channel[bytes](receive_queue)
+        self._send_lock = trio.Lock()
+        self._close_reason: str | None = None
+        self._close_code: int | None = None
+        self._local_address, self._remote_address = _stream_addresses(stream)
+
+    @property
+    def local_address(self) -> Endpoint | None:
+        return self._local_address
+
+    @property
+    def remote_address(self) -> Endpoint | None:
+        return self._remote_address
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code (1000 normal, 1006 connection lost, ...), None if open."""
+        return self._close_code
+
+    @property
+    def max_message(self) -> int:
+        """The largest message this side sends or accepts, in bytes."""
+        return self._max_message
+
+    @property
+    def queued(self) -> int:
+        """Messages read from the network and not yet taken by `receive()`."""
+        return self._queue_out.statistics().current_buffer_used
+
+    async def send(self, data: bytes) -> None:
+        """Send `data` as one binary WebSocket message.
+
+        Raises TransportClosed once closed, and ValueError if `data` is larger than
+        `max_message` (the caller's bug; the transport stays open). Cancelling a send that is
+        waiting for another one is harmless; cancelling one that is writing closes the
+        transport, since a half-written message would corrupt the stream.
+        """
+        if self._close_reason is not None:
+            raise TransportClosed(self._close_reason)
+        if len(data) > self._max_message:
+            raise ValueError(
+                f"message of {len(data)} bytes is over this transport's {self._max_message}-byte "
+                "limit; split it or raise max_message on both sides"
+            )
+        async with self._send_lock:
+            try:
+                await self._ws.send_message(data)
+            except ConnectionClosed as exc:
+                self._note_closed(exc.reason)
+                raise TransportClosed(self.close_reason or "closed") from None
+            except BaseException:
+                if self._close_reason is None:
+                    self._note_closed(None, "a send was interrupted mid-message; connection cut")
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(self._stream)
+                raise
+
+    async def receive(self) -> bytes:
+        """Return the next message; raises TransportClosed once closed and drained."""
+        try:
+            return await self._queue_out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise TransportClosed(self._close_reason or "closed") from None
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """Close with a normal close frame carrying `reason` (truncated to 123 UTF-8 bytes).
+
+        Waits up to `close_timeout` for the remote's close frame, then cuts the TCP
+        connection; if cancelled, cuts it at once.
+        """
+        await self._close(_WS_NORMAL, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self._note_closed(None, reason, code)
+        self._queue_out.close()  # a local close discards what was not yet received
+        try:
+            with trio.move_on_after(self._close_timeout):
+                await self._ws.aclose(code, _truncate_reason(reason))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+    def _note_closed(self, ws_reason: CloseReason | None, text: str = "", code: int = 0) -> None:
+        """Record why the transport closed; the first reason recorded stays."""
+        if self._close_reason is None:
+            if ws_reason is not None:
+                text, code = _describe(ws_reason), ws_reason.code
+            self._close_reason, self._close_code = text, code or _WS_ABNORMAL
+
+    async def _read_continuously(self) -> None:
+        """The reader task: WebSocket -> our bounded queue, until closed."""
+        try:
+            while True:
+                message = await self._ws.get_message()
+                if isinstance(message, str):
+                    await self._refuse_text()
+                    return
+                await self._queue_in.send(message)
+        except ConnectionClosed as exc:
+            self._note_closed(exc.reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # we closed locally; aclose() does the rest
+        finally:
+            self._queue_in.close()
+
+    async def _refuse_text(self) -> None:
+        reason = "protocol error: text message received; meshcore sends only binary messages"
+        logger.info("%s: %s", self._remote_address, reason)
+        self._note_closed(None, reason, _WS_UNSUPPORTED_DATA)
+        self._queue_in.close()  # keep what already arrived for receive()
+        try:
+            with trio.move_on_after(self._close_timeout):
+                await self._ws.aclose(_WS_UNSUPPORTED_DATA, _truncate_reason(reason))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+
+def _describe(close: CloseReason) -> str:
+    """A close reason as the user should read it: the remote's own words when it gave any."""
+    if close.code == _WS_ABNORMAL:
+        return "connection lost: TCP closed without a WebSocket close"
+    if close.code == _WS_NORMAL:
+        return close.reason or "closed by the remote side"
+    return f"{close.reason or 'closed'} (WebSocket code {close.code} {close.name})"
+
+
+def _truncate_reason(reason: str) -> str:
+    return reason.encode()[:_WS_REASON_MAX_BYTES].decode("utf-8", "ignore")
+
+
+def _stream_addresses(stream: trio.abc.Stream) -> tuple[Endpoint | None, Endpoint | None]:
+    """(local, remote) of a TCP stream, or (None, None) for other streams."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        inner = getattr(stream, "transport_stream", None)
+        sock = getattr(inner, "socket", None)
+    if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        return None, None
+    try:
+        return Endpoint.from_sockaddr(sock.getsockname()), Endpoint.from_sockaddr(
+            sock.getpeername()
+        )
+    except OSError:  # already disconnected
+        return None, None
+
+
+class _ReaderNursery:
+    """Stands in for the nursery trio-websocket starts its reader task in, so that we learn
+    when the reader ends and why (a refused upgrade raises inside it)."""
+
+    def __init__(self, nursery: trio.Nursery, on_reader_exit: Callable[[], object]) -> None:
+        self._nursery = nursery
+        self._on_reader_exit = on_reader_exit
+        self.rejected: ConnectionRejected | None = None
+
+    def start_soon(self, fn: Callable[[], Awaitable[object]], *args: Any, **kw: Any) -> None:
+        self._nursery.start_soon(self._run, fn)
+
+    async def _run(self, fn: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await fn()
+        except ConnectionRejected as exc:
+            self.rejected = exc
+        finally:
+            self._on_reader_exit()
+
+
+@asynccontextmanager
+async def _websocket_on_stream(
+    stream: trio.abc.Stream,
+    *,
+    client: bool,
+    host: str,
+    resource: str,
+    what: str,
+    deadline: float,
+    max_message: int,
+    receive_queue: int,
+    close_timeout: float,
+) -> AsyncIterator[WebSocketTransport]:
+    """Run the WebSocket upgrade on `stream` (which we then own) and yield the transport.
+
+    `what` names the connection in error messages. Raises ConnectFailed if the upgrade fails
+    or misses `deadline`.
+    """
+    try:
+        async with open_hidden_nursery() as nursery:
+            handshake = trio.CancelScope(deadline=deadline)
+            reader = _ReaderNursery(nursery, handshake.cancel)
+            ws: WebSocketConnection | None = None
+            with handshake:
+                try:
+                    ws = await _upgrade(
+                        cast(trio.Nursery, reader), stream, client, host, resource, max_message
+                    )
+                except ConnectionClosed:
+                    ws = None
+            if ws is None:
+                raise _upgrade_failed(what, reader.rejected, deadline)
+            transport = WebSocketTransport(
+                ws,
+                stream,
+                max_message=max_message,
+                receive_queue=receive_queue,
+                close_timeout=close_timeout,
+            )
+            nursery.start_soon(transport._read_continuously)
+            try:
+                yield transport
+            except BaseException:
+                await transport._close(_WS_INTERNAL_ERROR, "closed after a local error")
+                raise
+            await transport.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+async def _upgrade(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    client: bool,
+    host: str,
+    resource: str,
+    max_message: int,
+) -> WebSocketConnection:
+    common: dict[str, Any] = {
+        "message_queue_size": _WS_INNER_QUEUE,
+        "max_message_size": max_message,  # over it: close code 1009 naming the limit
+        "receive_buffer_size": _READ_BYTES,
+    }
+    if client:
+        return await wrap_client_stream(nursery, stream, host, resource, **common)  # type: ignore[arg-type]
+    request = await wrap_server_stream(nursery, stream, **common)
+    return await request.accept()
+
+
+def _upgrade_failed(
+    what: str, rejected: ConnectionRejected | None, deadline: float
+) -> ConnectFailed:
+    if rejected is not None:
+        return ConnectFailed(
+            f"{what}: the server refused the WebSocket upgrade with HTTP "
+            f"{rejected.status_code}; check the URL path"
+        )
+    if trio.current_time() >= deadline:
+        return ConnectFailed(f"{what}: the WebSocket upgrade did not finish in time")
+    return ConnectFailed(f"{what}: the connection closed during the WebSocket upgrade")
+
+
+# --- client, server, and stream wrappers ---------------------------------------------------
+
+
+@asynccontextmanager
+async def open_websocket_transport(
+    url: str,
+    *,
+    local_port: int | None = None,
+    connect_timeout: float = TRANSPORT_CONNECT_TIMEOUT_S,
+    max_message: int = MAX_CONTROL_BYTES,
+    receive_queue: int = TRANSPORT_RECEIVE_QUEUE_MESSAGES,
+    close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
+) -> AsyncIterator[WebSocketTransport]:
+    """Connect to a `ws://host:port/path` URL and yield the transport; close it on exit.
+
+    With `local_port`, the TCP socket is bound to that port with SO_REUSEADDR and
+    SO_REUSEPORT before connecting, so the relay connection, the direct listener and direct
+    dials share one port and a NAT maps them alike. `connect_timeout` covers the TCP connect
+    and the WebSocket upgrade. Leaving the block closes normally (code 1000), or with code
+    1011 if the block raised; cancellation cuts the connection.
+
+    Raises ConfigError for a malformed URL and ConnectFailed (a TransportClosed) naming the
+    URL when the connection is refused, unreachable, too slow, or the upgrade is refused.
+    """
+    host, port, resource = _parse_ws_url(url)
+    deadline = trio.current_time() + connect_timeout
+    stream: trio.SocketStream | None = None
+    with trio.move_on_at(deadline):
+        stream = await _connect(url, host, port, local_port)
+    if stream is None:
+        raise ConnectFailed(f"{url}: no TCP connection within {connect_timeout} s")
+    host_header = f"[{host}]" if ":" in host else host
+    if port != 80:
+        host_header += f":{port}"
+    async with _websocket_on_stream(
+        stream,
+        client=True,
+        host=host_header,
+        resource=resource,
+        what=url,
+        deadline=deadline,
+        max_message=max_message,
+        receive_queue=receive_queue,
+        close_timeout=close_timeout,
+    ) as transport:
+        yield transport
+
+
+async def serve_websocket_transports(
+    handler: Callable[[WebSocketTransport], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    max_message: int = MAX_CONTROL_BYTES,
+    receive_queue: int = TRANSPORT_RECEIVE_QUEUE_MESSAGES,
+    handshake_timeout: float = TRANSPORT_HANDSHAKE_TIMEOUT_S,
+    close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
+    task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept WebSocket connections on `host:port` and run `handler(transport)` for each.
+
+    Use as `endpoints = await nursery.start(serve_websocket_transports, handler, host, port)`:
+    it returns once listening, with the bound endpoints (port 0 is replaced by the real one).
+    Each connection runs in its own task; when the handler returns the connection is closed
+    normally. A handler that raises only loses its own connection (closed with code 1011,
+    the error logged); `TransportClosed` from a handler is the remote leaving and is not an
+    error. Connections that do not finish the upgrade within `handshake_timeout` are dropped.
+    With `reuse_port`, the listening socket has SO_REUSEPORT (to share its port with dials).
+    Runs until cancelled. Raises ConfigError if it cannot listen.
+    """
+    try:
+        if reuse_port:
+            listeners = [await open_reuseport_listener(host, port)]
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another address "
+            "or port, or stop whatever is using it"
+        ) from None
+    endpoints = [Endpoint.from_sockaddr(listener.socket.getsockname()) for listener in listeners]
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        _, remote = _stream_addresses(stream)
+        what = f"WebSocket client {remote}"
+        try:
+            async with _websocket_on_stream(
+                stream,
+                client=False,
+                host="",
+                resource="",
+                what=what,
+                deadline=trio.current_time() + handshake_timeout,
+                max_message=max_message,
+                receive_queue=receive_queue,
+                close_timeout=close_timeout,
+            ) as transport:
+                await handler(transport)
+        except TransportClosed as exc:
+            logger.debug("%s: %s", what, exc)
+        except Exception:
+            logger.exception("%s: the connection handler failed; closed that connection", what)
+
+    try:
+        async with open_hidden_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, serve_one, listeners)
+            logger.info("serving WebSocket transports on %s", ", ".join(map(str, endpoints)))
+            task_status.started(endpoints)
+            await trio.sleep_forever()
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(listener)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def wrap_stream_transport(
+    stream: trio.abc.Stream,
+    *,
+    client: bool,
+    host: str = "meshcore",
+    resource: str = "/",
+    handshake_timeout: float = TRANSPORT_HANDSHAKE_TIMEOUT_S,
+    max_message: int = MAX_CONTROL_BYTES,
+    receive_queue: int = TRANSPORT_RECEIVE_QUEUE_MESSAGES,
+    close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
+) -> contextlib.AbstractAsyncContextManager[WebSocketTransport]:
+    """Put a WebSocketTransport on an already connected stream (e.g. a TCP simultaneous open).
+
+    Exactly one side passes `client=True`; `host` and `resource` are what it sends in the
+    upgrade request. The transport owns `stream` and closes it on exit. Raises ConnectFailed
+    if the upgrade fails or takes longer than `handshake_timeout`.
+    """
+    _, remote = _stream_addresses(stream)
+    return _websocket_on_stream(
+        stream,
+        client=client,
+        host=host,
+        resource=resource,
+        what=f"WebSocket upgrade with {remote or 'stream'}",
+        deadline=trio.current_time() + handshake_timeout,
+        max_message=max_message,
+        receive_queue=receive_queue,
+        close_timeout=close_timeout,
+    )
+
+
+def _parse_ws_url(url: str) -> tuple[str, int, str]:
+    """(host, port, resource) of a ws:// URL; raises ConfigError naming what is wrong."""
+    example = "expected ws://HOST:PORT/PATH, e.g. ws://relay.example.net:7000/"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ConfigError(f"URL {url!r} is malformed ({exc}); {example}") from None
+    if parts.scheme != "ws":
+        raise ConfigError(
+            f"URL {url!r}: scheme {parts.scheme!r} is not supported; {example} "
+            "(meshcore encrypts end to end, so wss:// adds nothing)"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"URL {url!r} has no host; {example}")
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    return parts.hostname, port, resource
+
+
+async def _connect(url: str, host: str, port: int, local_port: int | None) -> trio.SocketStream:
+    """TCP-connect to host:port (from `local_port` if given); errors name `url`."""
+    try:
+        if local_port is None:
+            return await trio.open_tcp_stream(host, port)
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        last: OSError = OSError(f"{host} has no address")
+        for *_, sockaddr in infos:
+            try:
+                return await _connect_from(local_port, Endpoint.from_sockaddr(sockaddr))
+            except OSError as exc:
+                last = exc
+        raise last
+    except OSError as exc:
+        cause = _first_os_error(exc)
+        raise ConnectFailed(
+            f"{url}: cannot connect: {cause.strerror or cause}; check the address, the port "
+            "and that the server is running",
+            errno=cause.errno,
+        ) from None
+
+
+def _first_os_error(exc: OSError) -> OSError:
+    """trio's happy eyeballs wraps the real errors (with their errno) in its __cause__."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    return cause if isinstance(cause, OSError) and exc.errno is None else exc
+
+
+# --- shared-port TCP sockets for direct paths ----------------------------------------------
+
+
+def _reuse_socket(family: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_from(local_port: int, remote: Endpoint) -> trio.SocketStream:
+    """Connect to `remote` from a socket bound to `local_port`; raises OSError."""
+    family = trio.socket.AF_INET6 if remote.family == 6 else trio.socket.AF_INET
+    sock = _reuse_socket(family)
+    try:
+        await sock.bind(("::" if remote.family == 6 else "0.0.0.0", local_port))
+        await sock.connect((remote.host, remote.port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def open_tcp_socket_from(local_port: int, remote: Endpoint) -> trio.SocketStream:
+    """Connect to `remote` from local port `local_port`, shared via SO_REUSEADDR|SO_REUSEPORT.
+
+    Several such sockets, and a listener from `open_reuseport_listener`, can use the same
+    local port at once (as long as their remote ends differ): that is what lets two peers'
+    SYNs cross their NATs (TCP simultaneous open). Raises ConnectFailed with `errno` set
+    (ECONNREFUSED is expected while the far NAT has no mapping yet: re-dial).
+    """
+    try:
+        return await _connect_from(local_port, remote)
+    except OSError as exc:
+        raise ConnectFailed(
+            f"TCP connect from local port {local_port} to {remote} failed: {exc.strerror or exc}",
+            errno=exc.errno,
+        ) from None
+
+
+async def open_reuseport_listener(
+    host: str, port: int, *, backlog: int = 128
+) -> trio.SocketListener:
+    """Listen on `host:port` with SO_REUSEADDR|SO_REUSEPORT so dials can share the port.
+
+    `port` 0 picks a free port (read it from `listener.socket.getsockname()`). Raises
+    OSError if the address cannot be bound.
+    """
+    infos = await trio.socket.getaddrinfo(
+        host or None, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    family, *_, sockaddr = infos[0]
+    sock = _reuse_socket(family)
+    try:
+        if family == trio.socket.AF_INET6:
+            sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+        await sock.bind(sockaddr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

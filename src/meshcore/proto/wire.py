@@ -216,7 +216,8 @@ class _Enum(_Kind):
     def check(self, _inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, self.enum_cls):
             raise TypeError(
-                f"{attribute.name} must be a {self.enum_cls.__name__}, not {type(value).__name__}"
+                f"{attribute.name} must be a member of {self.enum_cls.__name__}, "
+                f"not {type(value).__name__}"
             )
 
     def put(self, value: Any, out: list[bytes]) -> None:

@@ -55,6 +55,7 @@ logger = logging.getLogger("meshcore.transport")
 _WS_REASON_MAX_BYTES = 123  # RFC 6455 §5.5: control payload <= 125 bytes, 2 of them the code
 _WS_NORMAL = 1000
 _WS_UNSUPPORTED_DATA = 1003
+_WS_GOING_AWAY = 1001
 _WS_ABNORMAL = 1006
 _WS_INTERNAL_ERROR = 1011
 _READ_BYTES = 65536  # per TCP read; trio-websocket's 4 KiB default costs 16 reads per 64 KiB
@@ -135,6 +136,7 @@ class WebSocketTransport(Transport):
         self._close_timeout = close_timeout
         self._queue_in, self._queue_out = trio.open_memory_channel[bytes](receive_queue)
         self._send_lock = trio.Lock()
+        self._closing: trio.Event | None = None  # set once the close handshake is over
         self._close_reason: str | None = None
         self._close_code: int | None = None
         self._local_address, self._remote_address = _stream_addresses(stream)
@@ -176,6 +178,8 @@ class WebSocketTransport(Transport):
         """
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # bytearray or memoryview: trio-websocket takes only bytes
         if len(data) > self._max_message:
             raise ValueError(
                 f"message of {len(data)} bytes is over this transport's {self._max_message}-byte "
@@ -209,13 +213,25 @@ class WebSocketTransport(Transport):
         """
         await self._close(_WS_NORMAL, reason)
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, *, discard: bool = True) -> None:
+        """Close with `code` and `reason`, once; a second caller waits for the first.
+
+        `discard` drops what `receive()` has not taken yet (a local close); a close for a
+        protocol error keeps it.
+        """
         self._note_closed(None, reason, code)
-        self._queue_out.close()  # a local close discards what was not yet received
+        if discard:
+            self._queue_out.close()
         try:
             with trio.move_on_after(self._close_timeout):
-                await self._ws.aclose(code, _truncate_reason(reason))
+                if self._closing is not None:
+                    await self._closing.wait()
+                else:
+                    self._closing = trio.Event()
+                    await self._ws.aclose(code, _truncate_reason(reason))
         finally:
+            if self._closing is not None:
+                self._closing.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
@@ -245,14 +261,7 @@ class WebSocketTransport(Transport):
     async def _refuse_text(self) -> None:
         reason = "protocol error: text message received; meshcore sends only binary messages"
         logger.info("%s: %s", self._remote_address, reason)
-        self._note_closed(None, reason, _WS_UNSUPPORTED_DATA)
-        self._queue_in.close()  # keep what already arrived for receive()
-        try:
-            with trio.move_on_after(self._close_timeout):
-                await self._ws.aclose(_WS_UNSUPPORTED_DATA, _truncate_reason(reason))
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+        await self._close(_WS_UNSUPPORTED_DATA, reason, discard=False)
 
 
 def _describe(close: CloseReason) -> str:
@@ -293,12 +302,12 @@ class _ReaderNursery:
         self._on_reader_exit = on_reader_exit
         self.rejected: ConnectionRejected | None = None
 
-    def start_soon(self, fn: Callable[[], Awaitable[object]], *args: Any, **kw: Any) -> None:
-        self._nursery.start_soon(self._run, fn)
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any, **kw: Any) -> None:
+        self._nursery.start_soon(self._run, fn, *args)
 
-    async def _run(self, fn: Callable[[], Awaitable[object]]) -> None:
+    async def _run(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         try:
-            await fn()
+            await fn(*args)
         except ConnectionRejected as exc:
             self.rejected = exc
         finally:
@@ -347,6 +356,9 @@ async def _websocket_on_stream(
             nursery.start_soon(transport._read_continuously)
             try:
                 yield transport
+            except trio.Cancelled:
+                await transport._close(_WS_GOING_AWAY, "cancelled")
+                raise
             except BaseException:
                 await transport._close(_WS_INTERNAL_ERROR, "closed after a local error")
                 raise
@@ -463,7 +475,7 @@ async def serve_websocket_transports(
         if reuse_port:
             listeners = [await open_reuseport_listener(host, port)]
         else:
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another address "

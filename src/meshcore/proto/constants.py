@@ -128,3 +128,27 @@ TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
 # --- inner frames (inner.py) --------------------------------------------------------------
 MAX_INNER_BYTES: Final = MAX_FRAME_BYTES - FRAME_HEADER_BYTES - AEAD_TAG_BYTES
 """Largest plaintext inside a sealed transport frame (inner type, pad length, body, padding)."""
+
+# --- relay server (meshcore.proto.matchmaker, meshcore._relay; docs/relay.md) -------------
+RELAY_DEFAULT_PORT: Final = 7443
+"""`meshcore-relay` listens on 127.0.0.1:7443 unless told otherwise."""
+RELAY_MAX_PENDING_CONNECTIONS: Final = 4096
+"""Connections that have not finished HELLO/AUTH yet (each may cost one KEM encapsulation)."""
+RELAY_MAX_CIRCUITS_PER_PEER: Final = 64
+"""Open circuits one registered peer may take part in (so one peer cannot take them all)."""
+RELAY_MAX_INVITES_PER_PEER: Final = 16
+"""Pending invitations one peer may have outstanding, as target and as initiator."""
+RELAY_INVITE_TIMEOUT_S: Final = 10.0
+"""An invitation the target has not answered by then is withdrawn (the initiator hears TIMEOUT)."""
+RELAY_CONNECTION_QUEUE_BYTES: Final = 1024 * 1024
+"""Relayed bytes queued towards one connection, over all its circuits (drop-tail beyond)."""
+RELAY_TOTAL_QUEUE_BYTES: Final = 256 * 1024 * 1024
+"""Relayed bytes queued in the whole relay (drop-tail beyond): memory stays bounded."""
+RELAY_CONTROL_QUEUE_MESSAGES: Final = 256
+"""Control messages queued towards one connection; a peer that lets more pile up is closed."""
+RELAY_MAX_TRACKED_ADDRESSES: Final = 65536
+"""Source addresses (IPv4, or IPv6 /64) with a connection-rate bucket; least recent evicted."""
+RELAY_CLOSE_FLUSH_S: Final = 2.0
+"""How long a connection being closed may take to flush its last messages (e.g. the Error)."""
+RELAY_SHUTDOWN_GRACE_S: Final = 3.0
+"""On shutdown, how long the relay waits for peers to take their Close before cutting them."""

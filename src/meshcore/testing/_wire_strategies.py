@@ -298,17 +298,29 @@ def inner_messages() -> st.SearchStrategy[inner.InnerMessage]:
 _INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF)
 
 
+def _position(draw: st.DrawFn, size: int) -> int:
+    """A byte position, spread over the header, the tail and everything between (hypothesis
+    alone favours small integers, which would mostly hit the version byte)."""
+    last = max(size - 1, 0)
+    where = draw(st.sampled_from(("head", "tail", "anywhere")))
+    if where == "head":
+        return draw(st.integers(0, min(last, 16)))
+    if where == "tail":
+        return last - draw(st.integers(0, min(last, 64)))
+    return draw(st.integers(0, last))
+
+
 @st.composite
 def _mutate(draw: st.DrawFn, data: bytes) -> bytes:
     buf = bytearray(data)
     kind = draw(
         st.sampled_from(("flip", "truncate", "extend", "length", "insert", "delete", "byte"))
     )
-    pos = draw(st.integers(0, max(len(buf) - 1, 0)))
+    pos = _position(draw, len(buf))
     if kind == "flip" and buf:
         buf[pos] ^= 1 << draw(st.integers(0, 7))
     elif kind == "truncate":
-        del buf[draw(st.integers(0, max(len(buf) - 1, 0))) :]
+        del buf[pos:]
     elif kind == "extend":
         buf += draw(st.binary(min_size=1, max_size=64))
     elif kind == "length":

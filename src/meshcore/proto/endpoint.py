@@ -72,6 +72,11 @@ class Endpoint:
 
     host: str = attrs.field(converter=_canonical_host)
     port: int = attrs.field(validator=_check_port)
+    # The packed address, derived from `host` once: encoding is then a concatenation.
+    _packed: bytes = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_packed", ipaddress.ip_address(self.host).packed)
 
     @property
     def family(self) -> int:
@@ -90,7 +95,8 @@ class Endpoint:
 
     def encode(self) -> bytes:
         """Return the canonical binary form (see the module docstring)."""
-        return bytes((self.family,)) + self.ip.packed + _PORT.pack(self.port)
+        family = _FAMILY_V6 if len(self._packed) == 16 else _FAMILY_V4
+        return b"".join((bytes((family,)), self._packed, _PORT.pack(self.port)))
 
     @property
     def encoded_size(self) -> int:
@@ -180,4 +186,14 @@ def decode_endpoint_untrusted(
         ip = ipaddress.IPv6Address(packed)
         if ip.ipv4_mapped is not None:
             raise DecodeError("non-canonical endpoint: IPv4-mapped IPv6 address (use family 4)")
-    return Endpoint(str(ip), port), addr_end + 2
+    # Every field is checked and str(ip) is canonical: skip the constructor's second parse,
+    # which would double the cost of a Hello with 16 IPv6 candidates.
+    ep: Endpoint = _new(Endpoint)
+    _set(ep, "host", str(ip))
+    _set(ep, "port", port)
+    _set(ep, "_packed", packed)
+    return ep, addr_end + 2
+
+
+_new: Final = object.__new__
+_set: Final = object.__setattr__

@@ -3,8 +3,8 @@ shared-port TCP sockets that direct paths are dialled from.
 
 Rule for every Transport: once it is closed, for whatever reason and by whichever side,
 `send()` and `receive()` raise `TransportClosed` carrying `close_reason`. Messages that had
-arrived before the *remote* closed (or broke the protocol) are still delivered first; after
-a *local* `aclose()` nothing more is delivered.
+arrived before a *remote* close are still delivered first; after a local `aclose()`, or once
+the remote broke the protocol, nothing more is delivered.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ logger = logging.getLogger("meshcore.transport")
 
 _WS_REASON_MAX_BYTES = 123  # RFC 6455 §5.5: control payload <= 125 bytes, 2 of them the code
 _WS_NORMAL = 1000
-_WS_UNSUPPORTED_DATA = 1003
 _WS_GOING_AWAY = 1001
+_WS_UNSUPPORTED_DATA = 1003
 _WS_ABNORMAL = 1006
 _WS_INTERNAL_ERROR = 1011
 _READ_BYTES = 65536  # per TCP read; trio-websocket's 4 KiB default costs 16 reads per 64 KiB
-_WS_INNER_QUEUE = 1  # trio-websocket's own queue: ours is the one that matters
+_TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
 
 
 class ConnectFailed(TransportClosed):
@@ -113,12 +113,14 @@ class Transport(trio.abc.AsyncResource):
 class WebSocketTransport(Transport):
     """A Transport over one WebSocket connection; binary messages only.
 
-    A reader task reads the WebSocket continuously into a bounded queue, so pings are
-    answered and close frames seen even when the application is slow to call `receive()`;
-    when the queue is full the reader stops and TCP flow control pushes back on the sender.
+    trio-websocket's reader task reads the WebSocket continuously into a queue of
+    `receive_queue` messages, so pings are answered and close frames seen while the
+    application is slow to call `receive()`; when the queue is full the reader stops and TCP
+    flow control pushes back on the sender. (Its default queue of one message is what makes
+    a plain trio-websocket connection stop answering pings; docs/transport.md.)
 
     Made by `open_websocket_transport`, `serve_websocket_transports` or
-    `wrap_stream_transport`, which own its task; do not construct it directly.
+    `wrap_stream_transport`, which own the reader task; do not construct it directly.
     """
 
     def __init__(
@@ -127,15 +129,14 @@ class WebSocketTransport(Transport):
         stream: trio.abc.Stream,
         *,
         max_message: int,
-        receive_queue: int,
         close_timeout: float,
     ) -> None:
         self._ws = ws
         self._stream = stream
         self._max_message = max_message
         self._close_timeout = close_timeout
-        self._queue_in, self._queue_out = trio.open_memory_channel[bytes](receive_queue)
         self._send_lock = trio.Lock()
+        self._closed_here = False  # we closed: nothing more is delivered
         self._closing: trio.Event | None = None  # set once the close handshake is over
         self._close_reason: str | None = None
         self._close_code: int | None = None
@@ -163,11 +164,6 @@ class WebSocketTransport(Transport):
         """The largest message this side sends or accepts, in bytes."""
         return self._max_message
 
-    @property
-    def queued(self) -> int:
-        """Messages read from the network and not yet taken by `receive()`."""
-        return self._queue_out.statistics().current_buffer_used
-
     async def send(self, data: bytes) -> None:
         """Send `data` as one binary WebSocket message.
 
@@ -190,38 +186,42 @@ class WebSocketTransport(Transport):
                 await self._ws.send_message(data)
             except ConnectionClosed as exc:
                 self._note_closed(exc.reason)
-                raise TransportClosed(self.close_reason or "closed") from None
+                raise TransportClosed(self._close_reason or "closed") from None
             except BaseException:
                 if self._close_reason is None:
                     self._note_closed(None, "a send was interrupted mid-message; connection cut")
+                    self._closed_here = True
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(self._stream)
                 raise
 
     async def receive(self) -> bytes:
-        """Return the next message; raises TransportClosed once closed and drained."""
-        try:
-            return await self._queue_out.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise TransportClosed(self._close_reason or "closed") from None
+        """Return the next message; raises TransportClosed once closed (and, after a remote
+        close, once the messages that arrived before it are taken). Cancel-safe."""
+        if not self._closed_here:
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                self._note_closed(exc.reason)
+            else:
+                if isinstance(message, bytes) and not self._closed_here:
+                    return message
+                if isinstance(message, str):
+                    await self._close(_WS_UNSUPPORTED_DATA, _TEXT_REFUSED)
+        raise TransportClosed(self._close_reason or "closed")
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close with a normal close frame carrying `reason` (truncated to 123 UTF-8 bytes).
 
         Waits up to `close_timeout` for the remote's close frame, then cuts the TCP
-        connection; if cancelled, cuts it at once.
+        connection; if cancelled, cuts it at once. Messages not yet received are dropped.
         """
         await self._close(_WS_NORMAL, reason)
 
-    async def _close(self, code: int, reason: str, *, discard: bool = True) -> None:
-        """Close with `code` and `reason`, once; a second caller waits for the first.
-
-        `discard` drops what `receive()` has not taken yet (a local close); a close for a
-        protocol error keeps it.
-        """
+    async def _close(self, code: int, reason: str) -> None:
+        """Close with `code` and `reason`, once; a second caller waits for the first."""
         self._note_closed(None, reason, code)
-        if discard:
-            self._queue_out.close()
+        self._closed_here = True
         try:
             with trio.move_on_after(self._close_timeout):
                 if self._closing is not None:
@@ -235,33 +235,16 @@ class WebSocketTransport(Transport):
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
-    def _note_closed(self, ws_reason: CloseReason | None, text: str = "", code: int = 0) -> None:
+    def _note_closed(
+        self, ws_reason: CloseReason | None, text: str = "connection closed", code: int = 0
+    ) -> None:
         """Record why the transport closed; the first reason recorded stays."""
         if self._close_reason is None:
             if ws_reason is not None:
                 text, code = _describe(ws_reason), ws_reason.code
+            elif code == _WS_UNSUPPORTED_DATA:
+                logger.info("%s: %s", self._remote_address, text)
             self._close_reason, self._close_code = text, code or _WS_ABNORMAL
-
-    async def _read_continuously(self) -> None:
-        """The reader task: WebSocket -> our bounded queue, until closed."""
-        try:
-            while True:
-                message = await self._ws.get_message()
-                if isinstance(message, str):
-                    await self._refuse_text()
-                    return
-                await self._queue_in.send(message)
-        except ConnectionClosed as exc:
-            self._note_closed(exc.reason)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # we closed locally; aclose() does the rest
-        finally:
-            self._queue_in.close()
-
-    async def _refuse_text(self) -> None:
-        reason = "protocol error: text message received; meshcore sends only binary messages"
-        logger.info("%s: %s", self._remote_address, reason)
-        await self._close(_WS_UNSUPPORTED_DATA, reason, discard=False)
 
 
 def _describe(close: CloseReason) -> str:
@@ -340,20 +323,21 @@ async def _websocket_on_stream(
             with handshake:
                 try:
                     ws = await _upgrade(
-                        cast(trio.Nursery, reader), stream, client, host, resource, max_message
+                        cast(trio.Nursery, reader),
+                        stream,
+                        client,
+                        host,
+                        resource,
+                        max_message,
+                        receive_queue,
                     )
                 except ConnectionClosed:
                     ws = None
             if ws is None:
                 raise _upgrade_failed(what, reader.rejected, deadline)
             transport = WebSocketTransport(
-                ws,
-                stream,
-                max_message=max_message,
-                receive_queue=receive_queue,
-                close_timeout=close_timeout,
+                ws, stream, max_message=max_message, close_timeout=close_timeout
             )
-            nursery.start_soon(transport._read_continuously)
             try:
                 yield transport
             except trio.Cancelled:
@@ -375,9 +359,10 @@ async def _upgrade(
     host: str,
     resource: str,
     max_message: int,
+    receive_queue: int,
 ) -> WebSocketConnection:
     common: dict[str, Any] = {
-        "message_queue_size": _WS_INNER_QUEUE,
+        "message_queue_size": receive_queue,
         "max_message_size": max_message,  # over it: close code 1009 naming the limit
         "receive_buffer_size": _READ_BYTES,
     }

@@ -1,0 +1,196 @@
+"""WebSocketTransport vs raw trio-websocket on loopback: messages/s at 1400 B, MiB/s at 64 KiB.
+
+The receiving side runs in a second process (as a relay or peer would), so each side has its
+own core and its own event loop. For each variant the client sends N messages one way and
+stops the clock when the receiver confirms it has them all; the best of `--repeat` runs is
+kept. Variants: trio-websocket with its defaults (4 KiB reads), trio-websocket with the 64 KiB
+reads meshcore uses, and meshcore's WebSocketTransport (read-ahead task and bounded queue).
+Writes benchmarks/results/transport.json.
+
+    .venv/bin/python benchmarks/bench_transport.py [--quick] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from meshcore._transport import (
+    WebSocketTransport,
+    open_websocket_transport,
+    serve_websocket_transports,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "transport.json"
+MAX_MESSAGE = 1 << 20
+COUNT = struct.Struct(">Q")
+READY, DONE = b"ready", b"done"
+
+# --- receiving side (second process) -------------------------------------------------------
+
+
+async def _raw_sink(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            (n,) = COUNT.unpack(await ws.get_message())
+            await ws.send_message(READY)
+            for _ in range(n):
+                await ws.get_message()
+            await ws.send_message(DONE)
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+async def _transport_sink(transport: WebSocketTransport) -> None:
+    while True:
+        (n,) = COUNT.unpack(await transport.receive())
+        await transport.send(READY)
+        for _ in range(n):
+            await transport.receive()
+        await transport.send(DONE)
+
+
+async def serve() -> None:
+    """Serve the three sinks on free loopback ports; print the ports as one JSON line."""
+    async with trio.open_nursery() as nursery:
+        ports: dict[str, int] = {}
+        for name, read_size in (("raw-4k", 4096), ("raw-64k", 65536)):
+            server = await nursery.start(
+                lambda task_status, r=read_size: trio_websocket.serve_websocket(
+                    _raw_sink,
+                    "127.0.0.1",
+                    0,
+                    None,
+                    max_message_size=MAX_MESSAGE,
+                    receive_buffer_size=r,
+                    task_status=task_status,
+                )
+            )
+            ports[name] = server.port
+        endpoints = await nursery.start(
+            lambda task_status: serve_websocket_transports(
+                _transport_sink, "127.0.0.1", 0, max_message=MAX_MESSAGE, task_status=task_status
+            )
+        )
+        ports["meshcore"] = endpoints[0].port
+        print(json.dumps(ports), flush=True)
+
+
+# --- sending side ----------------------------------------------------------------------------
+
+Send = Callable[[bytes], Awaitable[None]]
+Receive = Callable[[], Awaitable[Any]]
+
+
+async def _timed(send: Send, receive: Receive, size: int, n: int) -> float:
+    """Seconds to push `n` messages of `size` bytes and hear that all arrived."""
+    payload = bytes(size)
+    await send(COUNT.pack(n))
+    assert await receive() == READY
+    start = time.perf_counter()
+    for _ in range(n):
+        await send(payload)
+    assert await receive() == DONE
+    return time.perf_counter() - start
+
+
+async def _measure(variant: str, port: int, size: int, n: int, repeat: int) -> float:
+    url = f"ws://127.0.0.1:{port}/"
+    best = float("inf")
+    if variant == "meshcore":
+        async with open_websocket_transport(url, max_message=MAX_MESSAGE) as transport:
+            await _timed(transport.send, transport.receive, size, max(n // 10, 1))  # warm-up
+            for _ in range(repeat):
+                best = min(best, await _timed(transport.send, transport.receive, size, n))
+    else:
+        read_size = 4096 if variant == "raw-4k" else 65536
+        async with trio_websocket.open_websocket_url(
+            url, max_message_size=MAX_MESSAGE, receive_buffer_size=read_size
+        ) as ws:
+            await _timed(ws.send_message, ws.get_message, size, max(n // 10, 1))
+            for _ in range(repeat):
+                best = min(best, await _timed(ws.send_message, ws.get_message, size, n))
+    return best
+
+
+async def run(ports: dict[str, int], quick: bool, repeat: int) -> list[dict[str, Any]]:
+    cases = [(1400, 5000 if quick else 40000), (65536, 300 if quick else 3000)]
+    rows = []
+    for size, n in cases:
+        for variant in ("raw-4k", "raw-64k", "meshcore"):
+            seconds = await _measure(variant, ports[variant], size, n, repeat)
+            rows.append(
+                {
+                    "variant": variant,
+                    "message_bytes": size,
+                    "messages": n,
+                    "seconds": round(seconds, 4),
+                    "messages_per_s": round(n / seconds),
+                    "mib_per_s": round(n * size / seconds / 2**20, 1),
+                }
+            )
+            print(
+                f"{variant:>9} {size:>6} B x {n:>6}: {n / seconds:>9,.0f} msg/s "
+                f"{n * size / seconds / 2**20:>8.1f} MiB/s",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per case; best kept")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        trio.run(serve)
+        return 0
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        ports = json.loads(server.stdout.readline())
+        rows = trio.run(run, ports, args.quick, args.repeat)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print()
+    print("| variant | message | msg/s | MiB/s |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['variant']} | {row['message_bytes']} B | {row['messages_per_s']:,} "
+            f"| {row['mib_per_s']} |"
+        )
+    result = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+        "trio_websocket": trio_websocket.__version__,
+        "setup": "loopback TCP, receiver in a second process, one-way, best of --repeat",
+        "repeat": args.repeat,
+        "quick": args.quick,
+        "rows": rows,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,10 +5,13 @@ Shared by meshcore's own property tests and by anyone testing code built on `mes
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Final
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import strategies as st
 
+from meshcore.proto import framing
 from meshcore.proto.constants import (
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_S,
@@ -17,6 +20,7 @@ from meshcore.proto.constants import (
 )
 
 __all__ = [
+    "NonceLedger",
     "ReferenceReplayWindow",
     "bit_flips",
     "counter_sequences",
@@ -138,3 +142,57 @@ def key_event_schedules(max_size: int = 40) -> st.SearchStrategy[list[tuple[str,
     )
     events = st.sampled_from(["seal", "seal", "open", "open", "install", "idle"])
     return st.lists(st.tuples(events, gaps, st.integers(0, 7)), max_size=max_size)
+
+
+_AEAD_NAME: Final = "ChaCha20Poly1305"
+
+
+class _RecordingAead:
+    """A ChaCha20Poly1305 that tells a NonceLedger every (key, nonce) it encrypts with."""
+
+    def __init__(self, ledger: NonceLedger, key: bytes) -> None:
+        self._aead = ChaCha20Poly1305(key)
+        self._key = bytes(key)
+        self._ledger = ledger
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        self._ledger.record(self._key, bytes(nonce))
+        return self._aead.encrypt(nonce, data, associated_data)
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+        return self._aead.decrypt(nonce, data, associated_data)
+
+
+class NonceLedger:
+    """Records every (key, nonce) pair transport frames are sealed with (CRYPTO.md row 9).
+
+    Use as a context manager: keys created inside it (SendKey, ResumedKeys, handshake
+    results turned into SendKeys) report each seal; `repeats` lists any pair used twice.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[bytes, bytes]] = set()
+        self.repeats: list[tuple[bytes, bytes]] = []
+        self.count = 0
+        self._saved: object = None
+
+    def record(self, key: bytes, nonce: bytes) -> None:
+        self.count += 1
+        pair = (key, nonce)
+        if pair in self.seen:
+            self.repeats.append(pair)
+        self.seen.add(pair)
+
+    def __enter__(self) -> NonceLedger:
+        # framing looks the AEAD class up at key creation, so swapping the name is enough.
+        self._saved = getattr(framing, _AEAD_NAME)
+        setattr(framing, _AEAD_NAME, lambda key: _RecordingAead(self, bytes(key)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        setattr(framing, _AEAD_NAME, self._saved)

@@ -104,11 +104,9 @@ class Data:
     (`ack` = the next sequence number the sender expects to receive)."""
 
     TYPE: ClassVar = InnerType.DATA
-    seq: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    ack: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    payload: bytes = attrs.field(
-        validator=_MESSAGE.check, metadata=_MESSAGE.meta, repr=_MESSAGE.repr
-    )
+    seq: int = attrs.field(**_U64_KIND.spec)
+    ack: int = attrs.field(**_U64_KIND.spec)
+    payload: bytes = attrs.field(**_MESSAGE.spec)
 
 
 @attrs.frozen
@@ -123,7 +121,7 @@ class Ack:
     """A cumulative ack on its own: the next sequence number the sender expects."""
 
     TYPE: ClassVar = InnerType.ACK
-    ack: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
+    ack: int = attrs.field(**_U64_KIND.spec)
 
 
 @attrs.frozen
@@ -131,9 +129,7 @@ class PathChallenge:
     """Validate a new path: the answer is a PathResponse with the same data on that path."""
 
     TYPE: ClassVar = InnerType.PATH_CHALLENGE
-    data: bytes = attrs.field(
-        validator=_PATH_DATA.check, metadata=_PATH_DATA.meta, repr=_PATH_DATA.repr
-    )
+    data: bytes = attrs.field(**_PATH_DATA.spec)
 
 
 @attrs.frozen
@@ -141,9 +137,7 @@ class PathResponse:
     """The answer to a PathChallenge, echoing its data."""
 
     TYPE: ClassVar = InnerType.PATH_RESPONSE
-    data: bytes = attrs.field(
-        validator=_PATH_DATA.check, metadata=_PATH_DATA.meta, repr=_PATH_DATA.repr
-    )
+    data: bytes = attrs.field(**_PATH_DATA.spec)
 
 
 @attrs.frozen
@@ -151,9 +145,7 @@ class Endpoints:
     """The sender's direct-connection candidates, hidden from the relay."""
 
     TYPE: ClassVar = InnerType.ENDPOINTS
-    endpoints: tuple[Endpoint, ...] = attrs.field(
-        validator=_ENDPOINTS.check, metadata=_ENDPOINTS.meta
-    )
+    endpoints: tuple[Endpoint, ...] = attrs.field(**_ENDPOINTS.spec)
 
 
 def _check_fragment(inst: RekeyFragment, _attr: object, count: int) -> None:
@@ -168,10 +160,10 @@ class RekeyFragment:
     """One piece of a rekey handshake message travelling inside the current session (§3.8)."""
 
     TYPE: ClassVar = InnerType.REKEY_FRAGMENT
-    handshake_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
-    index: int = attrs.field(validator=_U8_KIND.check, metadata=_U8_KIND.meta)
+    handshake_id: int = attrs.field(**_U32_KIND.spec)
+    index: int = attrs.field(**_U8_KIND.spec)
     count: int = attrs.field(validator=[_U8_KIND.check, _check_fragment], metadata=_U8_KIND.meta)
-    chunk: bytes = attrs.field(validator=_CHUNK.check, metadata=_CHUNK.meta, repr=_CHUNK.repr)
+    chunk: bytes = attrs.field(**_CHUNK.spec)
 
 
 @attrs.frozen
@@ -179,8 +171,8 @@ class Close:
     """The session ends; `code` is application-defined (u16), `reason` is for humans."""
 
     TYPE: ClassVar = InnerType.CLOSE
-    code: int = attrs.field(validator=_U16_KIND.check, metadata=_U16_KIND.meta)
-    reason: str = attrs.field(validator=_REASON.check, metadata=_REASON.meta)
+    code: int = attrs.field(**_U16_KIND.spec)
+    reason: str = attrs.field(**_REASON.spec)
 
 
 InnerMessage = (

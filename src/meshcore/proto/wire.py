@@ -179,6 +179,11 @@ class _Kind:
     def meta(self) -> dict[str, _Kind]:
         return {_WIRE: self}
 
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Keyword arguments for `attrs.field`: this kind's validator, codec and repr."""
+        return {"validator": self.check, "metadata": self.meta, "repr": self.repr}
+
 
 def _need(mv: memoryview, off: int, size: int, what: str) -> int:
     """Return off + size, or raise DecodeError if that runs past the end of `mv`."""
@@ -374,8 +379,8 @@ _FRAME: Final = _Payload(MAX_FRAME_BYTES)
 
 
 # --- messages ---------------------------------------------------------------------------------
-# Fields are written as attrs.field(...) calls (not a helper) so that mypy's attrs plugin sees
-# them; validator, metadata and repr all come from the field's kind.
+# Each field is `attrs.field(**KIND.spec)`: the kind gives its validator, its codec (metadata)
+# and its repr. (A call of attrs.field itself, not a helper, so that mypy's attrs plugin sees it.)
 
 
 @attrs.frozen
@@ -383,15 +388,9 @@ class Hello:
     """peer -> relay: first message; the peer's public keys and its direct-connection candidates."""
 
     TYPE: ClassVar = ControlType.HELLO
-    x25519_public: bytes = attrs.field(
-        validator=_X25519.check, metadata=_X25519.meta, repr=_X25519.repr
-    )
-    kem_public: bytes = attrs.field(
-        validator=_KEM_PK.check, metadata=_KEM_PK.meta, repr=_KEM_PK.repr
-    )
-    candidates: tuple[Endpoint, ...] = attrs.field(
-        validator=_CANDIDATES.check, metadata=_CANDIDATES.meta
-    )
+    x25519_public: bytes = attrs.field(**_X25519.spec)
+    kem_public: bytes = attrs.field(**_KEM_PK.spec)
+    candidates: tuple[Endpoint, ...] = attrs.field(**_CANDIDATES.spec)
 
 
 @attrs.frozen
@@ -399,13 +398,9 @@ class Challenge:
     """relay -> peer: prove you hold the keys of Hello (a KEM encapsulation to them + nonce)."""
 
     TYPE: ClassVar = ControlType.CHALLENGE
-    nonce: bytes = attrs.field(validator=_NONCE.check, metadata=_NONCE.meta, repr=_NONCE.repr)
-    ephemeral_x25519: bytes = attrs.field(
-        validator=_X25519.check, metadata=_X25519.meta, repr=_X25519.repr
-    )
-    kem_ciphertext: bytes = attrs.field(
-        validator=_KEM_CT.check, metadata=_KEM_CT.meta, repr=_KEM_CT.repr
-    )
+    nonce: bytes = attrs.field(**_NONCE.spec)
+    ephemeral_x25519: bytes = attrs.field(**_X25519.spec)
+    kem_ciphertext: bytes = attrs.field(**_KEM_CT.spec)
 
 
 @attrs.frozen
@@ -413,7 +408,7 @@ class Auth:
     """peer -> relay: the MAC answering the Challenge."""
 
     TYPE: ClassVar = ControlType.AUTH
-    mac: bytes = attrs.field(validator=_MAC.check, metadata=_MAC.meta, repr=_MAC.repr)
+    mac: bytes = attrs.field(**_MAC.spec)
 
 
 @attrs.frozen
@@ -421,10 +416,8 @@ class Registered:
     """relay -> peer: authenticated; your peer id and the address the relay sees you at."""
 
     TYPE: ClassVar = ControlType.REGISTERED
-    peer_id: bytes = attrs.field(
-        validator=_PEER_ID.check, metadata=_PEER_ID.meta, repr=_PEER_ID.repr
-    )
-    observed: Endpoint = attrs.field(validator=_ENDPOINT.check, metadata=_ENDPOINT.meta)
+    peer_id: bytes = attrs.field(**_PEER_ID.spec)
+    observed: Endpoint = attrs.field(**_ENDPOINT.spec)
 
 
 @attrs.frozen
@@ -432,10 +425,8 @@ class Connect:
     """A -> relay: please pair me with `target` (a peer id)."""
 
     TYPE: ClassVar = ControlType.CONNECT
-    request_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
-    target: bytes = attrs.field(
-        validator=_PEER_ID.check, metadata=_PEER_ID.meta, repr=_PEER_ID.repr
-    )
+    request_id: int = attrs.field(**_U32_KIND.spec)
+    target: bytes = attrs.field(**_PEER_ID.spec)
 
 
 @attrs.frozen
@@ -443,20 +434,12 @@ class Invite:
     """relay -> B: `initiator` wants to pair; its keys, observed address and candidates."""
 
     TYPE: ClassVar = ControlType.INVITE
-    request_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
-    initiator: bytes = attrs.field(
-        validator=_PEER_ID.check, metadata=_PEER_ID.meta, repr=_PEER_ID.repr
-    )
-    x25519_public: bytes = attrs.field(
-        validator=_X25519.check, metadata=_X25519.meta, repr=_X25519.repr
-    )
-    kem_public: bytes = attrs.field(
-        validator=_KEM_PK.check, metadata=_KEM_PK.meta, repr=_KEM_PK.repr
-    )
-    observed: Endpoint = attrs.field(validator=_ENDPOINT.check, metadata=_ENDPOINT.meta)
-    candidates: tuple[Endpoint, ...] = attrs.field(
-        validator=_CANDIDATES.check, metadata=_CANDIDATES.meta
-    )
+    request_id: int = attrs.field(**_U32_KIND.spec)
+    initiator: bytes = attrs.field(**_PEER_ID.spec)
+    x25519_public: bytes = attrs.field(**_X25519.spec)
+    kem_public: bytes = attrs.field(**_KEM_PK.spec)
+    observed: Endpoint = attrs.field(**_ENDPOINT.spec)
+    candidates: tuple[Endpoint, ...] = attrs.field(**_CANDIDATES.spec)
 
 
 @attrs.frozen
@@ -464,7 +447,7 @@ class Accept:
     """B -> relay: yes to the Invite with this request id."""
 
     TYPE: ClassVar = ControlType.ACCEPT
-    request_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
+    request_id: int = attrs.field(**_U32_KIND.spec)
 
 
 @attrs.frozen
@@ -472,9 +455,9 @@ class Reject:
     """B -> relay (no to an Invite) and relay -> A (the Connect failed), with a reason."""
 
     TYPE: ClassVar = ControlType.REJECT
-    request_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
-    code: ErrorCode = attrs.field(validator=_CODE.check, metadata=_CODE.meta)
-    reason: str = attrs.field(validator=_REASON.check, metadata=_REASON.meta)
+    request_id: int = attrs.field(**_U32_KIND.spec)
+    code: ErrorCode = attrs.field(**_CODE.spec)
+    reason: str = attrs.field(**_REASON.spec)
 
 
 @attrs.frozen
@@ -482,22 +465,14 @@ class Paired:
     """relay -> both: the pairing stands; the other peer's keys and addresses, and a circuit."""
 
     TYPE: ClassVar = ControlType.PAIRED
-    request_id: int = attrs.field(validator=_U32_KIND.check, metadata=_U32_KIND.meta)
-    circuit_id: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    role: Role = attrs.field(validator=_ROLE.check, metadata=_ROLE.meta)
-    peer_id: bytes = attrs.field(
-        validator=_PEER_ID.check, metadata=_PEER_ID.meta, repr=_PEER_ID.repr
-    )
-    x25519_public: bytes = attrs.field(
-        validator=_X25519.check, metadata=_X25519.meta, repr=_X25519.repr
-    )
-    kem_public: bytes = attrs.field(
-        validator=_KEM_PK.check, metadata=_KEM_PK.meta, repr=_KEM_PK.repr
-    )
-    observed: Endpoint = attrs.field(validator=_ENDPOINT.check, metadata=_ENDPOINT.meta)
-    candidates: tuple[Endpoint, ...] = attrs.field(
-        validator=_CANDIDATES.check, metadata=_CANDIDATES.meta
-    )
+    request_id: int = attrs.field(**_U32_KIND.spec)
+    circuit_id: int = attrs.field(**_U64_KIND.spec)
+    role: Role = attrs.field(**_ROLE.spec)
+    peer_id: bytes = attrs.field(**_PEER_ID.spec)
+    x25519_public: bytes = attrs.field(**_X25519.spec)
+    kem_public: bytes = attrs.field(**_KEM_PK.spec)
+    observed: Endpoint = attrs.field(**_ENDPOINT.spec)
+    candidates: tuple[Endpoint, ...] = attrs.field(**_CANDIDATES.spec)
 
 
 @attrs.frozen
@@ -506,10 +481,8 @@ class CircuitOpen:
     relay -> peer: the circuit is open."""
 
     TYPE: ClassVar = ControlType.CIRCUIT_OPEN
-    circuit_id: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    peer_id: bytes = attrs.field(
-        validator=_PEER_ID.check, metadata=_PEER_ID.meta, repr=_PEER_ID.repr
-    )
+    circuit_id: int = attrs.field(**_U64_KIND.spec)
+    peer_id: bytes = attrs.field(**_PEER_ID.spec)
 
 
 @attrs.frozen
@@ -517,9 +490,9 @@ class CircuitClose:
     """Either direction: the circuit is closed, with a reason."""
 
     TYPE: ClassVar = ControlType.CIRCUIT_CLOSE
-    circuit_id: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    code: ErrorCode = attrs.field(validator=_CODE.check, metadata=_CODE.meta)
-    reason: str = attrs.field(validator=_REASON.check, metadata=_REASON.meta)
+    circuit_id: int = attrs.field(**_U64_KIND.spec)
+    code: ErrorCode = attrs.field(**_CODE.spec)
+    reason: str = attrs.field(**_REASON.spec)
 
 
 @attrs.frozen
@@ -527,8 +500,8 @@ class Relayed:
     """Either direction: an opaque payload on a circuit (the relay's hot path)."""
 
     TYPE: ClassVar = ControlType.RELAYED
-    circuit_id: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
-    payload: bytes = attrs.field(validator=_FRAME.check, metadata=_FRAME.meta, repr=_FRAME.repr)
+    circuit_id: int = attrs.field(**_U64_KIND.spec)
+    payload: bytes = attrs.field(**_FRAME.spec)
 
 
 @attrs.frozen
@@ -536,7 +509,7 @@ class Ping:
     """Either direction: are you there? The answer is a Pong with the same nonce."""
 
     TYPE: ClassVar = ControlType.PING
-    nonce: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
+    nonce: int = attrs.field(**_U64_KIND.spec)
 
 
 @attrs.frozen
@@ -544,7 +517,7 @@ class Pong:
     """Either direction: the answer to a Ping."""
 
     TYPE: ClassVar = ControlType.PONG
-    nonce: int = attrs.field(validator=_U64_KIND.check, metadata=_U64_KIND.meta)
+    nonce: int = attrs.field(**_U64_KIND.spec)
 
 
 @attrs.frozen
@@ -552,8 +525,8 @@ class Error:
     """Either direction: a fatal error; the sender closes the connection after it."""
 
     TYPE: ClassVar = ControlType.ERROR
-    code: ErrorCode = attrs.field(validator=_CODE.check, metadata=_CODE.meta)
-    reason: str = attrs.field(validator=_REASON.check, metadata=_REASON.meta)
+    code: ErrorCode = attrs.field(**_CODE.spec)
+    reason: str = attrs.field(**_REASON.spec)
 
 
 @attrs.frozen
@@ -561,8 +534,8 @@ class Close:
     """Either direction: a graceful close (e.g. the relay is shutting down)."""
 
     TYPE: ClassVar = ControlType.CLOSE
-    code: ErrorCode = attrs.field(validator=_CODE.check, metadata=_CODE.meta)
-    reason: str = attrs.field(validator=_REASON.check, metadata=_REASON.meta)
+    code: ErrorCode = attrs.field(**_CODE.spec)
+    reason: str = attrs.field(**_REASON.spec)
 
 
 ControlMessage = (

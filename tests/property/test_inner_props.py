@@ -27,7 +27,7 @@ PER_TYPE: dict[str, st.SearchStrategy[inner.InnerMessage]] = {
 PAD_TO = st.one_of(st.sampled_from([1, 16]), st.integers(1, 256))
 
 
-def _decode_or_none(data: bytes | memoryview) -> inner.InnerMessage | None:
+def _decode_or_none(data: bytes | bytearray | memoryview) -> inner.InnerMessage | None:
     """Decode; None on DecodeError. Any other exception propagates and fails the test."""
     try:
         return inner.decode_inner_untrusted(data)
@@ -84,8 +84,11 @@ LARGE_BYTES = st.builds(
 
 
 @given(st.binary(max_size=2_000))
-def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
-    _decode_or_none(data)
+def test_arbitrary_bytes_raise_only_decode_error_whatever_the_buffer_type(data: bytes) -> None:
+    expected = _decode_or_none(data)
+    strided = memoryview(bytes(b for x in data for b in (x, 0xEE)))[::2]
+    for form in (bytearray(data), memoryview(data), strided):
+        assert _decode_or_none(form) == expected
 
 
 @settings(max_examples=10)

@@ -71,8 +71,11 @@ def test_decoding_a_slice_never_sees_the_bytes_after_it(
 
 
 @given(st.binary(max_size=2_000))
-def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
-    _decode_or_none(data)
+def test_arbitrary_bytes_raise_only_decode_error_whatever_the_buffer_type(data: bytes) -> None:
+    expected = _decode_or_none(data)
+    strided = memoryview(bytes(b for x in data for b in (x, 0xEE)))[::2]
+    for form in (bytearray(data), memoryview(data), strided):
+        assert _decode_or_none(form) == expected
 
 
 # Hypothesis draws small byte strings even with a large max_size, so large inputs are made

@@ -190,3 +190,14 @@ def test_decode_never_reads_past_a_memoryview_slice() -> None:
     view = memoryview(raw + b"\x00")[: ENDPOINT_V4_BYTES - 1]
     with pytest.raises(DecodeError, match="truncated"):
         decode_endpoint_untrusted(view, 0)
+
+
+def test_decode_reads_a_non_contiguous_memoryview_like_its_bytes() -> None:
+    raw = Endpoint("2001:db8::1", 5).encode()
+    strided = memoryview(bytes(b for x in raw for b in (x, 0xEE)))[::2]
+    assert decode_endpoint_untrusted(strided, 0) == (Endpoint("2001:db8::1", 5), len(raw))
+
+
+def test_decode_refuses_a_negative_offset() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        decode_endpoint_untrusted(Endpoint("1.2.3.4", 5).encode(), -7)

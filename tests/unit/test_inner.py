@@ -284,3 +284,10 @@ def test_decoded_data_payload_is_an_independent_copy() -> None:
     assert isinstance(msg, Data)
     assert type(msg.payload) is bytes
     assert msg.payload == b"payload"
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=IDS)
+def test_non_contiguous_memoryview_decodes_like_its_bytes(msg: inner.InnerMessage) -> None:
+    raw = encode_inner(msg)
+    strided = memoryview(bytes(b for x in raw for b in (x, 0xEE)))[::2]
+    assert decode_inner_untrusted(strided) == msg

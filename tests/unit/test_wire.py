@@ -445,6 +445,13 @@ def test_decoded_relayed_payload_is_an_independent_copy() -> None:
     assert msg.payload == b"payload"
 
 
+@pytest.mark.parametrize("msg", SAMPLES, ids=IDS)
+def test_non_contiguous_memoryview_decodes_like_its_bytes(msg: wire.ControlMessage) -> None:
+    raw = _raw(msg)
+    strided = memoryview(bytes(b for x in raw for b in (x, 0xEE)))[::2]
+    assert decode_control_untrusted(strided) == msg
+
+
 def test_memoryview_of_another_item_size_is_read_as_bytes() -> None:
     raw = _raw(Ping(7)) + b"\x00\x00"  # 12 bytes: a whole number of u32 items
     view = memoryview(bytearray(raw)).cast("I")

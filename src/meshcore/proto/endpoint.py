@@ -162,6 +162,10 @@ def decode_endpoint_untrusted(
     Never reads outside `buf`. Raises DecodeError (and nothing else) on an unknown family, a
     truncated field, port 0, or an IPv4-mapped IPv6 address (non-canonical: IPv4 is family 4).
     """
+    if isinstance(buf, memoryview) and (buf.format != "B" or buf.ndim != 1 or not buf.c_contiguous):
+        buf = buf.tobytes()  # an unusual view: read a flat copy of its bytes
+    if offset < 0:
+        raise ValueError(f"offset {offset} is negative")
     end = len(buf)
     if offset >= end:
         raise DecodeError("truncated endpoint: missing the address family byte")

@@ -254,8 +254,8 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
     Reads only inside `data`.
     """
     mv = memoryview(data)
-    if mv.format != "B" or mv.ndim != 1:
-        mv = mv.cast("B")
+    if mv.format != "B" or mv.ndim != 1 or not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())  # an unusual view: read a flat copy of its bytes
     size = len(mv)
     if size > MAX_INNER_BYTES:
         raise MessageTooLargeError(f"plaintext of {size} bytes, at most {MAX_INNER_BYTES}")

@@ -620,8 +620,8 @@ def decode_control_untrusted(data: bytes | bytearray | memoryview) -> ControlMes
     `data`, and allocates at most the size of `data`.
     """
     mv = memoryview(data)
-    if mv.format != "B" or mv.ndim != 1:
-        mv = mv.cast("B")
+    if mv.format != "B" or mv.ndim != 1 or not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())  # an unusual view: read a flat copy of its bytes
     size = len(mv)
     if size >= RELAYED_HEADER_BYTES and mv[1] == _RELAYED and mv[0] == PROTOCOL_VERSION:
         # The relay's hot path: one struct read, one slice (the payload's only copy). Anything

@@ -62,7 +62,7 @@ ACTIVE: Final = None
 """Outbox destination meaning "whatever path is active now"."""
 
 _MAX_RTO_S: Final = 8.0
-_MIN_RTO_S: Final = 0.2
+_FAST_RETRANSMIT_DUP_ACKS: Final = 3
 
 
 @attrs.frozen
@@ -217,6 +217,7 @@ class SessionCore:
         self._events: list[SessionEvent] = []
         self._outbox: list[tuple[Hashable, bytes]] = []
         self._acks_held = False
+        self._dup_acks = 0
         self.on_rekey_needed: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ application side
@@ -368,7 +369,11 @@ class SessionCore:
                 self._deliver(self._reorder.pop(nxt))
                 nxt = self._recv_next
         elif seq not in self._reorder:
+            # a gap: ack at once, so the sender learns of the loss (fast retransmit)
             self._reorder[seq] = payload
+            self._ack_owed_bytes += len(payload)
+            self._owe_ack(now, urgent=True)
+            return
         else:
             self.stats.duplicates += 1
         self._ack_owed_bytes += len(payload)
@@ -405,8 +410,15 @@ class SessionCore:
         self._ack_owed_bytes = 0
 
     def _on_ack(self, ack: int, now: float) -> None:
-        if ack <= self._peer_acked:
+        if ack < self._peer_acked:
             return
+        if ack == self._peer_acked:
+            if self._pending:
+                self._dup_acks += 1
+                if self._dup_acks == _FAST_RETRANSMIT_DUP_ACKS:
+                    self._resend(self._pending[0], now)
+            return
+        self._dup_acks = 0
         if ack > self._next_seq:
             self._fail(f"peer acknowledged message {ack - 1}, which was never sent")
             return
@@ -435,17 +447,19 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             return 0
-        send_key = self.keys.send_key
-        current_index = send_key.remote_index if send_key is not None else None
         for entry in self._pending:
-            if _receiver_index(entry.frame) != current_index:
-                entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
-            entry.retransmitted = True
-            self._transmit(ACTIVE, entry.frame, now)
-            self.stats.retransmitted += 1
+            self._resend(entry, now)
         if self._pending:
             self._retransmit_at = now + self._rto
         return len(self._pending)
+
+    def _resend(self, entry: _Pending, now: float) -> None:
+        send_key = self.keys.send_key
+        if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
+            entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
+        entry.retransmitted = True
+        self._transmit(ACTIVE, entry.frame, now)
+        self.stats.retransmitted += 1
 
     def get_timer(self) -> float | None:
         """When `handle_timer` next needs to run (absolute time), or None."""
@@ -538,4 +552,3 @@ class SessionCore:
 
 def _receiver_index(frame: bytes) -> int:
     return int.from_bytes(frame[4:8], "little")
-

@@ -1,0 +1,343 @@
+"""A peer's control connection to a relay: registration with the KEM challenge, pairing
+requests and invitations, and relayed circuits as Transports.
+
+Everything the relay says about a peer is checked end to end: a key bundle is accepted only
+if it hashes to the peer id we pinned, so a relay that substitutes keys gets a
+`HandshakeError`, not a session.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from meshcore._nursery import open_hidden_nursery
+from meshcore._transport import Transport, open_websocket_transport
+from meshcore.errors import DecodeError, ProtocolError, RelayError, TransportClosed
+from meshcore.proto import wire
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.relayauth import answer_challenge
+
+__all__ = ["CircuitTransport", "Invitation", "Pairing", "RelayClient", "open_relay_client"]
+
+log = logging.getLogger("meshcore.client")
+
+_CIRCUIT_QUEUE = 512
+_INVITE_QUEUE = 64
+
+
+class CircuitTransport(Transport):
+    """One relayed circuit to a paired peer, as a message-oriented Transport.
+
+    Frames travel inside `Relayed` control messages; the relay sees only opaque bytes.
+    """
+
+    def __init__(self, client: RelayClient, circuit_id: int, peer_id: PeerId) -> None:
+        self._client = client
+        self.circuit_id = circuit_id
+        self.peer_id = peer_id
+        self._send_q, self._recv_q = trio.open_memory_channel[bytes](_CIRCUIT_QUEUE)
+        self._close_reason: str | None = None
+        self.dropped = 0
+
+    @property
+    def local_address(self) -> Endpoint | None:
+        return self._client.transport.local_address
+
+    @property
+    def remote_address(self) -> Endpoint | None:
+        return self._client.transport.remote_address
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    async def send(self, data: bytes) -> None:
+        if self._close_reason is not None:
+            raise TransportClosed(self._close_reason)
+        await self._client._send_raw(wire.encode_relayed(self.circuit_id, data))
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._recv_q.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise TransportClosed(self._close_reason or "circuit closed") from None
+
+    async def aclose(self, reason: str = "closed") -> None:
+        if self._close_reason is not None:
+            return
+        self._closed(reason)
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            try:
+                await self._client._send(
+                    wire.CircuitClose(
+                        self.circuit_id, wire.ErrorCode.NONE, wire.clip_reason(reason)
+                    )
+                )
+            except (TransportClosed, RelayError):
+                pass
+
+    def _deliver(self, payload: bytes) -> None:
+        try:
+            self._send_q.send_nowait(payload)
+        except trio.WouldBlock:
+            # A full queue behaves like a lossy link: the session retransmits.
+            self.dropped += 1
+        except trio.ClosedResourceError:
+            pass
+
+    def _closed(self, reason: str) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._send_q.close()
+            self._client._circuits.pop(self.circuit_id, None)
+
+
+@attrs.frozen
+class Pairing:
+    """What the relay told us about a peer we were paired with, checked end to end."""
+
+    circuit: CircuitTransport
+    peer: PublicBundle
+    peer_observed: Endpoint
+    peer_candidates: tuple[Endpoint, ...]
+    role: wire.Role
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.peer.peer_id
+
+
+@attrs.frozen
+class Invitation:
+    """A peer asked the relay to be paired with us; accept or reject it."""
+
+    request_id: int
+    initiator: PeerId
+    bundle_x25519: bytes
+    bundle_kem: bytes
+    observed: Endpoint
+    candidates: tuple[Endpoint, ...]
+
+
+class RelayClient:
+    """An authenticated control connection to a relay (create it with `open_relay_client`)."""
+
+    def __init__(self, transport: Transport, identity: Identity, url: str) -> None:
+        self.transport = transport
+        self.identity = identity
+        self.url = url
+        self.observed: Endpoint | None = None
+        self.close_reason: str | None = None
+        self._circuits: dict[int, CircuitTransport] = {}
+        self._pending: dict[int, trio.MemorySendChannel[wire.ControlMessage]] = {}
+        self._invite_send, self._invite_recv = trio.open_memory_channel[Invitation](_INVITE_QUEUE)
+        self._send_lock = trio.Lock()
+        self._closed = trio.Event()
+
+    # ----------------------------------------------------------------- pairing
+    async def connect(self, peer_id: PeerId, *, timeout: float = 10.0) -> Pairing:
+        """Ask the relay to pair us with `peer_id`; returns once the peer accepted.
+
+        Raises `RelayError` if the peer is offline, unknown or refused us, or on timeout,
+        and `HandshakeError` if the relay served a key bundle that is not `peer_id`'s.
+        """
+        request_id = self._new_request_id()
+        reply = await self._request(request_id, wire.Connect(request_id, peer_id.digest), timeout)
+        if isinstance(reply, wire.Reject):
+            raise RelayError(
+                f"pairing with {peer_id} refused: {reply.reason or reply.code.name}",
+                code=int(reply.code),
+            )
+        assert isinstance(reply, wire.Paired)
+        return self._pairing(reply, pinned=peer_id)
+
+    async def next_invitation(self) -> Invitation:
+        """Wait for the next peer that asks to be paired with us."""
+        try:
+            return await self._invite_recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise RelayError(f"relay connection closed: {self.close_reason}") from None
+
+    async def accept(self, invitation: Invitation, *, timeout: float = 10.0) -> Pairing:
+        """Accept `invitation`; returns the pairing once the relay opened the circuit."""
+        rid = invitation.request_id
+        reply = await self._request(rid, wire.Accept(rid), timeout)
+        if not isinstance(reply, wire.Paired):
+            raise RelayError(f"pairing with {invitation.initiator} failed: relay withdrew it")
+        return self._pairing(reply, pinned=invitation.initiator)
+
+    async def reject(self, invitation: Invitation, reason: str) -> None:
+        """Refuse `invitation`; the relay tells the other peer."""
+        await self._send(
+            wire.Reject(invitation.request_id, wire.ErrorCode.NOT_ALLOWED, wire.clip_reason(reason))
+        )
+
+    # ----------------------------------------------------------------- internals
+    def _pairing(self, paired: wire.Paired, *, pinned: PeerId) -> Pairing:
+        bundle = PublicBundle.checked(paired.x25519_public, paired.kem_public, pinned)
+        circuit = CircuitTransport(self, paired.circuit_id, pinned)
+        self._circuits[paired.circuit_id] = circuit
+        return Pairing(circuit, bundle, paired.observed, paired.candidates, paired.role)
+
+    def _new_request_id(self) -> int:
+        while True:
+            rid = secrets.randbits(32)
+            if rid not in self._pending:
+                return rid
+
+    async def _request(
+        self, request_id: int, message: wire.ControlMessage, timeout: float
+    ) -> wire.ControlMessage:
+        send, recv = trio.open_memory_channel[wire.ControlMessage](1)
+        self._pending[request_id] = send
+        try:
+            await self._send(message)
+            with trio.fail_after(timeout):
+                try:
+                    return await recv.receive()
+                except trio.EndOfChannel:
+                    raise RelayError(f"relay connection closed: {self.close_reason}") from None
+        except trio.TooSlowError:
+            raise RelayError(f"no answer from the relay within {timeout:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _send(self, message: wire.ControlMessage) -> None:
+        await self._send_raw(wire.encode_control(message))
+
+    async def _send_raw(self, data: bytes) -> None:
+        if self.close_reason is not None:
+            raise TransportClosed(self.close_reason)
+        async with self._send_lock:
+            await self.transport.send(data)
+
+    async def _run_reader(self) -> None:
+        reason = "relay closed the connection"
+        try:
+            while True:
+                data = await self.transport.receive()
+                try:
+                    message = wire.decode_control_untrusted(data)
+                except DecodeError as exc:
+                    reason = f"relay sent a malformed message: {exc}"
+                    await self.transport.aclose(reason)
+                    return
+                await self._dispatch(message)
+        except TransportClosed as exc:
+            reason = exc.reason
+        except RelayError as exc:
+            reason = str(exc)
+        finally:
+            self._shutdown(reason)
+
+    async def _dispatch(self, message: wire.ControlMessage) -> None:
+        if isinstance(message, wire.Relayed):
+            circuit = self._circuits.get(message.circuit_id)
+            if circuit is not None:
+                circuit._deliver(message.payload)
+        elif isinstance(message, wire.Paired | wire.Reject):
+            pending = self._pending.get(message.request_id)
+            if pending is not None:
+                pending.send_nowait(message)
+        elif isinstance(message, wire.Invite):
+            invitation = Invitation(
+                message.request_id,
+                PeerId(message.initiator),
+                message.x25519_public,
+                message.kem_public,
+                message.observed,
+                message.candidates,
+            )
+            try:
+                self._invite_send.send_nowait(invitation)
+            except trio.WouldBlock:
+                await self._send(
+                    wire.Reject(message.request_id, wire.ErrorCode.CAPACITY, "too many invitations")
+                )
+        elif isinstance(message, wire.CircuitClose):
+            circuit = self._circuits.get(message.circuit_id)
+            if circuit is not None:
+                circuit._closed(f"relay closed the circuit: {message.reason or message.code.name}")
+        elif isinstance(message, wire.Ping):
+            await self._send(wire.Pong(message.nonce))
+        elif isinstance(message, wire.Error | wire.Close):
+            raise RelayError(f"relay closed the connection: {message.reason or message.code.name}")
+
+    def _shutdown(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.info("relay connection to %s closed: %s", self.url, reason)
+        for circuit in list(self._circuits.values()):
+            circuit._closed(f"relay connection closed: {reason}")
+        for pending in self._pending.values():
+            pending.close()
+        self._invite_send.close()
+        self._closed.set()
+
+
+async def _register(
+    transport: Transport, identity: Identity, candidates: Sequence[Endpoint], timeout: float
+) -> Endpoint:
+    bundle = identity.public
+    await transport.send(
+        wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, tuple(candidates)))
+    )
+    with trio.fail_after(timeout):
+        challenge = wire.decode_control_untrusted(await transport.receive())
+        if isinstance(challenge, wire.Error | wire.Close):
+            raise RelayError(f"relay refused us: {challenge.reason}", code=int(challenge.code))
+        if not isinstance(challenge, wire.Challenge):
+            raise ProtocolError(f"relay sent {type(challenge).__name__} instead of a challenge")
+        await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
+        registered = wire.decode_control_untrusted(await transport.receive())
+        if isinstance(registered, wire.Error | wire.Close):
+            raise RelayError(
+                f"relay refused our registration: {registered.reason}", code=int(registered.code)
+            )
+        if not isinstance(registered, wire.Registered):
+            raise ProtocolError(f"relay sent {type(registered).__name__} instead of registered")
+        if registered.peer_id != identity.peer_id.digest:
+            raise ProtocolError("relay registered us under another peer id")
+        return registered.observed
+
+
+@asynccontextmanager
+async def open_relay_client(
+    url: str,
+    identity: Identity,
+    *,
+    candidates: Sequence[Endpoint] = (),
+    local_port: int | None = None,
+    timeout: float = 10.0,
+) -> AsyncIterator[RelayClient]:
+    """Connect to the relay at `url`, prove our identity and register.
+
+    Raises `RelayError` if the relay refuses us, `TransportClosed` if it cannot be reached,
+    and `ProtocolError` if it breaks the protocol. The connection and its reader task live
+    inside this `async with`.
+    """
+    async with open_websocket_transport(url, local_port=local_port) as transport:
+        try:
+            observed = await _register(transport, identity, candidates, timeout)
+        except trio.TooSlowError:
+            raise RelayError(
+                f"relay at {url} did not complete registration in {timeout:g} s"
+            ) from None
+        client = RelayClient(transport, identity, url)
+        client.observed = observed
+        log.info("registered at %s as %s (observed %s)", url, identity.peer_id, observed)
+        async with open_hidden_nursery() as nursery:
+            nursery.start_soon(client._run_reader)
+            try:
+                yield client
+            finally:
+                client._shutdown("closed")
+                nursery.cancel_scope.cancel()

@@ -34,6 +34,7 @@ from meshcore.proto.primitives import (
 __all__ = [
     "FINGERPRINT_LABEL",
     "IDENTITY_FILE_HEADER",
+    "IDENTITY_FILE_LABEL",
     "PEER_ID_CHECKSUM_LABEL",
     "PEER_ID_TEXT_CHARS",
     "PUBLIC_BUNDLE_BYTES",
@@ -47,6 +48,7 @@ FINGERPRINT_LABEL: Final = b"meshcore/1 fingerprint"
 PEER_ID_CHECKSUM_LABEL: Final = b"meshcore/1 peer id checksum"
 """The text form appends SHA-256(PEER_ID_CHECKSUM_LABEL ‖ fp)[:3], so typos are caught."""
 IDENTITY_FILE_LABEL: Final = b"meshcore/1 identity file"
+"""The key file's checksum line is SHA-256(IDENTITY_FILE_LABEL ‖ the lines above it)[:16]."""
 IDENTITY_FILE_HEADER: Final = "meshcore identity v1"
 
 _ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u

@@ -1,0 +1,882 @@
+"""The 3-message hybrid handshake (CRYPTO.md §3.3) against the attacks of §4.
+
+Row numbers refer to the table in CRYPTO.md §4. The attacker controls the relay: it may
+recompute mac1 (`with_mac1`), since mac1's key is public.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import statistics
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from meshcore.errors import ConfigError, DecodeError, HandshakeError
+from meshcore.proto import handshake as handshake_module
+from meshcore.proto.constants import (
+    BISCUIT_KEY_ROTATE_S,
+    BISCUIT_MAX_AGE_S,
+    HANDSHAKE_TIMEOUT_S,
+    MAX_HANDSHAKE_BYTES,
+)
+from meshcore.proto.handshake import (
+    HANDSHAKE_CONFIRM_MIN_BYTES,
+    HANDSHAKE_INIT_BYTES,
+    HANDSHAKE_RESPONSE_BYTES,
+    LABEL_MSG3,
+    MAX_CONFIRM_PAYLOAD_BYTES,
+    HandshakeResult,
+    HandshakeRole,
+    Initiator,
+    InitiatorState,
+    Responder,
+    decode_handshake_confirm_untrusted,
+    decode_handshake_init_untrusted,
+    decode_handshake_response_untrusted,
+    prologue,
+)
+from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.primitives import DEFAULT_PRIMITIVES, KeyPair, Primitives
+from meshcore.proto.symmetric import SymmetricState
+from meshcore.testing._handshake_strategies import (
+    LOW_ORDER_X25519_POINTS,
+    low_order_x25519_points,
+    non_canonical_mlkem_public_keys,
+    with_mac1,
+)
+
+ALICE = Identity.generate()
+BOB = Identity.generate()
+CAROL = Identity.generate()
+
+
+def responder(
+    local: Identity = BOB, peers: tuple[Identity, ...] = (ALICE,), **kwargs: Any
+) -> Responder:
+    table = {p.peer_id: p.public for p in peers}
+    return Responder(local, table.get, **kwargs)
+
+
+def handshake(
+    init: Initiator, resp: Responder, now: float = 0.0, payload: bytes = b""
+) -> tuple[HandshakeResult, HandshakeResult]:
+    msg2 = resp.respond(init.start(now), now)
+    msg3, mine = init.receive_response(msg2, now, payload)
+    return mine, resp.confirm(msg3, now)
+
+
+def three_messages(
+    resp: Responder | None = None, payload: bytes = b""
+) -> tuple[Initiator, Responder, bytes, bytes]:
+    """An initiator awaiting msg2, its responder, msg1 and the genuine msg2."""
+    resp = resp or responder()
+    init = Initiator(ALICE, BOB.public)
+    msg1 = init.start(0.0)
+    return init, resp, msg1, resp.respond(msg1, 0.0)
+
+
+def flip(data: bytes, pos: int, bit: int = 0) -> bytes:
+    return data[:pos] + bytes([data[pos] ^ (1 << bit)]) + data[pos + 1 :]
+
+
+# --- the honest run -------------------------------------------------------------------------
+
+
+def test_handshake_gives_both_sides_matching_directional_keys() -> None:
+    mine, theirs = handshake(Initiator(ALICE, BOB.public), responder())
+    assert mine.send_key == theirs.receive_key
+    assert mine.receive_key == theirs.send_key
+    assert mine.send_key != mine.receive_key
+    assert mine.resume_secret == theirs.resume_secret
+    assert mine.transcript_hash == theirs.transcript_hash
+
+
+def test_results_name_the_peer_role_and_crossed_indices() -> None:
+    init = Initiator(ALICE, BOB.public, local_index=11)
+    resp = responder(allocate_index=lambda: 22)
+    mine, theirs = handshake(init, resp, now=5.0)
+    assert (mine.peer_id, mine.peer, mine.role) == (
+        BOB.peer_id,
+        BOB.public,
+        HandshakeRole.INITIATOR,
+    )
+    assert (theirs.peer_id, theirs.role) == (ALICE.peer_id, HandshakeRole.RESPONDER)
+    assert theirs.peer == ALICE.public
+    assert (mine.local_index, mine.remote_index) == (11, 22)
+    assert (theirs.local_index, theirs.remote_index) == (22, 11)
+    assert mine.created_at == theirs.created_at == 5.0
+
+
+def test_messages_have_the_sizes_of_crypto_md() -> None:
+    init, _, msg1, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0)
+    assert (len(msg1), len(msg2), len(msg3)) == (2392, 2428, 204)
+    assert (HANDSHAKE_INIT_BYTES, HANDSHAKE_RESPONSE_BYTES) == (2392, 2428)
+    assert HANDSHAKE_CONFIRM_MIN_BYTES == 204
+
+
+def test_msg3_payload_reaches_the_responder() -> None:
+    _, theirs = handshake(Initiator(ALICE, BOB.public), responder(), payload=b"first data")
+    assert theirs.payload == b"first data"
+
+
+def test_largest_msg3_payload_fits_the_handshake_size_limit() -> None:
+    init, resp, _, msg2 = three_messages()
+    payload = b"x" * MAX_CONFIRM_PAYLOAD_BYTES
+    msg3, _ = init.receive_response(msg2, 0.0, payload)
+    assert len(msg3) == MAX_HANDSHAKE_BYTES
+    assert resp.confirm(msg3, 0.0).payload == payload
+
+
+def test_oversized_msg3_payload_is_refused_without_consuming_msg2() -> None:
+    init, resp, _, msg2 = three_messages()
+    with pytest.raises(HandshakeError, match="limited"):
+        init.receive_response(msg2, 0.0, b"x" * (MAX_CONFIRM_PAYLOAD_BYTES + 1))
+    msg3, _ = init.receive_response(msg2, 0.0)
+    resp.confirm(msg3, 0.0)
+
+
+def test_exporter_and_sas_agree_on_both_sides_and_differ_per_session() -> None:
+    mine, theirs = handshake(Initiator(ALICE, BOB.public), responder())
+    assert mine.exporter(b"app", b"ctx", 48) == theirs.exporter(b"app", b"ctx", 48)
+    assert mine.exporter(b"app", b"ctx", 32) != mine.exporter(b"app", b"other", 32)
+    assert mine.sas() == theirs.sas()
+    assert len(mine.sas()) == 9 and mine.sas()[4] == "-"
+    again, _ = handshake(Initiator(ALICE, BOB.public), responder())
+    assert again.exporter(b"app", b"ctx", 32) != mine.exporter(b"app", b"ctx", 32)
+
+
+def test_result_repr_hides_every_secret() -> None:
+    mine, _ = handshake(Initiator(ALICE, BOB.public), responder(), payload=b"secret payload")
+    text = repr(mine)
+    for value in (
+        mine.send_key,
+        mine.receive_key,
+        mine.resume_secret,
+        mine.exporter_secret,
+        mine.transcript_hash,
+    ):
+        assert value.hex()[:12] not in text and repr(value)[2:14] not in text
+    assert "secret payload" not in text
+
+
+def test_network_id_must_match_on_both_sides() -> None:
+    # Row 12: the prologue (version, suites, network id, R's keys) is in h.
+    init = Initiator(ALICE, BOB.public, network_id=b"net-a")
+    with pytest.raises(HandshakeError):
+        handshake(init, responder(network_id=b"net-b"))
+    handshake(Initiator(ALICE, BOB.public, network_id=b"n"), responder(network_id=b"n"))
+
+
+def test_network_id_longer_than_255_bytes_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="network_id"):
+        Initiator(ALICE, BOB.public, network_id=b"x" * 256)
+
+
+def test_prologue_binds_version_suites_network_and_responder_keys() -> None:
+    data = prologue(b"net", BOB.public)
+    assert data == (
+        b"\x01suites=[X25519+MLKEM768]\x03net" + BOB.public.x25519_public + BOB.public.kem_public
+    )
+
+
+def test_initiator_refuses_to_handshake_with_itself() -> None:
+    with pytest.raises(ConfigError, match="own identity"):
+        Initiator(ALICE, ALICE.public)
+
+
+# --- initiator state machine ----------------------------------------------------------------
+
+
+def test_start_twice_is_refused() -> None:
+    init = Initiator(ALICE, BOB.public)
+    init.start(0.0)
+    with pytest.raises(HandshakeError):
+        init.start(0.0)
+
+
+def test_receive_response_before_start_is_refused() -> None:
+    _, _, _, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        Initiator(ALICE, BOB.public).receive_response(msg2, 0.0)
+
+
+def test_injected_junk_does_not_disturb_a_handshake_in_flight() -> None:
+    init, resp, _, msg2 = three_messages()
+    for junk in (
+        b"",
+        b"\x02" * HANDSHAKE_RESPONSE_BYTES,
+        flip(msg2, 100),
+        with_mac1(flip(msg2, 100), ALICE.public),
+    ):
+        with pytest.raises(HandshakeError):
+            init.receive_response(junk, 0.0)
+        assert init.state is InitiatorState.AWAITING_RESPONSE
+    msg3, _ = init.receive_response(msg2, 0.0)
+    resp.confirm(msg3, 0.0)
+
+
+def test_msg2_for_another_initiator_index_is_refused() -> None:
+    init, _, _, msg2 = three_messages()
+    other = struct.pack("<I", (init.local_index + 1) & 0xFFFFFFFF)
+    with pytest.raises(HandshakeError):
+        init.receive_response(with_mac1(msg2[:8] + other + msg2[12:], ALICE.public), 0.0)
+
+
+def test_msg2_after_the_handshake_timeout_is_refused() -> None:
+    init, _, _, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        init.receive_response(msg2, HANDSHAKE_TIMEOUT_S + 0.01)
+    init.receive_response(msg2, HANDSHAKE_TIMEOUT_S)
+
+
+def test_second_msg2_after_establishment_is_refused() -> None:
+    init, _, _, msg2 = three_messages()
+    init.receive_response(msg2, 0.0)
+    assert init.state is InitiatorState.ESTABLISHED
+    with pytest.raises(HandshakeError):
+        init.receive_response(msg2, 0.0)
+
+
+def test_ephemeral_secrets_are_dropped_after_msg2() -> None:
+    # Row 17, second half.
+    init, _, _, msg2 = three_messages()
+    assert init._e_x is not None and init._e_kem is not None
+    init.receive_response(msg2, 0.0)
+    assert init._e_x is None and init._e_kem is None and init._sym is None
+
+
+def test_close_drops_ephemeral_secrets() -> None:
+    init, _, _, msg2 = three_messages()
+    init.close()
+    assert init.state is InitiatorState.CLOSED
+    assert init._e_x is None and init._e_kem is None and init._sym is None
+    with pytest.raises(HandshakeError):
+        init.receive_response(msg2, 0.0)
+
+
+def test_thousand_msg1s_have_distinct_ephemerals_and_ciphertexts() -> None:
+    # Row 17: fresh randomness per handshake.
+    seen_x, seen_kem, seen_ct = set(), set(), set()
+    for _ in range(1000):
+        m = decode_handshake_init_untrusted(Initiator(ALICE, BOB.public).start(0.0))
+        seen_x.add(m.ephemeral_x25519)
+        seen_kem.add(m.ephemeral_kem)
+        seen_ct.add(m.static_ciphertext)
+    assert len(seen_x) == len(seen_kem) == len(seen_ct) == 1000
+
+
+# --- mac1 / mac2 ----------------------------------------------------------------------------
+
+
+def test_msg1_with_bad_mac1_is_refused_before_any_crypto() -> None:
+    class Counting(Primitives):
+        calls = 0
+
+        def x25519(self, secret: bytes, public: bytes) -> bytes:
+            Counting.calls += 1
+            return super().x25519(secret, public)
+
+    resp = responder(primitives=Counting())
+    msg1 = Initiator(ALICE, BOB.public).start(0.0)
+    with pytest.raises(HandshakeError):
+        resp.respond(flip(msg1, HANDSHAKE_INIT_BYTES - 20), 0.0)
+    assert Counting.calls == 0
+
+
+def test_msg1_aimed_at_another_responder_fails_mac1() -> None:
+    msg1 = Initiator(ALICE, CAROL.public).start(0.0)
+    with pytest.raises(HandshakeError):
+        responder().respond(msg1, 0.0)
+
+
+@pytest.mark.parametrize("which", ["msg1", "msg2"])
+def test_mac2_is_carried_but_ignored(which: str) -> None:
+    init, resp, msg1, msg2 = three_messages()
+    if which == "msg1":
+        msg2 = resp.respond(msg1[:-16] + b"\xff" * 16, 0.0)
+    else:
+        msg2 = msg2[:-16] + b"\xff" * 16
+    msg3, mine = init.receive_response(msg2, 0.0)
+    assert resp.confirm(msg3, 0.0).receive_key == mine.send_key
+
+
+@pytest.mark.parametrize("which", [1, 2, 3])
+def test_reserved_header_bytes_are_authenticated(which: int) -> None:
+    # Row 1: a first draft left msg3's reserved bytes out of the hash.
+    init, resp, msg1, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        if which == 1:
+            init.receive_response(resp.respond(with_mac1(flip(msg1, 2), BOB.public), 0.0), 0.0)
+        elif which == 2:
+            init.receive_response(with_mac1(flip(msg2, 3, 7), ALICE.public), 0.0)
+        else:
+            msg3, _ = init.receive_response(msg2, 0.0)
+            resp.confirm(with_mac1(flip(msg3, 2, 5), BOB.public), 0.0)
+
+
+@pytest.mark.parametrize("which", [1, 2, 3])
+def test_version_byte_change_is_refused(which: int) -> None:
+    init, resp, msg1, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        if which == 1:
+            resp.respond(with_mac1(flip(msg1, 1, 1), BOB.public), 0.0)
+        elif which == 2:
+            init.receive_response(with_mac1(flip(msg2, 1, 1), ALICE.public), 0.0)
+        else:
+            msg3, _ = init.receive_response(msg2, 0.0)
+            resp.confirm(with_mac1(flip(msg3, 1, 1), BOB.public), 0.0)
+
+
+# --- row 3: reflection ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("remac", [False, True])
+def test_msg1_reflected_to_a_responder_with_the_initiators_keys_fails(remac: bool) -> None:
+    msg1 = Initiator(ALICE, BOB.public).start(0.0)
+    if remac:
+        msg1 = with_mac1(msg1, ALICE.public)
+    with pytest.raises(HandshakeError):
+        responder(local=ALICE, peers=(ALICE, BOB)).respond(msg1, 0.0)
+
+
+def test_responder_refuses_its_own_identity_as_initiator() -> None:
+    # Only someone with Bob's secrets could even encrypt this, but Bob never talks to himself.
+    init = Initiator(ALICE, BOB.public)
+    init._local = BOB  # bypass the initiator's own check to reach the responder's
+    with pytest.raises(HandshakeError):
+        responder(peers=(ALICE, BOB)).respond(init.start(0.0), 0.0)
+
+
+def test_messages_fed_back_to_their_sender_fail() -> None:
+    init, resp, msg1, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        init.receive_response(msg1, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg2, 0.0)
+    msg3, _ = init.receive_response(msg2, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.respond(msg3, 0.0)
+
+
+# --- row 4: replay --------------------------------------------------------------------------
+
+
+def test_replayed_msg3_is_rejected() -> None:
+    init, resp, _, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0)
+    resp.confirm(msg3, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, 0.5)
+
+
+def test_replayed_msg1_gets_a_fresh_msg2_and_leaves_the_session_intact() -> None:
+    init, resp, msg1, msg2 = three_messages()
+    msg3, mine = init.receive_response(msg2, 0.0)
+    theirs = resp.confirm(msg3, 0.0)
+    replay_answer = resp.respond(msg1, 1.0)
+    assert replay_answer != msg2
+    assert decode_handshake_response_untrusted(replay_answer).ephemeral_x25519 != (
+        decode_handshake_response_untrusted(msg2).ephemeral_x25519
+    )
+    with pytest.raises(HandshakeError):  # the established initiator ignores it
+        init.receive_response(replay_answer, 1.0)
+    with pytest.raises(HandshakeError):  # and the old msg3 cannot confirm anything
+        resp.confirm(msg3, 1.0)
+    assert mine.send_key == theirs.receive_key
+
+
+def test_msg3_of_an_older_handshake_is_rejected_after_a_newer_one() -> None:
+    resp = responder()
+    old, new = Initiator(ALICE, BOB.public), Initiator(ALICE, BOB.public)
+    old_msg2 = resp.respond(old.start(0.0), 0.0)
+    new_msg2 = resp.respond(new.start(0.0), 0.0)
+    new_msg3, _ = new.receive_response(new_msg2, 0.0)
+    old_msg3, _ = old.receive_response(old_msg2, 0.0)
+    resp.confirm(new_msg3, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(old_msg3, 0.0)
+
+
+def test_failed_confirm_does_not_consume_the_biscuit() -> None:
+    init, resp, _, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0, b"data")
+    forged = with_mac1(flip(msg3, 180), BOB.public)  # the payload ciphertext
+    with pytest.raises(HandshakeError):
+        resp.confirm(forged, 0.0)
+    assert resp.confirm(msg3, 0.0).payload == b"data"
+
+
+def test_biscuit_expires_after_max_age() -> None:
+    init, resp, _, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, BISCUIT_MAX_AGE_S + 0.001)
+    resp.confirm(msg3, BISCUIT_MAX_AGE_S)
+
+
+def test_biscuit_from_the_future_is_rejected() -> None:
+    resp = responder()
+    init = Initiator(ALICE, BOB.public)
+    msg2 = resp.respond(init.start(100.0), 100.0)
+    msg3, _ = init.receive_response(msg2, 100.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, 99.0)
+
+
+def test_biscuit_under_the_previous_key_is_accepted_after_rotation() -> None:
+    resp = responder()
+    resp.respond(Initiator(ALICE, BOB.public).start(0.0), 0.0)  # key 1 created at 0
+    t = BISCUIT_KEY_ROTATE_S - 1
+    init = Initiator(ALICE, BOB.public)
+    msg2 = resp.respond(init.start(t), t)  # sealed under key 1
+    resp.respond(Initiator(ALICE, BOB.public).start(t + 2), t + 2)  # rotates to key 2
+    assert len(resp._biscuit_keys) == 2
+    msg3, _ = init.receive_response(msg2, t + 3)
+    resp.confirm(msg3, t + 3)
+
+
+def test_only_two_biscuit_keys_are_kept() -> None:
+    resp = responder()
+    for k in range(5):
+        now = k * BISCUIT_KEY_ROTATE_S
+        resp.respond(Initiator(ALICE, BOB.public).start(now), now)
+    assert len(resp._biscuit_keys) == 2
+
+
+def test_biscuit_of_another_responder_instance_is_rejected() -> None:
+    init, _, _, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0)
+    with pytest.raises(HandshakeError):
+        responder().confirm(msg3, 0.0)  # same identity, restarted: new biscuit keys
+
+
+def test_junk_does_not_grow_responder_state() -> None:
+    resp = responder()
+    before = (resp._biscuit_counter, dict(resp._biscuit_used), list(resp._biscuit_keys))
+    for data in (b"", b"\x01" * HANDSHAKE_INIT_BYTES, b"\x03" * 300):
+        for call in (resp.respond, resp.confirm):
+            with pytest.raises(HandshakeError):
+                call(data, 0.0)
+    assert (resp._biscuit_counter, dict(resp._biscuit_used), list(resp._biscuit_keys)) == before
+
+
+# --- row 5: identity misbinding -------------------------------------------------------------
+
+
+def test_responder_table_mapping_an_id_to_another_peers_keys_fails() -> None:
+    resp = Responder(BOB, {ALICE.peer_id: CAROL.public}.get)
+    with pytest.raises(HandshakeError):
+        handshake(Initiator(ALICE, BOB.public), resp)
+
+
+@pytest.mark.parametrize("remac", [False, True])
+def test_msg1_delivered_to_the_wrong_responder_fails(remac: bool) -> None:
+    msg1 = Initiator(ALICE, BOB.public).start(0.0)
+    if remac:
+        msg1 = with_mac1(msg1, CAROL.public)
+    with pytest.raises(HandshakeError):
+        responder(local=CAROL, peers=(ALICE,)).respond(msg1, 0.0)
+
+
+def test_unknown_initiator_is_refused() -> None:
+    with pytest.raises(HandshakeError):
+        handshake(Initiator(ALICE, BOB.public), responder(peers=(CAROL,)))
+
+
+def test_initiator_removed_from_allow_list_before_msg3_is_refused() -> None:
+    table = {ALICE.peer_id: ALICE.public}
+    resp = Responder(BOB, table.get)
+    init = Initiator(ALICE, BOB.public)
+    msg2 = resp.respond(init.start(0.0), 0.0)
+    del table[ALICE.peer_id]
+    msg3, _ = init.receive_response(msg2, 0.0)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, 0.0)
+
+
+# --- rows 6 and the hybrid property: impersonation needs BOTH static secrets --------------
+
+
+def _reckless_initiator(
+    claimed: PublicBundle, x_secret: bytes, kem_secret: bytes, resp: Responder, target: PublicBundle
+) -> bytes:
+    """An attacker following the spec as `claimed`, ignoring its own failed checks.
+
+    Returns the msg3 it manages to produce. With the right secrets it is an honest initiator,
+    which is the control that keeps the negative tests meaningful.
+    """
+    p = DEFAULT_PRIMITIVES
+    s = SymmetricState()
+    s.mix_hash(prologue(b"", target))
+    header = struct.pack("<BBHI", 1, 1, 0, 7)
+    s.mix_hash(header)
+    e = p.x25519_keypair()
+    s.mix_hash(e.public)
+    s.mix_key(p.x25519(e.secret, target.x25519_public))
+    ek = p.kem_keypair()
+    s.mix_hash(ek.public)
+    ct, ss = p.kem_encaps(target.kem_public)
+    s.mix_hash(ct)
+    s.mix_key(ss)
+    body = header + e.public + ek.public + ct + s.encrypt_and_hash(claimed.peer_id.digest)
+    s.mix_hash(claimed.x25519_public + claimed.kem_public)
+    m = decode_handshake_response_untrusted(resp.respond(with_mac1(body + bytes(32), target), 0.0))
+    s.mix_hash(m.header())
+    s.mix_hash(m.ephemeral_x25519)
+    s.mix_key(p.x25519(e.secret, m.ephemeral_x25519))
+    s.mix_key(p.x25519(x_secret, m.ephemeral_x25519))
+    s.mix_hash(m.ephemeral_ciphertext)
+    s.mix_key(p.kem_decaps(ek.secret, m.ephemeral_ciphertext))
+    s.mix_hash(m.static_ciphertext)
+    s.mix_key(p.kem_decaps(kem_secret, m.static_ciphertext))
+    try:
+        s.decrypt_and_hash(m.confirmation)
+    except HandshakeError:
+        s.mix_hash(m.confirmation)  # ignore the failure and carry on regardless
+    header3 = struct.pack("<BBHII", 3, 1, 0, m.sender_index, 7)
+    s.mix_hash(header3)
+    s.mix_hash(m.biscuit)
+    s.mix_key(LABEL_MSG3)
+    return with_mac1(header3 + m.biscuit + s.encrypt_and_hash(b"") + bytes(16), target)
+
+
+def test_reckless_initiator_with_the_real_secrets_is_accepted() -> None:
+    resp = responder()
+    msg3 = _reckless_initiator(
+        ALICE.public, ALICE.x25519_secret, ALICE.kem_secret, resp, BOB.public
+    )
+    assert resp.confirm(msg3, 0.0).peer_id == ALICE.peer_id
+
+
+def test_kci_attacker_holding_the_responders_secrets_cannot_impersonate_the_initiator() -> None:
+    # Row 6: the attacker stole Bob's static keys and uses them as its best guesses.
+    resp = responder()
+    msg3 = _reckless_initiator(ALICE.public, BOB.x25519_secret, BOB.kem_secret, resp, BOB.public)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, 0.0)
+
+
+@pytest.mark.parametrize("known", ["x25519", "mlkem"])
+def test_initiator_impersonation_needs_both_static_secrets(known: str) -> None:
+    resp = responder()
+    x = ALICE.x25519_secret if known == "x25519" else CAROL.x25519_secret
+    kem = ALICE.kem_secret if known == "mlkem" else CAROL.kem_secret
+    msg3 = _reckless_initiator(ALICE.public, x, kem, resp, BOB.public)
+    with pytest.raises(HandshakeError):
+        resp.confirm(msg3, 0.0)
+
+
+def _reckless_responder(msg1: bytes, me: PublicBundle, x_secret: bytes, kem_secret: bytes) -> bytes:
+    """An attacker answering Alice's msg1 as `me`, ignoring its failed decryptions."""
+    p = DEFAULT_PRIMITIVES
+    m = decode_handshake_init_untrusted(msg1)
+    s = SymmetricState()
+    s.mix_hash(prologue(b"", me))
+    s.mix_hash(m.header())
+    s.mix_hash(m.ephemeral_x25519)
+    s.mix_key(p.x25519(x_secret, m.ephemeral_x25519))
+    s.mix_hash(m.ephemeral_kem)
+    s.mix_hash(m.static_ciphertext)
+    s.mix_key(p.kem_decaps(kem_secret, m.static_ciphertext))
+    try:
+        s.decrypt_and_hash(m.encrypted_identity)
+    except HandshakeError:
+        s.mix_hash(m.encrypted_identity)  # it knows who is calling anyway
+    s.mix_hash(ALICE.public.x25519_public + ALICE.public.kem_public)
+    header = struct.pack("<BBHII", 2, 1, 0, 9, m.sender_index)
+    s.mix_hash(header)
+    e = p.x25519_keypair()
+    s.mix_hash(e.public)
+    s.mix_key(p.x25519(e.secret, m.ephemeral_x25519))
+    s.mix_key(p.x25519(e.secret, ALICE.public.x25519_public))
+    ct_e, ss_e = p.kem_encaps(m.ephemeral_kem)
+    s.mix_hash(ct_e)
+    s.mix_key(ss_e)
+    ct_i, ss_i = p.kem_encaps(ALICE.public.kem_public)
+    s.mix_hash(ct_i)
+    s.mix_key(ss_i)
+    body = header + e.public + ct_e + ct_i + s.encrypt_and_hash(b"") + bytes(160)
+    return with_mac1(body + bytes(32), ALICE.public)
+
+
+def test_reckless_responder_with_the_real_secrets_is_accepted() -> None:
+    init = Initiator(ALICE, BOB.public)
+    msg2 = _reckless_responder(init.start(0.0), BOB.public, BOB.x25519_secret, BOB.kem_secret)
+    init.receive_response(msg2, 0.0)
+
+
+@pytest.mark.parametrize("known", ["none", "x25519", "mlkem", "initiator"])
+def test_responder_impersonation_needs_both_static_secrets(known: str) -> None:
+    # R is authenticated to I after msg2 only if the attacker holds S_R.x AND S_R.kem; holding
+    # the initiator's own secrets (KCI in the other direction) does not help either.
+    x = {"x25519": BOB.x25519_secret, "initiator": ALICE.x25519_secret}.get(known)
+    kem = {"mlkem": BOB.kem_secret, "initiator": ALICE.kem_secret}.get(known)
+    init = Initiator(ALICE, BOB.public)
+    msg2 = _reckless_responder(
+        init.start(0.0), BOB.public, x or CAROL.x25519_secret, kem or CAROL.kem_secret
+    )
+    with pytest.raises(HandshakeError):
+        init.receive_response(msg2, 0.0)
+
+
+# --- row 10: invalid points and keys --------------------------------------------------------
+
+
+@given(low_order_x25519_points())
+def test_low_order_ephemeral_in_msg1_is_a_handshake_error(point: bytes) -> None:
+    msg1 = Initiator(ALICE, BOB.public).start(0.0)
+    with pytest.raises(HandshakeError):
+        responder().respond(with_mac1(msg1[:8] + point + msg1[40:], BOB.public), 0.0)
+
+
+@given(low_order_x25519_points())
+def test_low_order_ephemeral_in_msg2_is_a_handshake_error_and_changes_nothing(
+    point: bytes,
+) -> None:
+    init, resp, _, msg2 = three_messages()
+    with pytest.raises(HandshakeError):
+        init.receive_response(with_mac1(msg2[:12] + point + msg2[44:], ALICE.public), 0.0)
+    msg3, _ = init.receive_response(msg2, 0.0)
+    resp.confirm(msg3, 0.0)
+
+
+class _HostileEphemerals(Primitives):
+    """A dishonest initiator's primitives: sends a given ephemeral public key."""
+
+    def __init__(self, x_public: bytes | None = None, kem_public: bytes | None = None) -> None:
+        self.x_public, self.kem_public = x_public, kem_public
+
+    def kem_keypair(self) -> KeyPair:
+        pair = super().kem_keypair()
+        return KeyPair(self.kem_public, pair.secret) if self.kem_public else pair
+
+
+@given(non_canonical_mlkem_public_keys(base=ALICE.public.kem_public))
+def test_non_canonical_ephemeral_kem_key_is_a_handshake_error(kem_public: bytes) -> None:
+    # The initiator is authentic (msg1 decrypts fine); only its ephemeral ML-KEM key is bad,
+    # so the responder's encapsulation is what refuses it.
+    init = Initiator(ALICE, BOB.public, primitives=_HostileEphemerals(kem_public=kem_public))
+    with pytest.raises(HandshakeError):
+        responder().respond(init.start(0.0), 0.0)
+
+
+def test_library_errors_never_escape_as_other_exceptions() -> None:
+    class Exploding(Primitives):
+        def kem_decaps(self, secret: bytes, ciphertext: bytes) -> bytes:
+            return super().kem_decaps(secret, ciphertext[:-1])  # wrong length inside
+
+    with pytest.raises(HandshakeError):
+        responder(primitives=Exploding()).respond(Initiator(ALICE, BOB.public).start(0.0), 0.0)
+
+
+# --- row 12: no session without both PQ secrets in ck --------------------------------------
+
+
+class _Recording(Primitives):
+    def __init__(self) -> None:
+        self.secrets: list[bytes] = []
+
+    def x25519(self, secret: bytes, public: bytes) -> bytes:
+        self.secrets.append(super().x25519(secret, public))
+        return self.secrets[-1]
+
+    def kem_encaps(self, public: bytes) -> tuple[bytes, bytes]:
+        ct, ss = super().kem_encaps(public)
+        self.secrets.append(ss)
+        return ct, ss
+
+    def kem_decaps(self, secret: bytes, ciphertext: bytes) -> bytes:
+        self.secrets.append(super().kem_decaps(secret, ciphertext))
+        return self.secrets[-1]
+
+
+@pytest.fixture
+def mixed_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    log: list[bytes] = []
+    original: Callable[[SymmetricState, bytes], None] = SymmetricState.mix_key
+
+    def spy(self: SymmetricState, ikm: bytes) -> None:
+        log.append(ikm)
+        original(self, ikm)
+
+    monkeypatch.setattr(SymmetricState, "mix_key", spy)
+    yield log
+
+
+def test_every_shared_secret_is_mixed_into_ck_in_order(mixed_keys: list[bytes]) -> None:
+    # Row 12: es, ss_R, ee, se, ss_e, ss_I -- on both sides, nothing skipped.
+    pi, pr = _Recording(), _Recording()
+    init = Initiator(ALICE, BOB.public, primitives=pi)
+    resp = responder(primitives=pr)
+    msg1 = init.start(0.0)
+    i_msg1 = list(mixed_keys)
+    msg2 = resp.respond(msg1, 0.0)
+    r_msg2 = mixed_keys[len(i_msg1) :]
+    del mixed_keys[:]
+    msg3, _ = init.receive_response(msg2, 0.0)
+    i_msg3 = list(mixed_keys)
+    del mixed_keys[:]
+    resp.confirm(msg3, 0.0)
+    es, ss_r, ee, se, ss_e, ss_i = pi.secrets
+    assert i_msg1 == [es, ss_r]
+    assert i_msg3 == [ee, se, ss_e, ss_i, LABEL_MSG3]
+    assert r_msg2 == [es, ss_r, ee, se, ss_e, ss_i] == pr.secrets
+    assert mixed_keys == [LABEL_MSG3]
+    assert len(set(pi.secrets)) == 6
+
+
+def test_only_the_two_completing_methods_split_or_build_a_result() -> None:
+    # Row 12 (static half): no other code path in handshake.py can produce a session.
+    tree = ast.parse(inspect.getsource(handshake_module))
+    producers: set[str] = set()
+    for func in ast.walk(tree):
+        if isinstance(func, ast.FunctionDef):
+            for node in ast.walk(func):
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                    if name in ("split", "HandshakeResult"):
+                        producers.add(func.name)
+    assert producers == {"receive_response", "confirm"}
+
+
+# --- row 18: handshakes in flight at the same time ----------------------------------------
+
+
+def test_simultaneous_initiation_in_both_directions_gives_two_independent_sessions() -> None:
+    a_resp, b_resp = responder(local=ALICE, peers=(BOB,)), responder()
+    a_init, b_init = Initiator(ALICE, BOB.public), Initiator(BOB, ALICE.public)
+    a_msg1, b_msg1 = a_init.start(0.0), b_init.start(0.0)
+    b_msg2, a_msg2 = b_resp.respond(a_msg1, 0.0), a_resp.respond(b_msg1, 0.0)
+    b_msg3, b_mine = b_init.receive_response(a_msg2, 0.0)
+    a_msg3, a_mine = a_init.receive_response(b_msg2, 0.0)
+    b_theirs, a_theirs = b_resp.confirm(a_msg3, 0.0), a_resp.confirm(b_msg3, 0.0)
+    assert a_mine.send_key == b_theirs.receive_key and b_mine.send_key == a_theirs.receive_key
+    keys = {a_mine.send_key, a_mine.receive_key, b_mine.send_key, b_mine.receive_key}
+    assert len(keys) == 4
+    assert a_mine.transcript_hash != b_mine.transcript_hash
+
+
+def test_two_handshakes_in_flight_do_not_mix() -> None:
+    resp = responder()
+    first, second = Initiator(ALICE, BOB.public), Initiator(ALICE, BOB.public)
+    msg2_first = resp.respond(first.start(0.0), 0.0)
+    msg2_second = resp.respond(second.start(0.0), 0.0)
+    with pytest.raises(HandshakeError):  # each msg2 answers exactly one msg1
+        first.receive_response(
+            with_mac1(
+                msg2_second[:8] + struct.pack("<I", first.local_index) + msg2_second[12:],
+                ALICE.public,
+            ),
+            0.0,
+        )
+    msg3_first, mine_first = first.receive_response(msg2_first, 0.0)
+    msg3_second, mine_second = second.receive_response(msg2_second, 0.0)
+    assert resp.confirm(msg3_first, 0.0).receive_key == mine_first.send_key
+    assert resp.confirm(msg3_second, 0.0).receive_key == mine_second.send_key
+    assert mine_first.send_key != mine_second.send_key
+
+
+# --- row 19: KEM ciphertexts are bound to their session -----------------------------------
+
+
+@pytest.mark.parametrize(("start", "end"), [(44, 1132), (1132, 2220)], ids=["ct_e", "ct_I"])
+def test_msg2_ciphertext_from_another_session_fails(start: int, end: int) -> None:
+    _, _, _, other_msg2 = three_messages()
+    init, _, _, msg2 = three_messages()
+    spliced = msg2[:start] + other_msg2[start:end] + msg2[end:]
+    with pytest.raises(HandshakeError):
+        init.receive_response(with_mac1(spliced, ALICE.public), 0.0)
+
+
+def test_msg1_ciphertext_from_another_session_fails() -> None:
+    other = Initiator(ALICE, BOB.public).start(0.0)
+    msg1 = Initiator(ALICE, BOB.public).start(0.0)
+    spliced = msg1[:1224] + other[1224:2312] + msg1[2312:]
+    with pytest.raises(HandshakeError):
+        responder().respond(with_mac1(spliced, BOB.public), 0.0)
+
+
+def test_biscuit_from_another_session_fails() -> None:
+    resp = responder()
+    init_a, _, _, msg2_a = three_messages(resp)
+    init_b, _, _, msg2_b = three_messages(resp)
+    msg3_a, _ = init_a.receive_response(msg2_a, 0.0)
+    msg3_b, _ = init_b.receive_response(msg2_b, 0.0)
+    swapped = msg3_a[:12] + msg3_b[12:172] + msg3_a[172:]
+    with pytest.raises(HandshakeError):
+        resp.confirm(with_mac1(swapped, BOB.public), 0.0)
+
+
+# --- row 16: bounded cost of rejecting junk ------------------------------------------------
+
+
+def _p99_us(call: Callable[[bytes, float], object], inputs: list[bytes]) -> float:
+    samples = []
+    for data in inputs:
+        t0 = time.process_time_ns()
+        try:
+            call(data, 0.0)
+        except HandshakeError:
+            pass
+        samples.append((time.process_time_ns() - t0) / 1000)
+    return statistics.quantiles(samples, n=100)[98]
+
+
+def test_rejecting_mac1_invalid_input_is_cheap() -> None:
+    import os
+
+    resp = responder()
+    init = Initiator(ALICE, BOB.public)
+    init.start(0.0)
+    msg1s = [b"\x01\x01" + os.urandom(HANDSHAKE_INIT_BYTES - 2) for _ in range(2000)]
+    msg3s = [b"\x03\x01" + os.urandom(HANDSHAKE_CONFIRM_MIN_BYTES + 100) for _ in range(2000)]
+    index = struct.pack("<I", init.local_index)
+    msg2s = [
+        b"\x02\x01\x00\x00" + os.urandom(4) + index + os.urandom(HANDSHAKE_RESPONSE_BYTES - 12)
+        for _ in range(2000)
+    ]
+    assert _p99_us(resp.respond, msg1s) < 50
+    assert _p99_us(resp.confirm, msg3s) < 50
+    assert _p99_us(lambda d, now: init.receive_response(d, now), msg2s) < 50
+
+
+# --- message codecs ---------------------------------------------------------------------------
+
+
+def test_decoders_round_trip_real_messages() -> None:
+    init, _, msg1, msg2 = three_messages()
+    msg3, _ = init.receive_response(msg2, 0.0, b"abc")
+    assert decode_handshake_init_untrusted(msg1).encode() == msg1
+    assert decode_handshake_response_untrusted(msg2).encode() == msg2
+    assert decode_handshake_confirm_untrusted(msg3).encode() == msg3
+
+
+@pytest.mark.parametrize(
+    ("decode", "data", "match"),
+    [
+        (decode_handshake_init_untrusted, b"\x01\x01", "length"),
+        (decode_handshake_init_untrusted, b"\x02\x01" + bytes(2390), "type"),
+        (decode_handshake_init_untrusted, b"\x01\x02" + bytes(2390), "version"),
+        (decode_handshake_response_untrusted, b"\x02\x01" + bytes(2425), "length"),
+        (decode_handshake_confirm_untrusted, b"\x03\x01" + bytes(201), "length"),
+        (decode_handshake_confirm_untrusted, b"\x03\x01" + bytes(4095), "length"),
+        (decode_handshake_confirm_untrusted, "text", "bytes"),
+    ],
+)
+def test_decoders_name_what_is_wrong(
+    decode: Callable[[Any], object], data: Any, match: str
+) -> None:
+    with pytest.raises(DecodeError, match=match):
+        decode(data)
+
+
+def test_low_order_point_list_is_the_one_the_tests_use() -> None:
+    assert len(LOW_ORDER_X25519_POINTS) == 14

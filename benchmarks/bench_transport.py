@@ -2,9 +2,9 @@
 
 The receiving side runs in a second process (as a relay or peer would), so each side has its
 own core and its own event loop. For each variant the client sends N messages one way and
-stops the clock when the receiver confirms it has them all; the best of `--repeat` runs is
-kept. Variants: trio-websocket with its defaults (4 KiB reads), trio-websocket with the 64 KiB
-reads meshcore uses, and meshcore's WebSocketTransport (read-ahead task and bounded queue).
+stops the clock when the receiver confirms it has them all; the variants take turns and the
+best of `--repeat` rounds is kept. Variants: trio-websocket with its defaults (4 KiB reads),
+trio-websocket with the 64 KiB reads meshcore uses, and meshcore's WebSocketTransport.
 Writes benchmarks/results/transport.json.
 
     .venv/bin/python benchmarks/bench_transport.py [--quick] [--repeat 3]
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,46 +108,44 @@ async def _timed(send: Send, receive: Receive, size: int, n: int) -> float:
     return time.perf_counter() - start
 
 
-async def _measure(variant: str, port: int, size: int, n: int, repeat: int) -> float:
+@asynccontextmanager
+async def _connect(variant: str, port: int) -> AsyncIterator[tuple[Send, Receive]]:
     url = f"ws://127.0.0.1:{port}/"
-    best = float("inf")
     if variant == "meshcore":
         async with open_websocket_transport(url, max_message=MAX_MESSAGE) as transport:
-            await _timed(transport.send, transport.receive, size, max(n // 10, 1))  # warm-up
-            for _ in range(repeat):
-                best = min(best, await _timed(transport.send, transport.receive, size, n))
+            yield transport.send, transport.receive
     else:
         read_size = 4096 if variant == "raw-4k" else 65536
         async with trio_websocket.open_websocket_url(
             url, max_message_size=MAX_MESSAGE, receive_buffer_size=read_size
         ) as ws:
-            await _timed(ws.send_message, ws.get_message, size, max(n // 10, 1))
-            for _ in range(repeat):
-                best = min(best, await _timed(ws.send_message, ws.get_message, size, n))
-    return best
+            yield ws.send_message, ws.get_message
 
 
 async def run(ports: dict[str, int], quick: bool, repeat: int) -> list[dict[str, Any]]:
+    """Rounds interleave the variants, so that load from elsewhere hits them alike."""
     cases = [(1400, 5000 if quick else 40000), (65536, 300 if quick else 3000)]
     rows = []
-    for size, n in cases:
-        for variant in ("raw-4k", "raw-64k", "meshcore"):
-            seconds = await _measure(variant, ports[variant], size, n, repeat)
-            rows.append(
-                {
-                    "variant": variant,
-                    "message_bytes": size,
-                    "messages": n,
-                    "seconds": round(seconds, 4),
-                    "messages_per_s": round(n / seconds),
-                    "mib_per_s": round(n * size / seconds / 2**20, 1),
-                }
-            )
-            print(
-                f"{variant:>9} {size:>6} B x {n:>6}: {n / seconds:>9,.0f} msg/s "
-                f"{n * size / seconds / 2**20:>8.1f} MiB/s",
-                flush=True,
-            )
+    async with AsyncExitStack() as stack:
+        ends = {v: await stack.enter_async_context(_connect(v, p)) for v, p in ports.items()}
+        for size, n in cases:
+            best = dict.fromkeys(ends, float("inf"))
+            for send, receive in ends.values():  # warm-up
+                await _timed(send, receive, size, max(n // 10, 1))
+            for _ in range(repeat):
+                for variant, (send, receive) in ends.items():
+                    best[variant] = min(best[variant], await _timed(send, receive, size, n))
+            for variant, seconds in best.items():
+                rows.append(
+                    {
+                        "variant": variant,
+                        "message_bytes": size,
+                        "messages": n,
+                        "seconds": round(seconds, 4),
+                        "messages_per_s": round(n / seconds),
+                        "mib_per_s": round(n * size / seconds / 2**20, 1),
+                    }
+                )
     return rows
 
 
@@ -168,20 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    print()
-    print("| variant | message | msg/s | MiB/s |")
-    print("|---|---:|---:|---:|")
+    reference = {r["message_bytes"]: r["seconds"] for r in rows if r["variant"] == "raw-64k"}
+    print("| variant | message | msg/s | MiB/s | vs raw-64k |")
+    print("|---|---:|---:|---:|---:|")
     for row in rows:
+        row["vs_raw_64k"] = round(reference[row["message_bytes"]] / row["seconds"], 2)
         print(
             f"| {row['variant']} | {row['message_bytes']} B | {row['messages_per_s']:,} "
-            f"| {row['mib_per_s']} |"
+            f"| {row['mib_per_s']} | {row['vs_raw_64k']:.2f} |"
         )
     result = {
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "trio_websocket": trio_websocket.__version__,
         "setup": "loopback TCP, receiver in a second process, one-way, best of --repeat",
+        "load_average_1m": os.getloadavg()[0],
         "repeat": args.repeat,
         "quick": args.quick,
         "rows": rows,

@@ -181,7 +181,11 @@ class WebSocketTransport(Transport):
                 f"message of {len(data)} bytes is over this transport's {self._max_message}-byte "
                 "limit; split it or raise max_message on both sides"
             )
-        async with self._send_lock:
+        try:  # uncontended, take the lock without a trip through the scheduler
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()  # cancelled here: nothing was written, no harm
+        try:
             try:
                 await self._ws.send_message(data)
             except ConnectionClosed as exc:
@@ -194,6 +198,8 @@ class WebSocketTransport(Transport):
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(self._stream)
                 raise
+        finally:
+            self._send_lock.release()
 
     async def receive(self) -> bytes:
         """Return the next message; raises TransportClosed once closed (and, after a remote

@@ -457,6 +457,14 @@ def test_biscuit_of_another_responder_instance_is_rejected() -> None:
         responder().confirm(msg3, 0.0)  # same identity, restarted: new biscuit keys
 
 
+@pytest.mark.parametrize("junk", ["text", None, 1234, [1, 2]])
+def test_entry_points_refuse_non_bytes_with_handshake_error(junk: Any) -> None:
+    init, resp, _, _ = three_messages()
+    for call in (resp.respond, resp.confirm, init.receive_response):
+        with pytest.raises(HandshakeError):
+            call(junk, 0.0)
+
+
 def test_junk_does_not_grow_responder_state() -> None:
     resp = responder()
     before = (resp._biscuit_counter, dict(resp._biscuit_used), list(resp._biscuit_keys))

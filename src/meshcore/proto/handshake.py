@@ -335,6 +335,12 @@ def _check_mac1(key: bytes, data: bytes, mac1_offset: int) -> None:
         raise HandshakeError()
 
 
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise HandshakeError()
+    return bytes(data)
+
+
 def _check_network_id(network_id: bytes) -> bytes:
     if not isinstance(network_id, bytes) or len(network_id) > _MAX_NETWORK_ID_BYTES:
         raise ConfigError(f"network_id must be bytes of at most {_MAX_NETWORK_ID_BYTES} bytes")
@@ -429,6 +435,8 @@ class Initiator:
         self._local_index = (
             local_index if local_index is not None else _random_index(random)()
         ) & 0xFFFF_FFFF
+        self._mac1_local = mac1_key(local.public)  # msg2 is checked with our own keys
+        self._mac1_remote = mac1_key(remote)
         self._status = InitiatorState.NEW
         self._started_at = 0.0
         self._sym: SymmetricState | None = None
@@ -473,7 +481,7 @@ class Initiator:
         self._sym, self._e_x, self._e_kem = sym, e_x, e_kem
         self._started_at = now
         self._status = InitiatorState.AWAITING_RESPONSE
-        return body + _mac(mac1_key(remote), body) + _ZERO_MAC
+        return body + _mac(self._mac1_remote, body) + _ZERO_MAC
 
     def receive_response(
         self, msg2: bytes, now: float, payload: bytes = b""
@@ -491,13 +499,16 @@ class Initiator:
             raise HandshakeError()
         if not 0.0 <= now - self._started_at <= HANDSHAKE_TIMEOUT_S:
             raise HandshakeError()
+        data = _as_bytes(msg2)
+        if len(data) != HANDSHAKE_RESPONSE_BYTES:
+            raise HandshakeError()
+        _check_mac1(self._mac1_local, data, HANDSHAKE_RESPONSE_BYTES - 2 * MAC_BYTES)
         try:
-            m = decode_handshake_response_untrusted(msg2)
+            m = decode_handshake_response_untrusted(data)
         except DecodeError as exc:
             raise HandshakeError() from exc
         if m.receiver_index != self._local_index:
             raise HandshakeError()
-        _check_mac1(mac1_key(self._local.public), bytes(msg2), HANDSHAKE_RESPONSE_BYTES - 32)
         p, local = self._prims, self._local
         s = sym.copy()
         s.mix_hash(m.header())
@@ -530,7 +541,7 @@ class Initiator:
             created_at=now,
             exporter_secret=secrets.exporter_secret,
         )
-        return body + _mac(mac1_key(self._remote), body), result
+        return body + _mac(self._mac1_remote, body), result
 
     def close(self) -> None:
         """Abandon the handshake (e.g. on timeout) and drop the ephemeral secrets."""
@@ -596,11 +607,12 @@ class Responder:
             HandshakeError: msg1 is malformed, not aimed at us (mac1), not decryptable, or
                 from a peer that `lookup` does not accept.
         """
-        if len(msg1) != HANDSHAKE_INIT_BYTES:
+        data = _as_bytes(msg1)
+        if len(data) != HANDSHAKE_INIT_BYTES:
             raise HandshakeError()
-        _check_mac1(self._mac1_key, bytes(msg1), HANDSHAKE_INIT_BYTES - 2 * MAC_BYTES)
+        _check_mac1(self._mac1_key, data, HANDSHAKE_INIT_BYTES - 2 * MAC_BYTES)
         try:
-            m = decode_handshake_init_untrusted(msg1)
+            m = decode_handshake_init_untrusted(data)
         except DecodeError as exc:
             raise HandshakeError() from exc
         p, local = self._prims, self._local
@@ -643,9 +655,9 @@ class Responder:
             HandshakeError: msg3 is malformed, its biscuit is forged, expired or already used,
                 or the initiator's proof fails. Nothing changes on failure.
         """
-        if not HANDSHAKE_CONFIRM_MIN_BYTES <= len(msg3) <= MAX_HANDSHAKE_BYTES:
+        data = _as_bytes(msg3)
+        if not HANDSHAKE_CONFIRM_MIN_BYTES <= len(data) <= MAX_HANDSHAKE_BYTES:
             raise HandshakeError()
-        data = bytes(msg3)
         _check_mac1(self._mac1_key, data, len(data) - MAC_BYTES)
         try:
             m = decode_handshake_confirm_untrusted(data)

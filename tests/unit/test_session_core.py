@@ -221,3 +221,15 @@ def test_outbox_destination_is_active_by_default() -> None:
     a.send(b"x", 0.0)
     ((path, _),) = a.outbox()
     assert path is ACTIVE
+
+
+def test_lost_acks_are_recovered_when_the_sender_retransmits() -> None:
+    a, b = make_pair(SessionSettings(ack_every_frames=1))
+    a.send(b"x", 0.0)
+    pump(a, b, 0.0)
+    b.outbox()  # the ack is lost
+    a.handle_timer(1.0)  # retransmission: same sealed bytes, a replay for b
+    pump(a, b, 1.0)
+    pump(b, a, 1.0)
+    assert a.all_acked
+    assert received(b) == [b"x"]

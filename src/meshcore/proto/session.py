@@ -41,6 +41,7 @@ from meshcore.proto.inner import (
     encode_data,
     encode_inner,
 )
+from meshcore.proto.wire import clip_reason
 
 __all__ = [
     "ACTIVE",
@@ -284,7 +285,7 @@ class SessionCore:
         """Tell the peer we are closing (best effort) and stop; idempotent."""
         if self.state is not SessionState.OPEN:
             return
-        self._transmit(ACTIVE, self._seal(encode_inner(Close(code, reason[:200])), now), now)
+        self._transmit(ACTIVE, self._seal(encode_inner(Close(code, clip_reason(reason))), now), now)
         self._finish(reason)
 
     def seal_control(self, message: InnerMessage, now: float) -> bytes:
@@ -312,7 +313,9 @@ class SessionCore:
         try:
             plaintext = self.keys.open(frame, now)
         except ReplayError:
+            # a retransmission we already have: the sender missed our ack, so ack again
             self.stats.duplicates += 1
+            self._send_ack(now)
             return
         except (AuthenticationError, DecodeError):
             self.stats.rejected += 1

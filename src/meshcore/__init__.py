@@ -6,6 +6,9 @@ hybrid X25519 + ML-KEM-768 handshake, then move their session onto a direct path
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from meshcore.errors import (
     AuthenticationError,
     ConfigError,
@@ -19,20 +22,53 @@ from meshcore.errors import (
     SessionClosed,
     TransportClosed,
 )
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.session import SessionSettings
+
+if TYPE_CHECKING:
+    from meshcore._api import connect, serve
+    from meshcore._session import Session
+    from meshcore._transport import Transport
 
 __version__ = "0.1.0"
+
+# The trio-based parts load on first use, so that `import meshcore.proto` (the sans-IO
+# cores) never imports trio or sockets.
+_LAZY = {
+    "connect": "meshcore._api",
+    "serve": "meshcore._api",
+    "Session": "meshcore._session",
+    "Transport": "meshcore._transport",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DecodeError",
     "HandshakeError",
+    "Identity",
     "MeshError",
     "NoUsablePath",
+    "PeerId",
     "ProtocolError",
+    "PublicBundle",
     "RelayError",
     "ReplayError",
+    "Session",
     "SessionClosed",
+    "SessionSettings",
+    "Transport",
     "TransportClosed",
     "__version__",
+    "connect",
+    "serve",
 ]

@@ -1,0 +1,168 @@
+"""Public hypothesis strategies for every meshcore wire type, for fuzzing meshcore and the
+programs built on it.
+
+Valid values: one strategy per message (`hellos()`, `relayeds()`, `data_frames()`,
+`handshake_inits()`, ...), `control_messages()`, `inner_messages()` and
+`handshake_messages()` for any of a family. Near-valid inputs: `mutated_encodings(values,
+encoder)` and `mutated_handshake_encodings(...)` flip bits, truncate, extend and corrupt
+length fields of real encodings. A decoder of meshcore must turn every such input into a
+value or a `meshcore.DecodeError`, and nothing else.
+
+Once meshcore is installed, `st.from_type(meshcore.proto.wire.Hello)` (and every other
+message class) works too: meshcore registers these strategies through hypothesis's entry
+point.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from meshcore.proto import handshake as _handshake
+from meshcore.proto import inner, wire
+from meshcore.testing._framing_strategies import (
+    NonceLedger,
+    ReferenceReplayWindow,
+    bit_flips,
+    counter_sequences,
+    frame_keys,
+    key_event_schedules,
+    payloads,
+    receiver_indices,
+)
+from meshcore.testing._handshake_strategies import (
+    LOW_ORDER_X25519_POINTS,
+    PROTOCOL_LABELS,
+    handshake_confirms,
+    handshake_inits,
+    handshake_messages,
+    handshake_responses,
+    low_order_x25519_points,
+    mac1_offset,
+    mutated_handshake_encodings,
+    non_canonical_mlkem_public_keys,
+    with_mac1,
+)
+from meshcore.testing._wire_strategies import (
+    accepts,
+    acks,
+    auths,
+    candidate_tuples,
+    challenges,
+    circuit_closes,
+    circuit_opens,
+    close_messages,
+    connects,
+    control_messages,
+    data_frames,
+    endpoints,
+    endpoints_frames,
+    error_codes,
+    error_messages,
+    fixed_bytes,
+    hellos,
+    inner_closes,
+    inner_messages,
+    invites,
+    keepalives,
+    mutated_encodings,
+    paireds,
+    path_challenges,
+    path_responses,
+    pings,
+    pongs,
+    reasons,
+    registereds,
+    rejects,
+    rekey_fragments,
+    relayeds,
+)
+
+__all__ = [
+    "LOW_ORDER_X25519_POINTS",
+    "PROTOCOL_LABELS",
+    "NonceLedger",
+    "ReferenceReplayWindow",
+    "accepts",
+    "acks",
+    "auths",
+    "bit_flips",
+    "candidate_tuples",
+    "challenges",
+    "circuit_closes",
+    "circuit_opens",
+    "close_messages",
+    "connects",
+    "control_messages",
+    "counter_sequences",
+    "data_frames",
+    "endpoints",
+    "endpoints_frames",
+    "error_codes",
+    "error_messages",
+    "fixed_bytes",
+    "frame_keys",
+    "handshake_confirms",
+    "handshake_inits",
+    "handshake_messages",
+    "handshake_responses",
+    "hellos",
+    "inner_closes",
+    "inner_messages",
+    "invites",
+    "keepalives",
+    "key_event_schedules",
+    "low_order_x25519_points",
+    "mac1_offset",
+    "mutated_encodings",
+    "mutated_handshake_encodings",
+    "non_canonical_mlkem_public_keys",
+    "paireds",
+    "path_challenges",
+    "path_responses",
+    "payloads",
+    "pings",
+    "pongs",
+    "reasons",
+    "receiver_indices",
+    "register_type_strategies",
+    "registereds",
+    "rejects",
+    "rekey_fragments",
+    "relayeds",
+    "with_mac1",
+]
+
+
+def register_type_strategies() -> None:
+    """Make `st.from_type(cls)` produce valid values for every meshcore message class."""
+    pairs: list[tuple[type, st.SearchStrategy[object]]] = [
+        (wire.Hello, hellos()),
+        (wire.Challenge, challenges()),
+        (wire.Auth, auths()),
+        (wire.Registered, registereds()),
+        (wire.Connect, connects()),
+        (wire.Invite, invites()),
+        (wire.Accept, accepts()),
+        (wire.Reject, rejects()),
+        (wire.Paired, paireds()),
+        (wire.CircuitOpen, circuit_opens()),
+        (wire.CircuitClose, circuit_closes()),
+        (wire.Relayed, relayeds()),
+        (wire.Ping, pings()),
+        (wire.Pong, pongs()),
+        (wire.Error, error_messages()),
+        (wire.Close, close_messages()),
+        (inner.Data, data_frames()),
+        (inner.Keepalive, keepalives()),
+        (inner.Ack, acks()),
+        (inner.PathChallenge, path_challenges()),
+        (inner.PathResponse, path_responses()),
+        (inner.Endpoints, endpoints_frames()),
+        (inner.RekeyFragment, rekey_fragments()),
+        (inner.Close, inner_closes()),
+        (_handshake.HandshakeInit, handshake_inits()),
+        (_handshake.HandshakeResponse, handshake_responses()),
+        (_handshake.HandshakeConfirm, handshake_confirms()),
+    ]
+    for cls, strategy in pairs:
+        st.register_type_strategy(cls, strategy)

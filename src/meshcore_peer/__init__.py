@@ -1,0 +1,1 @@
+"""`meshcore-peer`: the peer executable, assembled from the meshcore library."""

@@ -1,0 +1,249 @@
+"""`meshcore-peer`: identities, netcat-style sessions through a relay, and the demo.
+
+    meshcore-peer genkey [--identity FILE]
+    meshcore-peer id [--identity FILE]
+    meshcore-peer connect --relay URL [--identity FILE] PEER_ID
+    meshcore-peer listen --relay URL [--identity FILE] --allow PEER_ID[,...] [--exec CMD]
+    meshcore-peer demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+import meshcore
+from meshcore._api import connect, serve
+from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_session
+from meshcore._session import Session
+from meshcore.errors import ConfigError, MeshError
+from meshcore.logs import setup_logging
+from meshcore.proto.identity import Identity, PeerId
+from meshcore_peer.config import PeerConfig, load_peer_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("meshcore.peer")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_EPILOG = """\
+examples:
+  meshcore-peer genkey --identity alice.key
+  meshcore-peer id --identity alice.key
+  meshcore-peer listen --relay ws://127.0.0.1:7443 --identity bob.key --allow ALICE_ID
+  meshcore-peer connect --relay ws://127.0.0.1:7443 --identity alice.key BOB_ID < file
+  meshcore-peer demo
+
+Settings come from flags, then MESHCORE_PEER_* environment variables, then --config FILE.toml.
+"""
+
+
+def default_identity_path() -> Path:
+    """Where the identity lives when --identity is not given."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "meshcore" / "identity.key"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshcore-peer",
+        description="Post-quantum, end-to-end encrypted peer-to-peer sessions through a relay.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"meshcore {meshcore.__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
+    common.add_argument(
+        "--identity", metavar="FILE", help=f"identity key file (default: {default_identity_path()})"
+    )
+    common.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    common.add_argument("--log-format", choices=["text", "json"], help="default: text")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("genkey", parents=[common], help="create a new identity file (mode 0600)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing identity file")
+    sub.add_parser("id", parents=[common], help="print this identity's peer id to share")
+
+    p = sub.add_parser(
+        "connect", parents=[common], help="pipe stdin/stdout through a session with a peer"
+    )
+    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    p.add_argument("peer", metavar="PEER_ID", nargs="?", help="the peer's id")
+
+    p = sub.add_parser("listen", parents=[common], help="serve sessions from allowed peers")
+    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    p.add_argument(
+        "--allow",
+        metavar="PEER_ID[,...]",
+        action="append",
+        help="peer ids allowed to connect (repeat or comma-separate)",
+    )
+    p.add_argument(
+        "--exec",
+        dest="exec_",
+        metavar="CMD",
+        help="run CMD for each session, piping the session to its stdin and stdout",
+    )
+
+    p = sub.add_parser(
+        "demo", parents=[common], help="run a relay and two peers on loopback and show each step"
+    )
+    p.add_argument("--messages", type=int, default=2000, help="messages to time (default 2000)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> PeerConfig:
+    overrides: dict[str, object] = {}
+    for key in ("identity", "relay", "log_level", "log_format", "exec_", "peer"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key.rstrip("_")] = value
+    allow = getattr(args, "allow", None)
+    if allow:
+        overrides["allow"] = [p.strip() for item in allow for p in item.split(",") if p.strip()]
+    return load_peer_config(Path(args.config) if args.config else None, overrides)
+
+
+def _identity_path(config: PeerConfig) -> Path:
+    return Path(config.identity) if config.identity else default_identity_path()
+
+
+def _cmd_genkey(config: PeerConfig, force: bool) -> int:
+    path = _identity_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate()
+    identity.save(path, overwrite=force)
+    print(f"wrote new identity to {path} (mode 0600)", file=sys.stderr)
+    print(identity.peer_id.to_text())
+    return EXIT_OK
+
+
+def _cmd_id(config: PeerConfig) -> int:
+    print(Identity.load(_identity_path(config)).peer_id.to_text())
+    return EXIT_OK
+
+
+def _require(value: str | None, what: str, flag: str) -> str:
+    if not value:
+        raise ConfigError(f"{what} is missing: pass {flag} or set it in the config file")
+    return value
+
+
+async def _run_connect(config: PeerConfig) -> int:
+    relay = _require(config.relay, "the relay URL", "--relay URL")
+    peer = PeerId.from_text(_require(config.peer, "the peer id", "PEER_ID"))
+    identity = Identity.load(_identity_path(config))
+    async with connect(relay, identity, peer) as session:
+        sent, received = await pipe_session(
+            session, FileReceiveStream(sys.stdin.buffer), FileSendStream(sys.stdout.buffer)
+        )
+    log.info("done: sent %d bytes (all acknowledged), received %d bytes", sent, received)
+    return EXIT_OK
+
+
+async def _pipe_to_process(command: str, session: Session) -> None:
+    argv = shlex.split(command)
+    process = await trio.lowlevel.open_process(argv, stdin=-1, stdout=-1)
+    try:
+        assert process.stdin is not None and process.stdout is not None
+
+        async def to_process() -> None:
+            assert process.stdin is not None
+            try:
+                while True:
+                    try:
+                        data = await session.receive()
+                    except trio.EndOfChannel:
+                        break
+                    await process.stdin.send_all(data)
+            finally:
+                await process.stdin.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(to_process)
+            while True:
+                data = await process.stdout.receive_some(60 * 1024)
+                if not data:
+                    break
+                await session.send(data)
+            await session.wait_acknowledged()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            code = await process.wait()
+        log.info("command %r for session with %s exited with %d", command, session.peer_id, code)
+
+
+async def _run_listen(config: PeerConfig) -> int:
+    relay = _require(config.relay, "the relay URL", "--relay URL")
+    if not config.allow:
+        raise ConfigError("no peer is allowed: pass --allow PEER_ID[,...] or set allow = [...]")
+    allow = [PeerId.from_text(p) for p in config.allow]
+    identity = Identity.load(_identity_path(config))
+    sink = FileSendStream(sys.stdout.buffer)
+    command = config.exec
+
+    async def handler(session: Session) -> None:
+        log.info("session from %s", session.peer_id)
+        if command:
+            await _pipe_to_process(command, session)
+        else:
+            await pipe_session(session, None, sink)
+        log.info("session from %s done", session.peer_id)
+
+    log.info("listening as %s via %s for %d allowed peer(s)", identity.peer_id, relay, len(allow))
+    await serve(relay, identity, allow, handler)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `meshcore-peer`; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _load(args)
+        setup_logging(config.log_level, config.log_format)
+        if args.command == "genkey":
+            return _cmd_genkey(config, args.force)
+        if args.command == "id":
+            return _cmd_id(config)
+        if args.command == "connect":
+            return trio.run(_run_connect, config)
+        if args.command == "listen":
+            return trio.run(_run_listen, config)
+        if args.command == "demo":
+            from meshcore_peer.demo import run_demo
+
+            return trio.run(run_demo, args.messages)
+    except ConfigError as exc:
+        print(f"meshcore-peer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshError as exc:
+        print(f"meshcore-peer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        cause = exc.__cause__ or exc
+        print(f"meshcore-peer: session failed: {cause}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("meshcore-peer: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Settings of `meshcore-peer`: one attrs class, loaded from TOML < environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from meshcore.config import load_toml
+
+__all__ = ["PeerConfig", "load_peer_config"]
+
+
+@attrs.frozen
+class PeerConfig:
+    """Everything `meshcore-peer` can be told; every field has a flag and a TOML key."""
+
+    relay: str | None = None
+    """Relay WebSocket URL, e.g. ws://relay.example:7443."""
+    identity: str | None = None
+    """Identity key file (default: ~/.config/meshcore/identity.key)."""
+    peer: str | None = None
+    """The peer to connect to (connect)."""
+    allow: list[str] = attrs.field(factory=list)
+    """Peer ids allowed to connect (listen)."""
+    exec: str | None = None
+    """Command run per session (listen)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+
+def load_peer_config(path: Path | None, overrides: dict[str, object]) -> PeerConfig:
+    """Load settings from `path` (optional), MESHCORE_PEER_* variables and `overrides`.
+
+    Raises `ConfigError` naming every bad key and what is wrong with it.
+    """
+    return load_toml(PeerConfig, path, env_prefix="MESHCORE_PEER_", overrides=overrides)

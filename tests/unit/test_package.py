@@ -1,0 +1,78 @@
+"""Package-level promises: the public API, the sans-IO boundary, the test kit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import meshcore
+from meshcore.proto import inner, wire
+from meshcore.proto.handshake import HandshakeConfirm, HandshakeInit, HandshakeResponse
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(meshcore.__all__) == sorted(
+        [
+            "AuthenticationError",
+            "ConfigError",
+            "DecodeError",
+            "HandshakeError",
+            "Identity",
+            "MeshError",
+            "NoUsablePath",
+            "PeerId",
+            "ProtocolError",
+            "PublicBundle",
+            "RelayError",
+            "ReplayError",
+            "Session",
+            "SessionClosed",
+            "SessionSettings",
+            "Transport",
+            "TransportClosed",
+            "__version__",
+            "connect",
+            "serve",
+        ]
+    )
+    for name in meshcore.__all__:
+        assert hasattr(meshcore, name), name
+
+
+def test_every_error_derives_from_mesh_error() -> None:
+    for name in meshcore.__all__:
+        obj = getattr(meshcore, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, meshcore.MeshError), name
+
+
+def test_sans_io_core_imports_no_io_library() -> None:
+    code = (
+        "import sys, meshcore.proto, pkgutil, importlib\n"
+        "for m in pkgutil.iter_modules(meshcore.proto.__path__):\n"
+        "    importlib.import_module('meshcore.proto.' + m.name)\n"
+        "bad = [m for m in ('trio', 'trio_websocket', 'socket', 'pyroute2') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+MESSAGE_CLASSES = [
+    wire.Hello, wire.Challenge, wire.Auth, wire.Registered, wire.Connect, wire.Invite,
+    wire.Accept, wire.Reject, wire.Paired, wire.CircuitOpen, wire.CircuitClose, wire.Relayed,
+    wire.Ping, wire.Pong, wire.Error, wire.Close, inner.Data, inner.Keepalive, inner.Ack,
+    inner.PathChallenge, inner.PathResponse, inner.Endpoints, inner.RekeyFragment, inner.Close,
+    HandshakeInit, HandshakeResponse, HandshakeConfirm,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: f"{c.__module__}.{c.__name__}")
+@settings(max_examples=10, suppress_health_check=[HealthCheck.large_base_example])
+@given(data=st.data())
+def test_from_type_works_for_every_message_class(cls: type, data: st.DataObject) -> None:
+    assert isinstance(data.draw(st.from_type(cls)), cls)

@@ -610,3 +610,18 @@ async def echo_until_closed(transport: WebSocketTransport) -> None:
         await echo(transport)
     except TransportClosed:
         pass
+
+
+def test_public_api_is_pinned() -> None:
+    import meshcore._transport as module
+
+    assert sorted(module.__all__) == [
+        "ConnectFailed",
+        "Transport",
+        "WebSocketTransport",
+        "open_reuseport_listener",
+        "open_tcp_socket_from",
+        "open_websocket_transport",
+        "serve_websocket_transports",
+        "wrap_stream_transport",
+    ]

@@ -180,3 +180,14 @@ def test_every_message_arrives_once_and_in_order(messages: list[bytes], capacity
         return received
 
     assert trio.run(run) == messages
+
+
+def test_public_api_is_pinned() -> None:
+    import meshcore.testing.memory as module
+
+    assert sorted(module.__all__) == [
+        "Direction",
+        "MemoryTransport",
+        "MessageFilter",
+        "memory_transport_pair",
+    ]

@@ -130,3 +130,9 @@ def test_mesh_error_is_preferred_among_background_failures() -> None:
 def test_only_cancellations_collapse_to_one_cancelled() -> None:
     group = BaseExceptionGroup("g", [trio.Cancelled._create(), trio.Cancelled._create()])
     assert isinstance(collapse_exception_group(group), trio.Cancelled)
+
+
+def test_public_api_is_pinned() -> None:
+    import meshcore._nursery as module
+
+    assert sorted(module.__all__) == ["collapse_exception_group", "open_hidden_nursery"]

@@ -17,6 +17,7 @@ from meshcore.proto.handshake import (
     HandshakeConfirm,
     HandshakeInit,
     HandshakeResponse,
+    HandshakeResult,
     Initiator,
     Responder,
     decode_handshake_confirm_untrusted,
@@ -204,3 +205,56 @@ def test_mutated_encodings_decode_to_an_error_or_a_different_message(
     except DecodeError:
         return
     assert decoded != message and decoded.encode() == bad
+
+
+@given(order=st.permutations([0, 0, 0, 0, 1, 1, 1, 1]), same_direction=st.booleans())
+def test_interleaved_handshakes_never_mix(order: list[int], same_direction: bool) -> None:
+    # Row 18: two handshakes in flight (A->B twice, or A->B and B->A), their four steps
+    # interleaved in every possible way. Each one that completes has its own, matching keys;
+    # the only refusal is an older msg3 from a peer whose newer biscuit was already accepted.
+    bob_side = Responder(BOB, {ALICE.peer_id: ALICE.public}.get)
+    alice_side = Responder(ALICE, {BOB.peer_id: BOB.public}.get)
+    runs = [
+        (Initiator(ALICE, BOB.public), bob_side),
+        (Initiator(ALICE, BOB.public), bob_side)
+        if same_direction
+        else (Initiator(BOB, ALICE.public), alice_side),
+    ]
+    wire: list[bytes] = [b"", b""]
+    step = [0, 0]
+    clock = iter(range(100))
+    responded: list[int] = [0, 0]
+    confirmed: list[int | None] = [None, None]
+    mine: list[HandshakeResult | None] = [None, None]
+    theirs: list[HandshakeResult | None] = [None, None]
+    for k in order:
+        init, resp = runs[k]
+        t = next(clock)
+        if step[k] == 0:
+            wire[k] = init.start(0.0)
+        elif step[k] == 1:
+            wire[k] = resp.respond(wire[k], 0.0)
+            responded[k] = t
+        elif step[k] == 2:
+            wire[k], mine[k] = init.receive_response(wire[k], 0.0)
+        else:
+            other = 1 - k
+            older = (
+                same_direction and responded[other] > responded[k] and confirmed[other] is not None
+            )
+            if older:
+                with pytest.raises(HandshakeError):
+                    resp.confirm(wire[k], 0.0)
+            else:
+                theirs[k] = resp.confirm(wire[k], 0.0)
+                confirmed[k] = t
+        step[k] += 1
+    keys = set()
+    for k in (0, 1):
+        m, r = mine[k], theirs[k]
+        assert m is not None
+        if r is not None:
+            assert m.send_key == r.receive_key and m.receive_key == r.send_key
+        keys |= {m.send_key, m.receive_key}
+    assert len(keys) == 4
+    assert any(r is not None for r in theirs)  # the newest handshake always completes

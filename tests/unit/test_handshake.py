@@ -888,3 +888,16 @@ def test_decoders_name_what_is_wrong(
 
 def test_low_order_point_list_is_the_one_the_tests_use() -> None:
     assert len(LOW_ORDER_X25519_POINTS) == 14
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(handshake_module.__all__) == [
+        "BISCUIT_BYTES", "HANDSHAKE_CONFIRM_MIN_BYTES", "HANDSHAKE_INIT_BYTES",
+        "HANDSHAKE_RESPONSE_BYTES", "HandshakeConfirm", "HandshakeInit", "HandshakeResponse",
+        "HandshakeResult", "HandshakeRole", "Initiator", "InitiatorState", "LABEL_MAC1",
+        "LABEL_MSG3", "LABEL_SAS", "Lookup", "MAX_CONFIRM_PAYLOAD_BYTES", "MSG_CONFIRM",
+        "MSG_INIT", "MSG_RESPONSE", "Responder", "SAS_BYTES",
+        "decode_handshake_confirm_untrusted", "decode_handshake_init_untrusted",
+        "decode_handshake_response_untrusted", "mac1_key", "prologue",
+    ]  # fmt: skip
+    assert all(hasattr(handshake_module, name) for name in handshake_module.__all__)

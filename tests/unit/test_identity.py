@@ -370,3 +370,14 @@ def test_any_single_byte_change_to_a_key_file_is_refused_or_harmless(
     except ConfigError:
         return
     assert loaded == ALICE  # e.g. whitespace changes that do not alter any field
+
+
+def test_public_api_is_pinned() -> None:
+    from meshcore.proto import identity
+
+    assert sorted(identity.__all__) == [
+        "FINGERPRINT_LABEL", "IDENTITY_FILE_HEADER", "IDENTITY_FILE_LABEL", "Identity",
+        "PEER_ID_CHECKSUM_LABEL", "PEER_ID_TEXT_CHARS", "PUBLIC_BUNDLE_BYTES", "PeerId",
+        "PublicBundle", "x25519_public_key_is_valid",
+    ]  # fmt: skip
+    assert all(hasattr(identity, name) for name in identity.__all__)

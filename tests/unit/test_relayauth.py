@@ -174,3 +174,13 @@ def test_handshake_tag_does_not_verify_as_a_relay_auth_answer() -> None:
     _, pending = make_challenge(BOB.public)
     msg1 = Initiator(ALICE, BOB.public).start(0.0)
     assert not pending.verify(Auth(mac=msg1[2344:2360] + msg1[2360:2376]))
+
+
+def test_public_api_is_pinned() -> None:
+    from meshcore.proto import relayauth
+
+    assert sorted(relayauth.__all__) == [
+        "LABEL_RELAY_AUTH_KEY", "LABEL_RELAY_AUTH_MAC", "PendingAuth", "RELAY_AUTH_PROTOCOL",
+        "answer_challenge", "make_challenge",
+    ]  # fmt: skip
+    assert all(hasattr(relayauth, name) for name in relayauth.__all__)

@@ -217,3 +217,14 @@ def test_exporter_separates_label_from_context() -> None:
 def test_exporter_refuses_oversized_label() -> None:
     with pytest.raises(ValueError):
         export(b"\x07" * 32, b"x" * 256, b"", 32)
+
+
+def test_public_api_is_pinned() -> None:
+    from meshcore.proto import symmetric
+
+    assert sorted(symmetric.__all__) == [
+        "HASH_BYTES", "LABEL_CK", "LABEL_EXPORTER", "LABEL_I2R", "LABEL_K", "LABEL_R2I",
+        "LABEL_RESUME", "SessionSecrets", "SymmetricState", "aead_nonce", "export",
+        "hash_sha256", "hkdf_expand", "hkdf_extract",
+    ]  # fmt: skip
+    assert all(hasattr(symmetric, name) for name in symmetric.__all__)

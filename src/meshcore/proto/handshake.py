@@ -50,6 +50,7 @@ __all__ = [
     "MSG_CONFIRM",
     "MSG_INIT",
     "MSG_RESPONSE",
+    "SAS_BYTES",
     "HandshakeConfirm",
     "HandshakeInit",
     "HandshakeResponse",

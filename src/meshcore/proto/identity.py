@@ -41,6 +41,7 @@ __all__ = [
     "Identity",
     "PeerId",
     "PublicBundle",
+    "x25519_public_key_is_valid",
 ]
 
 FINGERPRINT_LABEL: Final = b"meshcore/1 fingerprint"

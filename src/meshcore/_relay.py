@@ -1,0 +1,416 @@
+"""The relay server: drives the sans-IO `Matchmaker` over WebSocket connections (trio).
+
+Per connection, one task reads, decodes and feeds the matchmaker, and one task drains a
+bounded send queue. A slow reader never makes the relay buffer without bound: relayed frames
+beyond a circuit's, a connection's or the relay's queue bound are dropped (or the circuit is
+closed with QUEUE_OVERFLOW), and a peer that lets control messages pile up is disconnected.
+No protocol decision is made here; docs/relay.md has the rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections import deque
+from functools import partial
+from typing import Final
+
+import attrs
+import trio
+
+from meshcore._transport import WebSocketTransport, serve_websocket_transports
+from meshcore.errors import TransportClosed
+from meshcore.proto.constants import (
+    RELAY_CLOSE_FLUSH_S,
+    RELAY_DEFAULT_PORT,
+    RELAY_SHUTDOWN_GRACE_S,
+)
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.matchmaker import (
+    CircuitStats,
+    CloseConnection,
+    Forward,
+    LogEvent,
+    Matchmaker,
+    Output,
+    RelayLimits,
+    Send,
+)
+from meshcore.proto.wire import encode_control
+
+__all__ = ["RelayConfig", "RelayServer", "RelayStats", "serve_relay"]
+
+log = logging.getLogger("meshcore.relay")
+
+_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_CONTROL: Final = 0
+"""Circuit id of queue entries that are control messages (0 is never a circuit id)."""
+
+
+def _check_port(_inst: object, _attr: object, port: int) -> None:
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port must be 0..65535 (0 picks a free port), got {port}")
+
+
+@attrs.frozen
+class RelayConfig:
+    """What `serve_relay` needs: where to listen, the limits, and how long to wait on close."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=RELAY_DEFAULT_PORT, validator=_check_port)
+    limits: RelayLimits = attrs.field(factory=RelayLimits)
+    shutdown_grace_s: float = RELAY_SHUTDOWN_GRACE_S
+    """On shutdown, how long peers get to take their Close before they are cut off."""
+    close_flush_s: float = RELAY_CLOSE_FLUSH_S
+    """How long a connection being closed may take to flush its last messages."""
+
+
+@attrs.frozen
+class RelayStats:
+    """Counters of a running relay (table sizes and queue state)."""
+
+    connections: int
+    pending: int
+    peers: int
+    circuits: int
+    invites: int
+    tracked_addresses: int
+    queued_bytes: int
+    dropped_frames: int
+
+
+class _Link:
+    """The send side of one connection: a FIFO of encoded messages and its accounting."""
+
+    __slots__ = (
+        "close_reason",
+        "closing",
+        "conn_id",
+        "control",
+        "lot",
+        "per_circuit",
+        "queue",
+        "queued_bytes",
+        "transport",
+        "write_scope",
+    )
+
+    def __init__(self, conn_id: int, transport: WebSocketTransport) -> None:
+        self.conn_id = conn_id
+        self.transport = transport
+        self.queue: deque[tuple[bytes | None, int]] = deque()
+        self.lot = trio.lowlevel.ParkingLot()
+        self.per_circuit: dict[int, list[int]] = {}  # circuit id -> [frames, bytes] queued
+        self.queued_bytes = 0
+        self.control = 0
+        self.closing = False
+        self.close_reason = ""
+        self.write_scope = trio.CancelScope()
+
+
+class _Relay:
+    """Executes the matchmaker's outputs on real connections."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.mm = Matchmaker(config.limits)
+        self.links: dict[int, _Link] = {}
+        self._conn_ids = itertools.count(1)
+        self._timer_scope = trio.CancelScope()
+        self.queued_bytes = 0
+        self.dropped_frames = 0
+        self._shutting_down = False
+        self._all_closed = trio.Event()
+
+    # --- connections ------------------------------------------------------------------------
+
+    async def serve_connection(self, transport: WebSocketTransport) -> None:
+        """The handler of one WebSocket connection; returns when it is closed."""
+        conn_id = next(self._conn_ids)
+        link = _Link(conn_id, transport)
+        self.links[conn_id] = link
+        reason = "closed"
+        try:
+            addr = transport.remote_address
+            if addr is None:  # not an IP connection: nothing to rate-limit or report
+                return
+            self.run(self.mm.connection_opened(conn_id, addr, trio.current_time()))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, link)
+                reason = await self._read_loop(link)
+                if not link.closing:
+                    nursery.cancel_scope.cancel()  # the peer left: nothing more to send
+        finally:
+            del self.links[conn_id]
+            self._release(link)
+            self.run(self.mm.connection_closed(conn_id, reason, trio.current_time()))
+            if self._shutting_down and not self.links:
+                self._all_closed.set()
+
+    async def _read_loop(self, link: _Link) -> str:
+        transport, mm, conn_id = link.transport, self.mm, link.conn_id
+        try:
+            while not link.closing:
+                data = await transport.receive()
+                self.run(mm.receive_data(conn_id, data, trio.current_time()))
+        except TransportClosed as exc:
+            return exc.reason
+        return link.close_reason
+
+    async def _write_loop(self, link: _Link) -> None:
+        transport = link.transport
+        try:
+            with link.write_scope:
+                while True:
+                    while not link.queue:
+                        await link.lot.park()
+                    data, circuit_id = link.queue.popleft()
+                    if data is None:
+                        break
+                    self._dequeued(link, data, circuit_id)
+                    await transport.send(data)
+        except TransportClosed:
+            return
+        await transport.aclose(link.close_reason or "closed")
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def run(self, outputs: list[Output]) -> None:
+        """Execute the matchmaker's outputs, in order."""
+        for out in outputs:
+            kind = type(out)
+            if kind is Forward:
+                assert isinstance(out, Forward)
+                self._forward(out)
+            elif kind is Send:
+                assert isinstance(out, Send)
+                self._send_control(out.conn_id, encode_control(out.message))
+            elif kind is CloseConnection:
+                assert isinstance(out, CloseConnection)
+                self._close(out.conn_id, out.reason)
+            else:
+                assert isinstance(out, LogEvent)
+                _log_event(out)
+        deadline = self.mm.get_timer()
+        if deadline is not None and deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
+
+    def _send_control(self, conn_id: int, data: bytes) -> None:
+        link = self.links.get(conn_id)
+        if link is None or link.closing:
+            return
+        if link.control >= self.limits.control_queue_messages:
+            reason = "too many control messages queued: the peer is not reading"
+            log.warning("closed conn=%d reason=%s", conn_id, json.dumps(reason))
+            self._abort(link, reason)
+            return
+        link.control += 1
+        link.queue.append((data, _CONTROL))
+        link.lot.unpark()
+
+    def _forward(self, out: Forward) -> None:
+        link = self.links.get(out.conn_id)
+        if link is None or link.closing:
+            self.dropped_frames += 1
+            return
+        limits, size, cid = self.limits, len(out.data), out.circuit_id
+        queued = link.per_circuit.get(cid)
+        if (
+            (
+                queued is not None
+                and (
+                    queued[0] >= limits.circuit_queue_frames
+                    or queued[1] + size > limits.circuit_queue_bytes
+                )
+            )
+            or (link.queued_bytes and link.queued_bytes + size > limits.connection_queue_bytes)
+            or self.queued_bytes + size > limits.total_queue_bytes
+        ):
+            if limits.overflow == "close":
+                self.run(self.mm.circuit_overflow(cid, trio.current_time()))
+            else:
+                self.dropped_frames += 1
+            return
+        if queued is None:
+            link.per_circuit[cid] = [1, size]
+        else:
+            queued[0] += 1
+            queued[1] += size
+        link.queued_bytes += size
+        self.queued_bytes += size
+        link.queue.append((out.data, cid))
+        link.lot.unpark()
+
+    def _dequeued(self, link: _Link, data: bytes, circuit_id: int) -> None:
+        if circuit_id == _CONTROL:
+            link.control -= 1
+            return
+        size = len(data)
+        queued = link.per_circuit[circuit_id]
+        queued[0] -= 1
+        queued[1] -= size
+        if not queued[0]:
+            del link.per_circuit[circuit_id]
+        link.queued_bytes -= size
+        self.queued_bytes -= size
+
+    def _release(self, link: _Link) -> None:
+        """Give back the queue accounting of everything still queued on `link`."""
+        self.queued_bytes -= link.queued_bytes
+        link.queued_bytes = 0
+        link.per_circuit.clear()
+        link.queue.clear()
+
+    def _close(self, conn_id: int, reason: str) -> None:
+        """Flush the control messages queued for `conn_id` (briefly), then close it."""
+        link = self.links.get(conn_id)
+        if link is None or link.closing:
+            return
+        link.closing = True
+        link.close_reason = reason
+        control = [item for item in link.queue if item[1] == _CONTROL]
+        self._release(link)  # relayed frames for a closing connection are dropped
+        link.queue.extend(control)
+        link.queue.append((None, _CONTROL))
+        link.write_scope.deadline = trio.current_time() + self.config.close_flush_s
+        link.lot.unpark()
+
+    def _abort(self, link: _Link, reason: str) -> None:
+        """Close `link` at once, without flushing, and tell the matchmaker."""
+        link.closing = True
+        link.close_reason = reason
+        self._release(link)
+        link.write_scope.cancel()
+        self.run(self.mm.connection_closed(link.conn_id, reason, trio.current_time()))
+
+    # --- timers and shutdown ----------------------------------------------------------------
+
+    async def run_timers(self) -> None:
+        """Call the matchmaker's `handle_timer` whenever its next deadline passes."""
+        while True:
+            deadline = self.mm.get_timer()
+            self._timer_scope = trio.CancelScope(
+                deadline=math.inf if deadline is None else deadline
+            )
+            with self._timer_scope:
+                await trio.sleep_forever()
+            self.run(self.mm.handle_timer(trio.current_time()))
+
+    async def shutdown(self) -> None:
+        """Tell every peer (Close SHUTDOWN, circuits closed), then wait up to the grace
+        period for the connections to close."""
+        self._shutting_down = True
+        self.run(self.mm.shutdown(trio.current_time()))
+        if not self.links:
+            self._all_closed.set()
+        with trio.move_on_after(self.config.shutdown_grace_s):
+            await self._all_closed.wait()
+        left = len(self.links)
+        log.info("relay stopped%s", f" ({left} connections cut off)" if left else "")
+
+    def stats(self) -> RelayStats:
+        s = self.mm.stats()
+        return RelayStats(
+            connections=len(self.links),
+            pending=s.pending,
+            peers=s.peers,
+            circuits=s.circuits,
+            invites=s.invites,
+            tracked_addresses=s.tracked_addresses,
+            queued_bytes=self.queued_bytes,
+            dropped_frames=self.dropped_frames,
+        )
+
+
+def _format_value(value: str | int | float) -> str:
+    if isinstance(value, str) and (not value or any(c in value for c in ' "=')):
+        return json.dumps(value)
+    return str(value)
+
+
+def _log_event(event: LogEvent) -> None:
+    """One line per event: `name key=value ...`; with JSON logging the fields are keys too."""
+    level = _LEVELS[event.level]
+    if not log.isEnabledFor(level):
+        return
+    text = " ".join(f"{key}={_format_value(value)}" for key, value in event.fields.items())
+    log.log(level, "%s %s", event.name, text, extra={"event": event.name, **event.fields})
+
+
+class RelayServer:
+    """A running relay, as handed out by `serve_relay`: where it listens and its counters."""
+
+    def __init__(self, relay: _Relay, endpoints: list[Endpoint]) -> None:
+        self._relay = relay
+        self.endpoints = endpoints
+
+    @property
+    def port(self) -> int:
+        """The TCP port the relay listens on."""
+        return self.endpoints[0].port
+
+    @property
+    def url(self) -> str:
+        """A ws:// URL peers can use to reach the relay (its first listening address)."""
+        ep = self.endpoints[0]
+        host = ep.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        return f"ws://{f'[{host}]' if ':' in host else host}:{ep.port}/"
+
+    def stats(self) -> RelayStats:
+        """Table sizes and queue state right now."""
+        return self._relay.stats()
+
+    def circuit_stats(self) -> list[CircuitStats]:
+        """Every open circuit with its byte and frame counters each way."""
+        return self._relay.mm.circuit_stats()
+
+
+async def serve_relay(
+    config: RelayConfig,
+    *,
+    task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a relay until cancelled: `server = await nursery.start(serve_relay, config)`.
+
+    Returns (to `nursery.start`) a `RelayServer` once listening. On cancellation it shuts
+    down gracefully: every peer is sent Close(SHUTDOWN), every circuit is closed, and the
+    connections get `config.shutdown_grace_s` to finish before they are cut. Raises
+    ConfigError if it cannot listen on `config.host:config.port`.
+    """
+    relay = _Relay(config)
+    # The server runs shielded, so that cancelling serve_relay first runs the graceful
+    # shutdown below (which needs the connections' tasks) and only then stops them.
+    server_scope = trio.CancelScope(shield=True)
+
+    async def run_server(task_status: trio.TaskStatus[list[Endpoint]]) -> None:
+        with server_scope:
+            async with trio.open_nursery() as nursery:
+                endpoints = await nursery.start(
+                    partial(
+                        serve_websocket_transports,
+                        relay.serve_connection,
+                        config.host,
+                        config.port,
+                        max_message=config.limits.max_message_bytes,
+                    )
+                )
+                nursery.start_soon(relay.run_timers)
+                task_status.started(endpoints)
+
+    async with trio.open_nursery() as nursery:
+        endpoints: list[Endpoint] = await nursery.start(run_server)
+        server = RelayServer(relay, endpoints)
+        log.info("relay listening on %s", " ".join(f"ws://{ep}/" for ep in endpoints))
+        task_status.started(server)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                log.info("relay shutting down")
+                await relay.shutdown()
+            server_scope.cancel()

@@ -1,10 +1,10 @@
 """`meshcore-peer`: identities, netcat-style sessions through a relay, and the demo.
 
-    meshcore-peer genkey [--identity FILE]
-    meshcore-peer id [--identity FILE]
-    meshcore-peer connect --relay URL [--identity FILE] PEER_ID
-    meshcore-peer listen --relay URL [--identity FILE] --allow PEER_ID[,...] [--exec CMD]
-    meshcore-peer demo
+meshcore-peer genkey [--identity FILE]
+meshcore-peer id [--identity FILE]
+meshcore-peer connect --relay URL [--identity FILE] PEER_ID
+meshcore-peer listen --relay URL [--identity FILE] --allow PEER_ID[,...] [--exec CMD]
+meshcore-peer demo
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = _load(args)
-        setup_logging(config.log_level, config.log_format)
+        quiet = args.command == "demo" and args.log_level is None
+        setup_logging("warning" if quiet else config.log_level, config.log_format)
         if args.command == "genkey":
             return _cmd_genkey(config, args.force)
         if args.command == "id":

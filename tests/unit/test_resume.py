@@ -413,3 +413,12 @@ def test_restarted_server_forgets_resumption_and_forces_full_handshake() -> None
     restarted: ResumeServer[str] = ResumeServer()  # secrets are never persisted
     with pytest.raises(AuthenticationError):
         restarted.receive(resume, 1.0)
+
+
+def test_resumes_never_extend_the_deadline_of_the_full_handshake() -> None:
+    # The ratchet keeps the first secret's deadline: a full (post-quantum) handshake is
+    # needed RESUME_MAX_AGE_S after the last one, however often the session resumed.
+    server = server_with(now=0.0)
+    keys, _ = resume_once(server, RS, now=RESUME_MAX_AGE_S - 10)
+    with pytest.raises(AuthenticationError):
+        resume_once(server, keys.next_resume_secret, now=RESUME_MAX_AGE_S)

@@ -386,8 +386,9 @@ class ResumeServer(Generic[OwnerT]):
     """The side that answers RESUMEs, for all sessions of one node.
 
     It holds one resumption secret per session (`owner`), only in memory: a restart means a
-    full handshake. Each secret is usable until RESUME_MAX_AGE_S after `add` and at most once:
-    the first confirmed resume deletes it and registers the ratcheted next secret. A
+    full handshake. Each secret is usable at most once: the first confirmed resume deletes it
+    and holds the ratcheted next secret instead, until the same deadline, RESUME_MAX_AGE_S
+    after the full handshake that `add` registered (a resume is no substitute for one). A
     retransmitted RESUME (same n_c) gets the byte-identical cached ACK; the ACK is never
     larger than the RESUME (no amplification).
     """
@@ -415,18 +416,24 @@ class ResumeServer(Generic[OwnerT]):
         return len(self._by_id)
 
     def add(self, owner: OwnerT, resume_secret: bytes, now: float) -> None:
-        """Hold `resume_secret` for the session `owner` until now + RESUME_MAX_AGE_S.
+        """Hold `resume_secret` from a full handshake completed at `now` for the session
+        `owner`, until now + RESUME_MAX_AGE_S.
 
-        Replaces the owner's previous secret and any resume of it in progress.
+        Replaces the owner's previous secret and any resume of it in progress. The client
+        side of a resume also calls this with its `next_resume_secret` if it serves resumes
+        for the session too, so that both ends forget the used secret.
         """
         if len(resume_secret) != SECRET_BYTES:
             raise ValueError(f"a resumption secret is {SECRET_BYTES} bytes")
+        self._hold(owner, resume_secret, now + RESUME_MAX_AGE_S)
+
+    def _hold(self, owner: OwnerT, resume_secret: bytes, expires_at: float) -> None:
         self.remove(owner)
         resume_id = resume_id_of(resume_secret)
         stale = self._by_id.get(resume_id)
         if stale is not None:
             self._drop(stale)
-        entry = _Entry(owner, resume_secret, resume_id, now + RESUME_MAX_AGE_S)
+        entry = _Entry(owner, resume_secret, resume_id, expires_at)
         self._by_id[resume_id] = entry
         self._by_owner[owner] = entry
 
@@ -491,7 +498,9 @@ class ResumeServer(Generic[OwnerT]):
         keys = entry.pending[nonce].keys
         plaintext = keys.receive_key.open(frame, now)
         self._drop(entry)
-        self.add(entry.owner, keys.next_resume_secret, now)
+        # The ratchet keeps the deadline of the full handshake that started the chain, so
+        # resumes can never postpone the next post-quantum handshake past RESUME_MAX_AGE_S.
+        self._hold(entry.owner, keys.next_resume_secret, entry.expires_at)
         return ResumeConfirmed(owner=entry.owner, keys=keys, plaintext=plaintext)
 
     def _answer(

@@ -15,7 +15,7 @@ import trio
 from meshcore._session import Session
 from meshcore.proto.constants import MAX_MESSAGE_BYTES
 
-__all__ = ["FileReceiveStream", "FileSendStream", "pipe_session"]
+__all__ = ["FileReceiveStream", "FileSendStream", "pipe_command", "pipe_session"]
 
 _CHUNK = 60 * 1024
 
@@ -77,6 +77,7 @@ async def _session_to_sink(session: Session, sink: trio.abc.SendStream) -> int:
             break
         await sink.send_all(data)
         received += len(data)
+    await sink.aclose()  # the peer's EOF becomes the sink's EOF (a command's stdin)
     return received
 
 
@@ -115,3 +116,24 @@ async def pipe_session(
             nursery.start_soon(outbound, nursery.cancel_scope)
         nursery.start_soon(inbound, nursery.cancel_scope)
     return results[0], results[1]
+
+
+async def pipe_command(session: Session, argv: list[str]) -> int:
+    """Run `argv` with the session on its stdin and stdout; returns its exit status.
+
+    The peer's data goes to the command's stdin (closed when the peer closes); the
+    command's stdout goes to the peer, and this returns once it ended, was acknowledged,
+    and the command exited. Cancellation kills the command.
+    """
+    process = await trio.lowlevel.open_process(argv, stdin=-1, stdout=-1)
+    finished = False
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        await pipe_session(session, process.stdout, process.stdin)
+        finished = True
+    finally:
+        with trio.CancelScope(shield=True):
+            if not finished and process.returncode is None:
+                process.kill()
+            code = await process.wait()
+    return code

@@ -21,7 +21,7 @@ import trio
 
 import meshcore
 from meshcore._api import connect, serve
-from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_session
+from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
 from meshcore._session import Session
 from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
@@ -155,36 +155,8 @@ async def _run_connect(config: PeerConfig) -> int:
 
 
 async def _pipe_to_process(command: str, session: Session) -> None:
-    argv = shlex.split(command)
-    process = await trio.lowlevel.open_process(argv, stdin=-1, stdout=-1)
-    try:
-        assert process.stdin is not None and process.stdout is not None
-
-        async def to_process() -> None:
-            assert process.stdin is not None
-            try:
-                while True:
-                    try:
-                        data = await session.receive()
-                    except trio.EndOfChannel:
-                        break
-                    await process.stdin.send_all(data)
-            finally:
-                await process.stdin.aclose()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(to_process)
-            while True:
-                data = await process.stdout.receive_some(60 * 1024)
-                if not data:
-                    break
-                await session.send(data)
-            await session.wait_acknowledged()
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            code = await process.wait()
-        log.info("command %r for session with %s exited with %d", command, session.peer_id, code)
+    code = await pipe_command(session, shlex.split(command))
+    log.info("command %r for session with %s exited with %d", command, session.peer_id, code)
 
 
 async def _run_listen(config: PeerConfig) -> int:

@@ -121,7 +121,17 @@ def peek_receiver_index(frame: bytes | bytearray | memoryview) -> int:
     Nothing is authenticated yet: use it only to pick a key. Raises DecodeError like
     `decode_frame_header_untrusted`.
     """
-    return decode_frame_header_untrusted(frame).receiver_index
+    size = len(frame)
+    if size < MIN_FRAME_BYTES or size > MAX_FRAME_BYTES:
+        raise DecodeError(
+            f"transport frame of {size} bytes is outside {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}"
+        )
+    word0, receiver_index, _ = _unpack_header(frame)
+    if word0 != _FRAME_WORD0:
+        raise DecodeError(
+            f"not a version-1 transport frame: type/flags/reserved word is {word0:#010x}"
+        )
+    return int(receiver_index)
 
 
 def _check_key(key: bytes, index: int, what: str) -> None:
@@ -372,10 +382,13 @@ class KeyRing:
 
         Raises what `ReceiveKey.open` raises; UnknownReceiverIndex when no live key matches.
         """
-        receiver_index = peek_receiver_index(frame)
         receive = self._receive
-        if receive is not None and receiver_index == receive.local_index:
-            return receive.open(frame, now)
+        if receive is not None:
+            try:
+                return receive.open(frame, now)  # the common case: one call, one header parse
+            except UnknownReceiverIndex:
+                pass
+        receiver_index = peek_receiver_index(frame)
         self._drop_previous(now)
         previous = self._previous
         if previous is not None and receiver_index == previous.local_index:

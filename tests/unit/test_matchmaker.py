@@ -312,6 +312,14 @@ def test_duplicate_pending_request_id_is_refused(relay: Relay) -> None:
     assert only(sent(out, alice), wire.Reject).code is wire.ErrorCode.NOT_ALLOWED
 
 
+def test_only_one_request_per_target_may_be_pending(relay: Relay) -> None:
+    alice, bob = relay.register(ALICE), relay.register(BOB)
+    relay.send(alice, wire.Connect(7, BOB.peer_id.digest))
+    out = relay.send(alice, wire.Connect(8, BOB.peer_id.digest))
+    assert only(sent(out, alice), wire.Reject).code is wire.ErrorCode.RATE_LIMITED
+    assert sent(out, bob) == []
+
+
 def test_unanswered_invitation_expires_for_both_sides(relay: Relay) -> None:
     alice, bob = relay.register(ALICE), relay.register(BOB)
     invite = only(sent(relay.send(alice, wire.Connect(7, BOB.peer_id.digest)), bob), wire.Invite)

@@ -872,6 +872,12 @@ class Matchmaker:
             if msg.target in self._departed:
                 return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
             return refuse(ErrorCode.PEER_UNKNOWN, "no peer with that id is registered here")
+        if any(invite.target is target for invite in conn.invites_out.values()):
+            # One pending invitation per (initiator, target): a single flooder cannot fill
+            # the target's invitation slots; it needs as many registered identities.
+            return refuse(
+                ErrorCode.RATE_LIMITED, "a request to this peer is already pending; wait for it"
+            )
         if len(target.invites_in) >= limits.max_invites_per_peer:
             return refuse(
                 ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"

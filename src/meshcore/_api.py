@@ -57,7 +57,9 @@ async def connect(
         try:
             result = await handshake_as_initiator(pairing.circuit, identity, pairing.peer)
             log.info("session with %s established (initiator)", pinned)
-            async with open_session(pairing.circuit, result, settings=settings) as session:
+            async with open_session(
+                pairing.circuit, result, settings=settings, identity=identity
+            ) as session:
                 yield session
         finally:
             with trio.CancelScope(shield=True):
@@ -117,7 +119,9 @@ async def _serve_one(
     try:
         result = await handshake_as_responder(pairing.circuit, responder)
         log.info("session with %s established (responder)", peer)
-        async with open_session(pairing.circuit, result, settings=settings) as session:
+        async with open_session(
+            pairing.circuit, result, settings=settings, responder=responder
+        ) as session:
             await handler(session)
     except HandshakeError as exc:
         log.warning("handshake with %s failed: %s", peer, exc)

@@ -21,8 +21,9 @@ from meshcore._transport import Transport
 from meshcore.errors import HandshakeError, SessionClosed, TransportClosed
 from meshcore.proto import constants as C
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
-from meshcore.proto.handshake import HandshakeResult, Initiator, Responder
+from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Initiator, Responder
 from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.session import (
     ACTIVE,
     MessageReceived,
@@ -295,14 +296,25 @@ async def open_session(
     *,
     settings: SessionSettings | None = None,
     inbox_limit: int = 256,
+    identity: Identity | None = None,
+    responder: Responder | None = None,
 ) -> AsyncIterator[Session]:
     """Run a session over `transport` with the keys of a completed handshake.
+
+    Give `identity` on the initiator's side and `responder` on the other to rekey with a
+    fresh handshake every REKEY_AFTER_S (without them the keys expire after
+    REJECT_AFTER_S and the session ends).
 
     The session's tasks live in a nursery inside this `async with`; leaving it closes the
     session (the peer is told) and cancels them. Cancellation leaves nothing half-done: the
     close message is sent under a shielded, bounded scope.
     """
     session = Session(transport, result, settings or SessionSettings(), inbox_limit)
+    if identity is not None and result.role is HandshakeRole.INITIATOR:
+        peer = result.peer
+        session.core.enable_rekey(initiator=lambda: RekeyInitiator(identity, peer))
+    elif responder is not None:
+        session.core.enable_rekey(responder=RekeyResponder(responder, result.peer_id))
     async with open_hidden_nursery() as nursery:
         nursery.start_soon(session._run_reader)
         nursery.start_soon(session._run_writer)

@@ -11,6 +11,7 @@ and the receiver's replay window and sequence numbers drop whatever arrives twic
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
@@ -20,6 +21,7 @@ import attrs
 from meshcore.errors import (
     AuthenticationError,
     DecodeError,
+    HandshakeError,
     MeshError,
     ReplayError,
     SessionClosed,
@@ -41,6 +43,7 @@ from meshcore.proto.inner import (
     encode_data,
     encode_inner,
 )
+from meshcore.proto.rekey import RekeyInitiator, RekeyOutput, RekeyResponder, install_result
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -219,7 +222,58 @@ class SessionCore:
         self._outbox: list[tuple[Hashable, bytes]] = []
         self._acks_held = False
         self._dup_acks = 0
-        self.on_rekey_needed: Callable[[float], None] | None = None
+        self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
+        self._rekey_responder: RekeyResponder | None = None
+        self._rekey_attempt: RekeyInitiator | None = None
+        self._rekey_next_try = -math.inf
+        self.rekeys = 0
+
+    # ------------------------------------------------------------------ rekeying
+    def enable_rekey(
+        self,
+        *,
+        initiator: Callable[[], RekeyInitiator] | None = None,
+        responder: RekeyResponder | None = None,
+    ) -> None:
+        """Rekey with a fresh full handshake inside the session (CRYPTO.md §3.8).
+
+        The session's original initiator passes `initiator` (a factory of one attempt) and
+        starts a handshake when the keys reach REKEY_AFTER_S, at most one attempt per
+        REKEY_TIMEOUT_S; the other side passes `responder`. Fragments travel as sealed
+        control messages; the new keys are installed once the handshake completes.
+        """
+        self._rekey_initiator = initiator
+        self._rekey_responder = responder
+
+    def _maybe_start_rekey(self, now: float) -> None:
+        factory = self._rekey_initiator
+        if factory is None or now < self._rekey_next_try or not self.keys.needs_rekey(now):
+            return
+        if self._rekey_attempt is not None:
+            self._rekey_attempt.close()
+        attempt = factory()
+        self._rekey_attempt = attempt
+        self._rekey_next_try = now + C.REKEY_TIMEOUT_S
+        self._apply_rekey(attempt.start(now), now)
+
+    def _on_rekey_fragment(self, fragment: RekeyFragment, now: float) -> None:
+        try:
+            if self._rekey_responder is not None:
+                self._apply_rekey(self._rekey_responder.receive(fragment, now), now)
+            elif self._rekey_attempt is not None:
+                self._apply_rekey(self._rekey_attempt.receive(fragment, now), now)
+        except HandshakeError:
+            # the peer is authenticated (the fragment was sealed), so this is a bug on its
+            # side or a stale attempt: drop it; the initiator retries after REKEY_TIMEOUT_S
+            self.stats.rejected += 1
+
+    def _apply_rekey(self, output: RekeyOutput, now: float) -> None:
+        for fragment in output.fragments:
+            self.queue_control(fragment, now)
+        if output.result is not None:
+            install_result(self.keys, output.result, now)
+            self.rekeys += 1
+            self._rekey_attempt = None
 
     # ------------------------------------------------------------------ application side
     def can_send(self) -> bool:
@@ -285,7 +339,11 @@ class SessionCore:
         """Tell the peer we are closing (best effort) and stop; idempotent."""
         if self.state is not SessionState.OPEN:
             return
-        self._transmit(ACTIVE, self._seal(encode_inner(Close(code, clip_reason(reason))), now), now)
+        try:
+            frame = self._seal(encode_inner(Close(code, clip_reason(reason))), now)
+        except SessionClosed:
+            return  # the keys expired: the session already failed, nothing to tell
+        self._transmit(ACTIVE, frame, now)
         self._finish(reason)
 
     def seal_control(self, message: InnerMessage, now: float) -> bytes:
@@ -331,7 +389,10 @@ class SessionCore:
         except DecodeError as exc:
             self._fail(f"peer sent a malformed message: {exc}")
             return
-        self._dispatch(message, now, path)
+        try:
+            self._dispatch(message, now, path)
+        except SessionClosed:
+            pass  # replying needed a key that expired; the session failed with that reason
 
     def _dispatch(self, message: InnerMessage, now: float, path: Hashable) -> None:
         if isinstance(message, Data):
@@ -350,7 +411,10 @@ class SessionCore:
         elif isinstance(message, Endpoints):
             self._events.append(EndpointsReceived(message.endpoints))
         elif isinstance(message, RekeyFragment):
-            self._events.append(RekeyFragmentReceived(message))
+            if self._rekey_initiator is None and self._rekey_responder is None:
+                self._events.append(RekeyFragmentReceived(message))
+            else:
+                self._on_rekey_fragment(message, now)
         elif isinstance(message, Close):
             self._events.append(PeerClosed(message.code, message.reason))
             why = message.reason or "no reason given"
@@ -476,10 +540,19 @@ class SessionCore:
             deadlines.append(self._ack_owed_since + s.ack_delay_s)
         if self._retransmit_at is not None:
             deadlines.append(self._retransmit_at)
+        send_key = self.keys.send_key
+        if self._rekey_initiator is not None and send_key is not None:
+            deadlines.append(max(send_key.created_at + C.REKEY_AFTER_S, self._rekey_next_try))
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
         """Run whatever timers are due at `now`."""
+        try:
+            self._handle_timer(now)
+        except SessionClosed:
+            pass  # a send needed a key that expired; the session failed with that reason
+
+    def _handle_timer(self, now: float) -> None:
         if self.state is not SessionState.OPEN:
             return
         s = self.settings
@@ -497,8 +570,7 @@ class SessionCore:
             self.retransmit_unacked(now)
         if now >= self._last_sent + s.keepalive_s:
             self._transmit(ACTIVE, self._seal(encode_inner(Keepalive()), now), now)
-        if self.on_rekey_needed is not None and self.keys.needs_rekey(now):
-            self.on_rekey_needed(now)
+        self._maybe_start_rekey(now)
 
     @property
     def last_received(self) -> float:

@@ -1,0 +1,105 @@
+"""The peer's control socket: status and ping answered from the registry of sessions."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from meshcore._control import (
+    ControlClientError,
+    SessionRegistry,
+    control_request,
+    serve_control,
+)
+from meshcore.errors import ConfigError
+
+
+@attrs.frozen
+class FakeStatus:
+    peer_id: str
+    path: str
+    rtt_s: float | None = 0.0004
+
+
+class FakeSession:
+    def __init__(self, peer: str, path: str = "direct") -> None:
+        self.peer, self.path = peer, path
+        self.pings = 0
+
+    def status(self) -> FakeStatus:
+        return FakeStatus(self.peer, self.path)
+
+    async def ping(self, timeout: float) -> tuple[float, str]:
+        self.pings += 1
+        await trio.lowlevel.checkpoint()
+        return 0.0005, self.path
+
+
+async def collect(path: Path, request: dict[str, object]) -> list[dict[str, object]]:
+    with trio.fail_after(10):
+        return [answer async for answer in control_request(path, request)]
+
+
+async def test_status_lists_every_registered_session(tmp_path: Path) -> None:
+    registry = SessionRegistry()
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert await collect(sock, {"cmd": "status"}) == []
+        with (
+            registry.registered(FakeSession("abc", "relay")),
+            registry.registered(FakeSession("xyz")),
+        ):
+            answers = await collect(sock, {"cmd": "status"})
+        assert [(a["peer_id"], a["path"]) for a in answers] == [("abc", "relay"), ("xyz", "direct")]
+        nursery.cancel_scope.cancel()
+    assert not sock.exists()
+
+
+async def test_ping_reports_rtt_and_path(tmp_path: Path) -> None:
+    registry = SessionRegistry()
+    sock = tmp_path / "peer.sock"
+    session = FakeSession("abcdef")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        with registry.registered(session):
+            answers = await collect(sock, {"cmd": "ping", "peer": "abc", "count": 3, "interval": 0})
+        assert [a["path"] for a in answers] == ["direct"] * 3
+        assert session.pings == 3
+        with pytest.raises(ControlClientError, match="no session with peer"):
+            await collect(sock, {"cmd": "ping", "peer": "nobody"})
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_command_is_an_error(tmp_path: Path) -> None:
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, SessionRegistry())
+        with pytest.raises(ControlClientError, match="unknown command"):
+            await collect(sock, {"cmd": "reboot"})
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_running_peer_names_the_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "missing.sock"
+    with pytest.raises(ControlClientError, match=str(sock)):
+        await collect(sock, {"cmd": "status"})
+
+
+async def test_socket_in_use_is_refused_and_stale_one_replaced(tmp_path: Path) -> None:
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, SessionRegistry())
+        with pytest.raises(ConfigError, match="in use"):
+            await serve_control(sock, SessionRegistry())
+        nursery.cancel_scope.cancel()
+    sock.write_bytes(b"")  # a stale file left by a crashed peer
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, SessionRegistry())
+        assert await collect(sock, {"cmd": "status"}) == []
+        nursery.cancel_scope.cancel()

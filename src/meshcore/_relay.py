@@ -20,6 +20,7 @@ from typing import Final
 import attrs
 import trio
 
+from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import WebSocketTransport, serve_websocket_transports
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
@@ -389,7 +390,7 @@ async def serve_relay(
 
     async def run_server(task_status: trio.TaskStatus[list[Endpoint]]) -> None:
         with server_scope:
-            async with trio.open_nursery() as nursery:
+            async with open_hidden_nursery() as nursery:
                 endpoints = await nursery.start(
                     partial(
                         serve_websocket_transports,
@@ -401,8 +402,9 @@ async def serve_relay(
                 )
                 nursery.start_soon(relay.run_timers)
                 task_status.started(endpoints)
+                await trio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
+    async with open_hidden_nursery() as nursery:
         endpoints: list[Endpoint] = await nursery.start(run_server)
         server = RelayServer(relay, endpoints)
         log.info("relay listening on %s", " ".join(f"ws://{ep}/" for ep in endpoints))
@@ -411,6 +413,5 @@ async def serve_relay(
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                log.info("relay shutting down")
                 await relay.shutdown()
             server_scope.cancel()

@@ -14,7 +14,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -385,6 +385,7 @@ def load_toml(
     overrides: Mapping[str, object] | None = None,
     override_names: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    reserved_env: Collection[str] = (),
 ) -> T:
     """Load `cls` from a TOML file (optional), then the environment, then `overrides`.
 
@@ -392,7 +393,8 @@ def load_toml(
     `overrides` (dotted keys such as ``"limits.max_peers"``; string values are parsed like
     environment text). `override_names` says how the user spelled each override (its flag),
     for error messages. An environment variable with the prefix that names no setting is an
-    error too (a typo would otherwise be silently ignored).
+    error too (a typo would otherwise be silently ignored), unless it is in `reserved_env`
+    (variables the caller reads itself, such as the config file's path).
 
     Raises ConfigError for a missing or unreadable file or bad TOML (with its line number),
     and ConfigProblems listing every bad key, type or value with its path and source.
@@ -407,7 +409,7 @@ def load_toml(
     types_by_path = dict(_leaves(cls))
     names = env_names(cls, env_prefix)
     env = os.environ if environ is None else environ
-    for name in sorted(k for k in env if k.startswith(env_prefix)):
+    for name in sorted(k for k in env if k.startswith(env_prefix) and k not in reserved_env):
         setting = names.get(name)
         if setting is None:
             close = difflib.get_close_matches(name, list(names), n=1)

@@ -14,7 +14,7 @@ import trio
 
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._transport import WebSocketTransport, open_websocket_transport
-from meshcore.errors import TransportClosed
+from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity
@@ -302,3 +302,10 @@ async def test_the_library_relay_client_registers_and_pairs(relay: RelayServer) 
         with trio.fail_after(WAIT_S):
             pairing = await alice.connect(BOB.peer_id)
             await pairing.circuit.send(b"hello")
+
+
+async def test_serve_relay_raises_config_error_when_it_cannot_listen(nursery: trio.Nursery) -> None:
+    first = await start_relay(nursery)
+    taken = RelayConfig(host="127.0.0.1", port=first.port)
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+        await start_relay(nursery, taken)

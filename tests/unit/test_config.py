@@ -222,6 +222,17 @@ def test_unknown_environment_variable_with_the_prefix_is_refused(tmp_path: Path)
     assert "did you mean TEST_LIMITS_MAX_PEERS?" in problem
 
 
+def test_reserved_environment_variables_are_left_to_the_caller(tmp_path: Path) -> None:
+    settings = load_toml(
+        Settings,
+        None,
+        env_prefix=PREFIX,
+        environ={"TEST_CONFIG": "x.toml"},
+        reserved_env={"TEST_CONFIG"},
+    )
+    assert settings == Settings()
+
+
 def test_missing_required_setting_is_named() -> None:
     with pytest.raises(ConfigProblems) as info:
         structure(Required, {})

@@ -1,0 +1,1 @@
+"""`meshcore-relay`: the relay executable, assembled from the meshcore library."""

@@ -541,8 +541,11 @@ class SessionCore:
         if self._retransmit_at is not None:
             deadlines.append(self._retransmit_at)
         send_key = self.keys.send_key
-        if self._rekey_initiator is not None and send_key is not None:
-            deadlines.append(max(send_key.created_at + C.REKEY_AFTER_S, self._rekey_next_try))
+        if send_key is not None:
+            deadlines.append(send_key.created_at + C.REJECT_AFTER_S)
+            if self._rekey_initiator is not None:
+                rekey_at = send_key.created_at + C.REKEY_AFTER_S
+                deadlines.append(max(rekey_at, self._rekey_next_try))
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -554,6 +557,11 @@ class SessionCore:
 
     def _handle_timer(self, now: float) -> None:
         if self.state is not SessionState.OPEN:
+            return
+        if self.keys.expired(now):
+            self._fail(
+                f"session keys expired: no new handshake completed within {C.REJECT_AFTER_S:g} s"
+            )
             return
         s = self.settings
         if s.dead_after_s is not None and now >= self._last_received + s.dead_after_s:

@@ -133,19 +133,26 @@ async def serve_control(
     path: Path,
     registry: SessionRegistry,
     *,
-    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+    required: bool = True,
+    task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer status and ping requests on the UNIX socket `path` until cancelled.
 
-    The socket is created with mode 0600 and removed on exit. Raises `ConfigError` if the
-    path is in use by a running peer or cannot be created.
+    The socket is created with mode 0600 and removed on exit. If another running peer
+    already answers on `path`, raises `ConfigError` when `required`, else logs a warning
+    and serves nothing (`task_status.started(None)`).
     """
     if path.exists():
         if await _is_live(path):
-            raise ConfigError(
+            message = (
                 f"control socket {path} is in use by another running peer: "
                 "pass --control PATH to use another one"
             )
+            if required:
+                raise ConfigError(message)
+            log.warning("%s; status and ping are unavailable for this process", message)
+            task_status.started(None)
+            return
         path.unlink()
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     old_umask = os.umask(0o177)

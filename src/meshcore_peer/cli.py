@@ -10,17 +10,26 @@ meshcore-peer demo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
 
 import meshcore
 from meshcore._api import connect, serve
+from meshcore._control import (
+    SessionRegistry,
+    control_request,
+    default_control_path,
+    serve_control,
+)
+from meshcore._nursery import open_hidden_nursery
 from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
 from meshcore._session import Session
 from meshcore.errors import ConfigError, MeshError
@@ -98,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
         help="run CMD for each session, piping the session to its stdin and stdout",
     )
 
+    for name in ("connect", "listen"):
+        sub.choices[name].add_argument(
+            "--control",
+            metavar="PATH",
+            help="control socket for status/ping (listen default: "
+            f"{default_control_path()}; connect: none unless given)",
+        )
+    p = sub.add_parser("status", parents=[common], help="show the running peer's sessions")
+    p.add_argument("--json", action="store_true", help="one JSON object per session")
+    p.add_argument("--control", metavar="PATH", help="the running peer's control socket")
+    p = sub.add_parser("ping", parents=[common], help="ping a peer through its session")
+    p.add_argument("peer", metavar="PEER_ID", help="peer id (or a unique prefix)")
+    p.add_argument("-c", "--count", type=int, default=4, help="replies to wait for (default 4)")
+    p.add_argument("--control", metavar="PATH", help="the running peer's control socket")
+
     p = sub.add_parser(
         "demo", parents=[common], help="run a relay and two peers on loopback and show each step"
     )
@@ -142,14 +166,22 @@ def _require(value: str | None, what: str, flag: str) -> str:
     return value
 
 
-async def _run_connect(config: PeerConfig) -> int:
+async def _run_connect(config: PeerConfig, control: Path | None) -> int:
     relay = _require(config.relay, "the relay URL", "--relay URL")
     peer = PeerId.from_text(_require(config.peer, "the peer id", "PEER_ID"))
     identity = Identity.load(_identity_path(config))
-    async with connect(relay, identity, peer) as session:
-        sent, received = await pipe_session(
-            session, FileReceiveStream(sys.stdin.buffer), FileSendStream(sys.stdout.buffer)
-        )
+    registry = SessionRegistry()
+    async with open_hidden_nursery() as nursery:
+        if control is not None:
+            await nursery.start(serve_control, control, registry)
+        async with connect(relay, identity, peer) as session:
+            with registry.registered(session):
+                sent, received = await pipe_session(
+                    session,
+                    FileReceiveStream(sys.stdin.buffer),
+                    FileSendStream(sys.stdout.buffer),
+                )
+        nursery.cancel_scope.cancel()
     log.info("done: sent %d bytes (all acknowledged), received %d bytes", sent, received)
     return EXIT_OK
 
@@ -159,7 +191,7 @@ async def _pipe_to_process(command: str, session: Session) -> None:
     log.info("command %r for session with %s exited with %d", command, session.peer_id, code)
 
 
-async def _run_listen(config: PeerConfig) -> int:
+async def _run_listen(config: PeerConfig, control: Path | None) -> int:
     relay = _require(config.relay, "the relay URL", "--relay URL")
     if not config.allow:
         raise ConfigError("no peer is allowed: pass --allow PEER_ID[,...] or set allow = [...]")
@@ -168,17 +200,75 @@ async def _run_listen(config: PeerConfig) -> int:
     sink = FileSendStream(sys.stdout.buffer)
     command = config.exec
 
+    registry = SessionRegistry()
+
     async def handler(session: Session) -> None:
         log.info("session from %s", session.peer_id)
-        if command:
-            await _pipe_to_process(command, session)
-        else:
-            await pipe_session(session, None, sink)
+        with registry.registered(session):
+            if command:
+                await _pipe_to_process(command, session)
+            else:
+                await pipe_session(session, None, sink)
         log.info("session from %s done", session.peer_id)
 
     log.info("listening as %s via %s for %d allowed peer(s)", identity.peer_id, relay, len(allow))
-    await serve(relay, identity, allow, handler)
+    async with open_hidden_nursery() as nursery:
+        if control is None:
+            await nursery.start(
+                partial(serve_control, default_control_path(), registry, required=False)
+            )
+        else:
+            await nursery.start(serve_control, control, registry)
+        await serve(relay, identity, allow, handler)
     return EXIT_OK
+
+
+_STATUS_COLUMNS = (
+    ("peer", "peer_id"),
+    ("path", "path"),
+    ("remote", "remote_address"),
+    ("rtt ms", "rtt_ms"),
+    ("sent B", "bytes_sent"),
+    ("recv B", "bytes_received"),
+    ("frames out", "frames_sent"),
+    ("frames in", "frames_received"),
+    ("migrations", "migrations"),
+    ("last error", "last_error"),
+)
+
+
+async def _run_status(control: Path, as_json: bool) -> int:
+    rows = [entry async for entry in control_request(control, {"cmd": "status"})]
+    for row in rows:
+        rtt = row.get("rtt_s")
+        row["rtt_ms"] = f"{rtt * 1e3:.2f}" if isinstance(rtt, float) else "-"
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    if not rows:
+        print("no sessions")
+        return EXIT_OK
+    table = [[h for h, _ in _STATUS_COLUMNS]]
+    table += [
+        [str(row.get(k) if row.get(k) is not None else "-") for _, k in _STATUS_COLUMNS]
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(_STATUS_COLUMNS))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+async def _run_ping(control: Path, peer: str, count: int) -> int:
+    failures = 0
+    async for reply in control_request(control, {"cmd": "ping", "peer": peer, "count": count}):
+        if "error" in reply:
+            failures += 1
+            print(f"seq={reply['seq']} error: {reply['error']}")
+        else:
+            print(f"seq={reply['seq']} rtt={reply['rtt_ms']:.3f} ms path={reply['path']}")
+    return EXIT_OK if failures == 0 else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,10 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_genkey(config, args.force)
         if args.command == "id":
             return _cmd_id(config)
+        control = Path(args.control) if getattr(args, "control", None) else None
         if args.command == "connect":
-            return trio.run(_run_connect, config)
+            return trio.run(_run_connect, config, control)
         if args.command == "listen":
-            return trio.run(_run_listen, config)
+            return trio.run(_run_listen, config, control)
+        if args.command == "status":
+            return trio.run(_run_status, control or default_control_path(), args.json)
+        if args.command == "ping":
+            return trio.run(_run_ping, control or default_control_path(), args.peer, args.count)
         if args.command == "demo":
             from meshcore_peer.demo import run_demo
 

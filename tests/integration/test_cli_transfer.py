@@ -1,0 +1,169 @@
+"""The executables as subprocesses: meshcore-relay, meshcore-peer listen and meshcore-peer
+connect carry a 50 MiB random file; the SHA-256 matches at the other end."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SIZE = 50 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
+    """Read proc's stderr until a line contains `needle` (bounded by `timeout`)."""
+    assert proc.stderr is not None
+    seen = b""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise AssertionError(f"never saw {needle!r}; stderr so far:\n{seen.decode()}")
+        if sel.select(left):
+            seen += os.read(proc.stderr.fileno(), 65536)
+    return seen
+
+
+def test_fifty_mib_file_through_relay_listen_and_connect(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    alice_key, bob_key = tmp_path / "alice.key", tmp_path / "bob.key"
+    ids = {}
+    for name, key in (("alice", alice_key), ("bob", bob_key)):
+        out = subprocess.run(
+            [BIN / "meshcore-peer", "genkey", "--identity", key],
+            capture_output=True, check=True, env=env, timeout=60,
+        )  # fmt: skip
+        ids[name] = out.stdout.decode().strip()
+        assert (key.stat().st_mode & 0o777) == 0o600
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(SIZE))
+    received = tmp_path / "received.bin"
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    relay = subprocess.Popen(
+        [BIN / "meshcore-relay", "--listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    listener = None
+    try:
+        wait_for_line(relay, b"listening", 30)
+        with received.open("wb") as sink:
+            listener = subprocess.Popen(
+                [BIN / "meshcore-peer", "listen", "--relay", url, "--identity", bob_key,
+                 "--allow", ids["alice"]],
+                stdout=sink, stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+            wait_for_line(listener, b"registered", 30)
+            with source.open("rb") as stdin:
+                connect = subprocess.run(
+                    [BIN / "meshcore-peer", "connect", "--relay", url, "--identity", alice_key,
+                     ids["bob"]],
+                    stdin=stdin, capture_output=True, env=env, timeout=300,
+                )  # fmt: skip
+            assert connect.returncode == 0, connect.stderr.decode()
+            wait_for_line(listener, b"done", 60)
+        digest_in = hashlib.sha256(source.read_bytes()).hexdigest()
+        digest_out = hashlib.sha256(received.read_bytes()).hexdigest()
+        assert received.stat().st_size == SIZE
+        assert digest_out == digest_in
+    finally:
+        for proc in (listener, relay):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert relay.returncode == 0
+
+
+def test_connect_without_relay_names_the_fix(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    subprocess.run([BIN / "meshcore-peer", "genkey", "--identity", key], check=True, timeout=60)
+    out = subprocess.run(
+        [BIN / "meshcore-peer", "connect", "--identity", key, "x" * 56],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert b"--relay URL" in out.stderr
+
+
+def test_world_readable_key_is_refused_with_the_chmod_hint(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    subprocess.run([BIN / "meshcore-peer", "genkey", "--identity", key], check=True, timeout=60)
+    key.chmod(0o644)
+    out = subprocess.run(
+        [BIN / "meshcore-peer", "id", "--identity", key], capture_output=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert f"chmod 600 {key}".encode() in out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["connect", "--help"], ["listen", "--help"]])
+def test_help_is_helpful(args: list[str]) -> None:
+    out = subprocess.run([BIN / "meshcore-peer", *args], capture_output=True, timeout=60)
+    assert out.returncode == 0
+    assert b"usage:" in out.stdout
+
+
+def test_listen_exec_pipes_each_session_into_a_command(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    keys = {name: tmp_path / f"{name}.key" for name in ("alice", "bob")}
+    ids = {
+        name: subprocess.run(
+            [BIN / "meshcore-peer", "genkey", "--identity", key],
+            capture_output=True, check=True, timeout=60,
+        ).stdout.decode().strip()
+        for name, key in keys.items()
+    }  # fmt: skip
+    payload = os.urandom(1024 * 1024)
+    inbox = tmp_path / "inbox.bin"
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    relay = subprocess.Popen(
+        [BIN / "meshcore-relay", "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, env=env
+    )
+    listener = None
+    try:
+        wait_for_line(relay, b"listening", 30)
+        listener = subprocess.Popen(
+            [BIN / "meshcore-peer", "listen", "--relay", url, "--identity", keys["bob"],
+             "--allow", ids["alice"], "--exec", f"sh -c 'cat > {inbox}'"],
+            stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        wait_for_line(listener, b"registered", 30)
+        connect = subprocess.run(
+            [BIN / "meshcore-peer", "connect", "--relay", url, "--identity", keys["alice"],
+             ids["bob"]],
+            input=payload, capture_output=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert connect.returncode == 0, connect.stderr.decode()
+        wait_for_line(listener, b"exited with 0", 60)
+        assert inbox.read_bytes() == payload
+    finally:
+        for proc in (listener, relay):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

@@ -152,3 +152,22 @@ RELAY_CLOSE_FLUSH_S: Final = 2.0
 """How long a connection being closed may take to flush its last messages (e.g. the Error)."""
 RELAY_SHUTDOWN_GRACE_S: Final = 3.0
 """On shutdown, how long the relay waits for peers to take their Close before cutting them."""
+
+# --- direct paths (meshcore.proto.paths, meshcore._direct, meshcore._migrator; docs/direct.md)
+DIRECT_STAGGER_S: Final = 0.005
+"""Dials to successive candidates start this far apart: a good one never waits for a bad one."""
+DIRECT_RETRY_JITTER: Final = 0.1
+"""Direct retries come DIRECT_RETRY_S x (1 ± this) apart, so sessions do not retry in step."""
+DIRECT_RETRY_MAX_S: Final = 16 * DIRECT_RETRY_S
+"""Backoff cap: the retry interval doubles with each consecutive failure, up to this."""
+DIRECT_STABLE_S: Final = 60.0
+"""A direct path that lived this long before it died resets the backoff (anti-flap)."""
+DIRECT_NOMINATE_MARGIN_S: Final = 0.5
+"""The controlling side nominates no path this close to the race deadline, so that the other
+side is still listening when the nomination arrives."""
+DIRECT_ROUTE_TIMEOUT_S: Final = 5.0
+"""An accepted direct connection or an unsolicited circuit must bring its first frame by then."""
+DIRECT_LINK_QUEUE_FRAMES: Final = 4096
+"""Frames queued for one path of a session; beyond it the path drops (the session retransmits)."""
+RELAY_REOPEN_RETRY_S: Final = 1.0
+"""A refused or failed circuit re-open is retried this often while the session needs the relay."""

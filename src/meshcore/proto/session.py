@@ -49,6 +49,7 @@ from meshcore.proto.wire import clip_reason
 __all__ = [
     "ACTIVE",
     "EndpointsReceived",
+    "FrameResult",
     "MessageReceived",
     "PathChallengeReceived",
     "PathResponseReceived",
@@ -87,6 +88,18 @@ class SessionSettings:
     window_bytes: int = 192 * 1024
     reorder_frames: int = C.REORDER_BUFFER_FRAMES
     pad_to: int = 16
+
+
+class FrameResult(enum.IntEnum):
+    """What `receive_frame` made of one frame (the path logic needs to tell them apart)."""
+
+    DROPPED = 0
+    """Forged, tampered, replayed, for a dead key, or the session is closed: nothing changed."""
+    PROBE = 1
+    """Authenticated PATH_CHALLENGE or PATH_RESPONSE: proves the path, moves no traffic."""
+    ACCEPTED = 2
+    """Any other authenticated, fresh frame (data, ack, keepalive, ...): the peer sends here
+    on purpose (RFC 9000 §9.3: switch paths only on a non-probing frame)."""
 
 
 class SessionState(enum.Enum):
@@ -360,39 +373,42 @@ class SessionCore:
         self._transmit(path, self.seal_control(message, now), now)
 
     # ------------------------------------------------------------------ network side
-    def receive_frame(self, frame: bytes, now: float, path: Hashable = ACTIVE) -> None:
-        """Authenticate, decrypt and process one frame from `path`.
+    def receive_frame(self, frame: bytes, now: float, path: Hashable = ACTIVE) -> FrameResult:
+        """Authenticate, decrypt and process one frame from `path`; say what it was.
 
         Forged, tampered and replayed frames are counted and dropped without changing any
         state; an authenticated but malformed message fails the session.
         """
         if self.state is not SessionState.OPEN:
-            return
+            return FrameResult.DROPPED
         try:
             plaintext = self.keys.open(frame, now)
         except ReplayError:
             # a retransmission we already have: the sender missed our ack, so ack again
             self.stats.duplicates += 1
             self._send_ack(now)
-            return
+            return FrameResult.DROPPED
         except (AuthenticationError, DecodeError):
             self.stats.rejected += 1
-            return
+            return FrameResult.DROPPED
         except MeshError:
             # an expired key or the forgery budget: nothing authenticated arrived
             self.stats.rejected += 1
-            return
+            return FrameResult.DROPPED
         self._last_received = now
         self.stats.frames_received += 1
         try:
             message = decode_inner_untrusted(plaintext)
         except DecodeError as exc:
             self._fail(f"peer sent a malformed message: {exc}")
-            return
+            return FrameResult.DROPPED
         try:
             self._dispatch(message, now, path)
         except SessionClosed:
             pass  # replying needed a key that expired; the session failed with that reason
+        if type(message) is PathChallenge or type(message) is PathResponse:
+            return FrameResult.PROBE
+        return FrameResult.ACCEPTED
 
     def _dispatch(self, message: InnerMessage, now: float, path: Hashable) -> None:
         if isinstance(message, Data):

@@ -153,6 +153,32 @@ RELAY_CLOSE_FLUSH_S: Final = 2.0
 RELAY_SHUTDOWN_GRACE_S: Final = 3.0
 """On shutdown, how long the relay waits for peers to take their Close before cutting them."""
 
+# --- layer-2 tunnel (meshcore.proto.switch, meshcore._tap, meshcore._tunnel; docs/tap.md) -
+SWITCH_MAX_ENTRIES: Final = 4096
+"""MAC addresses the tunnel's switch remembers; the least recently seen is forgotten first."""
+SWITCH_AGEING_S: Final = 300.0
+"""A learned MAC address is forgotten after this long without a frame from it (the Linux
+bridge's default ageing time)."""
+TAP_DEFAULT_MTU: Final = 1400
+"""MTU of the TAP device unless configured (leaves room for outer headers on a 1500 path)."""
+TAP_VNET_HEADER_BYTES: Final = 10
+"""struct virtio_net_hdr (no num_buffers) before every frame, little-endian on every peer."""
+TAP_GSO_MAX_BYTES: Final = 64000
+"""The TAP's gso_max_size: a GSO segment, its virtio-net header, an Ethernet (and VLAN)
+header and a chunk header fit one session message, so the common case is never split."""
+TUNNEL_CHUNK_HEADER_BYTES: Final = 4
+"""Before each chunk of a frame inside a session message: u32 with a more-follows bit."""
+TUNNEL_MAX_RECORD_BYTES: Final = 256 * 1024
+"""Largest frame (with its virtio-net header) the tunnel reassembles from chunks."""
+TUNNEL_QUEUE_BYTES: Final = 4 * 1024 * 1024
+"""Frames queued towards one peer's session; beyond it new frames are dropped (tail drop)."""
+TUNNEL_READ_BATCH_FRAMES: Final = 256
+"""Most frames read from the TAP per wakeup before the senders get a turn."""
+TUNNEL_BACKOFF_MIN_S: Final = 0.5
+"""First wait before a failed session or relay connection is tried again (doubles)."""
+TUNNEL_BACKOFF_MAX_S: Final = 15.0
+"""Longest wait between attempts to reach a peer or the relay."""
+
 # --- direct paths (meshcore.proto.paths, meshcore._direct, meshcore._migrator; docs/direct.md)
 DIRECT_STAGGER_S: Final = 0.005
 """Dials to successive candidates start this far apart: a good one never waits for a bad one."""

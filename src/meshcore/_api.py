@@ -1,19 +1,22 @@
 """The small entry points for library users: `connect` to a peer through a relay, or
-`serve` the peers on an allow-list.
+`serve` the peers on an allow-list; with `direct="auto"` sessions move onto a direct path.
 
-    async with meshcore.connect(relay_url, identity, peer_id) as session:
+    async with meshcore.connect(relay_url, identity, peer_id, direct="auto") as session:
         await session.send(b"hello")
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Final
 
+import attrs
 import trio
 
-from meshcore._client import Invitation, RelayClient, open_relay_client
+from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
+from meshcore._migrator import Migrator, open_migrator
 from meshcore._session import (
     Session,
     handshake_as_initiator,
@@ -21,13 +24,32 @@ from meshcore._session import (
     open_session,
 )
 from meshcore.errors import HandshakeError, MeshError
+from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.handshake import Responder
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.paths import DirectMode, PathSettings
 from meshcore.proto.session import SessionSettings
 
-__all__ = ["connect", "serve"]
+__all__ = ["DEFAULT_DIRECT", "connect", "serve"]
 
 log = logging.getLogger("meshcore")
+
+DEFAULT_DIRECT: Final = DirectMode.NEVER
+"""The library default for `direct=`: relay only unless asked. (The relay-session tests pin a
+relay circuit that carries the whole session; `meshcore-peer` passes "auto" by default.)"""
+
+
+def _path_settings(direct: DirectMode | str, path_settings: PathSettings | None) -> PathSettings:
+    mode = DirectMode.parse(direct)
+    return attrs.evolve(path_settings or PathSettings(), mode=mode)
+
+
+def _migrating(
+    session: Session, client: RelayClient, pairing: Pairing, settings: PathSettings
+) -> AbstractAsyncContextManager[Migrator | None]:
+    if settings.mode is DirectMode.NEVER:
+        return nullcontext()
+    return open_migrator(session, client, pairing, settings=settings)
 
 
 def _as_peer_id(value: PeerId | str) -> PeerId:
@@ -42,24 +64,46 @@ async def connect(
     *,
     settings: SessionSettings | None = None,
     timeout: float = 10.0,
+    direct: DirectMode | str = DEFAULT_DIRECT,
+    path_settings: PathSettings | None = None,
+    candidates: Sequence[Endpoint] = (),
+    local_port: int | None = None,
 ) -> AsyncIterator[Session]:
     """Open an end-to-end encrypted session with `peer_id` through the relay at `relay_url`.
 
     Registers with the relay, asks it for the peer, checks the peer's keys against
-    `peer_id`, runs the handshake and yields the `Session`. Raises `RelayError` if the relay
-    or the peer refuses, `HandshakeError` if the peer cannot be authenticated, and
-    `TransportClosed` if the relay cannot be reached. Leaving the block closes the session
-    and the relay connection.
+    `peer_id`, runs the handshake and yields the `Session`. Traffic starts on the relay at
+    once. With `direct="auto"` the session moves onto a direct connection when one validates
+    and falls back to the relay when it dies; "only" keeps application data off the relay
+    (the session fails without a direct path); "never" stays on the relay. `path_settings`
+    holds the direct-path timers; `candidates` are extra addresses to announce; the relay
+    connection, the direct listener and dials share `local_port` (None: a free one).
+
+    Raises `RelayError` if the relay or the peer refuses, `HandshakeError` if the peer cannot
+    be authenticated, `TransportClosed` if the relay cannot be reached, and `ConfigError` for
+    a bad `direct` or an unusable `local_port`. Leaving the block closes the session and the
+    relay connection.
     """
     pinned = _as_peer_id(peer_id)
-    async with open_relay_client(relay_url, identity, timeout=timeout) as client:
+    paths = _path_settings(direct, path_settings)
+    async with open_relay_client(
+        relay_url,
+        identity,
+        timeout=timeout,
+        candidates=candidates,
+        local_port=local_port,
+        direct=paths.mode is not DirectMode.NEVER,
+    ) as client:
         pairing = await client.connect(pinned, timeout=timeout)
         try:
             result = await handshake_as_initiator(pairing.circuit, identity, pairing.peer)
             log.info("session with %s established (initiator)", pinned)
-            async with open_session(
-                pairing.circuit, result, settings=settings, identity=identity
-            ) as session:
+            async with (
+                open_session(
+                    pairing.circuit, result, settings=settings, identity=identity
+                ) as session,
+                _migrating(session, client, pairing, paths),
+            ):
                 yield session
         finally:
             with trio.CancelScope(shield=True):
@@ -74,19 +118,33 @@ async def serve(
     *,
     settings: SessionSettings | None = None,
     timeout: float = 10.0,
+    direct: DirectMode | str = DEFAULT_DIRECT,
+    path_settings: PathSettings | None = None,
+    candidates: Sequence[Endpoint] = (),
+    local_port: int | None = None,
     task_status: trio.TaskStatus[RelayClient] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept sessions from the peers in `allow`, running `handler(session)` for each.
 
     Several sessions run at once, each in its own task; a handler that fails ends only its
     own session (logged). Peers not on the allow-list are refused through the relay.
-    `task_status.started(client)` is called once registered. Runs until cancelled or until
-    the relay connection ends (then raises `RelayError`).
+    `direct`, `path_settings`, `candidates` and `local_port` are as for `connect` (all
+    sessions share the one port and listener). `task_status.started(client)` is called once
+    registered. Runs until cancelled or until the relay connection ends (then raises
+    `RelayError`).
     """
     allowed = frozenset(_as_peer_id(p) for p in allow)
     known: dict[PeerId, PublicBundle] = {}
     responder = Responder(identity, known.get)
-    async with open_relay_client(relay_url, identity, timeout=timeout) as client:
+    paths = _path_settings(direct, path_settings)
+    async with open_relay_client(
+        relay_url,
+        identity,
+        timeout=timeout,
+        candidates=candidates,
+        local_port=local_port,
+        direct=paths.mode is not DirectMode.NEVER,
+    ) as client:
         task_status.started(client)
         async with trio.open_nursery() as nursery:
             while True:
@@ -96,7 +154,15 @@ async def serve(
                     await client.reject(invitation, "not on the allow-list")
                     continue
                 nursery.start_soon(
-                    _serve_one, client, invitation, responder, known, handler, settings, timeout
+                    _serve_one,
+                    client,
+                    invitation,
+                    responder,
+                    known,
+                    handler,
+                    settings,
+                    paths,
+                    timeout,
                 )
 
 
@@ -107,6 +173,7 @@ async def _serve_one(
     known: dict[PeerId, PublicBundle],
     handler: Callable[[Session], Awaitable[None]],
     settings: SessionSettings | None,
+    paths: PathSettings,
     timeout: float,
 ) -> None:
     peer = invitation.initiator
@@ -119,9 +186,12 @@ async def _serve_one(
     try:
         result = await handshake_as_responder(pairing.circuit, responder)
         log.info("session with %s established (responder)", peer)
-        async with open_session(
-            pairing.circuit, result, settings=settings, responder=responder
-        ) as session:
+        async with (
+            open_session(
+                pairing.circuit, result, settings=settings, responder=responder
+            ) as session,
+            _migrating(session, client, pairing, paths),
+        ):
             await handler(session)
     except HandshakeError as exc:
         log.warning("handshake with %s failed: %s", peer, exc)

@@ -1,5 +1,6 @@
 """A peer's control connection to a relay: registration with the KEM challenge, pairing
-requests and invitations, and relayed circuits as Transports.
+requests and invitations, relayed circuits as Transports (opened, re-opened, released), and
+the direct-connection listener that shares the connection's local port.
 
 Everything the relay says about a peer is checked end to end: a key bundle is accepted only
 if it hashes to the peer id we pinned, so a relay that substitutes keys gets a
@@ -16,10 +17,12 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
-from meshcore._transport import Transport, open_websocket_transport
-from meshcore.errors import DecodeError, ProtocolError, RelayError, TransportClosed
+from meshcore._transport import Transport, open_reuseport_listener, open_websocket_transport
+from meshcore.errors import ConfigError, DecodeError, ProtocolError, RelayError, TransportClosed
 from meshcore.proto import wire
+from meshcore.proto.constants import DIRECT_ROUTE_TIMEOUT_S, MAX_CANDIDATES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.relayauth import answer_challenge
@@ -135,12 +138,30 @@ class RelayClient:
         self.identity = identity
         self.url = url
         self.observed: Endpoint | None = None
+        """Our address as the relay sees it (Registered.observed)."""
+        self.candidates: tuple[Endpoint, ...] = ()
+        """The direct-connection candidates we announced (Hello; ENDPOINTS in sessions)."""
+        self.direct: DirectListener | None = None
+        """The listener on our shared port, when opened with `direct=True`."""
+        self.routes = SessionRoutes()
+        """Live sessions that take direct connections and re-opened circuits."""
         self.close_reason: str | None = None
         self._circuits: dict[int, CircuitTransport] = {}
         self._pending: dict[int, trio.MemorySendChannel[wire.ControlMessage]] = {}
         self._invite_send, self._invite_recv = trio.open_memory_channel[Invitation](_INVITE_QUEUE)
         self._send_lock = trio.Lock()
         self._closed = trio.Event()
+        self._open_lock = trio.Lock()
+        self._open_waiter: tuple[bytes, trio.MemorySendChannel[CircuitTransport | str]] | None = (
+            None
+        )
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def local_port(self) -> int | None:
+        """The shared local port (relay connection, direct listener, direct dials)."""
+        address = self.transport.local_address
+        return address.port if address is not None else None
 
     # ----------------------------------------------------------------- pairing
     async def connect(self, peer_id: PeerId, *, timeout: float = 10.0) -> Pairing:
@@ -179,6 +200,63 @@ class RelayClient:
         await self._send(
             wire.Reject(invitation.request_id, wire.ErrorCode.NOT_ALLOWED, wire.clip_reason(reason))
         )
+
+    # ----------------------------------------------------------------- circuits
+    async def open_circuit(self, peer_id: PeerId, *, timeout: float = 10.0) -> CircuitTransport:
+        """Open a new circuit to `peer_id`, with whom we are paired (after a release, or when
+        the relay closed the old one). One request at a time: the relay's answers carry no
+        request id.
+
+        Raises `RelayError` if the relay refuses (peer offline, not paired, rate limit) or
+        does not answer within `timeout`, `TransportClosed` if the relay connection is gone.
+        """
+        async with self._open_lock:
+            send, recv = trio.open_memory_channel[CircuitTransport | str](1)
+            self._open_waiter = (peer_id.digest, send)
+            try:
+                await self._send(wire.CircuitOpen(0, peer_id.digest))
+                with trio.fail_after(timeout):
+                    reply = await recv.receive()
+            except trio.TooSlowError:
+                raise RelayError(
+                    f"the relay did not open a circuit to {peer_id} within {timeout:g} s"
+                ) from None
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise RelayError(f"relay connection closed: {self.close_reason}") from None
+            finally:
+                self._open_waiter = None
+        if isinstance(reply, str):
+            raise RelayError(f"the relay refused a circuit to {peer_id}: {reply}")
+        return reply
+
+    def _circuit_opened(self, message: wire.CircuitOpen) -> None:
+        peer_id = PeerId(message.peer_id)
+        circuit = CircuitTransport(self, message.circuit_id, peer_id)
+        self._circuits[message.circuit_id] = circuit
+        waiter = self._open_waiter
+        if waiter is not None and waiter[0] == message.peer_id:
+            self._open_waiter = None
+            waiter[1].send_nowait(circuit)
+        elif self._nursery is not None:
+            # the peer re-opened it: its first frame says which of our sessions it is for
+            self._nursery.start_soon(self._route_circuit, circuit)
+
+    async def _route_circuit(self, circuit: CircuitTransport) -> None:
+        handed_over = False
+        try:
+            first: bytes | None = None
+            with trio.move_on_after(DIRECT_ROUTE_TIMEOUT_S):
+                try:
+                    first = await circuit.receive()
+                except TransportClosed:
+                    return
+            route = self.routes.find(first) if first is not None else None
+            if route is not None and first is not None:
+                handed_over = route.incoming_circuit(circuit, first)
+        finally:
+            if not handed_over:
+                with trio.CancelScope(shield=True):
+                    await circuit.aclose("no session for this circuit")
 
     # ----------------------------------------------------------------- internals
     def _pairing(self, paired: wire.Paired, *, pinned: PeerId) -> Pairing:
@@ -262,10 +340,18 @@ class RelayClient:
                 await self._send(
                     wire.Reject(message.request_id, wire.ErrorCode.CAPACITY, "too many invitations")
                 )
+        elif isinstance(message, wire.CircuitOpen):
+            self._circuit_opened(message)
         elif isinstance(message, wire.CircuitClose):
+            why = message.reason or message.code.name
+            waiter = self._open_waiter
+            if message.circuit_id == 0 and waiter is not None:
+                self._open_waiter = None
+                waiter[1].send_nowait(why)  # the answer to our CircuitOpen: refused
+                return
             circuit = self._circuits.get(message.circuit_id)
             if circuit is not None:
-                circuit._closed(f"relay closed the circuit: {message.reason or message.code.name}")
+                circuit._closed(f"relay closed the circuit: {why}")
         elif isinstance(message, wire.Ping):
             await self._send(wire.Pong(message.nonce))
         elif isinstance(message, wire.Error | wire.Close):
@@ -279,6 +365,8 @@ class RelayClient:
             circuit._closed(f"relay connection closed: {reason}")
         for pending in self._pending.values():
             pending.close()
+        if self._open_waiter is not None:
+            self._open_waiter[1].close()
         self._invite_send.close()
         self._closed.set()
 
@@ -316,28 +404,60 @@ async def open_relay_client(
     *,
     candidates: Sequence[Endpoint] = (),
     local_port: int | None = None,
+    direct: bool = False,
     timeout: float = 10.0,
 ) -> AsyncIterator[RelayClient]:
     """Connect to the relay at `url`, prove our identity and register.
 
+    With `direct`, a listener for direct connections is opened first, on `local_port` (0 or
+    None: a free port), and the relay connection leaves from that same port (SO_REUSEADDR and
+    SO_REUSEPORT), so that a NAT maps both alike (DESIGN.md §1 step 5); we announce that port
+    on the address the relay connection leaves from, after `candidates`.
+
     Raises `RelayError` if the relay refuses us, `TransportClosed` if it cannot be reached,
-    and `ProtocolError` if it breaks the protocol. The connection and its reader task live
-    inside this `async with`.
+    `ProtocolError` if it breaks the protocol, and `ConfigError` if the port cannot be bound.
+    The connection, the listener and their tasks live inside this `async with`.
     """
-    async with open_websocket_transport(url, local_port=local_port) as transport:
+    listener: trio.SocketListener | None = None
+    if direct:
         try:
-            observed = await _register(transport, identity, candidates, timeout)
-        except trio.TooSlowError:
-            raise RelayError(
-                f"relay at {url} did not complete registration in {timeout:g} s"
+            listener = await open_reuseport_listener("0.0.0.0", local_port or 0)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for direct connections on port {local_port or 0}: "
+                f"{exc.strerror or exc}; choose another port or pass direct='never'"
             ) from None
-        client = RelayClient(transport, identity, url)
-        client.observed = observed
-        log.info("registered at %s as %s (observed %s)", url, identity.peer_id, observed)
-        async with open_hidden_nursery() as nursery:
-            nursery.start_soon(client._run_reader)
+        local_port = listener.socket.getsockname()[1]
+    try:
+        async with open_websocket_transport(url, local_port=local_port) as transport:
+            announced = list(dict.fromkeys(candidates))
+            if listener is not None and local_port is not None:
+                for candidate in local_candidates(transport.local_address, local_port):
+                    if candidate not in announced:
+                        announced.append(candidate)
+            announced = announced[:MAX_CANDIDATES]
             try:
-                yield client
-            finally:
-                client._shutdown("closed")
-                nursery.cancel_scope.cancel()
+                observed = await _register(transport, identity, announced, timeout)
+            except trio.TooSlowError:
+                raise RelayError(
+                    f"relay at {url} did not complete registration in {timeout:g} s"
+                ) from None
+            client = RelayClient(transport, identity, url)
+            client.observed = observed
+            client.candidates = tuple(announced)
+            log.info("registered at %s as %s (observed %s)", url, identity.peer_id, observed)
+            async with open_hidden_nursery() as nursery:
+                client._nursery = nursery
+                nursery.start_soon(client._run_reader)
+                if listener is not None:
+                    client.direct = DirectListener(listener, client.routes)
+                    await nursery.start(client.direct.serve)
+                try:
+                    yield client
+                finally:
+                    client._shutdown("closed")
+                    nursery.cancel_scope.cancel()
+    finally:
+        if listener is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(listener)

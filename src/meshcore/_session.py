@@ -1,5 +1,6 @@
 """The trio driver of a session: runs the handshake over a Transport, then drives
-`SessionCore` (reader, writer and timer tasks in the session's own nursery).
+`SessionCore` through `SessionPaths` over one or more links (a reader and a writer task per
+link, and a timer task, in the session's own nursery or the migrator's).
 
 A `Session` is a `trio.abc.Channel[bytes]`: `receive` raises `trio.EndOfChannel` after the
 peer closed cleanly, `trio.ClosedResourceError` after we closed it, and
@@ -11,30 +12,42 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol, cast
 
+import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
-from meshcore.errors import HandshakeError, SessionClosed, TransportClosed
+from meshcore.errors import HandshakeError, NoUsablePath, SessionClosed, TransportClosed
 from meshcore.proto import constants as C
+from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Initiator, Responder
 from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.paths import LinkKind, PingAnswered, SessionPaths
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.session import (
-    ACTIVE,
+    EndpointsReceived,
     MessageReceived,
     PeerClosed,
     SessionCore,
     SessionEvent,
     SessionFailed,
     SessionSettings,
+    SessionStats,
 )
 
-__all__ = ["Session", "handshake_as_initiator", "handshake_as_responder", "open_session"]
+__all__ = [
+    "Link",
+    "Session",
+    "SessionStatus",
+    "handshake_as_initiator",
+    "handshake_as_responder",
+    "open_session",
+]
 
 log = logging.getLogger("meshcore.session")
 
@@ -111,10 +124,113 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     return keys
 
 
+class Link:
+    """One transport carrying a session's frames, with its own send queue and writer task,
+    so that a slow or dead path never holds up another (DESIGN.md §3, STYLE.md point 6).
+
+    The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`); beyond it frames are dropped like on a
+    lossy link, and the session retransmits them. Transports with `send_many` (the direct
+    path) get whole batches in one write.
+    """
+
+    __slots__ = ("_drained", "_queue", "_wake", "closed", "dropped", "kind", "transport")
+
+    def __init__(self, transport: Transport, kind: str) -> None:
+        self.transport = transport
+        self.kind = kind
+        self.closed = False
+        self.dropped = 0
+        self._queue: deque[bytes] = deque()
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+
+    def __repr__(self) -> str:
+        return f"<Link {self.kind} {self.transport.remote_address}>"
+
+    def push(self, frame: bytes) -> None:
+        """Queue `frame` for this link (never blocks)."""
+        if self.closed:
+            return
+        if len(self._queue) >= C.DIRECT_LINK_QUEUE_FRAMES:
+            self.dropped += 1
+            return
+        self._queue.append(frame)
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been written (or the link closed)."""
+        while not self._drained.is_set() and not self.closed:
+            await self._drained.wait()
+
+    async def run_writer(self, session: Session) -> None:
+        queue = self._queue
+        transport = self.transport
+        send_many = getattr(transport, "send_many", None)
+        try:
+            while True:
+                if not queue:
+                    self._drained.set()
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                batch = list(queue)
+                queue.clear()
+                if send_many is not None:
+                    await send_many(batch)
+                else:
+                    for frame in batch:
+                        await transport.send(frame)
+        except TransportClosed as exc:
+            session._link_closed(self, exc.reason)
+            with trio.CancelScope(shield=True):
+                await transport.aclose(exc.reason)
+        finally:
+            queue.clear()
+            self._drained.set()
+
+    async def run_reader(self, session: Session) -> None:
+        transport = self.transport
+        receive_batch = getattr(transport, "receive_batch", None)
+        try:
+            while True:
+                if receive_batch is not None:
+                    frames = await receive_batch()
+                else:
+                    frames = [await transport.receive()]
+                session._on_frames(self, frames)
+        except TransportClosed as exc:
+            session._link_closed(self, exc.reason)
+
+
+@attrs.frozen
+class SessionStatus:
+    """A snapshot of one session for status displays (`Session.status()`)."""
+
+    peer_id: str
+    path: str
+    """"relay" or "direct": where the session's traffic goes now."""
+    remote_address: str | None
+    """The other end of the active path: the relay for "relay", the peer for "direct"."""
+    rtt_s: float | None
+    """Latest round trip on the active path (ping or validation), else the data RTT."""
+    bytes_sent: int
+    bytes_received: int
+    frames_sent: int
+    frames_received: int
+    migrations: int
+    """Moves from the relay onto a direct path."""
+    last_error: str | None
+    """The latest path failure (failed race, fallback), or why the session ended."""
+
+
 class Session(trio.abc.Channel[bytes]):
     """An end-to-end encrypted, ordered, exactly-once message session with one peer.
 
-    Create it with `open_session`; it lives inside that `async with`.
+    Create it with `open_session`; it lives inside that `async with`. Its frames travel over
+    one or more links (the relay circuit, a direct connection): `open_migrator` moves it.
     """
 
     def __init__(
@@ -129,15 +245,20 @@ class Session(trio.abc.Channel[bytes]):
         self.peer_id = result.peer_id
         self.transport = transport
         self.core = SessionCore(_keyring_for(result, now), now, settings)
+        self.paths = SessionPaths(self.core, now)
+        self.relay_link = Link(transport, "relay")
+        self.paths.relay_up(self.relay_link, now)
+        self._migrator: _PathDriver | None = None
         self._inbox: deque[bytes] = deque()
         self._inbox_limit = inbox_limit
-        self._wake_writer = trio.Event()
         self._wake_timer = trio.Event()
         self._progress = trio.Event()
         self._closed_by_us = False
         self._eof = False
         self._failure: SessionClosed | None = None
         self._send_lock = trio.Lock()
+        self._pings: dict[bytes, tuple[float, str] | None] = {}
+        self._links: set[Link] = {self.relay_link}
 
     # ----------------------------------------------------------------- public API
     @property
@@ -146,9 +267,64 @@ class Session(trio.abc.Channel[bytes]):
         return self.core.close_reason
 
     @property
-    def stats(self) -> object:
+    def stats(self) -> SessionStats:
         """Counters: messages, bytes and frames each way, retransmissions, RTT."""
         return self.core.stats
+
+    @property
+    def path(self) -> str:
+        """ "relay" or "direct": where the session's traffic goes now."""
+        return self.paths.active.value
+
+    def status(self) -> SessionStatus:
+        """A snapshot: path, remote address, round trip, counters, migrations, last error."""
+        paths = self.paths
+        link = paths.active_link
+        remote: str | None = None
+        rtt = self.core.stats.rtt_s
+        if isinstance(link, Link):
+            address = link.transport.remote_address
+            remote = str(address) if address is not None else None
+            rtt = paths.rtt.get(link, rtt)
+        stats = self.core.stats
+        return SessionStatus(
+            peer_id=self.peer_id.to_text(),
+            path=self.path,
+            remote_address=remote,
+            rtt_s=rtt,
+            bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received,
+            frames_sent=stats.frames_sent,
+            frames_received=stats.frames_received,
+            migrations=paths.manager.migrations,
+            last_error=self.core.close_reason or paths.manager.last_error,
+        )
+
+    async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
+        """Measure the round trip on the active path: (seconds, "relay" or "direct").
+
+        A PATH_CHALLENGE under the session keys, answered by the peer's session core (not
+        its application). Raises `NoUsablePath` if no answer arrives within `timeout`, and
+        like `send` once the session has ended.
+        """
+        self._check_open()
+        token = self.paths.ping(trio.current_time())
+        self._pings[token] = None
+        self._changed()
+        try:
+            with trio.move_on_after(timeout):
+                while self._pings[token] is None:
+                    self._check_open()
+                    await self._wait_progress()
+            answer = self._pings[token]
+        finally:
+            del self._pings[token]
+        if answer is None:
+            raise NoUsablePath(
+                f"no answer to a ping within {timeout:g} s on the {self.path} path; the peer "
+                "may be gone (the session ends once nothing arrives for its dead-peer time)"
+            )
+        return answer
 
     async def send(self, value: bytes) -> None:
         """Queue one message; waits while the send window is full (back-pressure).
@@ -195,64 +371,80 @@ class Session(trio.abc.Channel[bytes]):
             return
         self._closed_by_us = True
         self.core.close(0, reason, trio.current_time())
+        self._route()
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
-            await self._flush()
+            for link in list(self._links):
+                await link.drain()
         self._notify()
 
-    # ----------------------------------------------------------------- tasks
-    async def _run_reader(self) -> None:
+    # ----------------------------------------------------------------- links
+    async def run_link(self, link: Link) -> None:
+        """Carry this session's frames over `link` until it closes (its reader and writer).
+
+        The owner of the link runs this in its own nursery; the link closes with its
+        transport. Cancellation stops both tasks.
+        """
+        self._links.add(link)
         try:
-            while True:
-                data = await self.transport.receive()
-                if not data or data[0] != _TYPE_FRAME:
-                    continue  # late handshake retransmissions and the like
-                self.core.receive_frame(data, trio.current_time())
-                self._handle_events(self.core.events())
-                self._changed()
-        except TransportClosed as exc:
-            self._set_failure(f"transport closed: {exc.reason}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run_writer, self)
+                await link.run_reader(self)
+                nursery.cancel_scope.cancel()
+        finally:
+            link.closed = True
+            self._links.discard(link)
 
-    async def _run_writer(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            try:
-                await self._flush()
-            except TransportClosed as exc:
-                self._set_failure(f"transport closed: {exc.reason}")
-                return
+    def _on_frames(self, link: Link, frames: list[bytes]) -> None:
+        now = trio.current_time()
+        receive = self.paths.receive_frame
+        for data in frames:
+            if data and data[0] == _TYPE_FRAME:
+                receive(data, link, now)
+            # anything else: late handshake retransmissions and the like
+        self._changed()
 
-    async def _flush(self) -> None:
-        for path, frame in self.core.outbox():
-            if path is ACTIVE or path is self.transport:
-                await self.transport.send(frame)
-            else:
-                await self._send_on_path(path, frame)
+    def _link_closed(self, link: Link, reason: str) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        if self._migrator is None:
+            self._set_failure(f"transport closed: {reason}")
+            return
+        self.paths.link_down(link, reason, trio.current_time())
+        self._changed()
 
-    async def _send_on_path(self, path: Hashable, frame: bytes) -> None:
-        """Send on a specific path; overridden by the migrator that knows more than one."""
-        await self.transport.send(frame)
+    def _route(self) -> None:
+        """Hand the core's frames to the links they go on."""
+        for link, frame in self.paths.outbox():
+            cast(Link, link).push(frame)
 
+    # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            deadline = self.core.get_timer()
+            deadline = self.paths.get_timer()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
             now = trio.current_time()
             if deadline is not None and now >= deadline:
-                self.core.handle_timer(now)
-                self._handle_events(self.core.events())
+                self.paths.handle_timer(now)
                 self._changed()
 
     # ----------------------------------------------------------------- helpers
-    def _handle_events(self, events: list[SessionEvent]) -> None:
+    def _handle_events(self, events: list[SessionEvent | PingAnswered]) -> None:
         for event in events:
             if isinstance(event, MessageReceived):
                 self._inbox.append(event.payload)
                 if len(self._inbox) >= self._inbox_limit and not self.core.acks_held:
                     self.core.hold_acks(True, trio.current_time())
+            elif isinstance(event, PingAnswered):
+                if event.token in self._pings:
+                    kind = "direct" if event.kind is not LinkKind.RELAY else "relay"
+                    self._pings[event.token] = (event.rtt_s, kind)
+            elif isinstance(event, EndpointsReceived):
+                if self._migrator is not None:
+                    self._migrator.endpoints_received(event.endpoints)
             elif isinstance(event, PeerClosed):
                 log.info("session %s closed by peer: %s", self.peer_id, event.reason or "no reason")
                 self._eof = True
@@ -267,7 +459,13 @@ class Session(trio.abc.Channel[bytes]):
         self._notify()
 
     def _changed(self) -> None:
-        self._wake_writer.set()
+        paths = self.paths
+        events = paths.events(trio.current_time())
+        if events:
+            self._handle_events(events)
+        self._route()
+        if paths.has_commands and self._migrator is not None:
+            self._migrator.wake()
         self._wake_timer.set()
         self._notify()
 
@@ -287,6 +485,14 @@ class Session(trio.abc.Channel[bytes]):
         if self._eof or self.core.close_reason is not None:
             reason = self.core.close_reason or "closed by peer"
             raise trio.BrokenResourceError(reason) from SessionClosed(reason)
+
+
+class _PathDriver(Protocol):
+    """What a Session needs from the driver that moves it between paths (the Migrator)."""
+
+    def wake(self) -> None: ...
+
+    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None: ...
 
 
 @asynccontextmanager
@@ -316,8 +522,7 @@ async def open_session(
     elif responder is not None:
         session.core.enable_rekey(responder=RekeyResponder(responder, result.peer_id))
     async with open_hidden_nursery() as nursery:
-        nursery.start_soon(session._run_reader)
-        nursery.start_soon(session._run_writer)
+        nursery.start_soon(session.run_link, session.relay_link)
         nursery.start_soon(session._run_timers)
         try:
             yield session

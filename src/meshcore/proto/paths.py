@@ -473,8 +473,8 @@ class PathManager:
         self._retarget()
         self._commands.append(_Resend())
         self._commands.append(_Keepalive(ACTIVE))  # the nomination (or its confirmation)
-        rtt = f" (rtt {_ms(rtt_s)})" if rtt_s is not None else ""
-        self._log("info", f"path relay -> direct{rtt}")
+        if rtt_s is not None:  # else the caller measures it first
+            self._log("info", f"path relay -> direct (rtt {_ms(rtt_s)})")
 
     def race_failed(self, reason: str, now: float) -> None:
         """The race ended without a direct path."""
@@ -633,6 +633,7 @@ class SessionPaths:
         self.rtt: dict[Hashable, float] = {}
         """Latest measured round trip per link (validation or ping)."""
         self._pings: OrderedDict[bytes, float] = OrderedDict()
+        self._announce: bytes | None = None
         self._events: list[SessionEvent | PingAnswered] = []
         self._commands: list[PathCommand] = []
 
@@ -749,10 +750,12 @@ class SessionPaths:
             self.kinds.pop(loser, None)
         self.kinds[link] = LinkKind.DIRECT
         rtt = race.rtt.get(link)
-        if rtt is not None:
-            self.rtt[link] = rtt
         self._commands.append(RaceOver(link, losers))
         self.manager.race_won(link, rtt, now)
+        if rtt is not None:
+            self.rtt[link] = rtt
+        else:  # we did not measure it yet: ask, and say we moved once it is known
+            self._announce = self.ping(now)
         self._run(now)
 
     # ----------------------------------------------------------------- frames
@@ -851,7 +854,11 @@ class SessionPaths:
             rtt = now - sent
             self.rtt[link] = rtt
             kind = self.kinds.get(link, LinkKind.RELAY)
-            self._events.append(PingAnswered(event.data, kind, rtt))
+            if event.data == self._announce:
+                self._announce = None
+                self._commands.append(PathLog("info", f"path relay -> direct (rtt {_ms(rtt)})"))
+            else:
+                self._events.append(PingAnswered(event.data, kind, rtt))
             return
         race = self.race
         if race is not None and race.on_response(link, event.data, now):

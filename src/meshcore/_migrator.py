@@ -1,0 +1,332 @@
+"""The Migrator: moves a live Session between its relay circuit and a direct connection with
+zero loss, duplication or reordering, falls back when the direct path dies, and tries again
+later (DESIGN.md §1 steps 5-7).
+
+All decisions are `meshcore.proto.paths`' (sans-IO); this module does the I/O they ask for:
+races (dial every candidate of the peer from the shared port, staggered, re-dialing refusals,
+under one cancel scope with a deadline), accepted connections and re-opened circuits handed
+over by the relay client, releasing and re-opening the relay circuit, closing links.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+
+from meshcore._client import Pairing, RelayClient
+from meshcore._direct import FramedTransport, dial
+from meshcore._nursery import open_hidden_nursery
+from meshcore._session import Link, Session
+from meshcore._transport import Transport
+from meshcore.errors import ConfigError, RelayError, TransportClosed
+from meshcore.proto.constants import MAX_CANDIDATES
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.paths import (
+    CloseLink,
+    DirectMode,
+    OpenRelay,
+    PathCommand,
+    PathLog,
+    PathSettings,
+    RaceOver,
+    StartRace,
+)
+from meshcore.proto.session import SessionState
+
+__all__ = ["Migrator", "open_migrator"]
+
+log = logging.getLogger("meshcore.path")
+
+_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_MAX_PEER_CANDIDATES: Final = 2 * MAX_CANDIDATES
+_CIRCUIT_OPEN_TIMEOUT_S: Final = 5.0
+
+
+class Migrator:
+    """Moves one Session between the relay and a direct path; made by `open_migrator`.
+
+    `path` is "relay" or "direct"; `migrations` counts moves onto a direct path,
+    `fallbacks` moves back, `attempts` races started.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        client: RelayClient,
+        pairing: Pairing,
+        settings: PathSettings,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.session = session
+        self.client = client
+        self.settings = settings
+        self.peer_id = session.peer_id
+        self._nursery = nursery
+        self._wake = trio.Event()
+        self._peer_candidates: dict[Endpoint, None] = {}
+        self._add_candidates((*pairing.peer_candidates, pairing.peer_observed))
+        self._race_scope: trio.CancelScope | None = None
+        self._race_nursery: trio.Nursery | None = None
+        self._dialled: dict[Endpoint, None] = {}
+        self._connected: set[Endpoint] = set()
+        self._dial_errors: dict[Endpoint, str] = {}
+        self._owned: set[Link] = set()
+
+    # ----------------------------------------------------------------- state
+    @property
+    def path(self) -> str:
+        """ "relay" or "direct"."""
+        return self.session.path
+
+    @property
+    def migrations(self) -> int:
+        return self.session.paths.manager.migrations
+
+    @property
+    def fallbacks(self) -> int:
+        return self.session.paths.manager.fallbacks
+
+    @property
+    def attempts(self) -> int:
+        return self.session.paths.manager.attempts
+
+    @property
+    def direct_link(self) -> Link | None:
+        """The direct connection carrying the session, if any."""
+        direct = self.session.paths.manager.direct
+        return direct if isinstance(direct, Link) else None
+
+    def abort_direct(self, reason: str = "aborted") -> bool:
+        """Cut the direct connection at once with a TCP reset (tests; a forced fallback).
+
+        Both sides see a transport error and fall back to the relay. False if not direct.
+        """
+        link = self.direct_link
+        if link is None or not isinstance(link.transport, FramedTransport):
+            return False
+        link.transport.abort(reason)
+        return True
+
+    # ----------------------------------------------------------------- hooks: session
+    def wake(self) -> None:
+        """The session's paths have commands for us."""
+        self._wake.set()
+
+    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """The peer announced its candidates (ENDPOINTS): dial new ones if racing."""
+        new = self._add_candidates(endpoints)
+        if self._race_nursery is not None:
+            for endpoint in new:
+                self._dial_soon(endpoint, 0.0)
+
+    # ----------------------------------------------------------------- hooks: relay client
+    def owns_index(self, receiver_index: int) -> bool:
+        """Is `receiver_index` one of this session's (routing accepted connections)?"""
+        core = self.session.core
+        return core.state is SessionState.OPEN and receiver_index in core.keys.receiver_indices(
+            trio.current_time()
+        )
+
+    def incoming_direct(self, transport: FramedTransport, first_frame: bytes) -> bool:
+        """A connection accepted on the shared port whose first frame is for this session."""
+        paths = self.session.paths
+        if not (paths.racing or paths.manager.may_race()):
+            return False
+        if not paths.racing:
+            self._start_race()
+        link = Link(transport, "direct")
+        if not paths.candidate_up(link, trio.current_time()):
+            return False
+        self._start_link(link)
+        self.session._on_frames(link, [first_frame])
+        return True
+
+    def incoming_circuit(self, circuit: Transport, first_frame: bytes) -> bool:
+        """A relay circuit the peer re-opened for this session."""
+        if self.session.core.state is not SessionState.OPEN:
+            return False
+        link = Link(circuit, "relay")
+        self.session.paths.relay_up(link, trio.current_time())
+        self._start_link(link)
+        self.session._on_frames(link, [first_frame])
+        return True
+
+    # ----------------------------------------------------------------- commands
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            for command in self.session.paths.commands():
+                self._execute(command)
+
+    def _execute(self, command: PathCommand) -> None:
+        if isinstance(command, PathLog):
+            log.log(_LEVELS[command.level], "session %s: %s", self.peer_id, command.message)
+        elif isinstance(command, StartRace):
+            self._start_race()
+        elif isinstance(command, RaceOver):
+            if self._race_scope is not None:
+                self._race_scope.cancel()
+            for loser in command.losers:
+                self._close_soon(loser, "another connection won the race")
+        elif isinstance(command, CloseLink):
+            self._close_soon(command.link, command.reason)
+        elif isinstance(command, OpenRelay):
+            self._nursery.start_soon(self._open_relay)
+
+    # ----------------------------------------------------------------- races
+    def _start_race(self) -> None:
+        paths = self.session.paths
+        if paths.racing or self.session.core.state is not SessionState.OPEN:
+            return
+        paths.race_started(trio.current_time(), self.client.candidates)
+        self.session._changed()
+        self._nursery.start_soon(self._race)
+
+    async def _race(self) -> None:
+        settings = self.settings
+        scope = trio.CancelScope(deadline=trio.current_time() + settings.race_deadline_s)
+        self._race_scope = scope
+        self._dialled = {}
+        self._connected = set()
+        self._dial_errors = {}
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    self._race_nursery = nursery
+                    for i, endpoint in enumerate(self._peer_candidates):
+                        self._dial_soon(endpoint, i * settings.stagger_s)
+                    await trio.sleep_forever()
+        finally:
+            self._race_nursery = None
+            self._race_scope = None
+        if self.session.paths.race is not None:  # the deadline passed without a winner
+            self.session.paths.race_failed(self._failure_reason(), trio.current_time())
+            self.session._changed()
+
+    def _dial_soon(self, endpoint: Endpoint, delay: float) -> None:
+        nursery = self._race_nursery
+        if nursery is None or endpoint in self._dialled or endpoint in self.client.candidates:
+            return
+        self._dialled[endpoint] = None
+        nursery.start_soon(self._dial, endpoint, delay)
+
+    async def _dial(self, endpoint: Endpoint, delay: float) -> None:
+        await trio.sleep(delay)
+        port = self.client.local_port
+        if port is None:
+            return
+        transport = await dial(
+            port, endpoint, redial_s=self.settings.redial_s, errors=self._dial_errors
+        )
+        self._connected.add(endpoint)
+        link = Link(transport, "direct")
+        if not self.session.paths.candidate_up(link, trio.current_time()):
+            self._nursery.start_soon(transport.aclose, "the race is over")
+            return
+        self._start_link(link)
+        self.session._changed()
+
+    def _failure_reason(self) -> str:
+        deadline = f"{self.settings.race_deadline_s:g} s"
+        if not self._dialled:
+            return f"no candidate of the peer to dial, and none dialled us within {deadline}"
+        parts = []
+        for endpoint in self._dialled:
+            if endpoint in self._connected:
+                parts.append(f"{endpoint} connected but did not validate")
+            else:
+                parts.append(f"{endpoint} {self._dial_errors.get(endpoint, 'no answer')}")
+        shown = "; ".join(parts[:4]) + (f"; {len(parts) - 4} more" if len(parts) > 4 else "")
+        return f"no path validated within {deadline} ({shown})"
+
+    def _add_candidates(self, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+        new = []
+        for endpoint in endpoints:
+            if endpoint not in self._peer_candidates and not endpoint.ip.is_unspecified:
+                if len(self._peer_candidates) >= _MAX_PEER_CANDIDATES:
+                    break
+                self._peer_candidates[endpoint] = None
+                new.append(endpoint)
+        return new
+
+    # ----------------------------------------------------------------- links
+    def _start_link(self, link: Link) -> None:
+        self._owned.add(link)
+        self._nursery.start_soon(self._run_link, link)
+
+    async def _run_link(self, link: Link) -> None:
+        try:
+            await self.session.run_link(link)
+        finally:
+            self._owned.discard(link)
+            with trio.CancelScope(shield=True):
+                await link.transport.aclose("closed")
+
+    def _close_soon(self, link: Hashable, reason: str) -> None:
+        if isinstance(link, Link):
+            self._nursery.start_soon(link.transport.aclose, reason)
+
+    async def _open_relay(self) -> None:
+        now = trio.current_time
+        try:
+            circuit = await self.client.open_circuit(self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S)
+        except (RelayError, TransportClosed) as exc:
+            self.session.paths.relay_open_failed(str(exc), now())
+            self.session._changed()
+            return
+        if self.session.core.state is not SessionState.OPEN:
+            await circuit.aclose("session ended")
+            return
+        link = Link(circuit, "relay")
+        self.session.paths.relay_up(link, now(), opened_here=True)
+        self._start_link(link)
+        self.session._changed()
+
+
+@asynccontextmanager
+async def open_migrator(
+    session: Session,
+    client: RelayClient,
+    pairing: Pairing,
+    *,
+    settings: PathSettings | None = None,
+) -> AsyncIterator[Migrator]:
+    """Move `session` onto a direct path when one validates, and back when it dies.
+
+    `client` must have been opened with `direct=True` (it owns the shared port and routes
+    accepted connections here); `pairing` gives the peer's observed address and candidates.
+    The peer with the lower peer id is the controlling side: it nominates the connection,
+    releases and re-opens the relay circuit.
+
+    Races, links and timers run in this block's own nursery. Leaving it closes the session
+    first (the Close goes out on the active path), then the links the migrator opened.
+    Raises `ConfigError` if `client` has no direct listener while direct paths are wanted.
+    """
+    settings = settings or PathSettings()
+    if settings.mode is not DirectMode.NEVER and client.direct is None:
+        raise ConfigError(
+            "direct paths need the relay client's shared-port listener: open it with "
+            "open_relay_client(..., direct=True), or use direct='never'"
+        )
+    controlling = client.identity.peer_id.digest < session.peer_id.digest
+    async with open_hidden_nursery() as nursery:
+        migrator = Migrator(session, client, pairing, settings, nursery)
+        session.paths.enable_direct(
+            controlling=controlling, settings=settings, now=trio.current_time()
+        )
+        session._migrator = migrator
+        client.routes.add(migrator)
+        nursery.start_soon(migrator._run)
+        session._changed()
+        try:
+            yield migrator
+        finally:
+            client.routes.remove(migrator)
+            await session.aclose()
+            session._migrator = None
+            nursery.cancel_scope.cancel()

@@ -6,8 +6,9 @@ address and one namespace per host, each either public or behind its own NAT nam
 counters on the router tell which way traffic went; `lab.block` cuts a path. Leaving the
 `with` block kills every process and deletes every namespace, also after a failure.
 
-Run as a script, this file is also the lab's tiny traffic tools (`dial`, `whoami`,
-`serve-whoami`), stdlib only, so a test can start them inside a namespace.
+Run as a script, this file is also the lab's tools (`dial`, `whoami`, `serve-whoami`,
+`forward`, and `delay` for delayed links), stdlib only, so a test can start them inside a
+namespace with `lab.tool(node, ...)`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ __all__ = [
     "Lab",
     "LabError",
     "LabProcess",
+    "Meshcore",
     "Nat",
+    "PeerKey",
     "Topology",
     "lab_namespaces",
     "missing_prerequisites",
@@ -625,7 +628,8 @@ class Lab:
         return process
 
     def tool(self, node: str, *args: str) -> LabProcess:
-        """Start one of this file's traffic tools (`dial`, `whoami`, `serve-whoami`) in `node`."""
+        """Start one of this file's traffic tools (`dial`, `whoami`,
+        `serve-whoami`, `forward`, `delay`) in `node`."""
         return self.popen(node, [sys.executable, NETLAB_TOOL, *args])
 
     # -- the router -----------------------------------------------------------------------
@@ -699,6 +703,97 @@ class Lab:
         shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
             raise LabError("lab teardown was incomplete:\n" + "\n".join(problems))
+
+
+# -- meshcore's executables in a lab ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerKey:
+    """An identity file made with `meshcore-peer genkey` and the peer id it printed."""
+
+    path: Path
+    peer_id: str
+
+
+class Meshcore:
+    """Runs meshcore-relay and meshcore-peer inside a lab's namespaces.
+
+    The relay listens on the relay node's public address; every peer gets its own identity
+    file and control socket under the lab's work directory, so two peers (or two test runs)
+    never share a path.
+    """
+
+    def __init__(self, lab: Lab, *, port: int = 7443, bindir: Path | None = None) -> None:
+        self.lab = lab
+        self.port = port
+        self.bindir = bindir or Path(sys.executable).parent
+        self.relay: LabProcess | None = None
+        self._keys: dict[str, PeerKey] = {}
+
+    @property
+    def relay_url(self) -> str:
+        return f"ws://{self.lab.public('relay')}:{self.port}"
+
+    def exe(self, name: str) -> str:
+        path = self.bindir / name
+        if not path.exists():
+            raise LabError(f"{path} is missing: install the project (pip install -e .)")
+        return str(path)
+
+    def start_relay(self, *extra: str) -> LabProcess:
+        """Start meshcore-relay in the relay namespace; return once it listens."""
+        listen = f"{self.lab.public('relay')}:{self.port}"
+        self.relay = self.lab.popen(
+            "relay", [self.exe("meshcore-relay"), "--listen", listen, *extra]
+        )
+        self.relay.wait_for("listening", _COMMAND_TIMEOUT_S)
+        return self.relay
+
+    def key(self, host: str) -> PeerKey:
+        """The identity of `host` (made on first use, inside the host's namespace)."""
+        if host not in self._keys:
+            path = self.lab.workdir / f"{host}.key"
+            out = self.lab.run(host, [self.exe("meshcore-peer"), "genkey", "--identity", path])
+            self._keys[host] = PeerKey(path, out.stdout.decode().strip())
+        return self._keys[host]
+
+    def control_socket(self, host: str, role: str) -> Path:
+        return self.lab.workdir / f"{host}-{role}.sock"
+
+    def listen(
+        self,
+        host: str,
+        allow: Sequence[str],
+        *,
+        stdout: int | IO[Any] | None = None,
+        extra: Sequence[str] = (),
+    ) -> LabProcess:
+        """Start `meshcore-peer listen` on `host`; return once it registered with the relay."""
+        argv = [
+            self.exe("meshcore-peer"), "listen", "--relay", self.relay_url,
+            "--identity", str(self.key(host).path), "--allow", ",".join(allow),
+            "--control", str(self.control_socket(host, "listen")), *extra,
+        ]  # fmt: skip
+        process = self.lab.popen(host, argv, stdout=stdout)
+        process.wait_for("registered", _COMMAND_TIMEOUT_S)
+        return process
+
+    def connect(
+        self,
+        host: str,
+        peer: str,
+        *,
+        stdin: int | IO[Any] | None,
+        stdout: int | IO[Any] | None = subprocess.DEVNULL,
+        extra: Sequence[str] = (),
+    ) -> LabProcess:
+        """Start `meshcore-peer connect` from `host` to peer id `peer` (wait on the result)."""
+        argv = [
+            self.exe("meshcore-peer"), "connect", "--relay", self.relay_url,
+            "--identity", str(self.key(host).path), *extra, peer,
+        ]  # fmt: skip
+        return self.lab.popen(host, argv, stdin=stdin, stdout=stdout)
 
 
 # -- traffic tools (run as `python netlab.py TOOL ...` inside a namespace) ------------------
@@ -786,6 +881,26 @@ def _tool_whoami(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _tool_forward(args: argparse.Namespace) -> int:
+    """A plain TCP relay: accept on `--listen`, connect to `--to`, copy bytes both ways."""
+    with socket.create_server(_hostport(args.listen), reuse_port=True) as server:
+        print("listening", flush=True)
+        while True:
+            client, _ = server.accept()
+            upstream = socket.create_connection(_hostport(args.to), timeout=10)
+            upstream.settimeout(None)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
@@ -856,6 +971,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     whoami = sub.add_parser("whoami", help="ask a serve-whoami who we are")
     whoami.add_argument("--bind", required=True, help="local HOST:PORT")
     whoami.add_argument("--to", required=True, help="server HOST:PORT")
+    forward = sub.add_parser("forward", help="relay TCP connections to another address")
+    forward.add_argument("--listen", required=True, help="HOST:PORT")
+    forward.add_argument("--to", required=True, help="HOST:PORT")
     delay = sub.add_parser("delay", help="join TAP pairs with a constant delay")
     delay.add_argument("--ms", type=float, required=True, help="one-way delay")
     delay.add_argument("--link", action="append", required=True, help="NS:TAP=NS:TAP")
@@ -864,6 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dial": _tool_dial,
         "serve-whoami": _tool_serve_whoami,
         "whoami": _tool_whoami,
+        "forward": _tool_forward,
         "delay": _tool_delay,
     }
     return tools[args.tool](args)

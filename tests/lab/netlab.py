@@ -552,6 +552,13 @@ class Lab:
         """The IPv4 address the rest of the lab sees for `node` (its NAT's, if any)."""
         return self._node(node).public
 
+    def ifname(self, suffix: str) -> str:
+        """An interface name unique to this lab (for TAP/TUN devices a test creates): the
+        lab's 7-character tag + `suffix` (at most 8 characters)."""
+        if not re.fullmatch(r"[a-z0-9]{1,8}", suffix):
+            raise LabError(f"interface suffix {suffix!r} must be 1-8 lowercase letters/digits")
+        return self._tag + suffix
+
     @property
     def hosts(self) -> list[str]:
         return list(self.topology.hosts)

@@ -1,0 +1,329 @@
+"""`meshcore-peer up`: a layer-2 TAP tunnel to every configured peer (a small mesh VPN).
+
+meshcore-peer up --config peer.toml          (as root, or with CAP_NET_ADMIN)
+
+The device exists while the command runs: it goes away on exit, SIGTERM or SIGINT. Peers'
+sessions that fail are retried with backoff; the device stays up meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from meshcore._tap import check_tap_access, open_configured_tap, validate_device_name
+from meshcore._tunnel import FramePump, TunnelConfig, run_tunnel
+from meshcore.config import env_names, load_toml
+from meshcore.errors import ConfigError, MeshError
+from meshcore.logs import setup_logging
+from meshcore.proto.constants import (
+    MAX_MESSAGE_BYTES,
+    TAP_DEFAULT_MTU,
+    TAP_VNET_HEADER_BYTES,
+    TUNNEL_CHUNK_HEADER_BYTES,
+)
+from meshcore.proto.identity import Identity, PeerId
+
+__all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
+
+log = logging.getLogger("meshcore.peer.up")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+ENV_PREFIX = "MESHCORE_PEER_"
+
+MIN_MTU = 68
+"""The least MTU IPv4 allows (RFC 791); IPv6 needs 1280."""
+MAX_MTU = MAX_MESSAGE_BYTES - TUNNEL_CHUNK_HEADER_BYTES - TAP_VNET_HEADER_BYTES - 18
+"""A whole frame (Ethernet and VLAN header: 18 bytes) fits one session message."""
+
+USERSPACE_HINT = (
+    "without root, use the userspace commands instead: `meshcore-peer listen` and "
+    "`meshcore-peer connect` carry a session over stdin/stdout (no TAP device needed)"
+)
+
+
+def _check_peer_id(_inst: object, _attr: object, value: str) -> None:
+    try:
+        PeerId.from_text(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_device(_inst: object, _attr: object, value: str) -> None:
+    problem = validate_device_name(value)
+    if problem:
+        raise ValueError(f"device name {value!r} {problem}")
+
+
+def _check_address(_inst: object, _attr: object, value: str | None) -> None:
+    if value is None:
+        return
+    if "/" not in value:
+        raise ValueError(f"address {value!r} needs a prefix length, e.g. {value}/24")
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(
+            f"address {value!r} is not an IP address with a prefix length (e.g. 10.77.0.1/24)"
+        ) from None
+
+
+def _check_mtu(_inst: object, _attr: object, value: int) -> None:
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise ValueError(f"mtu must be {MIN_MTU}..{MAX_MTU}, got {value}")
+
+
+@attrs.frozen
+class PeerEntry:
+    """One peer of the mesh: `{ id = "...", name = "..." }`."""
+
+    id: str = attrs.field(validator=_check_peer_id)
+    """The peer's id (`meshcore-peer id` prints it)."""
+    name: str | None = None
+    """A label for logs."""
+
+
+@attrs.frozen
+class UpConfig:
+    """Settings of `meshcore-peer up`; every field has a TOML key and most a flag."""
+
+    relay: str | None = None
+    """Relay WebSocket URL, e.g. ws://relay.example:7443."""
+    identity: str | None = None
+    """Identity key file (default: ~/.config/meshcore/identity.key)."""
+    device: str = attrs.field(default="mesh0", validator=_check_device)
+    """Name of the TAP device."""
+    address: str | None = attrs.field(default=None, validator=_check_address)
+    """The device's address with prefix length, e.g. 10.77.0.1/24 (none: layer 2 only)."""
+    mtu: int = attrs.field(default=TAP_DEFAULT_MTU, validator=_check_mtu)
+    """The device's MTU; use the same on every peer."""
+    peers: list[PeerEntry] = attrs.field(factory=list)
+    """The other peers of the mesh."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+
+_FLAGS = {
+    "relay": "--relay",
+    "identity": "--identity",
+    "device": "--device",
+    "address": "--address",
+    "mtu": "--mtu",
+    "peers": "--peer",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+}
+
+
+def _reserved_env() -> set[str]:
+    """Other subcommands' MESHCORE_PEER_* variables: set for them, not an error here."""
+    try:
+        from meshcore_peer.config import PeerConfig
+    except ImportError:  # pragma: no cover - the package always has it
+        return set()
+    ours = env_names(UpConfig, ENV_PREFIX)
+    return {name for name in env_names(PeerConfig, ENV_PREFIX) if name not in ours} | {
+        ENV_PREFIX + "CONFIG"
+    }
+
+
+def load_up_config(path: Path | None, overrides: dict[str, object]) -> UpConfig:
+    """Load settings from `path` (optional), MESHCORE_PEER_* variables and `overrides`.
+
+    Raises `ConfigError` naming every bad key, where it came from and what is wrong.
+    """
+    config = load_toml(
+        UpConfig,
+        path,
+        env_prefix=ENV_PREFIX,
+        overrides=overrides,
+        override_names=_FLAGS,
+        reserved_env=_reserved_env(),
+    )
+    problems = []
+    if not config.relay:
+        problems.append("relay: the relay URL is missing: pass --relay URL or set relay = ...")
+    if not config.peers:
+        problems.append('peers: no peer given: pass --peer PEER_ID or set peers = [{ id = "..." }]')
+    seen: set[str] = set()
+    for index, entry in enumerate(config.peers):
+        text = PeerId.from_text(entry.id).to_text()
+        if text in seen:
+            problems.append(f"peers[{index}].id: {entry.id} is listed twice; remove one")
+        seen.add(text)
+    if problems:
+        from meshcore.config import ConfigProblems
+
+        raise ConfigProblems(problems)
+    return config
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `up` subcommand to `subparsers` (from `add_subparsers`), with the `common`
+    parent's options (--config, --identity, --log-level, --log-format)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "up",
+        parents=[common],
+        help="run a layer-2 TAP tunnel (mesh VPN) with the configured peers (needs root)",
+        description=(
+            "Create a TAP device and carry its Ethernet frames to every configured peer "
+            "through end-to-end encrypted sessions; MAC learning switches frames between "
+            "peers. Needs root or CAP_NET_ADMIN and /dev/net/tun. The device is removed on exit."
+        ),
+    )
+    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    p.add_argument("--device", metavar="NAME", help="TAP device name (default: mesh0)")
+    p.add_argument("--address", metavar="CIDR", help="device address, e.g. 10.77.0.1/24")
+    p.add_argument("--mtu", metavar="BYTES", help=f"device MTU (default: {TAP_DEFAULT_MTU})")
+    p.add_argument(
+        "--peer",
+        dest="up_peers",
+        metavar="PEER_ID[,...]",
+        action="append",
+        help="a peer of the mesh (repeat or comma-separate; replaces the config file's peers)",
+    )
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key in ("relay", "identity", "device", "address", "mtu", "log_level", "log_format"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    peers = getattr(args, "up_peers", None)
+    if peers:
+        out["peers"] = [{"id": p.strip()} for item in peers for p in item.split(",") if p.strip()]
+    return out
+
+
+def tap_mac(peer_id: PeerId) -> bytes:
+    """The device's MAC address: locally administered, from the peer id, so that it stays the
+    same across restarts and other peers' ARP caches stay right."""
+    return bytes([0x02]) + peer_id.digest[:5]
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Run `meshcore-peer up` with parsed `args`; returns the exit status.
+
+    Fails at once (status 1) when the TAP device cannot be created here (no root or no
+    /dev/net/tun), and with status 2 on bad settings.
+    """
+    problem = check_tap_access()
+    if problem:
+        print(f"meshcore-peer up: cannot create a TAP device: {problem}.", file=sys.stderr)
+        print(f"meshcore-peer up: {USERSPACE_HINT}.", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        config = load_up_config(Path(args.config) if args.config else None, _overrides(args))
+        setup_logging(config.log_level, config.log_format)
+        identity = Identity.load(_identity_path(config))
+        return trio.run(_run, config, identity)
+    except ConfigError as exc:
+        print(f"meshcore-peer up: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshError as exc:
+        print(f"meshcore-peer up: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("meshcore-peer up: interrupted", file=sys.stderr)
+        return 130
+
+
+def _identity_path(config: UpConfig) -> Path:
+    if config.identity:
+        return Path(config.identity)
+    from meshcore_peer.cli import default_identity_path
+
+    return default_identity_path()
+
+
+async def _run(config: UpConfig, identity: Identity) -> int:
+    peers = tuple(PeerId.from_text(p.id) for p in config.peers)
+    if identity.peer_id in peers:
+        raise ConfigError(
+            f"peers: {identity.peer_id} is this peer's own id; list only the other peers"
+        )
+    names = {PeerId.from_text(p.id): p.name for p in config.peers if p.name}
+    tunnel = TunnelConfig(config.relay or "", identity, peers)
+    address = ipaddress.ip_interface(config.address) if config.address else None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with open_configured_tap(
+            config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
+        ) as device:
+            pump: FramePump | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    pump = await nursery.start(
+                        run_tunnel, device.fd, device.vnet_header_bytes, tunnel
+                    )
+                    log.info(
+                        "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
+                        device.name,
+                        identity.peer_id.short(),
+                        len(peers),
+                        config.relay,
+                        len(tunnel.dials),
+                        len(tunnel.answers),
+                    )
+                    async for signum in signals:
+                        log.info("%s: removing %s", signal.Signals(signum).name, device.name)
+                        nursery.cancel_scope.cancel()
+                        break
+            finally:
+                if pump is not None:
+                    _log_summary(pump, names)
+    return EXIT_OK
+
+
+def _log_summary(pump: FramePump, names: dict[PeerId, str]) -> None:
+    for peer, stats in pump.stats.items():
+        log.info(
+            "peer %s: %d frames (%d B) out, %d frames (%d B) in, %d session(s), "
+            "dropped %d (queue full) %d (invalid) %d (device)",
+            names.get(peer) or peer.short(),
+            stats.frames_out,
+            stats.bytes_out,
+            stats.frames_in,
+            stats.bytes_in,
+            stats.sessions,
+            stats.dropped_queue_full,
+            stats.dropped_invalid,
+            stats.dropped_write,
+        )
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
+    common.add_argument("--identity", metavar="FILE", help="identity key file")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-format", choices=["text", "json"])
+    return common
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m meshcore_peer.up [options]`: the `up` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="meshcore-peer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_up_parser(sub, _common_parent())
+    args = parser.parse_args(["up", *(sys.argv[1:] if argv is None else argv)])
+    return run_up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

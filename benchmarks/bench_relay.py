@@ -1,0 +1,464 @@
+"""The relay under load: idle peers per GiB, pairings per second, and one circuit's throughput.
+
+The relay runs as a subprocess (`python -m meshcore_relay`), its memory read from /proc; the
+peers run in this process and speak the control protocol directly.
+
+1. Idle peers: N peers register (full KEM challenge) and stay connected, answering pings.
+   Relay RSS before and after. Target: >= 10,000 peers at RSS <= 1 GiB.
+2. Pairings/s: fresh peer pairs connect, both register (full challenge), A asks for B, B
+   accepts, both are told; 16 pairs at a time. Also pairings alone between registered peers.
+3. Throughput of one relayed circuit, 64 KiB messages (A -> relay -> B, a window of messages
+   in flight, B acknowledging), against a bare trio-websocket echo server measured in the same
+   run (client -> echo -> client: the same two hops through one server process, the same
+   client code). Rounds alternate; the best of --repeat is kept. Target: >= 0.8x the echo.
+
+Writes benchmarks/results/relay.json and prints a table.
+
+    .venv/bin/python benchmarks/bench_relay.py [--quick] [--peers 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from meshcore._transport import WebSocketTransport, open_websocket_transport
+from meshcore.proto import wire
+from meshcore.proto.identity import Identity
+from meshcore.proto.relayauth import answer_challenge
+
+RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
+LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
+MESSAGE = 65536
+WINDOW = 8  # messages in flight in the throughput runs (512 KiB)
+ACK_EVERY = 4
+COUNT = struct.Struct(">Q")
+UNLIMITED = [
+    "--connections-per-s-per-ip", "1000000", "--connections-burst-per-ip", "1000000",
+    "--pairings-per-s", "1000000", "--pairings-burst", "1000000",
+]  # fmt: skip
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RelayProcess:
+    """`python -m meshcore_relay` on a free loopback port, its log in a temporary file."""
+
+    def __init__(self, *flags: str) -> None:
+        fd, name = tempfile.mkstemp(prefix="bench-relay-", suffix=".log")
+        self.log = Path(name)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "meshcore_relay", "--listen", "127.0.0.1:0", *flags],
+                stderr=fd,
+            )
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + 30
+        while (match := LISTENING.search(self.log.read_text())) is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.proc.kill()
+                raise RuntimeError(f"relay did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.url = match.group(1)
+
+    def rss_mib(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) of the relay process, MiB."""
+        fields = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        )
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the relay process has used so far."""
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.unlink()
+
+
+async def _echo(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+async def serve_echo() -> None:
+    """A bare trio-websocket echo server with the relay's read size; prints its port."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: trio_websocket.serve_websocket(
+                _echo,
+                "127.0.0.1",
+                0,
+                None,
+                max_message_size=1 << 20,
+                receive_buffer_size=65536,
+                task_status=task_status,
+            )
+        )
+        print(server.port, flush=True)
+
+
+# --- a peer that speaks the control protocol -------------------------------------------------
+
+
+async def register(transport: WebSocketTransport, identity: Identity) -> None:
+    bundle = identity.public
+    await transport.send(
+        wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, ()))
+    )
+    challenge = wire.decode_control_untrusted(await transport.receive())
+    assert isinstance(challenge, wire.Challenge), challenge
+    await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
+    registered = wire.decode_control_untrusted(await transport.receive())
+    assert isinstance(registered, wire.Registered), registered
+
+
+async def expect(transport: WebSocketTransport, cls: type[Any]) -> Any:
+    while True:
+        msg = wire.decode_control_untrusted(await transport.receive())
+        if isinstance(msg, wire.Ping):
+            await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+            continue
+        assert isinstance(msg, cls), msg
+        return msg
+
+
+async def pair(a: WebSocketTransport, b: WebSocketTransport, target: Identity, rid: int) -> int:
+    await a.send(wire.encode_control(wire.Connect(rid, target.peer_id.digest)))
+    invite = await expect(b, wire.Invite)
+    await b.send(wire.encode_control(wire.Accept(invite.request_id)))
+    paired = await expect(a, wire.Paired)
+    await expect(b, wire.Paired)
+    return int(paired.circuit_id)
+
+
+@asynccontextmanager
+async def registered_peer(url: str, identity: Identity) -> AsyncIterator[WebSocketTransport]:
+    async with open_websocket_transport(url) as transport:
+        await register(transport, identity)
+        yield transport
+
+
+# --- 1. idle peers --------------------------------------------------------------------------
+
+
+async def idle_peers(n: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    identities = [Identity.generate() for _ in range(n)]
+    keygen_s = time.perf_counter() - t0
+    relay = RelayProcess(*UNLIMITED, "--max-peers", str(max(n, 20000)))
+    try:
+        rss_before, _ = relay.rss_mib()
+        failures = 0
+
+        async def peer(identity: Identity, task_status: trio.TaskStatus[None]) -> None:
+            nonlocal failures
+            try:
+                async with registered_peer(relay.url, identity) as transport:
+                    task_status.started()
+                    while True:  # idle, but answer the relay's pings
+                        msg = wire.decode_control_untrusted(await transport.receive())
+                        if isinstance(msg, wire.Ping):
+                            await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+            except Exception:
+                failures += 1
+                raise
+
+        async with trio.open_nursery() as nursery:
+            start, cpu_start = time.perf_counter(), relay.cpu_s()
+
+            async def starter(share: list[Identity]) -> None:
+                for identity in share:
+                    await nursery.start(peer, identity)
+
+            async with trio.open_nursery() as starters:
+                for k in range(64):
+                    starters.start_soon(starter, identities[k::64])
+            register_s = time.perf_counter() - start
+            register_cpu_s = relay.cpu_s() - cpu_start
+            await trio.sleep(2.0)  # let the relay settle (and collect)
+            rss_after, rss_peak = relay.rss_mib()
+            client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            nursery.cancel_scope.cancel()
+    finally:
+        relay.stop()
+    return {
+        "peers": n,
+        "failures": failures,
+        "keygen_s": round(keygen_s, 2),
+        "register_s": round(register_s, 2),
+        "registrations_per_s": round(n / register_s),
+        "relay_cpu_ms_per_registration": round(register_cpu_s * 1e3 / n, 2),
+        "relay_rss_before_mib": round(rss_before, 1),
+        "relay_rss_mib": round(rss_after, 1),
+        "relay_rss_peak_mib": round(rss_peak, 1),
+        "relay_kib_per_peer": round((rss_after - rss_before) * 1024 / n, 1),
+        "client_process_peak_rss_mib": round(client_rss, 1),
+    }
+
+
+# --- 2. pairings ----------------------------------------------------------------------------
+
+
+async def pairings(pairs: int, concurrency: int = 16) -> dict[str, Any]:
+    identities = [(Identity.generate(), Identity.generate()) for _ in range(pairs)]
+    relay = RelayProcess(*UNLIMITED)
+    try:
+        # (a) fresh pairs: two connections, two full challenges, one pairing each.
+        queue = list(identities)
+
+        async def full_cycles() -> None:
+            while queue:
+                alice, bob = queue.pop()
+                async with (
+                    registered_peer(relay.url, alice) as a,
+                    registered_peer(relay.url, bob) as b,
+                ):
+                    await pair(a, b, bob, 1)
+
+        start, cpu_start = time.perf_counter(), relay.cpu_s()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(full_cycles)
+        full_s, full_cpu_s = time.perf_counter() - start, relay.cpu_s() - cpu_start
+
+        # (b) pairings alone, between peers that stay registered (circuit closed after each).
+        rounds = max(pairs // concurrency, 1)
+
+        async def repeat_pairing(alice: Identity, bob: Identity) -> None:
+            async with (
+                registered_peer(relay.url, alice) as a,
+                registered_peer(relay.url, bob) as b,
+            ):
+                for rid in range(rounds):
+                    cid = await pair(a, b, bob, rid)
+                    close = wire.CircuitClose(cid, wire.ErrorCode.NONE, "")
+                    await a.send(wire.encode_control(close))
+                    await expect(a, wire.CircuitClose)
+                    await expect(b, wire.CircuitClose)
+
+        async with trio.open_nursery() as nursery:
+            ready = time.perf_counter()
+            for alice, bob in identities[:concurrency]:
+                nursery.start_soon(repeat_pairing, alice, bob)
+        only_s = time.perf_counter() - ready
+    finally:
+        relay.stop()
+    return {
+        "full_cycles": pairs,
+        "concurrency": concurrency,
+        "full_cycle_s": round(full_s, 2),
+        "full_cycles_per_s": round(pairs / full_s, 1),
+        "relay_cpu_ms_per_full_cycle": round(full_cpu_s * 1e3 / pairs, 2),
+        "pairings_between_registered": rounds * concurrency,
+        "pairings_per_s_registered": round(rounds * concurrency / only_s, 1),
+    }
+
+
+# --- 3. throughput --------------------------------------------------------------------------
+
+
+async def echo_round(url: str, n: int) -> float:
+    payload = bytes(MESSAGE)
+    async with open_websocket_transport(url, max_message=1 << 20) as ws:
+        window = trio.Semaphore(WINDOW)
+
+        async def receive() -> None:
+            for _ in range(n):
+                await ws.receive()
+                window.release()
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for _ in range(n):
+                await window.acquire()
+                await ws.send(payload)
+        return time.perf_counter() - start
+
+
+async def relay_round(url: str, n: int, alice: Identity, bob: Identity) -> tuple[float, int]:
+    """Seconds to move n messages A -> B through a circuit; and how many B missed."""
+    async with registered_peer(url, alice) as a, registered_peer(url, bob) as b:
+        cid = await pair(a, b, bob, 1)
+        frame = wire.encode_relayed(cid, bytes(MESSAGE - wire.RELAYED_HEADER_BYTES))
+        window = trio.Semaphore(WINDOW)
+        received = 0
+
+        async def bob_receives() -> None:
+            nonlocal received
+            with trio.move_on_after(30):
+                while received < n:
+                    await b.receive()
+                    received += 1
+                    if received % ACK_EVERY == 0 or received == n:
+                        await b.send(wire.encode_relayed(cid, COUNT.pack(received)))
+
+        async def alice_hears_acks() -> None:
+            acked = 0
+            while acked < n:
+                msg = await expect(a, wire.Relayed)
+                (now_acked,) = COUNT.unpack(msg.payload)
+                for _ in range(now_acked - acked):
+                    window.release()
+                acked = now_acked
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bob_receives)
+            nursery.start_soon(alice_hears_acks)
+            for _ in range(n):
+                await window.acquire()
+                await a.send(frame)
+        return time.perf_counter() - start, n - received
+
+
+async def throughput(n: int, repeat: int, echo_url: str, echo_pid: int) -> dict[str, Any]:
+    relay = RelayProcess()
+    alice, bob = Identity.generate(), Identity.generate()
+    try:
+        await echo_round(echo_url, max(n // 10, 10))  # warm-up
+        await relay_round(relay.url, max(n // 10, 10), alice, bob)
+        echo_s, relay_s, echo_cpu, relay_cpu, missed = [], [], [], [], 0
+        for _ in range(repeat):
+            cpu = cpu_seconds(echo_pid)
+            echo_s.append(await echo_round(echo_url, n))
+            echo_cpu.append(cpu_seconds(echo_pid) - cpu)
+            cpu = relay.cpu_s()
+            seconds, lost = await relay_round(relay.url, n, alice, bob)
+            relay_cpu.append(relay.cpu_s() - cpu)
+            relay_s.append(seconds)
+            missed += lost
+    finally:
+        relay.stop()
+    mib = n * MESSAGE / 2**20
+    echo_best, relay_best = mib / min(echo_s), mib / min(relay_s)
+    # Server CPU per MiB moved: unlike wall-clock rates it hardly depends on other load.
+    echo_cpu_mib, relay_cpu_mib = mib / min(echo_cpu), mib / min(relay_cpu)
+    return {
+        "message_bytes": MESSAGE,
+        "messages": n,
+        "window": WINDOW,
+        "repeat": repeat,
+        "echo_mib_per_s": round(echo_best, 1),
+        "relay_mib_per_s": round(relay_best, 1),
+        "relay_vs_echo": round(relay_best / echo_best, 2),
+        "echo_all_mib_per_s": [round(mib / s, 1) for s in echo_s],
+        "relay_all_mib_per_s": [round(mib / s, 1) for s in relay_s],
+        "echo_server_mib_per_cpu_s": round(echo_cpu_mib, 1),
+        "relay_server_mib_per_cpu_s": round(relay_cpu_mib, 1),
+        "relay_vs_echo_cpu": round(relay_cpu_mib / echo_cpu_mib, 2),
+        "frames_lost": missed,
+    }
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
+    result["pairings"] = await pairings(args.pairs)
+    result["idle_peers"] = await idle_peers(args.peers)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small numbers (a smoke run)")
+    parser.add_argument("--peers", type=int, default=10000, help="idle peers (default 10000)")
+    parser.add_argument("--pairs", type=int, default=480, help="fresh pairs to pair")
+    parser.add_argument("--messages", type=int, default=3000, help="64 KiB messages per round")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput rounds; best kept")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_echo:
+        trio.run(serve_echo)
+        return 0
+    if args.quick:
+        args.peers, args.pairs, args.messages, args.repeat = 500, 64, 300, 1
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert echo.stdout is not None
+        echo_url = f"ws://127.0.0.1:{int(echo.stdout.readline())}/"
+        result = trio.run(run, args, echo_url, echo.pid)
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+    idle, pairs, tput = result["idle_peers"], result["pairings"], result["throughput"]
+    print("| measurement | result | target |")
+    print("|---|---:|---|")
+    print(
+        f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
+        f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 at "
+        "<= 1024 MiB |"
+    )
+    print(
+        f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
+        f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
+    )
+    print(
+        f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
+        f"{pairs['full_cycles_per_s']} "
+        f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
+    )
+    print(f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |")
+    print(
+        f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
+        f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
+        f"({tput['frames_lost']} lost) | >= 0.8x |"
+    )
+    print(
+        f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB per "
+        f"CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = {tput['relay_vs_echo_cpu']}x | |"
+    )
+    result.update(
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        trio_websocket=trio_websocket.__version__,
+        load_average_1m=os.getloadavg()[0],
+        quick=args.quick,
+        setup="loopback; relay and echo server are subprocesses; all peers in the bench process",
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -309,3 +309,16 @@ def test_non_integer_environment_text_is_reported_verbatim(text: str) -> None:
     assert info.value.problems == [
         f"limits.max_peers: expected int, got {json.dumps(text)} (from TEST_LIMITS_MAX_PEERS)"
     ]
+
+
+def test_public_api_is_pinned() -> None:
+    from meshcore import config
+
+    assert sorted(config.__all__) == [
+        "ConfigProblems",
+        "env_names",
+        "load_toml",
+        "make_converter",
+        "parse_text",
+        "structure",
+    ]

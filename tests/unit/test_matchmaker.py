@@ -677,3 +677,22 @@ def test_reusing_a_live_connection_id_is_a_driver_bug(relay: Relay) -> None:
 def test_events_for_a_forgotten_connection_are_ignored(relay: Relay) -> None:
     assert relay.mm.receive_data(77, b"\x01\x01", relay.now) == []
     assert relay.mm.connection_closed(77, "gone", relay.now) == []
+
+
+def test_public_api_is_pinned() -> None:
+    from meshcore.proto import matchmaker
+
+    assert sorted(matchmaker.__all__) == [
+        "CircuitStats",
+        "CloseConnection",
+        "ConnState",
+        "Forward",
+        "LogEvent",
+        "Matchmaker",
+        "MatchmakerStats",
+        "Output",
+        "RelayLimits",
+        "Send",
+        "TokenBucket",
+        "address_key",
+    ]

@@ -252,6 +252,7 @@ class Session(trio.abc.Channel[bytes]):
         self._inbox: deque[bytes] = deque()
         self._inbox_limit = inbox_limit
         self._wake_timer = trio.Event()
+        self._timer_at = -math.inf
         self._progress = trio.Event()
         self._closed_by_us = False
         self._eof = False
@@ -332,13 +333,20 @@ class Session(trio.abc.Channel[bytes]):
         Raises `trio.ClosedResourceError` after `aclose`, `trio.BrokenResourceError`
         (cause: `SessionClosed`) once the session has ended.
         """
-        async with self._send_lock:
+        lock = self._send_lock
+        try:  # uncontended: no trip through the scheduler (a window's worth goes out at once)
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             while not self.core.can_send():
                 self._check_open()
                 await self._wait_progress()
             self._check_open()
             self.core.send(bytes(value), trio.current_time())
             self._changed()
+        finally:
+            lock.release()
 
     async def receive(self) -> bytes:
         """The next message from the peer, in order.
@@ -423,7 +431,8 @@ class Session(trio.abc.Channel[bytes]):
     async def _run_timers(self) -> None:
         while True:
             deadline = self.paths.get_timer()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            self._timer_at = deadline if deadline is not None else math.inf
+            with trio.move_on_at(self._timer_at):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
             now = trio.current_time()
@@ -466,7 +475,10 @@ class Session(trio.abc.Channel[bytes]):
         self._route()
         if paths.has_commands and self._migrator is not None:
             self._migrator.wake()
-        self._wake_timer.set()
+        # most changes only push timers later; wake the timer task when one moved earlier
+        deadline = paths.get_timer()
+        if deadline is None or deadline < self._timer_at:
+            self._wake_timer.set()
         self._notify()
 
     def _notify(self) -> None:

@@ -225,13 +225,12 @@ async def test_when_every_candidate_fails_the_race_ends_in_time_and_relay_carrie
                 await trio.sleep(0.005)
             assert trio.current_time() - ended >= paths.retry_s * (1 - paths.retry_jitter) - 0.01
             failures = [
-                r.getMessage()
-                for r in caplog.records
-                if "direct attempt failed" in r.msg or "direct attempt failed" in r.getMessage()
+                r.getMessage() for r in caplog.records if "direct attempt failed" in r.getMessage()
             ]
-            assert failures, "the failed race was not logged"
-            assert "no path validated within 0.5 s" in failures[0]
-            assert f"{hole_b} timed out" in failures[0] or f"{hole_b} no answer" in failures[0]
+            assert all("no path validated within 0.5 s" in line for line in failures)
+            # each side names the blackhole it tried (the dial never completed)
+            for hole in (hole_a, hole_b):
+                assert any(f"{hole} no answer" in line for line in failures), hole
 
 
 async def test_a_race_that_fails_retries_with_backoff() -> None:

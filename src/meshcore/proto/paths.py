@@ -433,7 +433,7 @@ class PathManager:
 
     def _need_relay(self, why: str) -> None:
         if not self.controlling:
-            self._log("info", f"{why}; waiting for the peer to re-open the relay circuit")
+            self._log("info", f"waiting for the peer to re-open the relay circuit ({why})")
             return
         if self.relay_state is not RelayState.OPENING:
             self.relay_state = RelayState.OPENING
@@ -533,7 +533,7 @@ class PathManager:
             return
         self._log("warning", f"fell back to relay: {reason}")
         if self.relay is None:
-            self._need_relay(f"fell back to relay: {reason}")
+            self._need_relay("it was released for the direct path")
         else:
             self._commands.append(_Resend())
         self._next_race = now + self._backoff()

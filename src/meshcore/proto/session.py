@@ -412,7 +412,7 @@ class SessionCore:
 
     def _dispatch(self, message: InnerMessage, now: float, path: Hashable) -> None:
         if isinstance(message, Data):
-            self._on_ack(message.ack, now)
+            self._on_ack(message.ack, now, pure=False)
             if self.state is SessionState.OPEN:
                 self._on_data(message.seq, message.payload, now)
         elif isinstance(message, Ack):
@@ -492,11 +492,13 @@ class SessionCore:
         self._ack_owed_frames = 0
         self._ack_owed_bytes = 0
 
-    def _on_ack(self, ack: int, now: float) -> None:
+    def _on_ack(self, ack: int, now: float, *, pure: bool = True) -> None:
         if ack < self._peer_acked:
             return
         if ack == self._peer_acked:
-            if self._pending:
+            # only an ack without data is a duplicate ack (RFC 5681 §2): a burst of the
+            # peer's data frames all carry the same piggybacked ack and say nothing of loss
+            if self._pending and pure:
                 self._dup_acks += 1
                 if self._dup_acks == _FAST_RETRANSMIT_DUP_ACKS:
                     self._resend(self._pending[0], now)

@@ -36,6 +36,7 @@ from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
 from meshcore.proto.identity import Identity, PeerId
 from meshcore_peer.config import PeerConfig, load_peer_config
+from meshcore_peer.up import add_up_parser, run_up
 
 __all__ = ["main"]
 
@@ -108,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for name in ("connect", "listen"):
+        group = sub.choices[name].add_mutually_exclusive_group()
+        group.add_argument(
+            "--no-direct",
+            dest="direct",
+            action="store_const",
+            const="never",
+            help="stay on the relay (no direct connection attempts)",
+        )
+        group.add_argument(
+            "--direct-only",
+            dest="direct",
+            action="store_const",
+            const="only",
+            help="fail unless a direct path works (the relay only introduces the peers)",
+        )
         sub.choices[name].add_argument(
             "--control",
             metavar="PATH",
@@ -126,12 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="run a relay and two peers on loopback and show each step"
     )
     p.add_argument("--messages", type=int, default=2000, help="messages to time (default 2000)")
+    add_up_parser(sub, common)
     return parser
 
 
 def _load(args: argparse.Namespace) -> PeerConfig:
     overrides: dict[str, object] = {}
-    for key in ("identity", "relay", "log_level", "log_format", "exec_", "peer"):
+    for key in ("identity", "relay", "log_level", "log_format", "exec_", "peer", "direct"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key.rstrip("_")] = value
@@ -174,7 +191,7 @@ async def _run_connect(config: PeerConfig, control: Path | None) -> int:
     async with open_hidden_nursery() as nursery:
         if control is not None:
             await nursery.start(serve_control, control, registry)
-        async with connect(relay, identity, peer) as session:
+        async with connect(relay, identity, peer, direct=config.direct) as session:
             with registry.registered(session):
                 sent, received = await pipe_session(
                     session,
@@ -219,7 +236,7 @@ async def _run_listen(config: PeerConfig, control: Path | None) -> int:
             )
         else:
             await nursery.start(serve_control, control, registry)
-        await serve(relay, identity, allow, handler)
+        await serve(relay, identity, allow, handler, direct=config.direct)
     return EXIT_OK
 
 
@@ -275,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `meshcore-peer`; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "up":
+        return run_up(args)  # its own settings (a TOML with a [[peers]] table) and errors
     try:
         config = _load(args)
         quiet = args.command == "demo" and args.log_level is None

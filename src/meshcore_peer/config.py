@@ -26,6 +26,8 @@ class PeerConfig:
     """Peer ids allowed to connect (listen)."""
     exec: str | None = None
     """Command run per session (listen)."""
+    direct: Literal["auto", "never", "only"] = "auto"
+    """Direct paths: try them and fall back to the relay (auto), never, or only direct."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 

@@ -4,6 +4,7 @@ connect carry a 50 MiB random file; the SHA-256 matches at the other end."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import selectors
 import signal
@@ -167,3 +168,79 @@ def test_listen_exec_pipes_each_session_into_a_command(tmp_path: Path) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    keys = {name: tmp_path / f"{name}.key" for name in ("alice", "bob")}
+    ids = {
+        name: subprocess.run(
+            [BIN / "meshcore-peer", "genkey", "--identity", key],
+            capture_output=True, check=True, timeout=60,
+        ).stdout.decode().strip()
+        for name, key in keys.items()
+    }  # fmt: skip
+    control = tmp_path / "bob.sock"
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    relay = subprocess.Popen(
+        [BIN / "meshcore-relay", "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, env=env
+    )
+    procs: list[subprocess.Popen[bytes]] = [relay]
+    try:
+        wait_for_line(relay, b"listening", 30)
+        listener = subprocess.Popen(
+            [BIN / "meshcore-peer", "listen", "--relay", url, "--identity", keys["bob"],
+             "--allow", ids["alice"], "--control", control],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        procs.append(listener)
+        wait_for_line(listener, b"registered", 30)
+        connector = subprocess.Popen(
+            [BIN / "meshcore-peer", "connect", "--relay", url, "--identity", keys["alice"],
+             ids["bob"]],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        procs.append(connector)
+        wait_for_line(listener, b"session from", 30)
+        status = subprocess.run(
+            [BIN / "meshcore-peer", "status", "--json", "--control", control],
+            capture_output=True, timeout=30, check=True,
+        )  # fmt: skip
+        (row,) = [json.loads(line) for line in status.stdout.splitlines()]
+        assert row["peer_id"] == ids["alice"]
+        assert row["path"] in ("relay", "direct")
+        ping = subprocess.run(
+            [BIN / "meshcore-peer", "ping", "--count", "2", "--control", control,
+             ids["alice"][:12]],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
+        lines = ping.stdout.decode().splitlines()
+        assert len(lines) == 2 and all("rtt=" in line and "path=" in line for line in lines)
+        table = subprocess.run(
+            [BIN / "meshcore-peer", "status", "--control", control],
+            capture_output=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert b"path" in table.stdout and ids["alice"].encode() in table.stdout
+        assert connector.stdin is not None
+        connector.stdin.close()
+        assert connector.wait(timeout=60) == 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def test_status_without_a_running_peer_says_so(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [BIN / "meshcore-peer", "status", "--control", tmp_path / "none.sock"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert b"no running peer answers" in out.stderr

@@ -2,8 +2,11 @@
 lab, over the bare path and through each tunnel that is available, in one run.
 
 Paths: (a) bare, (b) meshcore direct and (c) meshcore through the relay (TAP mode,
-`meshcore-peer up`; measured only when that command exists), (d) n2n (edge + supernode,
-layer 2), (e) tinc (switch mode, layer 2), (f) wireguard-go (layer 3, keys set with `wg`).
+`meshcore-peer up`, or its module while the subcommand is not wired in; for (c) the router
+drops a <-> b so that the relay is the only way; (b) counts only if the router's counters
+show the traffic went direct), (d) n2n (edge + supernode, layer 2), (e) tinc (switch mode,
+layer 2), (f) wireguard-go (layer 3, keys set with `wg`). The "went" column is the router's
+verdict for every row.
 Each throughput is the median of `--runs` iperf3 runs of `--seconds` s; RTT is the average
 and 99th percentile of `--pings` pings 10 ms apart. Every figure is also given as a ratio to
 the bare path and to the best of the other tunnels (n2n, tinc, wireguard-go). Missing
@@ -33,7 +36,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from lab.netlab import Lab, LabError, Topology, missing_prerequisites  # noqa: E402
+from lab.netlab import (  # noqa: E402
+    Lab,
+    LabError,
+    Meshcore,
+    Topology,
+    find_up_command,
+    missing_prerequisites,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "lab.json"
 PACKAGES = {  # command -> Debian package
@@ -62,6 +72,9 @@ class Figures:
     mbit_s_runs: list[float] | None = None
     rtt_avg_ms: float | None = None
     rtt_p99_ms: float | None = None
+    went: str | None = None  # "direct" or "relay", from the router's counters
+    direct_mb: float | None = None  # megabytes a <-> b during the iperf3 runs
+    relayed_mb: float | None = None  # megabytes a <-> relay <-> b (the lesser side)
 
 
 def ensure_packages() -> dict[str, str]:
@@ -116,13 +129,23 @@ def measure(lab: Lab, name: str, setup: Setup, args: argparse.Namespace) -> Figu
         try:
             server.wait_for("Server listening", 10)
             ping(lab, target, 20)  # warm up ARP, peer discovery, crypto state
+            lab.reset_counters()
             runs = [iperf(lab, target, args.seconds) for _ in range(args.runs)]
+            counters = lab.counters()
             avg, p99 = ping_stats(lab, target, args.pings)
         finally:
             server.stop()
-    figures = Figures(name, True, mbit_s=statistics.median(runs), mbit_s_runs=runs,
-                      rtt_avg_ms=avg, rtt_p99_ms=p99)  # fmt: skip
-    print(f"{name}: {figures.mbit_s:.0f} Mbit/s, RTT {avg:.3f} ms avg, {p99:.3f} ms p99")
+    direct = counters.between("a", "b").bytes / 1e6
+    relayed = min(counters.between("a", "relay").bytes, counters.between("b", "relay").bytes) / 1e6
+    figures = Figures(
+        name, True, mbit_s=statistics.median(runs), mbit_s_runs=runs, rtt_avg_ms=avg,
+        rtt_p99_ms=p99, went="direct" if direct > relayed else "relay", direct_mb=direct,
+        relayed_mb=relayed,
+    )  # fmt: skip
+    print(
+        f"{name}: {figures.mbit_s:.0f} Mbit/s, RTT {avg:.3f} ms avg, {p99:.3f} ms p99, went "
+        f"{figures.went} ({direct:.0f} MB direct, {relayed:.0f} MB via the relay)"
+    )
     return figures
 
 
@@ -234,20 +257,29 @@ def wireguard_go(lab: Lab) -> Iterator[str]:
             daemon.stop()
 
 
+def meshcore_tap(via_relay: bool) -> Setup:
+    """meshcore's TAP tunnel (`meshcore-peer up`) between a and b, with the relay in the relay
+    namespace; `via_relay` cuts a <-> b on the router, so the relay is the only way."""
+
+    @contextmanager
+    def setup(lab: Lab) -> Iterator[str]:
+        mesh = Meshcore(lab)
+        mesh.start_relay()
+        if via_relay:
+            lab.block("a", "b")
+        ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
+        for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1):
+            mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24")
+        yield TUNNEL_NET.format(2)  # the lab stops the processes
+
+    return setup
+
+
 def wait_for_device(lab: Lab, host: str, name: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while lab.run(host, ["ip", "link", "show", name], check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise LabError(f"{name} did not appear in {host} within {timeout} s")
-
-
-def meshcore_up_available() -> str | None:
-    """None if `meshcore-peer up` exists, else why the meshcore rows are not measured."""
-    exe = Path(sys.executable).parent / "meshcore-peer"
-    done = subprocess.run([exe, "up", "--help"], capture_output=True, check=False)
-    if done.returncode != 0:
-        return "`meshcore-peer up` (TAP mode) does not exist yet"
-    return None
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -284,19 +316,19 @@ def table(results: list[Figures], rel: dict[str, dict[str, float | None]]) -> st
 
     ratio_heads = f"{'/bare':>8}{'/best':>8}"
     head = (
-        f"{'path':<18}{'Mbit/s':>9}{ratio_heads}{'RTT avg ms':>12}{ratio_heads}"
-        f"{'p99 ms':>9}{ratio_heads}"
+        f"{'path':<16}{'went':<7}{'Mbit/s':>8}{ratio_heads}{'RTT avg ms':>11}{ratio_heads}"
+        f"{'p99 ms':>8}{ratio_heads}"
     )
     lines = [head, "-" * len(head)]
     for f in results:
         if not f.available:
-            lines.append(f"{f.path:<18}not measured: {f.note}")
+            lines.append(f"{f.path:<16}not measured: {f.note}")
             continue
         r = rel[f.path]
         lines.append(
-            f"{f.path:<18}{f.mbit_s:>9.0f}{x(r['mbit_s_vs_bare']):>8}"
-            f"{x(r['mbit_s_vs_best_peer']):>8}{f.rtt_avg_ms:>12.3f}{x(r['rtt_avg_vs_bare']):>8}"
-            f"{x(r['rtt_avg_vs_best_peer']):>8}{f.rtt_p99_ms:>9.3f}{x(r['rtt_p99_vs_bare']):>8}"
+            f"{f.path:<16}{f.went or '-':<7}{f.mbit_s:>8.0f}{x(r['mbit_s_vs_bare']):>8}"
+            f"{x(r['mbit_s_vs_best_peer']):>8}{f.rtt_avg_ms:>11.3f}{x(r['rtt_avg_vs_bare']):>8}"
+            f"{x(r['rtt_avg_vs_best_peer']):>8}{f.rtt_p99_ms:>8.3f}{x(r['rtt_p99_vs_bare']):>8}"
             f"{x(r['rtt_p99_vs_best_peer']):>8}"
         )
     return "\n".join(lines)
@@ -316,11 +348,12 @@ def main() -> int:
         print("cannot build the lab: " + "; ".join(missing), file=sys.stderr)
         return 2
     unavailable = ensure_packages()
-    no_up = meshcore_up_available()
+    up = find_up_command()
+    no_up = "" if up else "`meshcore-peer up` (TAP mode) does not exist yet"
     plan: list[tuple[str, Setup | None, str]] = [
         ("bare", bare, ""),
-        ("meshcore-direct", None, no_up or ""),
-        ("meshcore-relay", None, no_up or ""),
+        ("meshcore-direct", meshcore_tap(via_relay=False), no_up),
+        ("meshcore-relay", meshcore_tap(via_relay=True), no_up),
         ("n2n", n2n, unavailable.get("edge", "") or unavailable.get("supernode", "")),
         ("tinc", tinc, unavailable.get("tincd", "")),
         ("wireguard-go", wireguard_go,
@@ -334,7 +367,13 @@ def main() -> int:
         # A fresh lab per path: no daemon, route or device of one tunnel can help another.
         with Lab(Topology.flat()) as lab:
             try:
-                results.append(measure(lab, name, setup, args))
+                figures = measure(lab, name, setup, args)
+                if name == "meshcore-direct" and figures.went != "direct":
+                    figures = Figures(name, False, note=(
+                        f"the tunnel stayed on the relay ({figures.relayed_mb:.0f} MB via the "
+                        f"relay, {figures.direct_mb:.0f} MB direct): no direct path in TAP mode"
+                    ))  # fmt: skip
+                results.append(figures)
             except LabError as exc:
                 results.append(Figures(name, False, note=f"failed: {exc}"))
                 print(f"{name}: FAILED: {exc}", file=sys.stderr)
@@ -344,6 +383,7 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "lab",
+        "meshcore_up": " ".join(up) if up else None,
         "settings": {"runs": args.runs, "seconds": args.seconds, "pings": args.pings,
                      "topology": "flat: a and b public, one router between them"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

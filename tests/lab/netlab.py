@@ -53,6 +53,7 @@ __all__ = [
     "Nat",
     "PeerKey",
     "Topology",
+    "find_up_command",
     "lab_namespaces",
     "missing_prerequisites",
     "sweep_stale_labs",
@@ -715,6 +716,18 @@ class Lab:
 # -- meshcore's executables in a lab ---------------------------------------------------------
 
 
+def find_up_command(bindir: Path | None = None) -> list[str] | None:
+    """How to run `meshcore-peer up` (TAP mode) here: the subcommand, else its module
+    (`python -m meshcore_peer.up`); None if neither exists yet."""
+    peer = (bindir or Path(sys.executable).parent) / "meshcore-peer"
+    if subprocess.run([peer, "up", "--help"], capture_output=True).returncode == 0:
+        return [str(peer), "up"]
+    probe = [sys.executable, "-m", "meshcore_peer.up", "--help"]
+    if subprocess.run(probe, capture_output=True).returncode == 0:
+        return probe[:3]
+    return None
+
+
 @dataclass(frozen=True)
 class PeerKey:
     """An identity file made with `meshcore-peer genkey` and the peer id it printed."""
@@ -801,6 +814,37 @@ class Meshcore:
             "--identity", str(self.key(host).path), *extra, peer,
         ]  # fmt: skip
         return self.lab.popen(host, argv, stdin=stdin, stdout=stdout)
+
+    def up(
+        self,
+        host: str,
+        peers: Sequence[str],
+        *,
+        address: str | None = None,
+        device: str | None = None,
+        extra_toml: str = "",
+    ) -> LabProcess:
+        """Start the TAP tunnel (`meshcore-peer up --config`) on `host` to the given peers.
+
+        The device is named `lab.ifname("mesh")` unless given (unique to this lab); returns
+        once the tunnel is up (sessions may still be forming).
+        """
+        command = find_up_command(self.bindir)
+        if command is None:
+            raise LabError("meshcore-peer has no `up` command (TAP mode) in this checkout")
+        lines = [
+            f"relay = {json.dumps(self.relay_url)}",
+            f"identity = {json.dumps(str(self.key(host).path))}",
+            f"device = {json.dumps(device or self.lab.ifname('mesh'))}",
+            *([f"address = {json.dumps(address)}"] if address else []),
+            "peers = [" + ", ".join(f"{{ id = {json.dumps(p)} }}" for p in peers) + "]",
+            extra_toml,
+        ]
+        config = self.lab.workdir / f"{host}-up.toml"
+        config.write_text("\n".join(lines) + "\n")
+        process = self.lab.popen(host, [*command, "--config", str(config)])
+        process.wait_for("tunnel up", _COMMAND_TIMEOUT_S)
+        return process
 
 
 # -- traffic tools (run as `python netlab.py TOOL ...` inside a namespace) ------------------

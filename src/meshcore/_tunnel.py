@@ -123,6 +123,11 @@ class FramePump:
         while not set(peers) <= self._links.keys():
             await self._changed.wait()
 
+    async def wait_unlinked(self, peers: Collection[PeerId]) -> None:
+        """Wait until none of `peers` has a live session."""
+        while not self._links.keys().isdisjoint(peers):
+            await self._changed.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()

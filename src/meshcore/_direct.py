@@ -21,7 +21,7 @@ import trio
 
 from meshcore._transport import ConnectFailed, Transport, open_tcp_socket_from
 from meshcore.errors import DecodeError, TransportClosed
-from meshcore.proto.constants import DIRECT_ROUTE_TIMEOUT_S, MAX_FRAME_BYTES
+from meshcore.proto.constants import DIRECT_ROUTE_TIMEOUT_S, MAX_CANDIDATES, MAX_FRAME_BYTES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import MIN_FRAME_BYTES, peek_receiver_index
 
@@ -343,11 +343,44 @@ def _short(exc: ConnectFailed) -> str:
 
 
 def local_candidates(relay_local: Endpoint | None, port: int) -> list[Endpoint]:
-    """Our candidates: the address our relay connection leaves from, on the shared port.
+    """Our candidates on the shared `port`: the address our relay connection leaves from
+    first (the interface that routes), then the IPv4 address of every other interface.
 
-    That is the interface that routes to the relay (a LAN address behind a NAT, the public
-    one on a public host); the relay adds what it observes (our NAT's public mapping).
+    Loopback is offered only when the relay itself is reached over loopback, and link-local
+    addresses never. The relay adds what it observes (our NAT's public mapping).
     """
-    if relay_local is None or relay_local.ip.is_unspecified:
+    hosts: list[str] = []
+    if relay_local is not None and not relay_local.ip.is_unspecified:
+        hosts.append(relay_local.host)
+    loopback_ok = relay_local is not None and relay_local.ip.is_loopback
+    for host in _interface_addresses():
+        ip = Endpoint(host, port).ip
+        if ip.is_link_local or ip.is_unspecified or (ip.is_loopback and not loopback_ok):
+            continue
+        if host not in hosts:
+            hosts.append(host)
+    return [Endpoint(host, port) for host in hosts[:MAX_CANDIDATES]]
+
+
+_SIOCGIFADDR: Final = 0x8915  # Linux: the primary IPv4 address of an interface
+
+
+def _interface_addresses() -> list[str]:
+    """The primary IPv4 address of each interface (Linux); [] where that cannot be read."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux
         return []
-    return [Endpoint(relay_local.host, port)]
+    out: list[str] = []
+    try:
+        with _stdlib_socket.socket(_stdlib_socket.AF_INET, _stdlib_socket.SOCK_DGRAM) as sock:
+            for _index, name in _stdlib_socket.if_nameindex():
+                request = struct.pack("256s", name.encode()[:15])
+                try:
+                    answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)
+                except OSError:
+                    continue  # no IPv4 address, or down
+                out.append(_stdlib_socket.inet_ntoa(answer[20:24]))
+    except OSError:
+        return out
+    return out

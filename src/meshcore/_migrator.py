@@ -183,7 +183,11 @@ class Migrator:
         paths = self.session.paths
         if paths.racing or self.session.core.state is not SessionState.OPEN:
             return
-        paths.race_started(trio.current_time(), self.client.candidates)
+        ours = list(self.client.candidates)
+        observed = self.client.observed
+        if observed is not None and observed not in ours:
+            ours.append(observed)  # what the relay sees of us (a NAT's public mapping)
+        paths.race_started(trio.current_time(), ours)
         self.session._changed()
         self._nursery.start_soon(self._race)
 

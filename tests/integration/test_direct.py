@@ -17,7 +17,7 @@ import trio
 
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import Pairing, RelayClient, open_relay_client
-from meshcore._direct import FramedTransport
+from meshcore._direct import FramedTransport, local_candidates
 from meshcore._migrator import Migrator, open_migrator
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._session import handshake_as_initiator, handshake_as_responder, open_session
@@ -103,10 +103,10 @@ async def pair(
         assert isinstance(pb, Pairing)
         if dial_a is not None:
             pa = attrs.evolve(pa, peer_observed=dial_a[0], peer_candidates=dial_a[1:])
-            cb.candidates = dial_a[1:]
+            cb.observed, cb.candidates = dial_a[0], dial_a[1:]
         if dial_b is not None:
             pb = attrs.evolve(pb, peer_observed=dial_b[0], peer_candidates=dial_b[1:])
-            ca.candidates = dial_b[1:]
+            ca.observed, ca.candidates = dial_b[0], dial_b[1:]
         async with (
             open_session(pa.circuit, results["ra"], settings=SESSION) as sa,  # type: ignore[arg-type]
             open_session(pb.circuit, results["rb"], settings=SESSION) as sb,  # type: ignore[arg-type]
@@ -252,6 +252,24 @@ async def test_a_race_that_fails_retries_with_backoff() -> None:
             gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
             # race 0.2 s, then waits of 0.2, 0.4, 0.8 s: each gap longer than the one before
             assert gaps[0] < gaps[1] < gaps[2]
+
+
+def test_candidates_put_the_relay_facing_address_first_and_skip_loopback() -> None:
+    lan = local_candidates(Endpoint("192.0.2.7", 50000), 4000)
+    assert lan[0] == Endpoint("192.0.2.7", 4000)
+    assert all(not c.ip.is_loopback and c.port == 4000 for c in lan)
+    assert Endpoint("127.0.0.1", 4000) in local_candidates(Endpoint("127.0.0.1", 50000), 4000)
+    assert local_candidates(None, 4000) == [c for c in lan if c.host != "192.0.2.7"]
+
+
+async def test_each_side_announces_its_shared_port_to_the_relay() -> None:
+    with trio.fail_after(30):
+        async with running_relay() as relay, pair(relay) as (a, b):
+            for side, other in ((a, b), (b, a)):
+                port = side.client.local_port
+                assert Endpoint("127.0.0.1", port) in other.pairing.peer_candidates
+                assert other.pairing.peer_observed == Endpoint("127.0.0.1", port)
+                assert side.client.observed == Endpoint("127.0.0.1", port)
 
 
 # --- the relay circuit ------------------------------------------------------------------------

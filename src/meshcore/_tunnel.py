@@ -368,8 +368,10 @@ async def _dial_forever(
     failures = 0
     while True:
         started = trio.current_time()
+        ended = False
         try:
             reason = await _dial(pump, config, client, peer)
+            ended = True
         except (MeshError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -378,9 +380,15 @@ async def _dial_forever(
             backoff.reset()
             failures = 0
         delay = backoff.delay()
-        failures += 1
-        level = logging.INFO if failures <= 1 else logging.DEBUG
-        log.log(level, "session with %s: %s; next try in %.1f s", peer.short(), reason, delay)
+        if ended:
+            log.info("session with %s ended: %s; dialling again in %.1f s", peer.short(), reason,
+                     delay)  # fmt: skip
+        else:
+            failures += 1
+            level = logging.INFO if failures <= 1 else logging.DEBUG
+            log.log(
+                level, "no session with %s: %s; next try in %.1f s", peer.short(), reason, delay
+            )
         await trio.sleep(delay)
 
 

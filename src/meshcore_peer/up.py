@@ -63,7 +63,7 @@ def _check_peer_id(_inst: object, _attr: object, value: str) -> None:
 def _check_device(_inst: object, _attr: object, value: str) -> None:
     problem = validate_device_name(value)
     if problem:
-        raise ValueError(f"device name {value!r} {problem}")
+        raise ValueError(f"device {value!r} {problem}")
 
 
 def _check_address(_inst: object, _attr: object, value: str | None) -> None:

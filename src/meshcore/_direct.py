@@ -26,6 +26,7 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import MIN_FRAME_BYTES, peek_receiver_index
 
 __all__ = [
+    "MAX_UNROUTED",
     "DirectListener",
     "FramedTransport",
     "SessionRoutes",
@@ -38,6 +39,8 @@ log = logging.getLogger("meshcore.direct")
 _LENGTH: Final = struct.Struct(">I")
 _READ_BYTES: Final = 256 * 1024
 _LINGER_ABORT: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
+MAX_UNROUTED: Final = 64
+"""Accepted connections that have not sent their first frame yet; more are closed at once."""
 
 
 class FramedTransport(Transport):
@@ -259,6 +262,8 @@ class DirectListener:
         self.port: int = listener.socket.getsockname()[1]
         self.accepted = 0
         self.refused = 0
+        self.unrouted = 0
+        """Connections waiting for their first frame (at most MAX_UNROUTED)."""
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until cancelled; each connection is routed in its own task."""
@@ -273,6 +278,11 @@ class DirectListener:
                     log.warning("direct listener: accept failed: %s", exc.strerror or exc)
                     await trio.sleep(0.1)
                     continue
+                if self.unrouted >= MAX_UNROUTED:
+                    self.refused += 1  # someone opens connections and sends nothing
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self.unrouted += 1
                 nursery.start_soon(self._route, stream)
 
     async def _route(self, stream: trio.SocketStream) -> None:
@@ -296,6 +306,7 @@ class DirectListener:
                 self.refused += 1
                 log.debug("direct connection from %s: no session for it", transport.remote_address)
         finally:
+            self.unrouted -= 1
             if not handed_over:
                 await transport.aclose("no session for this connection")
 

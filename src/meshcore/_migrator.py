@@ -220,20 +220,27 @@ class Migrator:
         nursery.start_soon(self._dial, endpoint, delay)
 
     async def _dial(self, endpoint: Endpoint, delay: float) -> None:
+        """Dial `endpoint` until the race ends; a connection that closes without winning
+        (e.g. the peer's session was not ready to take it yet) is dialled again."""
         await trio.sleep(delay)
         port = self.client.local_port
-        if port is None:
-            return
-        transport = await dial(
-            port, endpoint, redial_s=self.settings.redial_s, errors=self._dial_errors
-        )
-        self._connected.add(endpoint)
-        link = Link(transport, "direct")
-        if not self.session.paths.candidate_up(link, trio.current_time()):
-            self._nursery.start_soon(transport.aclose, "the race is over")
-            return
-        self._start_link(link)
-        self.session._changed()
+        paths = self.session.paths
+        redial_s = self.settings.redial_s
+        while port is not None:
+            transport = await dial(port, endpoint, redial_s=redial_s, errors=self._dial_errors)
+            self._connected.add(endpoint)
+            link = Link(transport, "direct")
+            if not paths.candidate_up(link, trio.current_time()):
+                self._nursery.start_soon(transport.aclose, "the race is over")
+                return
+            self._start_link(link)
+            self.session._changed()
+            while not link.closed:
+                await trio.sleep(redial_s)
+            if paths.race is None:
+                return
+            self._dial_errors[endpoint] = f"closed: {transport.close_reason}"
+            await trio.sleep(redial_s)
 
     def _failure_reason(self) -> str:
         deadline = f"{self.settings.race_deadline_s:g} s"

@@ -9,7 +9,7 @@ import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 
 import attrs
 import pytest
@@ -17,7 +17,7 @@ import trio
 
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import Pairing, RelayClient, open_relay_client
-from meshcore._direct import FramedTransport, local_candidates
+from meshcore._direct import MAX_UNROUTED, FramedTransport, local_candidates
 from meshcore._migrator import Migrator, open_migrator
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._session import handshake_as_initiator, handshake_as_responder, open_session
@@ -76,6 +76,7 @@ async def pair(
     dial_a: tuple[Endpoint, ...] | None = None,
     dial_b: tuple[Endpoint, ...] | None = None,
     port_b: int | None = None,
+    delay_b: float = 0.0,
 ) -> AsyncIterator[tuple[Side, Side]]:
     """A session between ALICE (a) and BOB (b) through `relay`, each side with a migrator.
 
@@ -107,12 +108,15 @@ async def pair(
         if dial_b is not None:
             pb = attrs.evolve(pb, peer_observed=dial_b[0], peer_candidates=dial_b[1:])
             ca.observed, ca.candidates = dial_b[0], dial_b[1:]
-        async with (
-            open_session(pa.circuit, results["ra"], settings=SESSION) as sa,  # type: ignore[arg-type]
-            open_session(pb.circuit, results["rb"], settings=SESSION) as sb,  # type: ignore[arg-type]
-            open_migrator(sa, ca, pa, settings=paths) as ma,
-            open_migrator(sb, cb, pb, settings=paths_b or paths) as mb,
-        ):
+        async with AsyncExitStack() as stack:
+            ra, rb = results["ra"], results["rb"]
+            sa = await stack.enter_async_context(open_session(pa.circuit, ra, settings=SESSION))  # type: ignore[arg-type]
+            sb = await stack.enter_async_context(open_session(pb.circuit, rb, settings=SESSION))  # type: ignore[arg-type]
+            ma = await stack.enter_async_context(open_migrator(sa, ca, pa, settings=paths))
+            await trio.sleep(delay_b)
+            mb = await stack.enter_async_context(
+                open_migrator(sb, cb, pb, settings=paths_b or paths)
+            )
             yield Side(ca, pa, sa, ma), Side(cb, pb, sb, mb)
 
 
@@ -196,6 +200,24 @@ async def test_a_blackholed_candidate_does_not_delay_a_good_one() -> None:
                 link = a.migrator.direct_link
                 assert link is not None
                 assert link.transport.remote_address == Endpoint("127.0.0.1", port_b)
+
+
+async def test_a_peer_whose_session_is_not_ready_yet_is_dialled_again() -> None:
+    port_b = free_port()
+    with trio.fail_after(30):
+        async with running_relay() as relay, blackhole() as hole:
+            # only a -> b works, and b takes connections for the session 0.3 s late: a's first
+            # connections are refused by b's listener, and a dials again until one is taken
+            dial_a = (Endpoint("127.0.0.1", port_b),)
+            async with pair(relay, port_b=port_b, dial_a=dial_a, dial_b=(hole,), delay_b=0.3) as (
+                a,
+                b,
+            ):
+                with trio.fail_after(1.5):
+                    await wait_path(a.session, b.session, path="direct")
+                assert a.migrator.attempts == 1  # the same race, not a retry
+                listener = b.client.direct
+                assert listener is not None and listener.refused >= 1
 
 
 async def test_when_every_candidate_fails_the_race_ends_in_time_and_relay_carries_on(
@@ -315,6 +337,23 @@ async def test_a_connection_with_an_unknown_receiver_index_is_refused() -> None:
             with pytest.raises(Exception, match="closed"):
                 await transport.receive()
             assert listener.refused >= 1
+
+
+async def test_silent_connections_on_the_shared_port_are_capped() -> None:
+    with trio.fail_after(30):
+        async with running_relay() as relay, pair(relay) as (a, _b):
+            listener = a.client.direct
+            assert listener is not None
+            silent = [
+                await trio.open_tcp_stream("127.0.0.1", listener.port) for _ in range(MAX_UNROUTED)
+            ]
+            while listener.unrouted < MAX_UNROUTED:
+                await trio.sleep(0.005)
+            one_more = await trio.open_tcp_stream("127.0.0.1", listener.port)
+            with trio.fail_after(1):  # closed at once instead of waiting for a first frame
+                assert await one_more.receive_some(10) == b""
+            for stream in [*silent, one_more]:
+                await stream.aclose()
 
 
 async def test_garbage_on_the_shared_port_is_refused() -> None:

@@ -56,6 +56,10 @@ _TYPE_RESPONSE = 2
 _TYPE_CONFIRM = 3
 _TYPE_FRAME = 4
 
+LINK_QUEUE_BYTES = 8 * 1024 * 1024
+"""Bytes queued for one link of a session (with `DIRECT_LINK_QUEUE_FRAMES`): a stalled
+writer costs at most this much memory before the link drops like a lossy one."""
+
 
 async def handshake_as_initiator(
     transport: Transport,
@@ -128,12 +132,21 @@ class Link:
     """One transport carrying a session's frames, with its own send queue and writer task,
     so that a slow or dead path never holds up another (DESIGN.md §3, STYLE.md point 6).
 
-    The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`); beyond it frames are dropped like on a
-    lossy link, and the session retransmits them. Transports with `send_many` (the direct
-    path) get whole batches in one write.
+    The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`, `LINK_QUEUE_BYTES`); beyond it frames
+    are dropped like on a lossy link, and the session retransmits them. Transports with
+    `send_many` (the direct path) get whole batches in one write.
     """
 
-    __slots__ = ("_drained", "_queue", "_wake", "closed", "dropped", "kind", "transport")
+    __slots__ = (
+        "_drained",
+        "_queue",
+        "_queued_bytes",
+        "_wake",
+        "closed",
+        "dropped",
+        "kind",
+        "transport",
+    )
 
     def __init__(self, transport: Transport, kind: str) -> None:
         self.transport = transport
@@ -141,6 +154,7 @@ class Link:
         self.closed = False
         self.dropped = 0
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
@@ -152,10 +166,14 @@ class Link:
         """Queue `frame` for this link (never blocks)."""
         if self.closed:
             return
-        if len(self._queue) >= C.DIRECT_LINK_QUEUE_FRAMES:
+        if (
+            len(self._queue) >= C.DIRECT_LINK_QUEUE_FRAMES
+            or self._queued_bytes + len(frame) > LINK_QUEUE_BYTES
+        ):
             self.dropped += 1
             return
         self._queue.append(frame)
+        self._queued_bytes += len(frame)
         if self._drained.is_set():
             self._drained = trio.Event()
         self._wake.set()
@@ -178,6 +196,7 @@ class Link:
                     continue
                 batch = list(queue)
                 queue.clear()
+                self._queued_bytes = 0
                 if send_many is not None:
                     await send_many(batch)
                 else:
@@ -189,6 +208,7 @@ class Link:
                 await transport.aclose(exc.reason)
         finally:
             queue.clear()
+            self._queued_bytes = 0
             self._drained.set()
 
     async def run_reader(self, session: Session) -> None:

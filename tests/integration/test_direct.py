@@ -185,6 +185,32 @@ async def test_the_direct_path_leaves_from_the_relay_connections_port() -> None:
             assert la.transport.local_address == lb.transport.remote_address
 
 
+async def test_the_race_leaves_one_connection_and_closes_the_losers() -> None:
+    port_b = free_port()
+    routes = (Endpoint("127.0.0.1", port_b), Endpoint("127.0.0.2", port_b))  # both reach b
+    paths = attrs.evolve(PATHS, stagger_s=0.0)
+    with trio.fail_after(30):
+        async with (
+            running_relay() as relay,
+            pair(relay, paths=paths, port_b=port_b, dial_a=routes) as (a, b),
+        ):
+            with trio.fail_after(2):
+                await wait_path(a.session, b.session, path="direct")
+                # every connection but the winner is closed, on both sides
+                while any(
+                    sum(link.kind == "direct" for link in side.migrator._owned) != 1
+                    for side in (a, b)
+                ):
+                    await trio.sleep(0.005)
+            # a's dial to 127.0.0.2 is a connection of its own (b never dials that address),
+            # so with one more connected dial on either side there was a loser to close
+            assert routes[1] in a.migrator._connected
+            assert len(a.migrator._connected) + len(b.migrator._connected) >= 2
+            la, lb = a.migrator.direct_link, b.migrator.direct_link
+            assert la is not None and lb is not None
+            assert la.transport.local_address == lb.transport.remote_address
+
+
 async def test_a_blackholed_candidate_does_not_delay_a_good_one() -> None:
     port_b = free_port()
     with trio.fail_after(30):
@@ -292,6 +318,18 @@ async def test_each_side_announces_its_shared_port_to_the_relay() -> None:
                 assert Endpoint("127.0.0.1", port) in other.pairing.peer_candidates
                 assert other.pairing.peer_observed == Endpoint("127.0.0.1", port)
                 assert side.client.observed == Endpoint("127.0.0.1", port)
+
+
+def test_a_link_drops_frames_beyond_its_bounds_instead_of_growing() -> None:
+    from meshcore._session import LINK_QUEUE_BYTES, Link
+    from meshcore.testing.memory import memory_transport_pair
+
+    link = Link(memory_transport_pair()[0], "direct")
+    frame = bytes(64 * 1024)
+    fits = LINK_QUEUE_BYTES // len(frame)
+    for _ in range(fits + 10):
+        link.push(frame)
+    assert link.dropped == 10
 
 
 # --- the relay circuit ------------------------------------------------------------------------

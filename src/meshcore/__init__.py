@@ -23,11 +23,12 @@ from meshcore.errors import (
     TransportClosed,
 )
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.paths import DirectMode, PathSettings
 from meshcore.proto.session import SessionSettings
 
 if TYPE_CHECKING:
     from meshcore._api import connect, serve
-    from meshcore._session import Session
+    from meshcore._session import Session, SessionStatus
     from meshcore._transport import Transport
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ _LAZY = {
     "connect": "meshcore._api",
     "serve": "meshcore._api",
     "Session": "meshcore._session",
+    "SessionStatus": "meshcore._session",
     "Transport": "meshcore._transport",
 }
 
@@ -54,10 +56,12 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DecodeError",
+    "DirectMode",
     "HandshakeError",
     "Identity",
     "MeshError",
     "NoUsablePath",
+    "PathSettings",
     "PeerId",
     "ProtocolError",
     "PublicBundle",
@@ -66,6 +70,7 @@ __all__ = [
     "Session",
     "SessionClosed",
     "SessionSettings",
+    "SessionStatus",
     "Transport",
     "TransportClosed",
     "__version__",

@@ -34,9 +34,9 @@ __all__ = ["DEFAULT_DIRECT", "connect", "serve"]
 
 log = logging.getLogger("meshcore")
 
-DEFAULT_DIRECT: Final = DirectMode.NEVER
-"""The library default for `direct=`: relay only unless asked. (The relay-session tests pin a
-relay circuit that carries the whole session; `meshcore-peer` passes "auto" by default.)"""
+DEFAULT_DIRECT: Final = DirectMode.AUTO
+"""The library default for `direct=`: the relay introduces the peers and carries the session
+until a direct path validates; the session moves there and falls back when it dies."""
 
 
 def _path_settings(direct: DirectMode | str, path_settings: PathSettings | None) -> PathSettings:

@@ -363,7 +363,11 @@ class Session(trio.abc.Channel[bytes]):
                 self._check_open()
                 await self._wait_progress()
             self._check_open()
-            self.core.send(bytes(value), trio.current_time())
+            try:
+                self.core.send(bytes(value), trio.current_time())
+            except SessionClosed as exc:  # e.g. the keys expired this very moment
+                self._set_failure(exc.reason)
+                raise trio.BrokenResourceError(exc.reason) from exc
             self._changed()
         finally:
             lock.release()

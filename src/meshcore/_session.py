@@ -297,6 +297,11 @@ class Session(trio.abc.Channel[bytes]):
         """ "relay" or "direct": where the session's traffic goes now."""
         return self.paths.active.value
 
+    def force_fallback(self, reason: str = "fallback forced") -> bool:
+        """Cut the direct connection now (a TCP reset): both sides fall back to the relay
+        at once and retry direct later. Returns False if the session is not direct."""
+        return self._migrator is not None and self._migrator.abort_direct(reason)
+
     def status(self) -> SessionStatus:
         """A snapshot: path, remote address, round trip, counters, migrations, last error."""
         paths = self.paths
@@ -529,6 +534,8 @@ class _PathDriver(Protocol):
     def wake(self) -> None: ...
 
     def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None: ...
+
+    def abort_direct(self, reason: str = "aborted") -> bool: ...
 
 
 @asynccontextmanager

@@ -1,5 +1,7 @@
 """`meshcore-peer demo`: an embedded relay and two peers on loopback, the real protocol end
-to end, each step printed. No arguments, no root, no network beyond 127.0.0.1."""
+to end, each step printed: registration, pairing, the hybrid handshake, traffic through the
+relay, the upgrade to a direct path, a forced fallback and the return to direct. No
+arguments, no root, no network beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,17 +11,45 @@ import time
 
 import trio
 
-from meshcore._api import serve
-from meshcore._client import open_relay_client
+from meshcore._api import connect, serve
 from meshcore._relay import RelayConfig, serve_relay
-from meshcore._session import Session, handshake_as_initiator, open_session
+from meshcore._session import Session
 from meshcore.proto.identity import Identity
+from meshcore.proto.paths import PathSettings
 
 __all__ = ["run_demo"]
+
+_PATH_WAIT_S = 15.0
 
 
 def _step(text: str) -> None:
     print(f"  {text}", flush=True)
+
+
+async def _wait_for_path(session: Session, path: str, since: float | None = None) -> float:
+    """Seconds from `since` (default: now) until the session's active path is `path`
+    (polled: a demo, not a test)."""
+    start = time.perf_counter() if since is None else since
+    with trio.fail_after(_PATH_WAIT_S):
+        while session.path != path:
+            await trio.sleep(0.005)
+    return time.perf_counter() - start
+
+
+async def _throughput(session: Session, messages: int, digest: hashlib._Hash) -> str:
+    total = 0
+    start = time.perf_counter()
+    for i in range(messages):
+        payload = os.urandom(1 + (i * 7919) % 16384)
+        digest.update(payload)
+        total += len(payload)
+        await session.send(payload)
+    await session.wait_acknowledged()
+    elapsed = time.perf_counter() - start
+    return (
+        f"{messages} messages ({total / 1e6:.1f} MB) in {elapsed:.2f} s: "
+        f"{total / elapsed / 1e6:.1f} MB/s, {messages / elapsed:,.0f} msg/s, all acknowledged"
+    )
 
 
 async def run_demo(messages: int = 2000) -> int:
@@ -28,81 +58,72 @@ async def run_demo(messages: int = 2000) -> int:
     alice, bob = Identity.generate(), Identity.generate()
     _step(f"alice is {alice.peer_id}")
     _step(f"bob   is {bob.peer_id}")
-    received_digest = hashlib.sha256()
+    received = hashlib.sha256()
+    counts = {"messages": 0}
     bob_done = trio.Event()
-    counts = {"messages": 0, "bytes": 0}
+    # a quick retry so the demo shows the return to direct within a second or two
+    paths = PathSettings(retry_s=1.0, retry_jitter=0.1, retry_max_s=2.0)
 
     async def bob_handler(session: Session) -> None:
-        while True:
-            try:
-                data = await session.receive()
-            except trio.EndOfChannel:
-                break
+        async for data in session:
             if data == b"ping":
                 await session.send(b"pong")
                 continue
-            received_digest.update(data)
+            received.update(data)
             counts["messages"] += 1
-            counts["bytes"] += len(data)
         bob_done.set()
 
     async with trio.open_nursery() as nursery:
         relay = await nursery.start(serve_relay, RelayConfig(host="127.0.0.1", port=0))
         _step(f"relay listening on {relay.url}")
-        await nursery.start(serve, relay.url, bob, [alice.peer_id], bob_handler)
-        _step("bob registered with the relay (KEM challenge answered); allows alice only")
-
-        t0 = time.perf_counter()
-        async with open_relay_client(relay.url, alice) as client:
-            _step(
-                f"alice registered in {(time.perf_counter() - t0) * 1e3:.1f} ms "
-                f"(relay sees her at {client.observed})"
+        await nursery.start(
+            lambda task_status: serve(
+                relay.url, bob, [alice.peer_id], bob_handler, path_settings=paths,
+                task_status=task_status,
             )
-            t1 = time.perf_counter()
-            pairing = await client.connect(bob.peer_id)
+        )  # fmt: skip
+        _step("bob registered with the relay (answered its ML-KEM challenge); allows alice only")
+        started = time.perf_counter()
+        async with connect(relay.url, alice, bob.peer_id, path_settings=paths) as session:
             _step(
-                f"paired with bob in {(time.perf_counter() - t1) * 1e3:.1f} ms: circuit "
-                f"{pairing.circuit.circuit_id:#x}, bob's keys match his pinned id"
+                f"alice registered, paired and ran the hybrid X25519 + ML-KEM-768 handshake in "
+                f"{(time.perf_counter() - started) * 1e3:.1f} ms (3 messages through the relay); "
+                f"SAS {session.handshake.sas()}"
             )
-            t2 = time.perf_counter()
-            result = await handshake_as_initiator(pairing.circuit, alice, pairing.peer)
+            up = time.perf_counter()
+            _step(f"path: {session.path} (end-to-end encrypted; the relay sees opaque frames)")
+            rtt, path = await session.ping(5.0)
+            _step(f"ping via {path}: {rtt * 1e3:.2f} ms")
+            waited = await _wait_for_path(session, "direct", since=up)
+            rtt, path = await session.ping(5.0)
             _step(
-                f"hybrid X25519 + ML-KEM-768 handshake in {(time.perf_counter() - t2) * 1e3:.1f}"
-                f" ms (3 messages through the relay); SAS {result.sas()}"
+                f"path relay -> direct {waited * 1e3:.0f} ms after the session came up "
+                f"(hole-punch race from the relay connection's port); ping via {path}: "
+                f"{rtt * 1e3:.2f} ms"
             )
-            async with open_session(pairing.circuit, result) as session:
-                _step("path: relay (end-to-end encrypted; the relay forwards opaque frames)")
-                t3 = time.perf_counter()
-                await session.send(b"ping")
-                reply = await session.receive()
-                _step(f"ping -> {reply.decode()} in {(time.perf_counter() - t3) * 1e3:.2f} ms")
-                sent_digest = hashlib.sha256()
-                total = 0
-                t4 = time.perf_counter()
-                for i in range(messages):
-                    payload = os.urandom(1 + (i * 7919) % 16384)
-                    sent_digest.update(payload)
-                    total += len(payload)
-                    await session.send(payload)
-                await session.wait_acknowledged()
-                elapsed = time.perf_counter() - t4
-                _step(
-                    f"sent {messages} messages ({total / 1e6:.1f} MB) in {elapsed:.2f} s: "
-                    f"{total / elapsed / 1e6:.1f} MB/s, {messages / elapsed:,.0f} msg/s, "
-                    "all acknowledged"
-                )
-                _step(f"session counters: {session.core.stats}")
-                await session.aclose("demo finished")
-            await pairing.circuit.aclose("demo finished")
+            sent = hashlib.sha256()
+            _step("direct: " + await _throughput(session, messages, sent))
+            _step(f"relay circuits open for this pair: {len(relay.circuit_stats())} (released)")
+            session.force_fallback("demo: direct connection cut")
+            waited = await _wait_for_path(session, "relay")
+            _step(f"direct connection cut: fell back to the relay in {waited * 1e3:.0f} ms")
+            _step("relay: " + await _throughput(session, messages // 4, sent))
+            waited = await _wait_for_path(session, "direct")
+            _step(f"retried direct: back on the direct path after {waited:.1f} s")
+            status = session.status()
+            _step(
+                f"session: {status.migrations} migrations, {status.frames_sent} frames out, "
+                f"{status.frames_received} in, nothing lost"
+            )
+            await session.aclose("demo finished")
         with trio.fail_after(10):
             await bob_done.wait()
-        ok = counts["messages"] == messages and received_digest.digest() == sent_digest.digest()
+        expected = messages + messages // 4
+        ok = counts["messages"] == expected and received.digest() == sent.digest()
         _step(
-            f"bob received {counts['messages']} messages, {counts['bytes'] / 1e6:.1f} MB, "
-            f"SHA-256 {'matches' if ok else 'DIFFERS'}"
+            f"bob received {counts['messages']} of {expected} messages; SHA-256 "
+            f"{'matches' if ok else 'DIFFERS'} (exactly once, in order, across 3 path changes)"
         )
-        circuits = relay.circuit_stats()
-        _step(f"relay: {relay.stats().peers} peer(s) registered, {len(circuits)} open circuit(s)")
         nursery.cancel_scope.cancel()
     print("demo " + ("passed" if ok else "FAILED"), flush=True)
     return 0 if ok else 1

@@ -244,3 +244,22 @@ def test_status_without_a_running_peer_says_so(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 1
     assert b"no running peer answers" in out.stderr
+
+
+def test_demo_shows_every_step_and_passes() -> None:
+    out = subprocess.run(
+        [BIN / "meshcore-peer", "demo", "--messages", "500"], capture_output=True, timeout=120
+    )
+    text = out.stdout.decode()
+    assert out.returncode == 0, text + out.stderr.decode()
+    for needle in (
+        "relay listening on ws://127.0.0.1:",
+        "hybrid X25519 + ML-KEM-768 handshake in",
+        "path: relay",
+        "path relay -> direct",
+        "fell back to the relay",
+        "back on the direct path",
+        "SHA-256 matches",
+        "demo passed",
+    ):
+        assert needle in text, f"{needle!r} missing from:\n{text}"

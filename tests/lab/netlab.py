@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import enum
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -52,6 +53,7 @@ __all__ = [
     "Meshcore",
     "Nat",
     "PeerKey",
+    "PipeSession",
     "Topology",
     "find_up_command",
     "lab_namespaces",
@@ -207,20 +209,20 @@ class LabProcess:
         with self._cond:
             return self._output.decode(errors="replace")
 
-    def wait_for(self, needle: str, timeout: float) -> str:
-        """Block until the output contains `needle`; return the output.
+    def wait_for(self, needle: str, timeout: float, *, count: int = 1) -> str:
+        """Block until the output contains `needle` (`count` times); return the output.
 
         Raises LabError with the output so far if the process ends or `timeout` passes first.
         """
         deadline = time.monotonic() + timeout
         raw = needle.encode()
         with self._cond:
-            while raw not in self._output:
+            while self._output.count(raw) < count:
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     why = "exited" if self._eof else f"did not say it within {timeout} s"
                     raise LabError(
-                        f"{self.argv[0]} in {self.node} {why} (waiting for {needle!r}); "
+                        f"{self.argv[0]} in {self.node} {why} (waiting for {needle!r} x{count}); "
                         f"output:\n{self._output.decode(errors='replace')}"
                     )
                 self._cond.wait(left)
@@ -815,6 +817,10 @@ class Meshcore:
         ]  # fmt: skip
         return self.lab.popen(host, argv, stdin=stdin, stdout=stdout)
 
+    def pipe(self, src: str, dst: str, *, extra: Sequence[str] = ()) -> PipeSession:
+        """A session from `src` to `dst` to push bytes through (see PipeSession)."""
+        return PipeSession(self, src, dst, extra)
+
     def up(
         self,
         host: str,
@@ -845,6 +851,50 @@ class Meshcore:
         process = self.lab.popen(host, [*command, "--config", str(config)])
         process.wait_for("tunnel up", _COMMAND_TIMEOUT_S)
         return process
+
+
+class PipeSession:
+    """`meshcore-peer connect` on `src` fed through a pipe, to `listen` on `dst` writing a file.
+
+    `send` writes into the session (blocking while the session pushes back); `finish` closes
+    the input, waits for both ends to finish and checks that `dst` received every byte sent,
+    in order (SHA-256).
+    """
+
+    def __init__(self, mesh: Meshcore, src: str, dst: str, extra: Sequence[str] = ()) -> None:
+        lab = mesh.lab
+        self.received = lab.workdir / f"{src}-to-{dst}.bin"
+        self._sink = self.received.open("wb")
+        self.listener = mesh.listen(
+            dst, allow=[mesh.key(src).peer_id], stdout=self._sink, extra=extra
+        )
+        read_end, write_end = os.pipe()
+        try:
+            self.connect = mesh.connect(src, mesh.key(dst).peer_id, stdin=read_end, extra=extra)
+        finally:
+            os.close(read_end)
+        self._input = os.fdopen(write_end, "wb")
+        self._digest = hashlib.sha256()
+        self.sent = 0
+
+    def send(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._input.write(data)
+        self._input.flush()
+        self.sent += len(data)
+
+    def finish(self, timeout: float = 120.0) -> None:
+        """End the input; raise LabError unless both ends finished and the bytes match."""
+        self._input.close()
+        code = self.connect.wait(timeout)
+        if code != 0:
+            raise LabError(f"meshcore-peer connect exited {code}:\n{self.connect.output}")
+        self.listener.wait_for("done", timeout)
+        self._sink.close()
+        got = hashlib.sha256(self.received.read_bytes()).hexdigest()
+        if got != self._digest.hexdigest():
+            size = self.received.stat().st_size
+            raise LabError(f"sent {self.sent} bytes, received {size} with another SHA-256")
 
 
 # -- traffic tools (run as `python netlab.py TOOL ...` inside a namespace) ------------------

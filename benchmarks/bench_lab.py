@@ -371,7 +371,8 @@ def main() -> int:
                 if name == "meshcore-direct" and figures.went != "direct":
                     figures = Figures(name, False, note=(
                         f"the tunnel stayed on the relay ({figures.relayed_mb:.0f} MB via the "
-                        f"relay, {figures.direct_mb:.0f} MB direct): no direct path in TAP mode"
+                        f"relay, {figures.direct_mb:.0f} MB direct; {figures.mbit_s:.0f} Mbit/s, "
+                        f"RTT {figures.rtt_avg_ms:.2f} ms): no direct path in TAP mode"
                     ))  # fmt: skip
                 results.append(figures)
             except LabError as exc:

@@ -7,10 +7,11 @@ peers run in this process and speak the control protocol directly.
    Relay RSS before and after. Target: >= 10,000 peers at RSS <= 1 GiB.
 2. Pairings/s: fresh peer pairs connect, both register (full challenge), A asks for B, B
    accepts, both are told; 16 pairs at a time. Also pairings alone between registered peers.
-3. Throughput of one relayed circuit, 64 KiB messages (A -> relay -> B, a window of messages
-   in flight, B acknowledging), against a bare trio-websocket echo server measured in the same
-   run (client -> echo -> client: the same two hops through one server process, the same
-   client code). Rounds alternate; the best of --repeat is kept. Target: >= 0.8x the echo.
+3. Throughput of one relayed circuit, 64 KiB messages (A -> relay -> B, at most 4 messages in
+   flight), against a bare trio-websocket echo server measured in the same run (client ->
+   echo -> client: the same two hops through one server process, the same client code, the
+   same window). Rounds alternate; the best of --repeat is kept. Target: >= 0.8x the echo.
+   Also the servers' CPU per MiB, which depends far less on other load on the machine.
 
 Writes benchmarks/results/relay.json and prints a table.
 
@@ -25,7 +26,6 @@ import os
 import platform
 import re
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
@@ -46,9 +46,8 @@ from meshcore.proto.relayauth import answer_challenge
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
 MESSAGE = 65536
-WINDOW = 8  # messages in flight in the throughput runs (512 KiB)
-ACK_EVERY = 4
-COUNT = struct.Struct(">Q")
+WINDOW = 4  # messages in flight (256 KiB): within the relay's default circuit queue bound, so
+# a burst never meets its drop-tail (the echo server has no such bound; TCP pushes back)
 UNLIMITED = [
     "--connections-per-s-per-ip", "1000000", "--connections-burst-per-ip", "1000000",
     "--pairings-per-s", "1000000", "--pairings-burst", "1000000",
@@ -318,29 +317,20 @@ async def relay_round(url: str, n: int, alice: Identity, bob: Identity) -> tuple
 
         async def bob_receives() -> None:
             nonlocal received
-            with trio.move_on_after(30):
-                while received < n:
-                    await b.receive()
-                    received += 1
-                    if received % ACK_EVERY == 0 or received == n:
-                        await b.send(wire.encode_relayed(cid, COUNT.pack(received)))
-
-        async def alice_hears_acks() -> None:
-            acked = 0
-            while acked < n:
-                msg = await expect(a, wire.Relayed)
-                (now_acked,) = COUNT.unpack(msg.payload)
-                for _ in range(now_acked - acked):
-                    window.release()
-                acked = now_acked
+            while received < n:
+                await expect(b, wire.Relayed)  # (answers the relay's pings, counts only frames)
+                received += 1
+                # B lives in this process: it opens A's window directly, so no acknowledgement
+                # traffic crosses the relay (the echo's client learns of receipt the same way).
+                window.release()
 
         start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(bob_receives)
-            nursery.start_soon(alice_hears_acks)
-            for _ in range(n):
-                await window.acquire()
-                await a.send(frame)
+        with trio.move_on_after(60):  # a lost frame would stall the window for good
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bob_receives)
+                for _ in range(n):
+                    await window.acquire()
+                    await a.send(frame)
         return time.perf_counter() - start, n - received
 
 
@@ -399,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small numbers (a smoke run)")
     parser.add_argument("--peers", type=int, default=10000, help="idle peers (default 10000)")
     parser.add_argument("--pairs", type=int, default=480, help="fresh pairs to pair")
-    parser.add_argument("--messages", type=int, default=3000, help="64 KiB messages per round")
-    parser.add_argument("--repeat", type=int, default=3, help="throughput rounds; best kept")
+    parser.add_argument("--messages", type=int, default=2000, help="64 KiB messages per round")
+    parser.add_argument("--repeat", type=int, default=5, help="throughput rounds; best kept")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+import random
 import socket as _stdlib_socket
 import struct
 from collections.abc import Sequence
@@ -320,18 +321,22 @@ class DirectListener:
 async def dial(
     local_port: int, remote: Endpoint, *, redial_s: float, errors: dict[Endpoint, str]
 ) -> FramedTransport:
-    """Connect to `remote` from `local_port`, re-dialing every `redial_s` until it works.
+    """Connect to `remote` from `local_port`, re-dialing about every `redial_s` until it works.
 
     A refusal is expected while the far NAT has no mapping for our SYN yet (DESIGN.md §5), so
     no failure is final: the caller's cancel scope (the race deadline) ends the attempts. The
     latest failure is kept in `errors[remote]` for the caller's message.
+
+    The pause is jittered by ±50 %: a simultaneous open needs the two SYNs to cross in
+    flight, and two fixed-period re-dialers keep their phase offset, so they meet at once or
+    never; jittered ones meet within a few attempts (measured in docs/lab.md).
     """
     while True:
         try:
             stream = await open_tcp_socket_from(local_port, remote)
         except ConnectFailed as exc:
             errors[remote] = _short(exc)
-            await trio.sleep(redial_s)
+            await trio.sleep(redial_s * (0.5 + random.random()))
             continue
         errors.pop(remote, None)
         return FramedTransport(stream)

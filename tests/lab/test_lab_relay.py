@@ -89,12 +89,6 @@ def test_session_goes_direct_and_the_relay_carries_almost_nothing(
     assert relayed(counters) < RELAY_IDLE_BYTES, counters
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured here: the race's re-dials on a fixed 50 ms period stay in phase, so with "
-    "5 ms per link 6 of 10 races went direct (4 of 10 stayed on the relay until the 60 s "
-    "retry); the same with the re-dial jittered +-50% went direct 10 of 10 (docs/lab.md)",
-)
 def test_two_port_preserving_nats_go_direct_by_simultaneous_open(make_lab: MakeLab) -> None:
     lab = make_lab(Topology.behind(Nat.PRESERVING, Nat.PRESERVING, delay_ms=5.0))
     mesh = Meshcore(lab)

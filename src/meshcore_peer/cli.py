@@ -35,6 +35,7 @@ from meshcore._session import Session
 from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
 from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.paths import PathSettings
 from meshcore_peer.config import PeerConfig, load_peer_config
 from meshcore_peer.up import add_up_parser, run_up
 
@@ -125,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
             help="fail unless a direct path works (the relay only introduces the peers)",
         )
         sub.choices[name].add_argument(
+            "--direct-retry",
+            dest="direct_retry_s",
+            type=float,
+            metavar="SECONDS",
+            help="pause between direct-path attempts while on the relay (default 60, jittered)",
+        )
+        sub.choices[name].add_argument(
             "--control",
             metavar="PATH",
             help="control socket for status/ping (listen default: "
@@ -148,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> PeerConfig:
     overrides: dict[str, object] = {}
-    for key in ("identity", "relay", "log_level", "log_format", "exec_", "peer", "direct"):
+    keys = ("identity", "relay", "log_level", "log_format", "exec_", "peer", "direct")
+    for key in (*keys, "direct_retry_s"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key.rstrip("_")] = value
@@ -177,6 +186,11 @@ def _cmd_id(config: PeerConfig) -> int:
     return EXIT_OK
 
 
+def _paths(config: PeerConfig) -> PathSettings:
+    retry = config.direct_retry_s
+    return PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
+
+
 def _require(value: str | None, what: str, flag: str) -> str:
     if not value:
         raise ConfigError(f"{what} is missing: pass {flag} or set it in the config file")
@@ -191,7 +205,9 @@ async def _run_connect(config: PeerConfig, control: Path | None) -> int:
     async with open_hidden_nursery() as nursery:
         if control is not None:
             await nursery.start(serve_control, control, registry)
-        async with connect(relay, identity, peer, direct=config.direct) as session:
+        async with connect(
+            relay, identity, peer, direct=config.direct, path_settings=_paths(config)
+        ) as session:
             with registry.registered(session):
                 sent, received = await pipe_session(
                     session,
@@ -236,7 +252,9 @@ async def _run_listen(config: PeerConfig, control: Path | None) -> int:
             )
         else:
             await nursery.start(serve_control, control, registry)
-        await serve(relay, identity, allow, handler, direct=config.direct)
+        await serve(
+            relay, identity, allow, handler, direct=config.direct, path_settings=_paths(config)
+        )
     return EXIT_OK
 
 

@@ -28,6 +28,8 @@ class PeerConfig:
     """Command run per session (listen)."""
     direct: Literal["auto", "never", "only"] = "auto"
     """Direct paths: try them and fall back to the relay (auto), never, or only direct."""
+    direct_retry_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    """Seconds between direct-path attempts while on the relay (jittered, with backoff)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -37,4 +39,23 @@ def load_peer_config(path: Path | None, overrides: dict[str, object]) -> PeerCon
 
     Raises `ConfigError` naming every bad key and what is wrong with it.
     """
-    return load_toml(PeerConfig, path, env_prefix="MESHCORE_PEER_", overrides=overrides)
+    return load_toml(
+        PeerConfig,
+        path,
+        env_prefix="MESHCORE_PEER_",
+        overrides=overrides,
+        override_names=_FLAGS,
+    )
+
+
+_FLAGS = {
+    "relay": "--relay",
+    "identity": "--identity",
+    "peer": "PEER_ID",
+    "allow": "--allow",
+    "exec": "--exec",
+    "direct": "--no-direct/--direct-only",
+    "direct_retry_s": "--direct-retry",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+}

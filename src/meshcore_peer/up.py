@@ -326,4 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module, not this __main__ copy: the config classes' type hints are
+    # resolved through their module, which must be meshcore_peer.up
+    from meshcore_peer.up import main as _main
+
+    sys.exit(_main())

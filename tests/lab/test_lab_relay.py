@@ -21,6 +21,7 @@ SIZE = 8 * 1024 * 1024
 # the relay carries about 10 KB per session.
 RELAY_IDLE_BYTES = 64 * 1024
 DIRECT_WITHIN_S = 15.0  # handshake + one race (5 s deadline) + process start on a busy box
+DIRECT_RETRY_S = 5.0  # --direct-retry for the fallback test (default 60 s)
 
 
 def nats(a: Nat, b: Nat) -> Topology:
@@ -118,14 +119,13 @@ def test_two_symmetric_nats_stay_on_the_relay_and_say_so(make_lab: MakeLab) -> N
     assert counters.between("a", "b").bytes < RELAY_IDLE_BYTES, counters
 
 
-@pytest.mark.slow
 def test_cut_direct_path_falls_back_to_the_relay_and_returns_without_loss(
     flat_lab: Lab,
 ) -> None:
     lab = flat_lab
     mesh = Meshcore(lab)
     mesh.start_relay()
-    session = mesh.pipe("a", "b")
+    session = mesh.pipe("a", "b", extra=["--direct-retry", str(DIRECT_RETRY_S)])
     session.connect.wait_for("path relay -> direct", DIRECT_WITHIN_S)
     stop = threading.Event()
 
@@ -141,8 +141,8 @@ def test_cut_direct_path_falls_back_to_the_relay_and_returns_without_loss(
         lab.reset_counters()
         relayed_from = session.sent
         lab.unblock("a", "b")
-        # The next race comes DIRECT_RETRY_S (60 s, +-10 %) after the fallback.
-        session.connect.wait_for("path relay -> direct", 90, count=2)
+        # The next race comes --direct-retry (+-10 %) after the fallback.
+        session.connect.wait_for("path relay -> direct", 3 * DIRECT_RETRY_S, count=2)
         during_cut = lab.counters()
         lab.reset_counters()
         returned_at = session.sent

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import attrs
@@ -46,9 +46,9 @@ def _path_settings(direct: DirectMode | str, path_settings: PathSettings | None)
 
 def _migrating(
     session: Session, client: RelayClient, pairing: Pairing, settings: PathSettings
-) -> AbstractAsyncContextManager[Migrator | None]:
-    if settings.mode is DirectMode.NEVER:
-        return nullcontext()
+) -> AbstractAsyncContextManager[Migrator]:
+    # also with direct="never": the migrator re-opens the relay circuit when the relay
+    # restarted or the circuit was lost, so the session outlives a relay restart
     return open_migrator(session, client, pairing, settings=settings)
 
 

@@ -25,6 +25,7 @@ from meshcore.errors import DecodeError, TransportClosed
 from meshcore.proto.constants import DIRECT_ROUTE_TIMEOUT_S, MAX_CANDIDATES, MAX_FRAME_BYTES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import MIN_FRAME_BYTES, peek_receiver_index
+from meshcore.proto.identity import PeerId
 
 __all__ = [
     "MAX_UNROUTED",
@@ -210,6 +211,11 @@ def _describe(exc: BaseException) -> str:
 class DirectRoute(Protocol):
     """What a session offers the listener: is a receiver index its own, and take a connection."""
 
+    @property
+    def peer_id(self) -> PeerId:
+        """The peer at the other end of the session."""
+        ...
+
     def owns_index(self, receiver_index: int) -> bool: ...
 
     def incoming_direct(self, transport: FramedTransport, first_frame: bytes) -> bool:
@@ -249,6 +255,10 @@ class SessionRoutes:
             if route.owns_index(index):
                 return route
         return None
+
+    def serves_peer(self, peer_id: PeerId) -> bool:
+        """Is there a live session with `peer_id` (its circuit may need a new pairing)?"""
+        return any(route.peer_id == peer_id for route in self._routes)
 
     def __len__(self) -> int:
         return len(self._routes)

@@ -285,7 +285,11 @@ class Migrator:
     async def _open_relay(self) -> None:
         now = trio.current_time
         try:
-            circuit = await self.client.open_circuit(self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S)
+            # after a relay restart (or our reconnect) this pairs again: pairings belong to
+            # relay connections; while the relay is away it fails and is retried
+            circuit = await self.client.reopen_circuit(
+                self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S
+            )
         except (RelayError, TransportClosed) as exc:
             self.session.paths.relay_open_failed(str(exc), now())
             self.session._changed()

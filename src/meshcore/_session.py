@@ -487,7 +487,16 @@ class Session(trio.abc.Channel[bytes]):
                 log.info("session %s closed by peer: %s", self.peer_id, event.reason or "no reason")
                 self._eof = True
             elif isinstance(event, SessionFailed):
-                self._set_failure(event.reason)
+                self._set_failure(self._explain(event.reason))
+
+    def _explain(self, reason: str) -> str:
+        """`reason`, and why no path carried the session if none did (e.g. the relay was
+        lost and its circuit could not be re-opened before the dead timer ran out)."""
+        manager = self.paths.manager
+        if self._migrator is None or manager.relay is not None or manager.direct is not None:
+            return reason
+        why = manager.last_error or "no path to the peer"
+        return f"{reason}; the relay circuit was lost and not re-opened in time ({why})"
 
     def _set_failure(self, reason: str) -> None:
         if self._failure is None and not self._eof and not self._closed_by_us:

@@ -197,3 +197,9 @@ DIRECT_LINK_QUEUE_FRAMES: Final = 4096
 """Frames queued for one path of a session; beyond it the path drops (the session retransmits)."""
 RELAY_REOPEN_RETRY_S: Final = 1.0
 """A refused or failed circuit re-open is retried this often while the session needs the relay."""
+RELAY_RECONNECT_MIN_S: Final = 0.5
+"""First wait before a lost relay connection is dialled again; doubles per failed attempt."""
+RELAY_RECONNECT_MAX_S: Final = 30.0
+"""Longest wait between attempts to reconnect to the relay."""
+RELAY_RECONNECT_JITTER: Final = 0.5
+"""Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""

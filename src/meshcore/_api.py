@@ -82,7 +82,9 @@ async def connect(
     Raises `RelayError` if the relay or the peer refuses, `HandshakeError` if the peer cannot
     be authenticated, `TransportClosed` if the relay cannot be reached, and `ConfigError` for
     a bad `direct` or an unusable `local_port`. Leaving the block closes the session and the
-    relay connection.
+    relay connection. The session outlives a relay restart: on a direct path untouched, on
+    the relay by re-opening its circuit once the relay is back (within the session's dead
+    timer, `SessionSettings.dead_after_s`; after it the session fails and says why).
     """
     pinned = _as_peer_id(peer_id)
     paths = _path_settings(direct, path_settings)
@@ -130,8 +132,11 @@ async def serve(
     own session (logged). Peers not on the allow-list are refused through the relay.
     `direct`, `path_settings`, `candidates` and `local_port` are as for `connect` (all
     sessions share the one port and listener). `task_status.started(client)` is called once
-    registered. Runs until cancelled or until the relay connection ends (then raises
-    `RelayError`).
+    registered. A lost relay connection is re-established in the background (see
+    `open_relay_client`): sessions on a direct path carry on, relay-only ones re-open their
+    circuit once the relay is back (or fail when their dead timer runs out), and new
+    invitations are accepted after the reconnect. Runs until cancelled; raises `RelayError`
+    only if another registration with our peer id replaced ours.
     """
     allowed = frozenset(_as_peer_id(p) for p in allow)
     known: dict[PeerId, PublicBundle] = {}

@@ -161,6 +161,25 @@ def test_cut_direct_path_falls_back_to_the_relay_and_returns_without_loss(
     assert relayed(after) < RELAY_IDLE_BYTES, after
 
 
+def test_direct_session_carries_on_while_the_relay_restarts(flat_lab: Lab) -> None:
+    lab = flat_lab
+    mesh = Meshcore(lab)
+    relay = mesh.start_relay()
+    session = mesh.pipe("a", "b")
+    session.connect.wait_for("path relay -> direct", DIRECT_WITHIN_S)
+    lab.reset_counters()
+    assert relay.stop() == 0
+    session.send(os.urandom(1 << 20))  # while no relay runs at all
+    mesh.start_relay()
+    for peer in (session.connect, session.listener):
+        peer.wait_for("registered at", 30, count=2)
+    session.send(os.urandom(1 << 20))
+    session.finish()
+    counters = lab.counters()
+    assert counters.between("a", "b").bytes >= 2 << 20, counters
+    assert relayed(counters) < RELAY_IDLE_BYTES, counters
+
+
 # -- the TAP tunnel (`meshcore-peer up`) --------------------------------------------------------
 
 

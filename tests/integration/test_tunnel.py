@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import count
 from pathlib import Path
 from types import TracebackType
@@ -525,9 +525,11 @@ class Mesh:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_peer(self, i: int, *args: str) -> subprocess.Popen[bytes]:
-        """Run `meshcore-peer up` for peer i inside its namespace."""
-        command = [sys.executable, "-m", "meshcore_peer.up", "--config", str(self.config(i))]
+    def start_peer(self, i: int, *args: str, python: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Run `meshcore-peer up` for peer i inside its namespace (`python`: interpreter
+        options before `-m`, such as a profiler)."""
+        command = [sys.executable, *python, "-m", "meshcore_peer.up"]
+        command += ["--config", str(self.config(i))]
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(i), *command, *args],
             stdout=subprocess.DEVNULL,
@@ -536,9 +538,9 @@ class Mesh:
         self.peers[i] = proc
         return proc
 
-    def start_all(self) -> None:
+    def start_all(self, python: Sequence[str] = ()) -> None:
         for i in range(self.size):
-            self.start_peer(i)
+            self.start_peer(i, python=python)
         for i in range(self.size):
             self.wait_log(i, " up (", self.size - 1)  # "session with X up (dialled)"
 

@@ -30,7 +30,7 @@ from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.paths import DirectMode, PathSettings
 from meshcore.proto.session import SessionSettings
 
-__all__ = ["DEFAULT_DIRECT", "connect", "serve"]
+__all__ = ["DEFAULT_DIRECT", "connect", "open_peer_session", "serve"]
 
 log = logging.getLogger("meshcore")
 
@@ -95,21 +95,44 @@ async def connect(
         candidates=candidates,
         local_port=local_port,
         direct=paths.mode is not DirectMode.NEVER,
-    ) as client:
-        pairing = await client.connect(pinned, timeout=timeout)
-        try:
-            result = await handshake_as_initiator(pairing.circuit, identity, pairing.peer)
-            log.info("session with %s established (initiator)", pinned)
-            async with (
-                open_session(
-                    pairing.circuit, result, settings=settings, identity=identity
-                ) as session,
-                _migrating(session, client, pairing, paths),
-            ):
-                yield session
-        finally:
-            with trio.CancelScope(shield=True):
-                await pairing.circuit.aclose("session ended")
+    ) as client, open_peer_session(
+        client, pinned, settings=settings, path_settings=paths, timeout=timeout
+    ) as session:
+        yield session
+
+
+@asynccontextmanager
+async def open_peer_session(
+    client: RelayClient,
+    peer_id: PeerId,
+    *,
+    settings: SessionSettings | None = None,
+    path_settings: PathSettings | None = None,
+    timeout: float = 10.0,
+) -> AsyncIterator[Session]:
+    """`connect`, on a relay connection the caller already holds: pair with `peer_id`, run
+    the handshake as initiator and yield the session, moving it between paths as
+    `path_settings.mode` says (the client must have been opened with `direct=True` for
+    direct paths). A mesh peer that both serves and dials uses this, since one peer id has
+    one registration at the relay.
+    """
+    paths = path_settings or PathSettings(mode=DEFAULT_DIRECT)
+    pairing = await client.connect(peer_id, timeout=timeout)
+    try:
+        result = await handshake_as_initiator(
+            pairing.circuit, client.identity, pairing.peer, timeout=timeout
+        )
+        log.info("session with %s established (initiator)", peer_id)
+        async with (
+            open_session(
+                pairing.circuit, result, settings=settings, identity=client.identity
+            ) as session,
+            _migrating(session, client, pairing, paths),
+        ):
+            yield session
+    finally:
+        with trio.CancelScope(shield=True):
+            await pairing.circuit.aclose("session ended")
 
 
 async def serve(

@@ -11,11 +11,13 @@ so WebSocket's masking and framing would only cost CPU.
 from __future__ import annotations
 
 import errno as _errno
+import ipaddress
 import logging
 import random
 import socket as _stdlib_socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Final, Protocol
 
 import trio
@@ -33,7 +35,9 @@ __all__ = [
     "FramedTransport",
     "SessionRoutes",
     "dial",
+    "is_overlay_address",
     "local_candidates",
+    "overlay_interface",
 ]
 
 log = logging.getLogger("meshcore.direct")
@@ -372,41 +376,76 @@ def local_candidates(relay_local: Endpoint | None, port: int) -> list[Endpoint]:
     """Our candidates on the shared `port`: the address our relay connection leaves from
     first (the interface that routes), then the IPv4 address of every other interface.
 
-    Loopback is offered only when the relay itself is reached over loopback, and link-local
-    addresses never. The relay adds what it observes (our NAT's public mapping).
+    Loopback is offered only when the relay itself is reached over loopback, link-local
+    addresses never, and the addresses of overlay interfaces (our own tunnel devices, see
+    `overlay_interface`) never. The relay adds what it observes (our NAT's public mapping).
     """
     hosts: list[str] = []
-    if relay_local is not None and not relay_local.ip.is_unspecified:
-        hosts.append(relay_local.host)
+    relay_ip = relay_local.ip if relay_local is not None else None
+    if relay_ip is not None and not relay_ip.is_unspecified and not is_overlay_address(relay_ip):
+        hosts.append(relay_ip.compressed)
     loopback_ok = relay_local is not None and relay_local.ip.is_loopback
-    for host in _interface_addresses():
+    for name, host, _mask in _interface_addresses():
         ip = Endpoint(host, port).ip
         if ip.is_link_local or ip.is_unspecified or (ip.is_loopback and not loopback_ok):
+            continue
+        if name in _OVERLAY_INTERFACES:
             continue
         if host not in hosts:
             hosts.append(host)
     return [Endpoint(host, port) for host in hosts[:MAX_CANDIDATES]]
 
 
+_OVERLAY_INTERFACES: set[str] = set()
+
+
+@contextmanager
+def overlay_interface(name: str) -> Iterator[None]:
+    """Declare `name` (a tunnel device of this process) an overlay while the block runs.
+
+    A direct path must never run through the tunnel it carries: the addresses of an
+    overlay interface are not announced as candidates, and a peer's candidate inside an
+    overlay's network is not dialled.
+    """
+    _OVERLAY_INTERFACES.add(name)
+    try:
+        yield
+    finally:
+        _OVERLAY_INTERFACES.discard(name)
+
+
+def is_overlay_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `ip` lies in the network of one of this process's overlay interfaces."""
+    if not _OVERLAY_INTERFACES or ip.version != 4:
+        return False
+    for name, host, mask in _interface_addresses():
+        if name in _OVERLAY_INTERFACES and ip in ipaddress.IPv4Network(f"{host}/{mask}", False):
+            return True
+    return False
+
+
 _SIOCGIFADDR: Final = 0x8915  # Linux: the primary IPv4 address of an interface
+_SIOCGIFNETMASK: Final = 0x891B  # Linux: its netmask
 
 
-def _interface_addresses() -> list[str]:
-    """The primary IPv4 address of each interface (Linux); [] where that cannot be read."""
+def _interface_addresses() -> list[tuple[str, str, str]]:
+    """(name, IPv4 address, netmask) of each interface (Linux); [] where unreadable."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux
         return []
-    out: list[str] = []
+    out: list[tuple[str, str, str]] = []
     try:
         with _stdlib_socket.socket(_stdlib_socket.AF_INET, _stdlib_socket.SOCK_DGRAM) as sock:
             for _index, name in _stdlib_socket.if_nameindex():
                 request = struct.pack("256s", name.encode()[:15])
                 try:
                     answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)
+                    mask = fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, request)
                 except OSError:
                     continue  # no IPv4 address, or down
-                out.append(_stdlib_socket.inet_ntoa(answer[20:24]))
+                host = _stdlib_socket.inet_ntoa(answer[20:24])
+                out.append((name, host, _stdlib_socket.inet_ntoa(mask[20:24])))
     except OSError:
         return out
     return out

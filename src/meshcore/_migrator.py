@@ -18,7 +18,7 @@ from typing import Final
 import trio
 
 from meshcore._client import Pairing, RelayClient
-from meshcore._direct import FramedTransport, dial
+from meshcore._direct import FramedTransport, dial, is_overlay_address
 from meshcore._nursery import open_hidden_nursery
 from meshcore._session import Link, Session
 from meshcore._transport import Transport
@@ -258,11 +258,14 @@ class Migrator:
     def _add_candidates(self, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
         new = []
         for endpoint in endpoints:
-            if endpoint not in self._peer_candidates and not endpoint.ip.is_unspecified:
-                if len(self._peer_candidates) >= _MAX_PEER_CANDIDATES:
-                    break
-                self._peer_candidates[endpoint] = None
-                new.append(endpoint)
+            if endpoint in self._peer_candidates or endpoint.ip.is_unspecified:
+                continue
+            if is_overlay_address(endpoint.ip):
+                continue  # reached through our own tunnel: never a direct path
+            if len(self._peer_candidates) >= _MAX_PEER_CANDIDATES:
+                break
+            self._peer_candidates[endpoint] = None
+            new.append(endpoint)
         return new
 
     # ----------------------------------------------------------------- links

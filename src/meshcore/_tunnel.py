@@ -17,10 +17,10 @@ from functools import partial
 import attrs
 import trio
 
-from meshcore._api import serve
+from meshcore._api import open_peer_session, serve
 from meshcore._client import RelayClient
 from meshcore._nursery import open_hidden_nursery
-from meshcore._session import Session, handshake_as_initiator, open_session
+from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
 from meshcore.proto.constants import (
     TUNNEL_BACKOFF_MAX_S,
@@ -30,6 +30,7 @@ from meshcore.proto.constants import (
     TUNNEL_READ_BATCH_FRAMES,
 )
 from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.paths import PathSettings
 from meshcore.proto.session import SessionSettings
 from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
 
@@ -267,6 +268,8 @@ class TunnelConfig:
     settings: SessionSettings | None = None
     timeout: float = 10.0
     """Relay requests and handshakes give up after this many seconds."""
+    path_settings: PathSettings = attrs.field(factory=PathSettings)
+    """Direct paths: mode (auto by default) and timers, as for `meshcore.connect`."""
 
     def __attrs_post_init__(self) -> None:
         me = self.identity.peer_id
@@ -341,6 +344,8 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
                         handler,
                         settings=config.settings,
                         timeout=config.timeout,
+                        direct=config.path_settings.mode,
+                        path_settings=config.path_settings,
                     )
                 )
                 for peer in config.dials:
@@ -395,20 +400,15 @@ async def _dial_forever(
 async def _dial(pump: FramePump, config: TunnelConfig, client: RelayClient, peer: PeerId) -> str:
     """One session with `peer`, dialled on the shared relay registration; returns when it ends.
 
-    This is what `meshcore.connect` does, on a relay connection the tunnel already has: a
-    peer id has one registration at the relay (a second one replaces the first), and a peer
-    of a mesh both answers and dials, so every session must share it.
+    A peer id has one registration at the relay (a second one replaces the first), and a
+    peer of a mesh both answers and dials, so every session shares the serving client.
     """
-    pairing = await client.connect(peer, timeout=config.timeout)
-    try:
-        result = await handshake_as_initiator(
-            pairing.circuit, config.identity, pairing.peer, timeout=config.timeout
-        )
-        async with open_session(
-            pairing.circuit, result, settings=config.settings, identity=config.identity
-        ) as session:
-            log.info("session with %s up (dialled)", peer.short())
-            return await pump.run_link(peer, session)
-    finally:
-        with trio.CancelScope(shield=True):
-            await pairing.circuit.aclose("session ended")
+    async with open_peer_session(
+        client,
+        peer,
+        settings=config.settings,
+        path_settings=config.path_settings,
+        timeout=config.timeout,
+    ) as session:
+        log.info("session with %s up (dialled)", peer.short())
+        return await pump.run_link(peer, session)

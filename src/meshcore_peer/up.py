@@ -20,6 +20,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from meshcore._direct import overlay_interface
 from meshcore._tap import check_tap_access, open_configured_tap, validate_device_name
 from meshcore._tunnel import FramePump, TunnelConfig, run_tunnel
 from meshcore.config import env_names, load_toml
@@ -267,23 +268,25 @@ async def _run(config: UpConfig, identity: Identity) -> int:
         ) as device:
             pump: FramePump | None = None
             try:
-                async with trio.open_nursery() as nursery:
-                    pump = await nursery.start(
-                        run_tunnel, device.fd, device.vnet_header_bytes, tunnel
-                    )
-                    log.info(
-                        "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
-                        device.name,
-                        identity.peer_id.short(),
-                        len(peers),
-                        config.relay,
-                        len(tunnel.dials),
-                        len(tunnel.answers),
-                    )
-                    async for signum in signals:
-                        log.info("%s: removing %s", signal.Signals(signum).name, device.name)
-                        nursery.cancel_scope.cancel()
-                        break
+                # direct paths must never run through the tunnel they carry
+                with overlay_interface(device.name):
+                    async with trio.open_nursery() as nursery:
+                        pump = await nursery.start(
+                            run_tunnel, device.fd, device.vnet_header_bytes, tunnel
+                        )
+                        log.info(
+                            "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
+                            device.name,
+                            identity.peer_id.short(),
+                            len(peers),
+                            config.relay,
+                            len(tunnel.dials),
+                            len(tunnel.answers),
+                        )
+                        async for signum in signals:
+                            log.info("%s: removing %s", signal.Signals(signum).name, device.name)
+                            nursery.cancel_scope.cancel()
+                            break
             finally:
                 if pump is not None:
                     _log_summary(pump, names)

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import attrs
@@ -19,6 +20,7 @@ import trio
 
 from meshcore._api import open_peer_session, serve
 from meshcore._client import RelayClient
+from meshcore._control import SessionRegistry
 from meshcore._nursery import open_hidden_nursery
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
@@ -270,6 +272,8 @@ class TunnelConfig:
     """Relay requests and handshakes give up after this many seconds."""
     path_settings: PathSettings = attrs.field(factory=PathSettings)
     """Direct paths: mode (auto by default) and timers, as for `meshcore.connect`."""
+    registry: SessionRegistry | None = attrs.field(default=None, eq=False)
+    """Where live sessions are listed for `meshcore-peer status` and `ping` (optional)."""
 
     def __attrs_post_init__(self) -> None:
         me = self.identity.peer_id
@@ -334,7 +338,7 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
         started = trio.current_time()
         try:
             async with open_hidden_nursery() as nursery:
-                handler = partial(_answered, pump)
+                handler = partial(_answered, pump, config)
                 client: RelayClient = await nursery.start(
                     partial(
                         serve,
@@ -360,9 +364,10 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
         await trio.sleep(delay)
 
 
-async def _answered(pump: FramePump, session: Session) -> None:
+async def _answered(pump: FramePump, config: TunnelConfig, session: Session) -> None:
     log.info("session with %s up (answered)", session.peer_id.short())
-    reason = await pump.run_link(session.peer_id, session)
+    with _listed(config, session):
+        reason = await pump.run_link(session.peer_id, session)
     log.info("session with %s ended: %s", session.peer_id.short(), reason)
 
 
@@ -411,4 +416,11 @@ async def _dial(pump: FramePump, config: TunnelConfig, client: RelayClient, peer
         timeout=config.timeout,
     ) as session:
         log.info("session with %s up (dialled)", peer.short())
-        return await pump.run_link(peer, session)
+        with _listed(config, session):
+            return await pump.run_link(peer, session)
+
+
+def _listed(config: TunnelConfig, session: Session) -> AbstractContextManager[None]:
+    if config.registry is None:
+        return nullcontext()
+    return config.registry.registered(session)

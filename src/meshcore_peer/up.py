@@ -14,12 +14,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import trio
 
+from meshcore._control import SessionRegistry, default_control_path, serve_control
 from meshcore._direct import overlay_interface
 from meshcore._tap import check_tap_access, open_configured_tap, validate_device_name
 from meshcore._tunnel import FramePump, TunnelConfig, run_tunnel
@@ -260,7 +262,8 @@ async def _run(config: UpConfig, identity: Identity) -> int:
             f"peers: {identity.peer_id} is this peer's own id; list only the other peers"
         )
     names = {PeerId.from_text(p.id): p.name for p in config.peers if p.name}
-    tunnel = TunnelConfig(config.relay or "", identity, peers)
+    registry = SessionRegistry()
+    tunnel = TunnelConfig(config.relay or "", identity, peers, registry=registry)
     address = ipaddress.ip_interface(config.address) if config.address else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with open_configured_tap(
@@ -271,6 +274,11 @@ async def _run(config: UpConfig, identity: Identity) -> int:
                 # direct paths must never run through the tunnel they carry
                 with overlay_interface(device.name):
                     async with trio.open_nursery() as nursery:
+                        await nursery.start(
+                            partial(
+                                serve_control, default_control_path(), registry, required=False
+                            )
+                        )
                         pump = await nursery.start(
                             run_tunnel, device.fd, device.vnet_header_bytes, tunnel
                         )

@@ -35,6 +35,7 @@ from meshcore.proto.constants import (
     TUNNEL_CHUNK_HEADER_BYTES,
 )
 from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.paths import PathSettings
 
 __all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
 
@@ -113,6 +114,11 @@ class UpConfig:
     """The device's MTU; use the same on every peer."""
     peers: list[PeerEntry] = attrs.field(factory=list)
     """The other peers of the mesh."""
+    direct_retry_s: float = attrs.field(
+        default=PathSettings().retry_s, validator=attrs.validators.gt(0)
+    )
+    """Seconds between direct-path attempts while a session is on the relay (jittered,
+    doubling after each failure)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -124,6 +130,7 @@ _FLAGS = {
     "address": "--address",
     "mtu": "--mtu",
     "peers": "--peer",
+    "direct_retry_s": "--direct-retry",
     "log_level": "--log-level",
     "log_format": "--log-format",
 }
@@ -199,12 +206,20 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
         action="append",
         help="a peer of the mesh (repeat or comma-separate; replaces the config file's peers)",
     )
+    p.add_argument(
+        "--direct-retry",
+        dest="direct_retry_s",
+        type=float,
+        metavar="SECONDS",
+        help="pause between direct-path attempts while on the relay (default 60, jittered)",
+    )
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
-    for key in ("relay", "identity", "device", "address", "mtu", "log_level", "log_format"):
+    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s")
+    for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
@@ -263,7 +278,11 @@ async def _run(config: UpConfig, identity: Identity) -> int:
         )
     names = {PeerId.from_text(p.id): p.name for p in config.peers if p.name}
     registry = SessionRegistry()
-    tunnel = TunnelConfig(config.relay or "", identity, peers, registry=registry)
+    retry = config.direct_retry_s
+    paths = PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
+    tunnel = TunnelConfig(
+        config.relay or "", identity, peers, path_settings=paths, registry=registry
+    )
     address = ipaddress.ip_interface(config.address) if config.address else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with open_configured_tap(

@@ -119,6 +119,8 @@ class UpConfig:
     )
     """Seconds between direct-path attempts while a session is on the relay (jittered,
     doubling after each failure)."""
+    control: str | None = None
+    """Control socket for `status` and `ping` (default: the per-user path they also use)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -131,6 +133,7 @@ _FLAGS = {
     "mtu": "--mtu",
     "peers": "--peer",
     "direct_retry_s": "--direct-retry",
+    "control": "--control",
     "log_level": "--log-level",
     "log_format": "--log-format",
 }
@@ -213,12 +216,17 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
         metavar="SECONDS",
         help="pause between direct-path attempts while on the relay (default 60, jittered)",
     )
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"control socket for status/ping (default: {default_control_path()})",
+    )
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
-    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s")
+    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s", "control")
     for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
@@ -284,6 +292,7 @@ async def _run(config: UpConfig, identity: Identity) -> int:
         config.relay or "", identity, peers, path_settings=paths, registry=registry
     )
     address = ipaddress.ip_interface(config.address) if config.address else None
+    control = Path(config.control) if config.control else default_control_path()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with open_configured_tap(
             config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
@@ -295,7 +304,10 @@ async def _run(config: UpConfig, identity: Identity) -> int:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(
                             partial(
-                                serve_control, default_control_path(), registry, required=False
+                                serve_control,
+                                control,
+                                registry,
+                                required=config.control is not None,
                             )
                         )
                         pump = await nursery.start(

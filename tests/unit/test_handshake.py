@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
-import statistics
 import struct
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -826,34 +824,47 @@ def test_biscuit_from_another_session_fails() -> None:
 # --- row 16: bounded cost of rejecting junk ------------------------------------------------
 
 
-def _p99_us(call: Callable[[bytes, float], object], inputs: list[bytes]) -> float:
-    samples = []
-    for data in inputs:
-        t0 = time.process_time_ns()
-        try:
-            call(data, 0.0)
-        except HandshakeError:
-            pass
-        samples.append((time.process_time_ns() - t0) / 1000)
-    return statistics.quantiles(samples, n=100)[98]
+class _CountingPrimitives(Primitives):
+    """Counts the expensive operations (X25519 and ML-KEM) a machine performs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def x25519(self, secret: bytes, public: bytes) -> bytes:
+        self.calls += 1
+        return super().x25519(secret, public)
+
+    def kem_encaps(self, public: bytes) -> tuple[bytes, bytes]:
+        self.calls += 1
+        return super().kem_encaps(public)
+
+    def kem_decaps(self, secret: bytes, ciphertext: bytes) -> bytes:
+        self.calls += 1
+        return super().kem_decaps(secret, ciphertext)
 
 
-def test_rejecting_mac1_invalid_input_is_cheap() -> None:
+def test_rejecting_mac1_invalid_input_does_no_public_key_work() -> None:
+    # Row 16: junk is refused by the cheap checks (length, type, mac1) before any X25519 or
+    # ML-KEM operation, so rejecting it costs microseconds. (Its speed is measured in
+    # benchmarks/bench_handshake.py, not asserted here: timings flake on a loaded machine.)
     import os
 
-    resp = responder()
-    init = Initiator(ALICE, BOB.public)
+    counting = _CountingPrimitives()
+    resp = responder(primitives=counting)
+    init = Initiator(ALICE, BOB.public, primitives=counting)
     init.start(0.0)
-    msg1s = [b"\x01\x01" + os.urandom(HANDSHAKE_INIT_BYTES - 2) for _ in range(2000)]
-    msg3s = [b"\x03\x01" + os.urandom(HANDSHAKE_CONFIRM_MIN_BYTES + 100) for _ in range(2000)]
+    counting.calls = 0
     index = struct.pack("<I", init.local_index)
-    msg2s = [
-        b"\x02\x01\x00\x00" + os.urandom(4) + index + os.urandom(HANDSHAKE_RESPONSE_BYTES - 12)
-        for _ in range(2000)
-    ]
-    assert _p99_us(resp.respond, msg1s) < 50
-    assert _p99_us(resp.confirm, msg3s) < 50
-    assert _p99_us(lambda d, now: init.receive_response(d, now), msg2s) < 50
+    junk: list[tuple[Callable[[bytes, float], object], bytes]] = []
+    for _ in range(200):
+        junk.append((resp.respond, b"\x01\x01" + os.urandom(HANDSHAKE_INIT_BYTES - 2)))
+        junk.append((resp.confirm, b"\x03\x01" + os.urandom(HANDSHAKE_CONFIRM_MIN_BYTES + 100)))
+        msg2 = b"\x02\x01\x00\x00" + os.urandom(4) + index
+        junk.append((init.receive_response, msg2 + os.urandom(HANDSHAKE_RESPONSE_BYTES - 12)))
+    for call, data in junk:
+        with pytest.raises(HandshakeError):
+            call(data, 0.0)
+    assert counting.calls == 0
 
 
 # --- message codecs ---------------------------------------------------------------------------

@@ -184,10 +184,50 @@ def print_profiles(directory: Path) -> None:
         stats.sort_stats("tottime").print_stats(18)
 
 
+def run_mode(routed: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One mesh: `routed` lets the peers reach each other (direct paths), else relay only."""
+    rows: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp,
+        Mesh(2, Path(tmp), routed=routed) as mesh,
+    ):
+        for i in range(2):
+            python: list[str] = []
+            if args.profile:
+                out = Path(args.profile) / f"{'direct' if routed else 'relay'}-peer{i}.prof"
+                python = ["-m", "cProfile", "-o", str(out)]
+            mesh.start_peer(i, python=python)
+        for i in range(2):
+            mesh.wait_log(i, " up (", 1)
+        if routed:
+            time.sleep(args.settle)  # the direct race runs in the background
+        idle = ping(mesh, 40)
+        for _ in range(args.repeat):
+            for reverse in (False, True):
+                rows.append(iperf(mesh, args.seconds, reverse))
+        loaded = ping(mesh, 20)
+        for i in (0, 1):
+            mesh.stop_peer(i)
+    best: dict[str, float] = {}
+    for row in rows:
+        best[row["direction"]] = max(best.get(row["direction"], 0.0), row["mbit_s"])
+    return {
+        "underlay": "routed: direct paths possible" if routed else "relay only: no route",
+        "best_mbit_s": best,
+        "idle_ping": idle,
+        "ping_after_runs": loaded,
+        "runs": rows,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 run (5)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per direction (3)")
+    parser.add_argument(
+        "--paths", default="relay,direct", help="relay, direct or both (default relay,direct)"
+    )
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds for the direct race (3)")
     parser.add_argument("--profile", metavar="DIR", help="run the peers under cProfile")
     parser.add_argument("--no-save", action="store_true", help="do not write tap.json")
     args = parser.parse_args()
@@ -196,47 +236,29 @@ def main() -> int:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         print("bench_tap: needs root and /dev/net/tun", file=sys.stderr)
         return 2
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     ceiling = pump_ceiling()
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp, Mesh(2, Path(tmp)) as mesh:
-        python: list[str] = []
-        if args.profile:
-            Path(args.profile).mkdir(parents=True, exist_ok=True)
-        for i in range(2):
-            if args.profile:
-                python = ["-m", "cProfile", "-o", str(Path(args.profile) / f"peer{i}.prof")]
-            mesh.start_peer(i, python=python)
-        for i in range(2):
-            mesh.wait_log(i, " up (", 1)
-        idle = ping(mesh, 40)
-        for _ in range(args.repeat):
-            for reverse in (False, True):
-                rows.append(iperf(mesh, args.seconds, reverse))
-        loaded = ping(mesh, 20)
-        for i in (0, 1):
-            mesh.stop_peer(i)
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["mbit_s"] > best.get(row["direction"], {"mbit_s": -1})["mbit_s"]:
-            best[row["direction"]] = row
-    print(f"{'direction':<16} {'Mbit/s':>8} {'retr':>6} {'avg seg B':>10}  CPU s/GiB")
-    for row in rows:
-        cpu = " ".join(f"{k}={v}" for k, v in row["cpu_s_per_gib"].items())
-        print(
-            f"{row['direction']:<16} {row['mbit_s']:>8} {row['retransmits']!s:>6} "
-            f"{row['avg_segment_bytes']:>10}  {cpu}"
-        )
+    modes = {name: run_mode(name == "direct", args) for name in args.paths.split(",")}
+    print(f"{'path':<7} {'direction':<16} {'Mbit/s':>8} {'retr':>6} {'avg seg B':>10}  CPU s/GiB")
+    for name, mode in modes.items():
+        for row in mode["runs"]:
+            cpu = " ".join(f"{k}={v}" for k, v in row["cpu_s_per_gib"].items())
+            print(
+                f"{name:<7} {row['direction']:<16} {row['mbit_s']:>8} "
+                f"{row['retransmits']!s:>6} {row['avg_segment_bytes']:>10}  {cpu}"
+            )
+        print(f"{name:<7} idle ping {mode['idle_ping']}; after the runs {mode['ping_after_runs']}")
     for row in ceiling:
         print(
             f"pump alone, {row['frame_bytes']}-byte frames: {row['gbit_s']} Gbit/s, "
             f"{row['kframes_s']} kframes/s"
         )
-    print(f"idle ping: {idle}")
-    print(f"ping after the runs: {loaded}")
     result = {
         "benchmark": "tap",
-        "setup": "two `meshcore-peer up` peers in namespaces, sessions through a relay in a third "
-        "namespace (veth links); iperf3 TCP, one stream; MTU 1400, GSO cap 64000",
+        "setup": "two `meshcore-peer up` peers in namespaces joined by veth links to a relay "
+        "namespace (relay: no route between the peers; direct: the relay namespace routes); "
+        "iperf3 TCP, one stream, each way; MTU 1400, GSO cap 64000",
         "seconds": args.seconds,
         "repeat": args.repeat,
         "machine": {
@@ -245,10 +267,7 @@ def main() -> int:
             "kernel": platform.release(),
             "load_average_1m": round(os.getloadavg()[0], 2),
         },
-        "best_mbit_s": {k: v["mbit_s"] for k, v in best.items()},
-        "idle_ping": idle,
-        "ping_after_runs": loaded,
-        "runs": rows,
+        "paths": modes,
         "pump_alone": ceiling,
         "profiled": bool(args.profile),
     }

@@ -25,6 +25,8 @@ import trio
 from meshcore import Identity, PeerId
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._tunnel import FramePump, TunnelConfig, run_tunnel
+from meshcore.proto.paths import DirectMode, PathSettings
+from meshcore.proto.session import SessionSettings
 from meshcore.proto.switch import FrameAssembler, FramePacker
 from meshcore_peer.up import tap_mac
 
@@ -33,6 +35,7 @@ BROADCAST = b"\xff" * 6
 MAC = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 8)]
 IDS = [Identity.generate() for _ in range(3)]
 P, Q, R = (i.peer_id for i in IDS)
+RELAY_ONLY = PathSettings(mode=DirectMode.NEVER)
 
 
 def frame(dst: bytes, src: bytes, size: int = 60, fill: int = 0) -> bytes:
@@ -350,44 +353,53 @@ def test_lower_id_dials_and_higher_id_answers() -> None:
 async def test_three_runtimes_link_pairwise_through_one_relay_and_reconnect() -> None:
     devices = [FakeDevice() for _ in IDS]
     peers = [tuple(j.peer_id for j in IDS if j is not i) for i in IDS]
+    # the peer with the highest id answers both others: when it goes, they must notice (the
+    # session's dead timer, short here) and dial it again when it is back
+    last = max(range(3), key=lambda i: IDS[i].peer_id.digest)
+    others = [i for i in range(3) if i != last]
+    quick = SessionSettings(keepalive_s=0.3, dead_after_s=1.5)
     try:
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 relay: RelayServer = await nursery.start(serve_relay, RelayConfig(port=0))
-                scopes: list[trio.CancelScope] = []
-                pumps: list[FramePump] = []
+                scopes: dict[int, trio.CancelScope] = {}
+                pumps: dict[int, FramePump] = {}
 
-                async def start(i: int) -> FramePump:
-                    scope = trio.CancelScope()
+                async def start(i: int) -> None:
+                    scope = scopes[i] = trio.CancelScope()
 
                     async def runner(task_status: trio.TaskStatus[FramePump]) -> None:
                         with scope:
-                            config = TunnelConfig(relay.url, IDS[i], peers[i])
+                            # relay only: this is about pairing and reconnection (the
+                            # direct path's own tests live with it)
+                            config = TunnelConfig(
+                                relay.url, IDS[i], peers[i], quick, path_settings=RELAY_ONLY
+                            )
                             await run_tunnel(devices[i].fd, 10, config, task_status=task_status)
 
-                    pump: FramePump = await nursery.start(runner)
-                    scopes.append(scope)
-                    return pump
+                    pumps[i] = await nursery.start(runner)
 
                 for i in range(3):
-                    pumps.append(await start(i))
-                for i, pump in enumerate(pumps):
-                    await pump.wait_linked(peers[i])
+                    await start(i)
+                for i in range(3):
+                    await pumps[i].wait_linked(peers[i])
                 assert relay.stats().circuits == 3  # one session per pair, not two
 
                 arp = frame(BROADCAST, MAC[0])
-                devices[0].inject(arp)
-                assert await devices[1].read() == arp
-                assert await devices[2].read() == arp
+                devices[others[0]].inject(arp)
+                assert await devices[others[1]].read() == arp
+                assert await devices[last].read() == arp
 
-                scopes[2].cancel()  # peer 2 goes away ...
-                await pumps[0].wait_unlinked([R])
-                await pumps[1].wait_unlinked([R])
-                pumps[2] = await start(2)  # ... and comes back: both others link again
-                for i, pump in enumerate(pumps):
-                    await pump.wait_linked(peers[i])
-                devices[1].inject(frame(BROADCAST, MAC[1], fill=5))
-                assert (await devices[2].read())[-1] == 5
+                scopes[last].cancel()  # the answering peer goes away ...
+                gone = IDS[last].peer_id
+                for i in others:
+                    await pumps[i].wait_unlinked([gone])
+                await start(last)  # ... and comes back: both others dial it again
+                for i in range(3):
+                    await pumps[i].wait_linked(peers[i])
+                devices[others[1]].inject(frame(BROADCAST, MAC[1], fill=5))
+                assert (await devices[last].read())[-1] == 5
+                assert all(pumps[i].stats[gone].sessions == 2 for i in others)
                 nursery.cancel_scope.cancel()
     finally:
         for dev in devices:
@@ -441,12 +453,22 @@ def _sweep_stale() -> None:
 
 class Mesh:
     """A relay namespace and `size` peer namespaces, each joined to the relay's by a veth
-    pair (172.31.<i+1>.0/24, relay .1, peer .2). Peers run `meshcore-peer up` with TAP
-    addresses 10.77.0.<i+1>/24. Leaving the `with` block stops every process and deletes
-    every namespace, also after a failure. Nothing touches the host's own namespace."""
+    pair (172.31.<i+1>.0/24, relay .1, peer .2); with `routed` the relay's namespace also
+    forwards between them. Peers run `meshcore-peer up` with TAP addresses 10.77.0.<i+1>/24.
+    Leaving the `with` block stops every process and deletes every namespace, also after a
+    failure. Nothing touches the host's own namespace."""
 
-    def __init__(self, size: int, workdir: Path, identities: list[Identity] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        workdir: Path,
+        identities: list[Identity] | None = None,
+        *,
+        routed: bool = False,
+    ) -> None:
         self.size = size
+        self.routed = routed
+        """Route between the peers' namespaces through the relay's (direct paths work)."""
         self.workdir = workdir
         self.tag = f"{_PREFIX}{os.getpid()}x{next(_serial)}"
         self.identities = identities or [Identity.generate() for _ in range(size)]
@@ -499,7 +521,16 @@ class Mesh:
             self._ip("-n", relay_ns, "link", "set", f"v{i}", "up")
             self._ip("-n", self.ns(i), "addr", "add", f"172.31.{i + 1}.2/24", "dev", "eth0")
             self._ip("-n", self.ns(i), "link", "set", "eth0", "up")
+            if self.routed:
+                self._ip(
+                    "-n", self.ns(i), "route", "add", "172.31.0.0/16", "via", f"172.31.{i + 1}.1"
+                )
             self.identities[i].save(self.key(i), overwrite=True)
+        if self.routed:
+            subprocess.run(
+                ["ip", "netns", "exec", relay_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                check=True,
+            )
         self.relay = subprocess.Popen(
             ["ip", "netns", "exec", relay_ns, sys.executable, "-c", _RELAY_CODE],
             stdout=subprocess.PIPE,

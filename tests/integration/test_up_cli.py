@@ -287,15 +287,21 @@ def test_even_a_killed_process_leaves_no_device_behind(
 
 
 @needs_tap
-def test_a_dead_peer_does_not_end_the_tunnel_and_is_reconnected(tmp_path: Path) -> None:
+def test_a_killed_peer_does_not_end_the_tunnel_and_its_new_session_replaces_the_old(
+    tmp_path: Path,
+) -> None:
     with Mesh(2, tmp_path) as mesh:
         mesh.start_all()
         assert mesh.ping(0, 1, count=1).returncode == 0
-        mesh.stop_peer(1, signal.SIGKILL)
-        mesh.wait_log(0, "ended:")  # the session died; the tunnel and its device stay
-        assert mesh.peers[0].poll() is None
-        assert mesh.run(0, "ip", "link", "show", "mesh0").returncode == 0
-        mesh.start_peer(1)
-        mesh.wait_log(0, " up (", 2)
-        result = mesh.ping(0, 1, count=2)
+        # kill the dialling peer (lower id): back, it dials at once, and the survivor swaps
+        # the new session in without waiting for the old one's dead timer
+        dialler = min(range(2), key=lambda i: mesh.ids[i].digest)
+        survivor = 1 - dialler
+        mesh.stop_peer(dialler, signal.SIGKILL)
+        assert mesh.peers[survivor].poll() is None
+        assert mesh.run(survivor, "ip", "link", "show", "mesh0").returncode == 0
+        mesh.start_peer(dialler)
+        mesh.wait_log(survivor, " up (", 2)
+        mesh.wait_log(survivor, "ended: replaced by a newer session")
+        result = mesh.ping(survivor, dialler, count=2)
         assert result.returncode == 0, result.stdout + result.stderr

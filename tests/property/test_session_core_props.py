@@ -19,6 +19,8 @@ SETTINGS = SessionSettings(
     retransmit_timeout_s=0.5,
     dead_after_s=None,
     reorder_frames=64,
+    direct_window_frames=32,
+    direct_window_bytes=16384,
 )
 
 
@@ -88,6 +90,14 @@ class LossyLink(RuleBasedStateMachine):
         self.cores[self._other(side)].retransmit_unacked(self.now)
         self._collect(self._other(side))
 
+    @rule(side=st.sampled_from("ab"), direct=st.booleans())
+    def path_changes_window(self, side: str, direct: bool) -> None:
+        # e.g. a fallback from direct (wide window) to the relay (narrow) with a full buffer
+        core = self.cores[side]
+        core.use_direct_window(direct, self.now)
+        core.retransmit_unacked(self.now)
+        self._collect(side)
+
     @rule(dt=st.floats(0.001, 2.0))
     def advance(self, dt: float) -> None:
         self.now += dt
@@ -107,7 +117,9 @@ class LossyLink(RuleBasedStateMachine):
     @invariant()
     def buffers_bounded(self) -> None:
         for core in self.cores.values():
-            assert core.unacked <= SETTINGS.window_frames
+            assert core.unacked <= SETTINGS.direct_window_frames
+            in_flight = core.unacked - core._unsent
+            assert in_flight <= max(core._window_frames, 1)
             assert len(core._reorder) <= SETTINGS.reorder_frames
 
     def teardown(self) -> None:

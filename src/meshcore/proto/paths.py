@@ -868,6 +868,9 @@ class SessionPaths:
 
     def _run(self, now: float) -> None:
         closed = self.core.state is not SessionState.OPEN
+        if not closed:
+            # the window follows the active path (set before any resend below)
+            self.core.use_direct_window(self.manager.active is LinkKind.DIRECT, now)
         for command in self.manager.take_commands():
             kind = type(command)
             if kind is _Resend:

@@ -84,8 +84,11 @@ class SessionSettings:
     ack_every_frames: int = 8
     ack_every_bytes: int = 64 * 1024
     window_frames: int = 48
-    """Most unacknowledged messages in flight (kept below the relay's per-circuit queue)."""
+    """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
     window_bytes: int = 192 * 1024
+    direct_window_frames: int = 1024
+    """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
+    direct_window_bytes: int = 4 * 1024 * 1024
     reorder_frames: int = C.REORDER_BUFFER_FRAMES
     pad_to: int = 16
 
@@ -235,6 +238,10 @@ class SessionCore:
         self._outbox: list[tuple[Hashable, bytes]] = []
         self._acks_held = False
         self._dup_acks = 0
+        self._window_frames = self.settings.window_frames
+        self._window_bytes = self.settings.window_bytes
+        self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
+        self._unsent_bytes = 0
         self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
         self._rekey_responder: RekeyResponder | None = None
         self._rekey_attempt: RekeyInitiator | None = None
@@ -291,12 +298,24 @@ class SessionCore:
     # ------------------------------------------------------------------ application side
     def can_send(self) -> bool:
         """True while the send window has room for another message."""
-        s = self.settings
         return (
             self.state is SessionState.OPEN
-            and len(self._pending) < s.window_frames
-            and self._pending_bytes < s.window_bytes
+            and len(self._pending) < self._window_frames
+            and self._pending_bytes < self._window_bytes
         )
+
+    def use_direct_window(self, direct: bool, now: float) -> None:
+        """Size the send window for the active path: wide on a direct path, narrow enough
+        for the relay's per-circuit queue on the relay (its drop-tail would cost
+        retransmissions). Set it before `retransmit_unacked` when the path changes."""
+        s = self.settings
+        if direct:
+            frames, nbytes = s.direct_window_frames, s.direct_window_bytes
+        else:
+            frames, nbytes = s.window_frames, s.window_bytes
+        if (frames, nbytes) != (self._window_frames, self._window_bytes):
+            self._window_frames, self._window_bytes = frames, nbytes
+            self._send_unsent(now)
 
     @property
     def all_acked(self) -> bool:
@@ -340,9 +359,14 @@ class SessionCore:
             )
         seq = self._next_seq
         self._next_seq = seq + 1
-        frame = self._seal_data(seq, payload, now)
+        waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
+        frame = self._seal_data(seq, payload, now, transmit=not waiting)
         self._pending.append(_Pending(seq, payload, frame, now))
         self._pending_bytes += len(payload)
+        if waiting:
+            self._unsent += 1
+            self._unsent_bytes += len(payload)
+            self._send_unsent(now)
         if self._retransmit_at is None:
             self._retransmit_at = now + self._rto
         self.stats.messages_sent += 1
@@ -513,6 +537,9 @@ class SessionCore:
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
             self._pending_bytes -= len(entry.payload)
+            if self._unsent > len(pending):  # acked while waiting to be resent
+                self._unsent -= 1
+                self._unsent_bytes -= len(entry.payload)
             if not entry.retransmitted:
                 sample = now - entry.first_sent
         if sample is not None:
@@ -520,6 +547,8 @@ class SessionCore:
             self.stats.rtt_s = sample if rtt is None else 0.875 * rtt + 0.125 * sample
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at = now + self._rto if pending else None
+        if self._unsent:
+            self._send_unsent(now)
 
     # ------------------------------------------------------------------ paths and timers
     def retransmit_unacked(self, now: float) -> int:
@@ -532,11 +561,32 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             return 0
-        for entry in self._pending:
-            self._resend(entry, now)
+        self._unsent = len(self._pending)
+        self._unsent_bytes = self._pending_bytes
+        sent = self._send_unsent(now)
         if self._pending:
             self._retransmit_at = now + self._rto
-        return len(self._pending)
+        return sent
+
+    def _send_unsent(self, now: float) -> int:
+        """Resend the waiting tail of the buffer, oldest first, as far as the window allows
+        (what is already in flight counts); the rest goes out as acks make room."""
+        sent = 0
+        pending = self._pending
+        while self._unsent:
+            entry = pending[len(pending) - self._unsent]
+            in_flight = self._pending_bytes - self._unsent_bytes
+            frames_in_flight = len(pending) - self._unsent
+            if frames_in_flight and (
+                in_flight + len(entry.payload) > self._window_bytes
+                or frames_in_flight >= self._window_frames
+            ):
+                break
+            self._unsent -= 1
+            self._unsent_bytes -= len(entry.payload)
+            self._resend(entry, now)
+            sent += 1
+        return sent
 
     def _resend(self, entry: _Pending, now: float) -> None:
         send_key = self.keys.send_key

@@ -100,3 +100,45 @@ async def test_unknown_peer_is_a_clear_error() -> None:
                 async with connect(relay.url, ALICE, BOB.peer_id):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_relay_that_substitutes_key_bundles_gets_no_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A malicious relay hands Alice Mallory's keys in place of Bob's (and Bob Mallory's in
+    # place of Alice's). Pinned peer ids catch it before any handshake starts.
+    import attrs
+
+    import meshcore._relay as relay_module
+    from meshcore.errors import HandshakeError
+    from meshcore.proto import wire
+    from meshcore.proto.matchmaker import Matchmaker, Send
+
+    class SubstitutingMatchmaker(Matchmaker):
+        def receive_data(self, conn_id, data, now):  # type: ignore[no-untyped-def]
+            outputs = super().receive_data(conn_id, data, now)
+            swapped = []
+            for out in outputs:
+                if isinstance(out, Send) and isinstance(out.message, wire.Paired):
+                    forged = attrs.evolve(
+                        out.message,
+                        x25519_public=MALLORY.public.x25519_public,
+                        kem_public=MALLORY.public.kem_public,
+                    )
+                    out = attrs.evolve(out, message=forged)
+                swapped.append(out)
+            return swapped
+
+    monkeypatch.setattr(relay_module, "Matchmaker", SubstitutingMatchmaker)
+
+    async def never(session: Session) -> None:
+        raise AssertionError("a session was built on substituted keys")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            relay: RelayServer = await nursery.start(serve_relay, RelayConfig(port=0))
+            await nursery.start(serve, relay.url, BOB, [ALICE.peer_id], never)
+            with pytest.raises(HandshakeError, match="does not match that pinned id"):
+                async with connect(relay.url, ALICE, BOB.peer_id):
+                    pass
+            nursery.cancel_scope.cancel()

@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 import meshcore
 from meshcore.proto import inner, wire
+from meshcore.proto.framing import FrameHeader, decode_frame_header_untrusted
 from meshcore.proto.handshake import HandshakeConfirm, HandshakeInit, HandshakeResponse
+from meshcore.proto.resume import (
+    Resume,
+    ResumeAck,
+    decode_resume_ack_untrusted,
+    decode_resume_untrusted,
+)
+from meshcore.testing import strategies as mst
 
 
 def test_public_api_is_pinned() -> None:
@@ -70,7 +78,7 @@ MESSAGE_CLASSES = [
     wire.Accept, wire.Reject, wire.Paired, wire.CircuitOpen, wire.CircuitClose, wire.Relayed,
     wire.Ping, wire.Pong, wire.Error, wire.Close, inner.Data, inner.Keepalive, inner.Ack,
     inner.PathChallenge, inner.PathResponse, inner.Endpoints, inner.RekeyFragment, inner.Close,
-    HandshakeInit, HandshakeResponse, HandshakeConfirm,
+    HandshakeInit, HandshakeResponse, HandshakeConfirm, Resume, ResumeAck, FrameHeader,
 ]  # fmt: skip
 
 
@@ -79,3 +87,12 @@ MESSAGE_CLASSES = [
 @given(data=st.data())
 def test_from_type_works_for_every_message_class(cls: type, data: st.DataObject) -> None:
     assert isinstance(data.draw(st.from_type(cls)), cls)
+
+
+@given(mst.resumes(), mst.resume_acks(), mst.frame_headers())
+def test_resume_and_frame_header_strategies_round_trip(
+    resume: Resume, ack: ResumeAck, header: FrameHeader
+) -> None:
+    assert decode_resume_untrusted(resume.encode()) == resume
+    assert decode_resume_ack_untrusted(ack.encode()) == ack
+    assert decode_frame_header_untrusted(header.encode() + bytes(16)) == header

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from meshcore.proto import framing, inner, resume, wire
 from meshcore.proto import handshake as _handshake
-from meshcore.proto import inner, wire
+from meshcore.proto.constants import MAC_BYTES
 from meshcore.testing._framing_strategies import (
     NonceLedger,
     ReferenceReplayWindow,
@@ -100,6 +101,7 @@ __all__ = [
     "error_codes",
     "error_messages",
     "fixed_bytes",
+    "frame_headers",
     "frame_keys",
     "handshake_confirms",
     "handshake_inits",
@@ -129,8 +131,42 @@ __all__ = [
     "rejects",
     "rekey_fragments",
     "relayeds",
+    "resume_acks",
+    "resumes",
     "with_mac1",
 ]
+
+
+_U32 = st.integers(0, 2**32 - 1)
+
+
+def resumes() -> st.SearchStrategy[resume.Resume]:
+    """Valid RESUME messages (any indices, ids, nonces, ephemerals and MACs)."""
+    return st.builds(
+        resume.Resume,
+        sender_index=_U32,
+        resume_id=fixed_bytes(resume.RESUME_ID_BYTES),
+        client_nonce=fixed_bytes(resume.NONCE_BYTES),
+        ephemeral=fixed_bytes(32),
+        mac=fixed_bytes(MAC_BYTES),
+    )
+
+
+def resume_acks() -> st.SearchStrategy[resume.ResumeAck]:
+    """Valid RESUME_ACK messages."""
+    return st.builds(
+        resume.ResumeAck,
+        sender_index=_U32,
+        receiver_index=_U32,
+        server_nonce=fixed_bytes(resume.NONCE_BYTES),
+        ephemeral=fixed_bytes(32),
+        confirmation=fixed_bytes(16),
+    )
+
+
+def frame_headers() -> st.SearchStrategy[framing.FrameHeader]:
+    """Valid 16-byte transport frame headers (the AEAD's associated data)."""
+    return st.builds(framing.FrameHeader, receiver_index=_U32, counter=st.integers(0, 2**64 - 1))
 
 
 def register_type_strategies() -> None:
@@ -163,6 +199,9 @@ def register_type_strategies() -> None:
         (_handshake.HandshakeInit, handshake_inits()),
         (_handshake.HandshakeResponse, handshake_responses()),
         (_handshake.HandshakeConfirm, handshake_confirms()),
+        (resume.Resume, resumes()),
+        (resume.ResumeAck, resume_acks()),
+        (framing.FrameHeader, frame_headers()),
     ]
     for cls, strategy in pairs:
         st.register_type_strategy(cls, strategy)

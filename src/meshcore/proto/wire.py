@@ -7,6 +7,7 @@ lives in its attrs metadata, so a class's layout is exactly its field list, in o
 
 from __future__ import annotations
 
+import abc
 import enum
 import struct
 from collections.abc import Callable
@@ -161,19 +162,22 @@ def _length_only(value: bytes | str) -> str:
     return f"<{len(value)} bytes>" if isinstance(value, bytes) else repr(value)
 
 
-class _Kind:
+class _Kind(abc.ABC):
     """Base of the field codecs; subclasses set `size_hint` and implement the three methods."""
 
     repr: bool | Callable[[Any], str] = True
 
+    @abc.abstractmethod
     def check(self, _inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        raise NotImplementedError
+        """Validate a field value at construction (raise ValueError/TypeError)."""
 
+    @abc.abstractmethod
     def put(self, value: Any, out: list[bytes]) -> None:
-        raise NotImplementedError
+        """Append the value's canonical encoding to `out`."""
 
+    @abc.abstractmethod
     def get(self, mv: memoryview, off: int) -> tuple[Any, int]:
-        raise NotImplementedError
+        """Decode a value at `off`; return it and the next offset (DecodeError if bad)."""
 
     @property
     def meta(self) -> dict[str, _Kind]:

@@ -16,6 +16,7 @@ __all__ = [
     "MeshError",
     "NoUsablePath",
     "ProtocolError",
+    "RegistryError",
     "RelayError",
     "ReplayError",
     "SessionClosed",
@@ -112,3 +113,8 @@ class UnknownReceiverIndex(ProtocolError):
 
 class FrameTooLarge(MeshError):
     """A plaintext is too large to seal into one transport frame; split it first."""
+
+
+class RegistryError(MeshError):
+    """A registry of relays (a relay-list file, a contract) could not be read; the message
+    names the source and what failed. Callers fall back to the cached list."""

@@ -53,7 +53,7 @@ from meshcore.proto.relayclient_outputs import (
     SendBytes,
 )
 
-__all__ = ["RelayClientCore", "RelayClientState"]
+__all__ = ["NO_SESSION", "RelayClientCore", "RelayClientState"]
 
 NO_SESSION: Final = "no session for this circuit"
 """Why a circuit the peer opened is closed when none of our sessions takes it."""
@@ -74,14 +74,11 @@ class RelayClientState(enum.Enum):
     LOST = "lost"
     """The connection, or an attempt at one, failed; waiting out the backoff."""
     CLOSED = "closed"
-    """For good: replaced by another registration, closed by the driver, or the first attempt
-    failed. Nothing is retried."""
+    """For good (replaced by another registration, closed, or the first attempt failed)."""
 
 
-_CONNECTED: Final = (
-    RelayClientState.HELLO_SENT,
-    RelayClientState.AUTHENTICATING,
-    RelayClientState.REGISTERED,
+_CONNECTED: Final = frozenset(
+    (RelayClientState.HELLO_SENT, RelayClientState.AUTHENTICATING, RelayClientState.REGISTERED)
 )
 
 
@@ -294,18 +291,12 @@ class RelayClientCore:
         return [_send(wire.Accept(rid))]
 
     def reject(
-        self,
-        invitation: Invited,
-        reason: str,
-        *,
-        code: wire.ErrorCode = wire.ErrorCode.NOT_ALLOWED,
+        self, invitation: Invited, reason: str, *, code: wire.ErrorCode = wire.ErrorCode.NOT_ALLOWED
     ) -> list[Output]:
         """Refuse `invitation`; the relay tells the initiator. Nothing to do if the connection
         it came on is gone (the relay dropped the invitation with it)."""
-        if (
-            invitation.connection != self.registrations
-            or self.state is not RelayClientState.REGISTERED
-        ):
+        gone = invitation.connection != self.registrations
+        if gone or self.state is not RelayClientState.REGISTERED:
             return []
         return [_send(wire.Reject(invitation.request_id, code, wire.clip_reason(reason)))]
 

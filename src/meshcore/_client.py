@@ -1,22 +1,18 @@
-"""A peer's control connection to a relay: registration with the KEM challenge, pairing
-requests and invitations, relayed circuits as Transports (opened, re-opened, released), and
-the direct-connection listener that shares the connection's local port.
+"""A peer's control connection to a relay (trio): drives the sans-IO `RelayClientCore`
+(`meshcore.proto.relayclient`, docs/relay-client.md) over WebSocket, and hands out relayed
+circuits as Transports. One task dials and reads, one runs the machine's timers; requests
+wait on memory channels. Every protocol decision is the machine's.
 
-The relay is a matchmaker, not a middleman: when the connection drops (the relay restarted,
-the network broke) the client reconnects with jittered exponential backoff and registers
-again from the same port, while sessions on direct paths carry on untouched.
-
-Everything the relay says about a peer is checked end to end: a key bundle is accepted only
-if it hashes to the peer id we pinned, so a relay that substitutes keys gets a
-`HandshakeError`, not a session.
+The relay is a matchmaker, not a middleman: a lost connection is dialled again with jittered
+exponential backoff, from the same port, while sessions on direct paths carry on untouched.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import random
-import secrets
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -25,25 +21,13 @@ import trio
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport, open_reuseport_listener, open_websocket_transport
-from meshcore.errors import (
-    ConfigError,
-    DecodeError,
-    MeshError,
-    ProtocolError,
-    RelayError,
-    TransportClosed,
-)
+from meshcore.errors import ConfigError, MeshError, RelayError, TransportClosed
+from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
-from meshcore.proto.constants import (
-    DIRECT_ROUTE_TIMEOUT_S,
-    MAX_CANDIDATES,
-    RELAY_RECONNECT_JITTER,
-    RELAY_RECONNECT_MAX_S,
-    RELAY_RECONNECT_MIN_S,
-)
+from meshcore.proto.constants import RELAY_RECONNECT_MAX_S, RELAY_RECONNECT_MIN_S
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.relayclient import NO_SESSION, RelayClientCore, RelayClientState
 
 __all__ = ["CircuitTransport", "Invitation", "Pairing", "RelayClient", "open_relay_client"]
 
@@ -51,7 +35,8 @@ log = logging.getLogger("meshcore.client")
 
 _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
-_TYPE_FRAME = 4  # first byte of a sealed transport frame (a handshake message is 1..3)
+_RELEASE_TIMEOUT_S = 1.0
+"""How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
 
 
 class CircuitTransport(Transport):
@@ -61,14 +46,18 @@ class CircuitTransport(Transport):
     circuit belongs to one relay connection: it closes when that connection is lost.
     """
 
-    def __init__(self, client: RelayClient, circuit_id: int, peer_id: PeerId) -> None:
+    def __init__(
+        self, client: RelayClient, circuit_id: int, peer_id: PeerId, first: bytes | None = None
+    ) -> None:
         self._client = client
         self.circuit_id = circuit_id
         self.peer_id = peer_id
         self._send_q, self._recv_q = trio.open_memory_channel[bytes](_CIRCUIT_QUEUE)
         self._close_reason: str | None = None
-        self._unread: bytes | None = None
+        self._unread = first
+        """A frame already taken from the circuit (to route it), still to be read."""
         self.dropped = 0
+        """Frames lost because nobody read them fast enough (the session retransmits)."""
 
     @property
     def local_address(self) -> Endpoint | None:
@@ -85,7 +74,7 @@ class CircuitTransport(Transport):
     async def send(self, data: bytes) -> None:
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
-        await self._client._send_raw(wire.encode_relayed(self.circuit_id, data))
+        await self._client.send_relayed(self.circuit_id, data)
 
     async def receive(self) -> bytes:
         if self._unread is not None:
@@ -97,35 +86,31 @@ class CircuitTransport(Transport):
             raise TransportClosed(self._close_reason or "circuit closed") from None
 
     async def aclose(self, reason: str = "closed") -> None:
+        """Close the circuit and tell the relay (which tells the peer); waits at most 1 s for
+        that, shielded from cancellation."""
         if self._close_reason is not None:
             return
-        self._closed(reason)
-        with trio.move_on_after(1.0) as scope:
+        self.mark_closed(reason)
+        with trio.move_on_after(_RELEASE_TIMEOUT_S) as scope:
             scope.shield = True
-            try:
-                await self._client._send(
-                    wire.CircuitClose(
-                        self.circuit_id, wire.ErrorCode.NONE, wire.clip_reason(reason)
-                    )
-                )
-            except (TransportClosed, RelayError):
-                pass
+            await self._client.release_circuit(self.circuit_id, reason)
 
-    def _deliver(self, payload: bytes) -> None:
+    def deliver(self, payload: bytes) -> None:
+        """A frame arrived (called by the client). A full queue drops it, like a lossy link:
+        the session retransmits."""
         try:
             self._send_q.send_nowait(payload)
         except trio.WouldBlock:
-            # A full queue behaves like a lossy link: the session retransmits.
             self.dropped += 1
         except trio.ClosedResourceError:
             pass
 
-    def _closed(self, reason: str) -> None:
+    def mark_closed(self, reason: str) -> None:
+        """The circuit ended (called by the client, or by `aclose`): frames already queued
+        can still be read, then `receive` raises `TransportClosed(reason)`."""
         if self._close_reason is None:
             self._close_reason = reason
             self._send_q.close()
-            if self._client._circuits.get(self.circuit_id) is self:
-                del self._client._circuits[self.circuit_id]
 
 
 @attrs.frozen
@@ -160,12 +145,38 @@ class Invitation:
     and opened a new session instead): `accept` returns this."""
 
 
+_Result = Pairing | CircuitTransport | Exception
+
+
+class _Link:
+    """One connection to the relay: its transport, the lock its senders share, and the
+    reader's cancel scope, cancelled to close it."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.lock = trio.Lock()
+        self.scope = trio.CancelScope()
+        self.close_reason: str | None = None
+
+    async def send(self, data: bytes) -> None:
+        async with self.lock:
+            await self.transport.send(data)
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self.scope.cancel()
+
+
 class RelayClient:
-    """An authenticated control connection to a relay (create it with `open_relay_client`).
+    """An authenticated control connection to a relay (create it with `open_relay_client`,
+    or construct it and run it: `await nursery.start(client.run)`).
 
     It stays registered across relay restarts: a lost connection is dialled again with
     jittered exponential backoff. Meanwhile requests fail with `RelayError` (or
     `TransportClosed`) and the circuits of the lost connection are closed.
+
+    `listener` is the direct-connection listener on the shared `local_port`, if any.
     """
 
     def __init__(
@@ -175,62 +186,92 @@ class RelayClient:
         *,
         candidates: Sequence[Endpoint] = (),
         local_port: int | None = None,
+        listener: trio.SocketListener | None = None,
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
     ) -> None:
         self.identity = identity
         self.url = url
-        self.observed: Endpoint | None = None
-        """Our address as the relay sees it (Registered.observed)."""
-        self.candidates: tuple[Endpoint, ...] = ()
-        """The direct-connection candidates we announced (Hello; ENDPOINTS in sessions)."""
-        self.direct: DirectListener | None = None
-        """The listener on our shared port, when opened with `direct=True`."""
         self.routes = SessionRoutes()
         """Live sessions that take direct connections and re-opened circuits."""
-        self.close_reason: str | None = None
-        """Why the client ended for good (None while it lives, connected or reconnecting)."""
-        self.lost_reason: str | None = None
-        """Why the current relay connection was lost (None while connected)."""
-        self.registrations = 0
-        """Successful registrations: 1 after the first connection, +1 per reconnect."""
-        self._transport: Transport | None = None
-        self._extra_candidates = tuple(candidates)
+        self.direct = DirectListener(listener, self.routes) if listener is not None else None
+        """The listener on our shared port, when opened with `direct=True`."""
         self._local_port = local_port
         self._timeout = timeout
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
-        self._circuits: dict[int, CircuitTransport] = {}
-        self._paired: set[bytes] = set()
-        self._pending: dict[int, trio.MemorySendChannel[wire.ControlMessage]] = {}
-        self._invite_send, self._invite_recv = trio.open_memory_channel[Invitation](_INVITE_QUEUE)
-        self._send_lock = trio.Lock()
-        self._closed = trio.Event()
-        self._open_lock = trio.Lock()
-        self._open_waiter: tuple[bytes, trio.MemorySendChannel[CircuitTransport | str]] | None = (
-            None
+        self._core = RelayClientCore(
+            identity,
+            url,
+            candidates=candidates,
+            timeout=timeout,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
         )
-        self._nursery: trio.Nursery | None = None
+        self._link: _Link | None = None
+        self._circuits: dict[int, CircuitTransport] = {}
+        self._waiters: dict[int, trio.MemorySendChannel[_Result]] = {}
+        self._tickets = itertools.count(1)
+        self._invite_send, self._invite_recv = trio.open_memory_channel[Invitation](_INVITE_QUEUE)
+        self._dial = trio.Event()
+        self._dial.set()
+        self._up = trio.Event()
+        self._fatal: Exception | None = None
+        self._timer_scope = trio.CancelScope()
+
+    # ----------------------------------------------------------------- state
+    @property
+    def observed(self) -> Endpoint | None:
+        """Our address as the relay sees it (Registered.observed). What a session announces
+        as ours; setting it overrides that until the next registration."""
+        return self._core.observed
+
+    @observed.setter
+    def observed(self, value: Endpoint | None) -> None:
+        self._core.observed = value
+
+    @property
+    def candidates(self) -> tuple[Endpoint, ...]:
+        """The direct-connection candidates we announced (Hello; ENDPOINTS in sessions);
+        setting it overrides them until the next registration, like `observed`."""
+        return self._core.candidates
+
+    @candidates.setter
+    def candidates(self, value: tuple[Endpoint, ...]) -> None:
+        self._core.candidates = tuple(value)
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the client ended for good (None while it lives, connected or reconnecting)."""
+        return self._core.close_reason
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the current relay connection was lost (None while connected)."""
+        return self._core.lost_reason
+
+    @property
+    def registrations(self) -> int:
+        """Successful registrations: 1 after the first connection, +1 per reconnect."""
+        return self._core.registrations
 
     @property
     def transport(self) -> Transport:
         """The current (or the last) control connection to the relay."""
-        if self._transport is None:
+        if self._link is None:
             raise TransportClosed(f"not connected to the relay at {self.url} yet")
-        return self._transport
+        return self._link.transport
 
     @property
     def connected(self) -> bool:
         """True while registered on a live relay connection."""
-        return self._transport is not None and self.lost_reason is None and not self.close_reason
+        return self._core.state is RelayClientState.REGISTERED
 
     @property
     def local_port(self) -> int | None:
         """The shared local port (relay connection, direct listener, direct dials)."""
         if self._local_port is not None:
             return self._local_port
-        address = self._transport.local_address if self._transport is not None else None
+        address = self._link.transport.local_address if self._link is not None else None
         return address.port if address is not None else None
 
     # ----------------------------------------------------------------- pairing
@@ -239,22 +280,17 @@ class RelayClient:
 
         Raises `RelayError` if the peer is offline, unknown or refused us, or on timeout,
         `TransportClosed` while the relay connection is down, and `HandshakeError` if the
-        relay served a key bundle that is not `peer_id`'s.
+        relay served a key bundle that is not `peer_id`'s. Cancelling it abandons the
+        request (a late pairing is closed).
         """
-        request_id = self._new_request_id()
-        reply = await self._request(request_id, wire.Connect(request_id, peer_id.digest), timeout)
-        if isinstance(reply, wire.Reject):
-            raise RelayError(
-                f"pairing with {peer_id} refused: {reply.reason or reply.code.name}",
-                code=int(reply.code),
-            )
-        assert isinstance(reply, wire.Paired)
-        return self._pairing(reply, pinned=peer_id)
+        result = await self._request(lambda t, now: self._core.connect(t, peer_id, timeout, now))
+        assert isinstance(result, Pairing)
+        return result
 
     async def next_invitation(self) -> Invitation:
         """Wait for the next peer that asks to be paired with us (across reconnects).
 
-        Raises `RelayError` once the client has ended for good.
+        Raises `RelayError` once the client has ended for good. Cancelling it loses nothing.
         """
         try:
             return await self._invite_recv.receive()
@@ -268,390 +304,323 @@ class RelayClient:
         """
         if invitation.accepted is not None:
             return invitation.accepted
-        if invitation.connection != self.registrations:
-            raise RelayError(
-                f"pairing with {invitation.initiator} failed: its invitation came on a relay "
-                "connection that has since been lost; the peer must ask again"
-            )
-        rid = invitation.request_id
-        reply = await self._request(rid, wire.Accept(rid), timeout)
-        if not isinstance(reply, wire.Paired):
-            raise RelayError(f"pairing with {invitation.initiator} failed: relay withdrew it")
-        return self._pairing(reply, pinned=invitation.initiator)
+        invited = _invited(invitation)
+        result = await self._request(lambda t, now: self._core.accept(t, invited, timeout, now))
+        assert isinstance(result, Pairing)
+        return result
 
     async def reject(self, invitation: Invitation, reason: str) -> None:
-        """Refuse `invitation`; the relay tells the other peer."""
+        """Refuse `invitation`; the relay tells the other peer. Never raises for a relay
+        connection that is gone (the invitation went with it)."""
         if invitation.accepted is not None:
             await invitation.accepted.circuit.aclose(reason)
             return
-        if invitation.connection != self.registrations:
-            return  # the relay that sent it is gone, and the pairing with it
-        await self._send(
-            wire.Reject(invitation.request_id, wire.ErrorCode.NOT_ALLOWED, wire.clip_reason(reason))
-        )
+        try:
+            await self._run(self._core.reject(_invited(invitation), reason))
+        except TransportClosed:
+            pass
 
     # ----------------------------------------------------------------- circuits
     async def open_circuit(self, peer_id: PeerId, *, timeout: float = 10.0) -> CircuitTransport:
         """Open a new circuit to `peer_id`, with whom we are paired (after a release, or when
-        the relay closed the old one). One request at a time: the relay's answers carry no
-        request id.
+        the relay closed the old one). The relay's answers carry no request id, so opens go
+        to the relay one at a time.
 
         Raises `RelayError` if the relay refuses (peer offline, not paired, rate limit) or
         does not answer within `timeout`, `TransportClosed` if the relay connection is gone.
         """
-        async with self._open_lock:
-            send, recv = trio.open_memory_channel[CircuitTransport | str](1)
-            self._open_waiter = (peer_id.digest, send)
-            try:
-                await self._send(wire.CircuitOpen(0, peer_id.digest))
-                with trio.fail_after(timeout):
-                    reply = await recv.receive()
-            except trio.TooSlowError:
-                raise RelayError(
-                    f"the relay did not open a circuit to {peer_id} within {timeout:g} s"
-                ) from None
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise RelayError(f"relay connection lost: {self._why_down()}") from None
-            finally:
-                self._open_waiter = None
-        if isinstance(reply, str):
-            raise RelayError(f"the relay refused a circuit to {peer_id}: {reply}")
-        return reply
+        result = await self._request(
+            lambda t, now: self._core.open_circuit(t, peer_id, timeout, now)
+        )
+        assert isinstance(result, CircuitTransport)
+        return result
 
     async def reopen_circuit(self, peer_id: PeerId, *, timeout: float = 10.0) -> CircuitTransport:
         """A new circuit to `peer_id` for a live session: `open_circuit` while we are paired
-        on this relay connection, else pair again (the relay restarted or we reconnected:
-        pairings belong to connections). The peer's client accepts such a pairing by itself
-        and routes the circuit by its first frame, like a re-opened one.
+        on this relay connection, else (or if the relay forgot the pairing) pair again: the
+        relay restarted or we reconnected, and pairings belong to connections. The peer's
+        client accepts such a pairing by itself and routes the circuit by its first frame.
 
         Raises as `open_circuit` and `connect`.
         """
-        if peer_id.digest in self._paired:
-            try:
-                return await self.open_circuit(peer_id, timeout=timeout)
-            except RelayError:
-                if not self.connected:
-                    raise
-                self._paired.discard(peer_id.digest)  # the relay forgot the pairing: pair again
-        pairing = await self.connect(peer_id, timeout=timeout)
-        return pairing.circuit
+        result = await self._request(
+            lambda t, now: self._core.reopen_circuit(t, peer_id, timeout, now)
+        )
+        return result.circuit if isinstance(result, Pairing) else result
 
-    def _circuit_opened(self, message: wire.CircuitOpen) -> None:
-        peer_id = PeerId(message.peer_id)
-        circuit = CircuitTransport(self, message.circuit_id, peer_id)
-        self._circuits[message.circuit_id] = circuit
-        waiter = self._open_waiter
-        if waiter is not None and waiter[0] == message.peer_id:
-            self._open_waiter = None
-            waiter[1].send_nowait(circuit)
-        elif self._nursery is not None:
-            # the peer re-opened it: its first frame says which of our sessions it is for
-            self._nursery.start_soon(self._route_circuit, circuit)
+    async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
+        """Send `payload` on circuit `circuit_id` (`CircuitTransport.send`).
 
-    async def _route_circuit(self, circuit: CircuitTransport) -> None:
-        handed_over = False
+        Raises `TransportClosed` if the circuit or the connection is gone.
+        """
+        data = self._core.send_relayed(circuit_id, payload)
+        link = self._link
+        assert link is not None  # an open circuit implies a registered connection
+        await link.send(data)
+
+    async def release_circuit(self, circuit_id: int, reason: str) -> None:
+        """Release circuit `circuit_id` (`CircuitTransport.aclose`): the relay and the peer
+        are told. Never raises for a connection that is gone (the circuit went with it)."""
         try:
-            first = await self._first_frame(circuit)
-            route = self.routes.find(first) if first is not None else None
-            if route is not None and first is not None:
-                handed_over = route.incoming_circuit(circuit, first)
-        finally:
-            if not handed_over:
-                with trio.CancelScope(shield=True):
-                    await circuit.aclose("no session for this circuit")
-
-    async def _repaired(self, invitation: Invitation) -> None:
-        """A peer we have a session with asks to be paired (after a reconnect, its session
-        needs a circuit): accept, and route the circuit by its first frame. A handshake
-        instead means a new session: the invitation goes to whoever serves them."""
-        handed_over = False
-        circuit: CircuitTransport | None = None
-        try:
-            try:
-                pairing = await self.accept(invitation, timeout=self._timeout)
-            except MeshError as exc:
-                log.info("pairing again with %s failed: %s", invitation.initiator, exc)
-                return
-            circuit = pairing.circuit
-            first = await self._first_frame(circuit)
-            if first is None:
-                return
-            if first[:1] == bytes([_TYPE_FRAME]):
-                route = self.routes.find(first)
-                if route is not None:
-                    handed_over = route.incoming_circuit(circuit, first)
-                return
-            circuit._unread = first
-            try:
-                self._invite_send.send_nowait(attrs.evolve(invitation, accepted=pairing))
-                handed_over = True
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass
-        finally:
-            if circuit is not None and not handed_over:
-                with trio.CancelScope(shield=True):
-                    await circuit.aclose("no session for this circuit")
-
-    @staticmethod
-    async def _first_frame(circuit: CircuitTransport) -> bytes | None:
-        with trio.move_on_after(DIRECT_ROUTE_TIMEOUT_S):
-            try:
-                return await circuit.receive()
-            except TransportClosed:
-                return None
-        return None
-
-    # ----------------------------------------------------------------- internals
-    def _pairing(self, paired: wire.Paired, *, pinned: PeerId) -> Pairing:
-        bundle = PublicBundle.checked(paired.x25519_public, paired.kem_public, pinned)
-        circuit = CircuitTransport(self, paired.circuit_id, pinned)
-        self._circuits[paired.circuit_id] = circuit
-        self._paired.add(pinned.digest)
-        return Pairing(circuit, bundle, paired.observed, paired.candidates, paired.role)
-
-    def _new_request_id(self) -> int:
-        while True:
-            rid = secrets.randbits(32)
-            if rid not in self._pending:
-                return rid
-
-    def _why_down(self) -> str:
-        return self.close_reason or self.lost_reason or "closed"
-
-    async def _request(
-        self, request_id: int, message: wire.ControlMessage, timeout: float
-    ) -> wire.ControlMessage:
-        send, recv = trio.open_memory_channel[wire.ControlMessage](1)
-        self._pending[request_id] = send
-        try:
-            await self._send(message)
-            with trio.fail_after(timeout):
-                try:
-                    return await recv.receive()
-                except trio.EndOfChannel:
-                    raise RelayError(f"relay connection lost: {self._why_down()}") from None
-        except trio.TooSlowError:
-            raise RelayError(f"no answer from the relay within {timeout:g} s") from None
-        finally:
-            if self._pending.get(request_id) is send:
-                del self._pending[request_id]
-
-    async def _send(self, message: wire.ControlMessage) -> None:
-        await self._send_raw(wire.encode_control(message))
-
-    async def _send_quietly(self, message: wire.ControlMessage) -> None:
-        """Send `message` if the connection is up (a refusal nobody waits for)."""
-        try:
-            await self._send(message)
-        except (TransportClosed, RelayError):
+            await self._run(self._core.close_circuit(circuit_id, reason))
+        except TransportClosed:
             pass
 
-    async def _send_raw(self, data: bytes) -> None:
-        if self.close_reason is not None:
-            raise TransportClosed(self.close_reason)
-        if self.lost_reason is not None or self._transport is None:
-            raise TransportClosed(
-                f"relay connection lost: {self.lost_reason or 'not connected'}; reconnecting"
-            )
-        transport = self._transport
-        async with self._send_lock:
-            await transport.send(data)
+    # ----------------------------------------------------------------- running
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and register, then stay registered until cancelled.
 
-    # ----------------------------------------------------------------- the connection
-    async def _keep_connected(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Connect and register, then read; when the connection is lost, reconnect with
-        jittered exponential backoff until the client closes. The first attempt's errors
-        propagate (through `nursery.start`)."""
-        delay = self._reconnect_min_s
+        `await nursery.start(client.run)` returns once registered and raises what made the
+        first attempt fail: `RelayError` (the relay refused us or was too slow),
+        `TransportClosed` (unreachable), `ProtocolError`, `HandshakeError`. Later losses are
+        retried in the background; the direct listener serves alongside. On cancellation the
+        client ends for good: its circuits close and `next_invitation` raises `RelayError`.
+        """
+        try:
+            async with open_hidden_nursery() as nursery:
+                nursery.start_soon(self._run_timers, nursery)
+                nursery.start_soon(self._keep_connected)
+                await self._up.wait()
+                if self.direct is not None:
+                    await nursery.start(self.direct.serve)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._execute(self._core.close("closed"))
+
+    async def _keep_connected(self) -> None:
+        """Dial when the machine says so (at once, then after each backoff wait) and read the
+        connection until it ends. Raises the first attempt's failure; returns once closed
+        (`Closed` wakes it)."""
         while True:
-            lost_reason: str | None = None
+            await self._dial.wait()
+            self._dial = trio.Event()
+            if self._core.state is RelayClientState.CLOSED:
+                return
+            opened = False
             try:
                 async with open_websocket_transport(
                     self.url, local_port=self._local_port
                 ) as transport:
-                    await self._register(transport)
-                    if self.registrations == 1:
-                        task_status.started()
-                    else:
-                        log.info("reconnected to relay %s (observed %s)", self.url, self.observed)
-                    delay = self._reconnect_min_s
-                    lost_reason, permanent = await self._read(transport)
-                    if permanent:
-                        self._shutdown(lost_reason)
-                        return
+                    opened = True
+                    await self._serve_connection(transport)
             except (MeshError, OSError) as exc:
-                if self.registrations == 0:
-                    raise
-                why = str(exc) or type(exc).__name__
-                if lost_reason is None:  # a reconnect attempt failed
-                    wait = self._jittered(delay)
-                    log.warning("could not reconnect to relay: %s; next try in %.1f s", why, wait)
-                    delay = min(delay * 2, self._reconnect_max_s)
-                    await trio.sleep(wait)
-                    continue
-            assert lost_reason is not None
-            wait = self._jittered(delay)
-            log.warning("relay connection lost: %s; reconnecting in %.1f s", lost_reason, wait)
-            delay = min(delay * 2, self._reconnect_max_s)
-            await trio.sleep(wait)
+                if not opened:  # the dial failed
+                    self._execute(self._core.connection_failed(exc, trio.current_time()))
+                else:
+                    why = str(exc) or type(exc).__name__
+                    self._execute(self._core.connection_lost(why, trio.current_time()))
+            if self._fatal is not None:
+                raise self._fatal
 
-    def _jittered(self, delay: float) -> float:
-        return delay * (1 + RELAY_RECONNECT_JITTER * (2 * random.random() - 1))
-
-    async def _register(self, transport: Transport) -> None:
-        announced = list(dict.fromkeys(self._extra_candidates))
-        if self.direct is not None and self._local_port is not None:
-            for candidate in local_candidates(transport.local_address, self._local_port):
-                if candidate not in announced:
-                    announced.append(candidate)
-        announced = announced[:MAX_CANDIDATES]
-        try:
-            observed = await _register(transport, self.identity, announced, self._timeout)
-        except trio.TooSlowError:
-            raise RelayError(
-                f"relay at {self.url} did not complete registration in {self._timeout:g} s"
-            ) from None
-        self._transport = transport
-        self.observed = observed
-        self.candidates = tuple(announced)
-        self.lost_reason = None
-        self.registrations += 1
-        log.info("registered at %s as %s (observed %s)", self.url, self.identity.peer_id, observed)
-
-    async def _read(self, transport: Transport) -> tuple[str, bool]:
-        """Dispatch the relay's messages until the connection ends: (why, for good?)."""
+    async def _serve_connection(self, transport: Transport) -> None:
+        link = self._link = _Link(transport)
         reason = "relay closed the connection"
-        permanent = False
         try:
-            while True:
-                data = await transport.receive()
-                try:
-                    message = wire.decode_control_untrusted(data)
-                except DecodeError as exc:
-                    reason = f"relay sent a malformed message: {exc}"
-                    await transport.aclose(reason)
-                    break
-                await self._dispatch(message)
+            with link.scope:
+                port = self._local_port if self.direct is not None else None
+                local = [] if port is None else local_candidates(transport.local_address, port)
+                await self._run(self._core.connection_opened(local, trio.current_time()))
+                while True:
+                    data = await transport.receive()
+                    await self._run(self._core.receive_data(data, trio.current_time()))
         except TransportClosed as exc:
             reason = exc.reason
-        except RelayError as exc:
-            reason = str(exc)
-            # another registration with our id took over: reconnecting would evict it in turn
-            permanent = exc.code == wire.ErrorCode.REPLACED
-        finally:
-            self._connection_lost(reason)
-        return reason, permanent
+        self._execute(self._core.connection_lost(reason, trio.current_time()))
+        if link.close_reason is not None:
+            await transport.aclose(link.close_reason)
 
-    async def _dispatch(self, message: wire.ControlMessage) -> None:
-        if isinstance(message, wire.Relayed):
-            circuit = self._circuits.get(message.circuit_id)
-            if circuit is not None:
-                circuit._deliver(message.payload)
-        elif isinstance(message, wire.Paired | wire.Reject):
-            pending = self._pending.get(message.request_id)
-            if pending is not None:
-                pending.send_nowait(message)
-        elif isinstance(message, wire.Invite):
-            self._invited(message)
-        elif isinstance(message, wire.CircuitOpen):
-            self._circuit_opened(message)
-        elif isinstance(message, wire.CircuitClose):
-            why = message.reason or message.code.name
-            waiter = self._open_waiter
-            if message.circuit_id == 0 and waiter is not None:
-                self._open_waiter = None
-                waiter[1].send_nowait(why)  # the answer to our CircuitOpen: refused
-                return
-            circuit = self._circuits.get(message.circuit_id)
-            if circuit is not None:
-                circuit._closed(f"relay closed the circuit: {why}")
-        elif isinstance(message, wire.Ping):
-            await self._send(wire.Pong(message.nonce))
-        elif isinstance(message, wire.Error | wire.Close):
-            raise RelayError(
-                f"relay closed the connection: {message.reason or message.code.name}",
-                code=int(message.code),
+    async def _run_timers(self, nursery: trio.Nursery) -> None:
+        """Call the machine's `handle_timer` whenever its next deadline passes. What that
+        sends goes out from its own task, so a stalled connection never holds up deadlines."""
+        while True:
+            deadline = self._core.get_timer()
+            self._timer_scope = trio.CancelScope(
+                deadline=math.inf if deadline is None else deadline
             )
+            with self._timer_scope:
+                await trio.sleep_forever()
+            link = self._link
+            sends = self._execute(self._core.handle_timer(trio.current_time()))
+            if sends and link is not None:
+                nursery.start_soon(_send_quietly, link, sends)
 
-    def _invited(self, message: wire.Invite) -> None:
-        invitation = Invitation(
-            message.request_id,
-            PeerId(message.initiator),
-            message.x25519_public,
-            message.kem_public,
-            message.observed,
-            message.candidates,
-            connection=self.registrations,
-        )
-        if self.routes.serves_peer(invitation.initiator) and self._nursery is not None:
-            self._nursery.start_soon(self._repaired, invitation)
+    # ----------------------------------------------------------------- outputs
+    async def _request(
+        self, start: Callable[[int, float], list[ev.Output]]
+    ) -> Pairing | CircuitTransport:
+        """Start a request under a new ticket and wait for the machine's answer."""
+        ticket = next(self._tickets)
+        send, recv = trio.open_memory_channel[_Result](1)
+        self._waiters[ticket] = send
+        result: _Result | None = None
+        try:
+            await self._run(start(ticket, trio.current_time()))
+            result = await recv.receive()
+        finally:
+            if self._waiters.pop(ticket, None) is not None:
+                self._execute(self._core.cancel(ticket))  # nobody waits any more
+            elif result is None:  # answered, but cancelled before we took the answer
+                with trio.CancelScope(shield=True):
+                    await _discard(recv.receive_nowait())
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _run(self, outputs: list[ev.Output]) -> None:
+        """Execute `outputs`, then send what they say on the connection they are for."""
+        link = self._link
+        for data in self._execute(outputs):
+            assert link is not None
+            await link.send(data)
+
+    def _execute(self, outputs: list[ev.Output]) -> list[bytes]:
+        """Do what `outputs` say, in order, except sending: return the bytes to send.
+
+        Decisions taken here (a route for a circuit, room for an invitation) go back to the
+        machine, whose answers join `outputs`.
+        """
+        sends: list[bytes] = []
+        for out in outputs:
+            if isinstance(out, ev.RelayedReceived):
+                circuit = self._circuits.get(out.circuit_id)
+                if circuit is not None:
+                    circuit.deliver(out.payload)
+            elif isinstance(out, ev.SendBytes):
+                sends.append(out.data)
+            else:
+                self._handle(out, outputs)
+        deadline = self._core.get_timer()
+        if deadline is not None and deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
+        return sends
+
+    def _handle(self, out: ev.Output, more: list[ev.Output]) -> None:
+        match out:
+            case ev.PairingCompleted():
+                pairing = self._pairing(out)
+                if not self._resolve(out.ticket, pairing):
+                    more += self._core.close_circuit(out.circuit_id, "nobody waits for it")
+            case ev.CircuitOpened():
+                circuit = self._new_circuit(out.circuit_id, out.peer_id)
+                if not self._resolve(out.ticket, circuit):
+                    more += self._core.close_circuit(out.circuit_id, "nobody waits for it")
+            case ev.PairingFailed() | ev.CircuitOpenFailed():
+                if not self._resolve(out.ticket, out.error):  # one we accepted on our own
+                    log.info("pairing again with %s failed: %s", out.peer_id, out.error)
+            case ev.CircuitClosed():
+                closed = self._circuits.pop(out.circuit_id, None)
+                if closed is not None:
+                    closed.mark_closed(out.reason)
+            case ev.Invited():
+                self._invited(out, more)
+            case ev.CircuitReopened():
+                circuit = self._new_circuit(out.circuit_id, out.peer_id)
+                route = self.routes.find(out.first_frame)
+                if route is None or not route.incoming_circuit(circuit, out.first_frame):
+                    more += self._core.close_circuit(out.circuit_id, NO_SESSION)
+            case ev.InvitationAccepted():
+                pairing = self._pairing(out.pairing, out.first_frame)
+                invitation = _invitation(out.invitation, accepted=pairing)
+                try:
+                    self._invite_send.send_nowait(invitation)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    more += self._core.close_circuit(out.pairing.circuit_id, NO_SESSION)
+            case ev.CloseConnection():
+                if self._link is not None:
+                    self._link.close(out.reason)
+            case ev.Reconnect():
+                self._dial.set()
+            case ev.Registered():
+                peer_id = self.identity.peer_id
+                log.info("registered at %s as %s (observed %s)", self.url, peer_id, out.observed)
+                if out.registrations > 1:
+                    log.info("reconnected to relay %s (observed %s)", self.url, out.observed)
+                self._up.set()
+            case ev.RegistrationFailed(error=error, retry_in_s=None):
+                self._fatal = error
+            case ev.RegistrationFailed(error=error, retry_in_s=wait):
+                why = str(error) or type(error).__name__
+                log.warning("could not reconnect to relay: %s; next try in %.1f s", why, wait)
+            case ev.ConnectionLost():
+                log.warning(
+                    "relay connection lost: %s; reconnecting in %.1f s", out.reason, out.retry_in_s
+                )
+                self._drop_invitations()
+            case ev.Closed():
+                log.info("relay connection to %s closed: %s", self.url, out.reason)
+                self._drop_invitations()
+                self._invite_send.close()
+                self._dial.set()
+
+    def _invited(self, out: ev.Invited, more: list[ev.Output]) -> None:
+        if self.routes.serves_peer(out.initiator):
+            # A peer we have a session with asks to be paired (after a reconnect its session
+            # needs a circuit): accept on our own; the circuit's first frame routes it.
+            ticket, now = next(self._tickets), trio.current_time()
+            more += self._core.accept(ticket, out, self._timeout, now, route=True)
             return
         try:
-            self._invite_send.send_nowait(invitation)
+            self._invite_send.send_nowait(_invitation(out))
         except trio.WouldBlock:
-            if self._nursery is not None:
-                refusal = wire.Reject(
-                    message.request_id, wire.ErrorCode.CAPACITY, "too many invitations"
-                )
-                self._nursery.start_soon(self._send_quietly, refusal)
+            code = wire.ErrorCode.CAPACITY
+            more += self._core.reject(out, "too many invitations", code=code)
         except trio.ClosedResourceError:
             pass
 
-    def _connection_lost(self, reason: str) -> None:
-        """The current connection ended: everything tied to it ends with it."""
-        if self.lost_reason is None:
-            self.lost_reason = reason
-        why = f"relay connection lost: {reason}"
-        for circuit in list(self._circuits.values()):
-            circuit._closed(why)
-        for pending in self._pending.values():
-            pending.close()
-        self._pending.clear()
-        if self._open_waiter is not None:
-            self._open_waiter[1].close()
-            self._open_waiter = None
-        self._paired.clear()
-        while True:  # invitations from that connection cannot be accepted any more
+    def _drop_invitations(self) -> None:
+        """Invitations from a lost connection cannot be accepted any more (their circuits,
+        if accepted already, closed with the connection)."""
+        while True:
             try:
-                stale = self._invite_recv.receive_nowait()
+                self._invite_recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if stale.accepted is not None:
-                stale.accepted.circuit._closed(why)
+                return
 
-    def _shutdown(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-            log.info("relay connection to %s closed: %s", self.url, reason)
-        self._connection_lost(reason)
-        self._invite_send.close()
-        self._closed.set()
+    def _resolve(self, ticket: int, result: _Result) -> bool:
+        waiter = self._waiters.pop(ticket, None)
+        if waiter is None:
+            return False
+        waiter.send_nowait(result)
+        return True
+
+    def _new_circuit(
+        self, circuit_id: int, peer_id: PeerId, first: bytes | None = None
+    ) -> CircuitTransport:
+        circuit = CircuitTransport(self, circuit_id, peer_id, first)
+        self._circuits[circuit_id] = circuit
+        return circuit
+
+    def _pairing(self, out: ev.PairingCompleted, first: bytes | None = None) -> Pairing:
+        circuit = self._new_circuit(out.circuit_id, out.peer.peer_id, first)
+        return Pairing(circuit, out.peer, out.peer_observed, out.peer_candidates, out.role)
 
 
-async def _register(
-    transport: Transport, identity: Identity, candidates: Sequence[Endpoint], timeout: float
-) -> Endpoint:
-    bundle = identity.public
-    await transport.send(
-        wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, tuple(candidates)))
-    )
-    with trio.fail_after(timeout):
-        challenge = wire.decode_control_untrusted(await transport.receive())
-        if isinstance(challenge, wire.Error | wire.Close):
-            raise RelayError(f"relay refused us: {challenge.reason}", code=int(challenge.code))
-        if not isinstance(challenge, wire.Challenge):
-            raise ProtocolError(f"relay sent {type(challenge).__name__} instead of a challenge")
-        await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
-        registered = wire.decode_control_untrusted(await transport.receive())
-        if isinstance(registered, wire.Error | wire.Close):
-            raise RelayError(
-                f"relay refused our registration: {registered.reason}", code=int(registered.code)
-            )
-        if not isinstance(registered, wire.Registered):
-            raise ProtocolError(f"relay sent {type(registered).__name__} instead of registered")
-        if registered.peer_id != identity.peer_id.digest:
-            raise ProtocolError("relay registered us under another peer id")
-        return registered.observed
+def _invited(i: Invitation) -> ev.Invited:
+    """The machine's record of invitation `i`."""
+    keys, where = (i.bundle_x25519, i.bundle_kem), (i.observed, i.candidates)
+    return ev.Invited(i.request_id, i.initiator, *keys, *where, i.connection)
+
+
+def _invitation(out: ev.Invited, accepted: Pairing | None = None) -> Invitation:
+    keys, where = (out.x25519_public, out.kem_public), (out.observed, out.candidates)
+    return Invitation(out.request_id, out.initiator, *keys, *where, out.connection, accepted)
+
+
+async def _send_quietly(link: _Link, sends: list[bytes]) -> None:
+    try:
+        for data in sends:
+            await link.send(data)
+    except TransportClosed:
+        pass  # the reader sees the connection end
+
+
+async def _discard(result: _Result) -> None:
+    """Close what a request produced after its caller stopped waiting."""
+    if isinstance(result, Pairing):
+        await result.circuit.aclose("nobody waits for it")
+    elif isinstance(result, CircuitTransport):
+        await result.aclose("nobody waits for it")
 
 
 @asynccontextmanager
@@ -670,8 +639,8 @@ async def open_relay_client(
 
     With `direct`, a listener for direct connections is opened first, on `local_port` (0 or
     None: a free port), and the relay connection leaves from that same port (SO_REUSEADDR and
-    SO_REUSEPORT), so that a NAT maps both alike (DESIGN.md §1 step 5); we announce that port
-    on the address the relay connection leaves from, after `candidates`.
+    SO_REUSEPORT), so that a NAT maps both alike (docs/direct.md); we announce that port on
+    the address the relay connection leaves from, after `candidates`.
 
     A relay connection lost later (the relay restarted, the network broke) is re-established
     in the background: "relay connection lost: <reason>; reconnecting in N s", waits from
@@ -699,23 +668,15 @@ async def open_relay_client(
         url,
         candidates=candidates,
         local_port=local_port,
+        listener=listener,
         timeout=timeout,
         reconnect_min_s=reconnect_min_s,
         reconnect_max_s=reconnect_max_s,
     )
     try:
         async with open_hidden_nursery() as nursery:
-            client._nursery = nursery
-            if listener is not None:
-                client.direct = DirectListener(listener, client.routes)
-            await nursery.start(client._keep_connected)
-            if client.direct is not None:
-                await nursery.start(client.direct.serve)
-            try:
-                yield client
-            finally:
-                client._shutdown("closed")
-                nursery.cancel_scope.cancel()
+            await nursery.start(client.run)
+            yield client
     finally:
         if listener is not None:
             with trio.CancelScope(shield=True):

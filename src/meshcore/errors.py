@@ -16,6 +16,7 @@ __all__ = [
     "MeshError",
     "NoUsablePath",
     "ProtocolError",
+    "RegistryError",
     "RelayError",
     "ReplayError",
     "SessionClosed",
@@ -112,3 +113,16 @@ class UnknownReceiverIndex(ProtocolError):
 
 class FrameTooLarge(MeshError):
     """A plaintext is too large to seal into one transport frame; split it first."""
+
+
+class RegistryError(MeshError):
+    """The on-chain relay registry could not be read or changed.
+
+    The message names the RPC node and what failed: it is unreachable, on another chain than
+    expected, there is no contract (or no registry) at the address, a name does not resolve,
+    an answer is malformed, or the contract refused a transaction (with its reason).
+    """
+
+    def __init__(self, message: str, *, rpc_url: str) -> None:
+        super().__init__(message)
+        self.rpc_url = rpc_url

@@ -166,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     from meshcore.chain.names import parse_address, parse_contract_ref
     from meshcore.chain.transact import (
         Writer,
+        check_entry_fields,
         deploy_registry,
         deregister_relay,
         point_name,
@@ -206,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "register":  # check every local input before touching the network
         url = _relay_url(args.url)
         relay_id = Identity.load(args.identity).peer_id.digest
+        check_entry_fields(url, relay_id, args.region)
     if args.command == "registry" and args.action == "remove":
         relay_id = PeerId.from_text(args.relay_id).digest
     name = None

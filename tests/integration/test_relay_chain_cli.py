@@ -210,6 +210,7 @@ def test_an_unreachable_node_is_one_line_naming_it(
         (["--identity", "/nonexistent/relay.id"], "identity file /nonexistent/relay.id does not"),
         (["--account-key", "/nonexistent/k"], "account key file /nonexistent/k does not exist"),
         (["--ens", "nope"], "--ens 'nope' is not an address"),
+        (["--region", "r" * 33], "the region is longer than the registry's 32 bytes"),
         (["--rpc", "ftp://x/"], "RPC URL 'ftp://x' must start with http:// or https://"),
     ],
 )

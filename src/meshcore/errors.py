@@ -116,5 +116,15 @@ class FrameTooLarge(MeshError):
 
 
 class RegistryError(MeshError):
-    """A registry of relays (a relay-list file, a contract) could not be read; the message
-    names the source and what failed. Callers fall back to the cached list."""
+    """A registry of relays (a relay-list file, the on-chain registry) could not be read or
+    changed. Callers fall back to the last good (cached) list.
+
+    The message names the source and what failed: a file that is missing or malformed; an RPC
+    node that is unreachable, on another chain than expected, with no contract (or no
+    registry) at the address, a name that does not resolve, a malformed answer, or a
+    transaction the contract refused (with its reason). `rpc_url` names the node, if any.
+    """
+
+    def __init__(self, message: str, *, rpc_url: str | None = None) -> None:
+        super().__init__(message)
+        self.rpc_url = rpc_url

@@ -2,6 +2,7 @@
 forward their encrypted circuits. Runs until SIGTERM or SIGINT, then shuts down gracefully.
 
     meshcore-relay [--listen HOST:PORT] [--config FILE.toml] [--LIMIT VALUE ...]
+    meshcore-relay registry|register|deregister ...   (the on-chain registry: chain_cli.py)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from meshcore._relay import serve_relay
 from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
 from meshcore.proto.matchmaker import RelayLimits
+from meshcore_relay import chain_cli
 from meshcore_relay.config import (
     CONFIG_ENV,
     DEFAULT_LISTEN,
@@ -51,6 +53,9 @@ settings, later ones win: defaults < --config FILE.toml (or {CONFIG_ENV}) <
 MESHCORE_RELAY_* environment variables < flags. Every setting has all three forms:
   --listen 0.0.0.0:7443    MESHCORE_RELAY_LISTEN=0.0.0.0:7443     listen = "0.0.0.0:7443"
   --max-peers 50000        MESHCORE_RELAY_LIMITS_MAX_PEERS=50000  [limits] max_peers = 50000
+
+The on-chain relay registry: meshcore-relay registry deploy|list|remove, meshcore-relay
+register, meshcore-relay deregister (each with --help; docs/registry-chain.md).
 
 Peers connect to ws://HOST:PORT/ (meshcore-peer --relay ws://HOST:PORT). SIGTERM or SIGINT
 tells every peer the relay is shutting down, closes every circuit and exits 0. A bad flag or
@@ -189,7 +194,10 @@ async def _run(settings: RelaySettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `meshcore-relay`; returns the exit status."""
-    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and arguments[0] in chain_cli.COMMANDS:
+        return chain_cli.main(arguments)
+    args = _parser().parse_args(arguments)
     try:
         settings = _load(args)
         if args.print_config:

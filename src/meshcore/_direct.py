@@ -86,13 +86,13 @@ class FramedTransport(Transport):
     async def send(self, data: bytes) -> None:
         await self.send_many((data,))
 
-    async def send_many(self, frames: Sequence[bytes]) -> None:
-        """Send every frame of `frames`, in order, in one write."""
+    async def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send every frame of `messages`, in order, in one write."""
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
         pack = _LENGTH.pack
         parts: list[bytes] = []
-        for frame in frames:
+        for frame in messages:
             parts.append(pack(len(frame)))
             parts.append(frame)
         data = b"".join(parts)

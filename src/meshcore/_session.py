@@ -133,8 +133,8 @@ class Link:
     so that a slow or dead path never holds up another (DESIGN.md §3, STYLE.md point 6).
 
     The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`, `LINK_QUEUE_BYTES`); beyond it frames
-    are dropped like on a lossy link, and the session retransmits them. Transports with
-    `send_many` (the direct path) get whole batches in one write.
+    are dropped like on a lossy link, and the session retransmits them. The writer hands the
+    transport whole batches (`Transport.send_many`: one write on the direct path).
     """
 
     __slots__ = (
@@ -186,7 +186,7 @@ class Link:
     async def run_writer(self, session: Session) -> None:
         queue = self._queue
         transport = self.transport
-        send_many = getattr(transport, "send_many", None)
+        send_many = transport.send_many
         try:
             while True:
                 if not queue:
@@ -197,11 +197,7 @@ class Link:
                 batch = list(queue)
                 queue.clear()
                 self._queued_bytes = 0
-                if send_many is not None:
-                    await send_many(batch)
-                else:
-                    for frame in batch:
-                        await transport.send(frame)
+                await send_many(batch)
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
             with trio.CancelScope(shield=True):
@@ -212,15 +208,10 @@ class Link:
             self._drained.set()
 
     async def run_reader(self, session: Session) -> None:
-        transport = self.transport
-        receive_batch = getattr(transport, "receive_batch", None)
+        receive_batch = self.transport.receive_batch
         try:
             while True:
-                if receive_batch is not None:
-                    frames = await receive_batch()
-                else:
-                    frames = [await transport.receive()]
-                session._on_frames(self, frames)
+                session._on_frames(self, await receive_batch())
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
 

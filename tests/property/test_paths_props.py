@@ -35,6 +35,8 @@ CORE = SessionSettings(
     dead_after_s=None,
     reorder_frames=64,
     keepalive_s=0.4,
+    direct_window_frames=32,
+    direct_window_bytes=16384,
 )
 PATHS = PathSettings(
     race_deadline_s=1.0,
@@ -232,7 +234,9 @@ class Network(RuleBasedStateMachine):
         for side in SIDES:
             paths = self.paths[side]
             core = paths.core
-            assert core.unacked <= CORE.window_frames
+            # the window follows the path (the larger one on direct); frames sent on the
+            # direct window stay in flight after a fall back until they are acknowledged
+            assert core.unacked <= max(CORE.window_frames, CORE.direct_window_frames)
             assert len(core._reorder) <= CORE.reorder_frames
             assert len(paths._pings) <= MAX_PINGS
             if paths.race is not None:

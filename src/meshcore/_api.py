@@ -49,7 +49,8 @@ def _migrating(
 ) -> AbstractAsyncContextManager[Migrator]:
     # also with direct="never": the migrator re-opens the relay circuit when the relay
     # restarted or the circuit was lost, so the session outlives a relay restart
-    return open_migrator(session, client, pairing, settings=settings)
+    peer = (*pairing.peer_candidates, pairing.peer_observed)
+    return open_migrator(session, client, peer_candidates=peer, settings=settings)
 
 
 def _as_peer_id(value: PeerId | str) -> PeerId:

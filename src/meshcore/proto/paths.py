@@ -65,6 +65,7 @@ __all__ = [
     "PathLog",
     "PathManager",
     "PathSettings",
+    "PathStats",
     "PathValidator",
     "PingAnswered",
     "RaceOver",
@@ -75,6 +76,30 @@ __all__ = [
 
 MAX_PINGS: Final = 16
 """Unanswered pings remembered per session; the oldest is forgotten first."""
+
+
+@attrs.frozen
+class PathStats:
+    """A snapshot of a session's path policy (`SessionPaths.stats`), for displays and tests."""
+
+    active: LinkKind
+    """RELAY or DIRECT: where the session's traffic goes."""
+    sending_on: tuple[LinkKind, ...]
+    """The kinds of link frames for the active path go on now: two while the direct path is
+    distrusted and the relay circuit is up, none while nothing may carry them."""
+    relay: RelayState
+    racing: bool
+    """A race for a direct path is running."""
+    distrusted: bool
+    """The direct path has been silent for `trust_s`: traffic goes on both paths."""
+    migrations: int
+    """Moves from the relay onto a direct path."""
+    fallbacks: int
+    """Moves from a direct path back to the relay."""
+    attempts: int
+    """Races started."""
+    last_error: str | None
+    """The latest path failure (a failed race, a fallback, a failed circuit re-open)."""
 
 
 @attrs.frozen
@@ -154,6 +179,22 @@ class SessionPaths:
     @property
     def has_commands(self) -> bool:
         return bool(self._commands)
+
+    def stats(self) -> PathStats:
+        """A snapshot of the policy's state and counters."""
+        m = self.manager
+        kinds = self.kinds
+        return PathStats(
+            active=m.active,
+            sending_on=tuple(kinds.get(link, LinkKind.RELAY) for link in m.targets),
+            relay=m.relay_state,
+            racing=m.racing,
+            distrusted=m.lapsed,
+            migrations=m.migrations,
+            fallbacks=m.fallbacks,
+            attempts=m.attempts,
+            last_error=m.last_error,
+        )
 
     # ----------------------------------------------------------------- links
     def relay_up(self, link: Hashable, now: float, *, opened_here: bool = False) -> None:

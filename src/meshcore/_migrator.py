@@ -91,7 +91,8 @@ class Rendezvous(Protocol):
 
     async def reopen_circuit(self, peer_id: PeerId, *, timeout: float) -> Transport:
         """A new relay circuit to `peer_id`, for a session that lost its own. Raises
-        `RelayError` or `TransportClosed` if none opens within `timeout`."""
+        `RelayError` or `TransportClosed` if none opens within `timeout`; cancelled, it
+        leaves no circuit open."""
         ...
 
 

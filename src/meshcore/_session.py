@@ -293,7 +293,8 @@ class Session(trio.abc.Channel[bytes]):
 
         A PATH_CHALLENGE under the session keys, answered by the peer's session core (not
         its application). Raises `NoUsablePath` if no answer arrives within `timeout`, and
-        like `send` once the session has ended.
+        like `send` once the session has ended. Cancelled, the ping is forgotten (a late
+        answer is ignored).
         """
         self._check_open()
         token = self._paths.ping(trio.current_time())
@@ -318,7 +319,8 @@ class Session(trio.abc.Channel[bytes]):
         """Queue one message; waits while the send window is full (back-pressure).
 
         Raises `trio.ClosedResourceError` after `aclose`, `trio.BrokenResourceError`
-        (cause: `SessionClosed`) once the session has ended.
+        (cause: `SessionClosed`) once the session has ended. Cancelled while it waits,
+        nothing was queued; once it returns, the message is the session's to deliver.
         """
         lock = self._send_lock
         try:  # uncontended: no trip through the scheduler (a window's worth goes out at once)
@@ -344,6 +346,7 @@ class Session(trio.abc.Channel[bytes]):
         """The next message from the peer, in order.
 
         Raises `trio.EndOfChannel` once the peer closed cleanly and every message was read.
+        Cancel-safe: a cancelled receive loses no message.
         """
         while not self._inbox:
             if self._closed_by_us:
@@ -360,13 +363,18 @@ class Session(trio.abc.Channel[bytes]):
         return payload
 
     async def wait_acknowledged(self) -> None:
-        """Wait until the peer has acknowledged every message sent so far."""
+        """Wait until the peer has acknowledged every message sent so far (raises like `send`
+        once the session has ended). Cancelling it only stops the waiting."""
         while not self._core.all_acked:
             self._check_open()
             await self._wait_progress()
 
     async def aclose(self, reason: str = "closed") -> None:
-        """Close the session: tell the peer (best effort) and stop. Idempotent."""
+        """Close the session: tell the peer (best effort) and stop. Idempotent.
+
+        The Close goes out under a shielded scope of at most 1 s, so cancellation does not
+        cut it short.
+        """
         if self._closed_by_us:
             return
         self._closed_by_us = True

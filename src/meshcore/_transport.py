@@ -84,7 +84,11 @@ class Transport(trio.abc.AsyncResource):
 
     @abc.abstractmethod
     async def send(self, data: bytes) -> None:
-        """Send one message; blocks while the other side is not keeping up."""
+        """Send one message; blocks while the other side is not keeping up.
+
+        Cancelled while it waits, nothing is sent; a transport that would be left with a
+        half-written message closes itself instead (WebSocket, the direct path).
+        """
 
     @abc.abstractmethod
     async def receive(self) -> bytes:
@@ -109,7 +113,10 @@ class Transport(trio.abc.AsyncResource):
 
     @abc.abstractmethod
     async def aclose(self, reason: str = "closed") -> None:
-        """Close, telling the other side `reason`; never raises for an already closed transport."""
+        """Close, telling the other side `reason`; never raises for an already closed transport.
+
+        Cancelled, it still closes, abruptly (without waiting for the other side).
+        """
 
     @property
     @abc.abstractmethod

@@ -122,12 +122,14 @@ class FramePump:
         return frozenset(self._links)
 
     async def wait_linked(self, peers: Collection[PeerId]) -> None:
-        """Wait until every one of `peers` has a live session."""
+        """Wait until every one of `peers` has a live session; cancelling it only stops the
+        waiting."""
         while not set(peers) <= self._links.keys():
             await self._changed.wait()
 
     async def wait_unlinked(self, peers: Collection[PeerId]) -> None:
-        """Wait until none of `peers` has a live session."""
+        """Wait until none of `peers` has a live session; cancelling it only stops the
+        waiting."""
         while not self._links.keys().isdisjoint(peers):
             await self._changed.wait()
 
@@ -314,7 +316,9 @@ async def run_tunnel(
     `pump.wait_linked(peers)` for them).
 
     Session and relay failures are logged and retried with backoff; only a failing device
-    ends the tunnel (`MeshError`).
+    ends the tunnel (`MeshError`). Cancellation closes every session (each peer is told,
+    under a shielded, bounded scope) and the relay connection; the device stays open, it is
+    the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
     pump = FramePump(fd, vnet_header_bytes, unique)

@@ -4,8 +4,10 @@ loads no more than it promises (trio-free `meshcore`, hypothesis-free `meshcore.
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +188,26 @@ def test_importing_meshcore_imports_no_trio() -> None:
 def test_importing_the_test_kit_imports_neither_hypothesis_nor_trio() -> None:
     loaded = _imported_after("import meshcore.testing")
     assert not {"hypothesis", "trio"} & loaded
+
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = ("src/meshcore_peer", "src/meshcore_relay", "examples")
+PRIVATE = re.compile(r"\bmeshcore\._[a-z]")
+
+
+def test_the_executables_and_examples_use_only_the_public_api() -> None:
+    files = [path for folder in USERS for path in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(files) >= 8  # the search finds them
+    private = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line)
+    ]
+    assert private == []
+
+
+def test_the_private_module_check_would_see_an_import() -> None:
+    assert PRIVATE.search("from meshcore._session import Session")
+    assert PRIVATE.search("import meshcore._relay as relay")
+    assert not PRIVATE.search("version=meshcore.__version__")

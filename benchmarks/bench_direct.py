@@ -40,15 +40,24 @@ from typing import Any
 import attrs
 import trio
 
-from meshcore._client import Pairing, open_relay_client
-from meshcore._migrator import open_migrator
-from meshcore._relay import RelayConfig, RelayServer, serve_relay
-from meshcore._session import Session, handshake_as_initiator, handshake_as_responder, open_session
-from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.handshake import Responder
-from meshcore.proto.identity import Identity
-from meshcore.proto.matchmaker import RelayLimits
-from meshcore.proto.paths import PathManager, PathSettings
+from meshcore import (
+    Endpoint,
+    Identity,
+    Pairing,
+    PathSettings,
+    RelayConfig,
+    RelayLimits,
+    RelayServer,
+    Responder,
+    Session,
+    handshake_as_initiator,
+    handshake_as_responder,
+    open_migrator,
+    open_relay_client,
+    open_session,
+    serve_relay,
+)
+from meshcore.proto.paths import PathManager
 
 RESULTS = Path(__file__).resolve().parent / "results" / "direct.json"
 PACE_S = 0.001

@@ -32,9 +32,15 @@ async def test_over_a_lossy_network_every_message_arrives_once_in_order(
     settings = SessionSettings(dead_after_s=None, retransmit_timeout_s=0.2)
     with trio.fail_after(600):
         async with open_session_pair(filter=net, settings=settings) as (a, b):
-            for i in range(300):
-                await a.send(b"%d" % i)
-            assert [await b.receive() for _ in range(300)] == [b"%d" % i for i in range(300)]
+            sent = [b"%d" % i for i in range(300)]
+
+            async def send_all() -> None:
+                for message in sent:
+                    await a.send(message)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)  # the receiver reads meanwhile: flow control
+                assert [await b.receive() for _ in sent] == sent
     assert net.lost and net.duplicated and net.reordered  # the network did misbehave
 
 

@@ -40,14 +40,24 @@ from typing import Any
 import attrs
 import trio
 
-from meshcore._client import open_relay_client
-from meshcore._migrator import open_migrator
-from meshcore._relay import RelayConfig, RelayServer, serve_relay
-from meshcore._session import Session, handshake_as_initiator, handshake_as_responder, open_session
-from meshcore.proto.handshake import Responder
-from meshcore.proto.identity import Identity
-from meshcore.proto.matchmaker import RelayLimits
-from meshcore.proto.paths import PathManager, PathSettings
+from meshcore import (
+    Endpoint,
+    Identity,
+    Pairing,
+    PathSettings,
+    RelayConfig,
+    RelayLimits,
+    RelayServer,
+    Responder,
+    Session,
+    handshake_as_initiator,
+    handshake_as_responder,
+    open_migrator,
+    open_relay_client,
+    open_session,
+    serve_relay,
+)
+from meshcore.proto.paths import PathManager
 
 RESULTS = Path(__file__).resolve().parent / "results" / "direct.json"
 PACE_S = 0.001
@@ -68,6 +78,11 @@ def largest_gap(arrivals: list[float], start: float, end: float) -> float:
     if before:
         inside.insert(0, before[-1])
     return max((b - a for a, b in itertools.pairwise(inside)), default=end - start)
+
+
+def _addresses(pairing: Pairing) -> tuple[Endpoint, ...]:
+    """The peer's addresses a pairing gave, in the order `meshcore.connect` dials them."""
+    return (*pairing.peer_candidates, pairing.peer_observed)
 
 
 def _record(manager: PathManager, name: str, into: dict[str, float]) -> None:
@@ -142,12 +157,13 @@ async def one_run(relay: RelayServer, pings: int) -> dict[str, Any]:
                         first_direct.append(now)
 
             async with (
-                open_migrator(a, ca, pa, settings=PATHS) as ma,
-                open_migrator(b, cb, pb, settings=PATHS),
+                open_migrator(a, ca, peer_candidates=_addresses(pa), settings=PATHS) as ma,
+                open_migrator(b, cb, peer_candidates=_addresses(pb), settings=PATHS),
                 trio.open_nursery() as nursery,
             ):
-                _record(a.paths.manager, "a", marks)  # the migrators made these managers
-                _record(b.paths.manager, "b", marks)
+                # the migrators made these path policies; white-box, for exact timestamps
+                _record(a._paths.manager, "a", marks)
+                _record(b._paths.manager, "b", marks)
                 nursery.start_soon(stream)
                 nursery.start_soon(sink, b)
                 await wait_until(lambda: bool(first_direct) and b.path == "direct")

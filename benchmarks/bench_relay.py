@@ -38,7 +38,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from meshcore._transport import WebSocketTransport, open_websocket_transport
+from meshcore._transport import WebSocketTransport, open_transport
 from meshcore.proto import wire
 from meshcore.proto.identity import Identity
 from meshcore.proto.relayauth import answer_challenge
@@ -164,7 +164,7 @@ async def pair(a: WebSocketTransport, b: WebSocketTransport, target: Identity, r
 
 @asynccontextmanager
 async def registered_peer(url: str, identity: Identity) -> AsyncIterator[WebSocketTransport]:
-    async with open_websocket_transport(url) as transport:
+    async with open_transport(url) as transport:
         await register(transport, identity)
         yield transport
 
@@ -290,7 +290,7 @@ async def pairings(pairs: int, concurrency: int = 16) -> dict[str, Any]:
 
 async def echo_round(url: str, n: int) -> float:
     payload = bytes(MESSAGE)
-    async with open_websocket_transport(url, max_message=1 << 20) as ws:
+    async with open_transport(url, max_message=1 << 20) as ws:
         window = trio.Semaphore(WINDOW)
 
         async def receive() -> None:

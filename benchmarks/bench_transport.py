@@ -30,8 +30,8 @@ import trio_websocket
 
 from meshcore._transport import (
     WebSocketTransport,
-    open_websocket_transport,
-    serve_websocket_transports,
+    open_transport,
+    serve_transport,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transport.json"
@@ -82,7 +82,7 @@ async def serve() -> None:
             )
             ports[name] = server.port
         endpoints = await nursery.start(
-            lambda task_status: serve_websocket_transports(
+            lambda task_status: serve_transport(
                 _transport_sink, "127.0.0.1", 0, max_message=MAX_MESSAGE, task_status=task_status
             )
         )
@@ -112,7 +112,7 @@ async def _timed(send: Send, receive: Receive, size: int, n: int) -> float:
 async def _connect(variant: str, port: int) -> AsyncIterator[tuple[Send, Receive]]:
     url = f"ws://127.0.0.1:{port}/"
     if variant == "meshcore":
-        async with open_websocket_transport(url, max_message=MAX_MESSAGE) as transport:
+        async with open_transport(url, max_message=MAX_MESSAGE) as transport:
             yield transport.send, transport.receive
     else:
         read_size = 4096 if variant == "raw-4k" else 65536

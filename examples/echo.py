@@ -12,7 +12,6 @@ from __future__ import annotations
 import trio
 
 import meshcore
-from meshcore._relay import RelayConfig, serve_relay
 
 
 async def echo(session: meshcore.Session) -> None:
@@ -25,7 +24,9 @@ async def main() -> None:
     server_identity = meshcore.Identity.generate()
     client_identity = meshcore.Identity.generate()
     async with trio.open_nursery() as nursery:
-        relay = await nursery.start(serve_relay, RelayConfig(host="127.0.0.1", port=0))
+        relay = await nursery.start(
+            meshcore.serve_relay, meshcore.RelayConfig(host="127.0.0.1", port=0)
+        )
         await nursery.start(
             meshcore.serve, relay.url, server_identity, [client_identity.peer_id], echo
         )

@@ -2,6 +2,19 @@
 
 The relay is a matchmaker, not a middleman: peers authenticate each other end to end with a
 hybrid X25519 + ML-KEM-768 handshake, then move their session onto a direct path.
+
+The objects, each living inside the `async with` (or nursery) that made it:
+
+- `open_transport(url)` / `serve_transport(...)`: message connections (`Transport`);
+- `open_session(transport, result)` after `handshake_as_initiator` / `_responder`: a
+  `Session`, an encrypted, ordered, exactly-once `trio.abc.Channel[bytes]`;
+- `open_migrator(session, rendezvous)`: a `Migrator` that moves the session between the
+  relay and a direct connection;
+- `connect` / `serve` / `open_peer_session`: all of that through a relay, in one call;
+- `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
+- `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh.
+
+`meshcore.testing` is the test kit (strategies, in-memory and lossy networks, machines).
 """
 
 from __future__ import annotations
@@ -22,25 +35,99 @@ from meshcore.errors import (
     SessionClosed,
     TransportClosed,
 )
+from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
-from meshcore.proto.paths import DirectMode, PathSettings
-from meshcore.proto.session import SessionSettings
+from meshcore.proto.paths import DirectMode, LinkKind, PathSettings, PathStats, RelayState
+from meshcore.proto.session import SessionSettings, SessionStats
 
 if TYPE_CHECKING:
-    from meshcore._api import connect, serve
-    from meshcore._session import Session, SessionStatus
-    from meshcore._transport import Transport
+    from meshcore._api import connect, open_peer_session, serve
+    from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
+    from meshcore._control import (
+        SessionRegistry,
+        control_request,
+        default_control_path,
+        serve_control,
+    )
+    from meshcore._direct import FramedTransport, SessionRoutes, overlay_interface
+    from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+    from meshcore._migrator import Migrator, Rendezvous, open_migrator
+    from meshcore._nursery import open_hidden_nursery
+    from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
+    from meshcore._relay import RelayConfig, RelayServer, RelayStats, serve_relay
+    from meshcore._session import Session, SessionStatus, open_session
+    from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
+    from meshcore._transport import (
+        ConnectFailed,
+        Transport,
+        open_transport,
+        serve_transport,
+        wrap_stream_transport,
+    )
+    from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
+    from meshcore.proto.handshake import HandshakeResult, Responder
+    from meshcore.proto.matchmaker import RelayLimits
 
 __version__ = "0.1.0"
 
-# The trio-based parts load on first use, so that `import meshcore.proto` (the sans-IO
-# cores) never imports trio or sockets.
+# The trio-based parts (and the larger sans-IO modules) load on first use, so that
+# `import meshcore.proto` (the sans-IO cores) never imports trio or sockets.
 _LAZY = {
-    "connect": "meshcore._api",
-    "serve": "meshcore._api",
+    # transports
+    "ConnectFailed": "meshcore._transport",
+    "FramedTransport": "meshcore._direct",
+    "Transport": "meshcore._transport",
+    "open_transport": "meshcore._transport",
+    "serve_transport": "meshcore._transport",
+    "wrap_stream_transport": "meshcore._transport",
+    # sessions
+    "HandshakeResult": "meshcore.proto.handshake",
+    "Responder": "meshcore.proto.handshake",
     "Session": "meshcore._session",
     "SessionStatus": "meshcore._session",
-    "Transport": "meshcore._transport",
+    "handshake_as_initiator": "meshcore._handshake",
+    "handshake_as_responder": "meshcore._handshake",
+    "open_session": "meshcore._session",
+    # moving sessions between paths
+    "Migrator": "meshcore._migrator",
+    "Rendezvous": "meshcore._migrator",
+    "SessionRoutes": "meshcore._direct",
+    "open_migrator": "meshcore._migrator",
+    # through a relay
+    "Invitation": "meshcore._client",
+    "Pairing": "meshcore._client",
+    "RelayClient": "meshcore._client",
+    "connect": "meshcore._api",
+    "open_peer_session": "meshcore._api",
+    "open_relay_client": "meshcore._client",
+    "serve": "meshcore._api",
+    # the relay
+    "RelayConfig": "meshcore._relay",
+    "RelayLimits": "meshcore.proto.matchmaker",
+    "RelayServer": "meshcore._relay",
+    "RelayStats": "meshcore._relay",
+    "serve_relay": "meshcore._relay",
+    # the TAP mesh
+    "FramePump": "meshcore._tunnel",
+    "LinkStats": "meshcore._tunnel",
+    "TapDevice": "meshcore._tap",
+    "TunnelConfig": "meshcore._tunnel",
+    "check_tap_access": "meshcore._tap",
+    "open_configured_tap": "meshcore._tap",
+    "overlay_interface": "meshcore._direct",
+    "run_tunnel": "meshcore._tunnel",
+    "validate_device_name": "meshcore._tap",
+    # a running peer: its control socket, sessions spliced to streams
+    "FileReceiveStream": "meshcore._pipe",
+    "FileSendStream": "meshcore._pipe",
+    "SessionRegistry": "meshcore._control",
+    "control_request": "meshcore._control",
+    "default_control_path": "meshcore._control",
+    "pipe_command": "meshcore._pipe",
+    "pipe_session": "meshcore._pipe",
+    "serve_control": "meshcore._control",
+    # structured concurrency
+    "open_hidden_nursery": "meshcore._nursery",
 }
 
 
@@ -52,28 +139,76 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "ConnectFailed",
     "DecodeError",
     "DirectMode",
+    "Endpoint",
+    "FileReceiveStream",
+    "FileSendStream",
+    "FramePump",
+    "FramedTransport",
     "HandshakeError",
+    "HandshakeResult",
     "Identity",
+    "Invitation",
+    "LinkKind",
+    "LinkStats",
     "MeshError",
+    "Migrator",
     "NoUsablePath",
+    "Pairing",
     "PathSettings",
+    "PathStats",
     "PeerId",
     "ProtocolError",
     "PublicBundle",
+    "RelayClient",
+    "RelayConfig",
     "RelayError",
+    "RelayLimits",
+    "RelayServer",
+    "RelayState",
+    "RelayStats",
+    "Rendezvous",
     "ReplayError",
+    "Responder",
     "Session",
     "SessionClosed",
+    "SessionRegistry",
+    "SessionRoutes",
     "SessionSettings",
+    "SessionStats",
     "SessionStatus",
+    "TapDevice",
     "Transport",
     "TransportClosed",
+    "TunnelConfig",
     "__version__",
+    "check_tap_access",
     "connect",
+    "control_request",
+    "default_control_path",
+    "handshake_as_initiator",
+    "handshake_as_responder",
+    "open_configured_tap",
+    "open_hidden_nursery",
+    "open_migrator",
+    "open_peer_session",
+    "open_relay_client",
+    "open_session",
+    "open_transport",
+    "overlay_interface",
+    "pipe_command",
+    "pipe_session",
+    "run_tunnel",
     "serve",
+    "serve_control",
+    "serve_relay",
+    "serve_transport",
+    "validate_device_name",
+    "wrap_stream_transport",
 ]

@@ -49,7 +49,8 @@ def _migrating(
 ) -> AbstractAsyncContextManager[Migrator]:
     # also with direct="never": the migrator re-opens the relay circuit when the relay
     # restarted or the circuit was lost, so the session outlives a relay restart
-    return open_migrator(session, client, pairing, settings=settings)
+    peer = (*pairing.peer_candidates, pairing.peer_observed)
+    return open_migrator(session, client, peer_candidates=peer, settings=settings)
 
 
 def _as_peer_id(value: PeerId | str) -> PeerId:
@@ -85,6 +86,9 @@ async def connect(
     relay connection. The session outlives a relay restart: on a direct path untouched, on
     the relay by re-opening its circuit once the relay is back (within the session's dead
     timer, `SessionSettings.dead_after_s`; after it the session fails and says why).
+
+    Cancellation, like leaving the block, closes the session (the peer is told, under a
+    shielded, bounded scope), then the relay connection.
     """
     pinned = _as_peer_id(peer_id)
     paths = _path_settings(direct, path_settings)
@@ -114,7 +118,8 @@ async def open_peer_session(
     the handshake as initiator and yield the session, moving it between paths as
     `path_settings.mode` says (the client must have been opened with `direct=True` for
     direct paths). A mesh peer that both serves and dials uses this, since one peer id has
-    one registration at the relay.
+    one registration at the relay. Cancellation, like leaving the block, closes the session
+    (the peer is told, under a shielded, bounded scope) and its circuit; the client stays.
     """
     paths = path_settings or PathSettings(mode=DEFAULT_DIRECT)
     pairing = await client.connect(peer_id, timeout=timeout)
@@ -159,7 +164,8 @@ async def serve(
     `open_relay_client`): sessions on a direct path carry on, relay-only ones re-open their
     circuit once the relay is back (or fail when their dead timer runs out), and new
     invitations are accepted after the reconnect. Runs until cancelled; raises `RelayError`
-    only if another registration with our peer id replaced ours.
+    only if another registration with our peer id replaced ours. Cancellation closes every
+    session (each peer is told, under a shielded, bounded scope), then the relay connection.
     """
     allowed = frozenset(_as_peer_id(p) for p in allow)
     known: dict[PeerId, PublicBundle] = {}

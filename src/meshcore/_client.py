@@ -20,7 +20,7 @@ import trio
 
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
-from meshcore._transport import Transport, open_reuseport_listener, open_websocket_transport
+from meshcore._transport import Transport, open_reuseport_listener, open_transport
 from meshcore.errors import ConfigError, MeshError, RelayError, TransportClosed
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
@@ -177,6 +177,8 @@ class RelayClient:
     `TransportClosed`) and the circuits of the lost connection are closed.
 
     `listener` is the direct-connection listener on the shared `local_port`, if any.
+    Cancelling a request (`connect`, `accept`, `open_circuit`) withdraws it from the
+    protocol machine; an answer that arrives later is undone (its circuit closed).
     """
 
     def __init__(
@@ -399,7 +401,7 @@ class RelayClient:
                 return
             opened = False
             try:
-                async with open_websocket_transport(
+                async with open_transport(
                     self.url, local_port=self._local_port
                 ) as transport:
                     opened = True
@@ -651,7 +653,8 @@ async def open_relay_client(
     Raises `RelayError` if the relay refuses us, `TransportClosed` if it cannot be reached,
     `ProtocolError` if it breaks the protocol, and `ConfigError` if the port cannot be bound
     — for the first connection; later ones are retried. The connections, the listener and
-    their tasks live inside this `async with`.
+    their tasks live inside this `async with`. Cancelling the block (or leaving it) closes
+    the relay connection and every circuit on it; requests in flight raise `RelayError`.
     """
     listener: trio.SocketListener | None = None
     if direct:

@@ -140,7 +140,8 @@ async def serve_control(
 
     The socket is created with mode 0600 and removed on exit. If another running peer
     already answers on `path`, raises `ConfigError` when `required`, else logs a warning
-    and serves nothing (`task_status.started(None)`).
+    and serves nothing (`task_status.started(None)`). Cancellation stops the requests in
+    progress and removes the socket.
     """
     if path.exists():
         if await _is_live(path):
@@ -202,7 +203,8 @@ async def _is_live(path: Path) -> bool:
 async def control_request(path: Path, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Send one request to a running peer and yield its answers until it is done.
 
-    Raises `ControlClientError` naming the socket if no peer answers there.
+    Raises `ControlClientError` naming the socket if no peer answers there. Cancellation
+    (or leaving the iteration) closes the connection.
     """
     try:
         stream = await trio.open_unix_socket(str(path))

@@ -1,6 +1,6 @@
 """Direct connections: sealed frames over TCP with a length prefix, the shared-port listener
 that hands each accepted connection to its session, and the dialer that keeps re-dialing a
-refused candidate (DESIGN.md §1 step 5, §5).
+refused candidate (docs/direct.md).
 
 Framing (docs/direct.md): every frame is `u32 length (big-endian) | sealed transport frame`.
 No WebSocket on the direct path: under TCP simultaneous open both sides called connect(), so
@@ -86,13 +86,13 @@ class FramedTransport(Transport):
     async def send(self, data: bytes) -> None:
         await self.send_many((data,))
 
-    async def send_many(self, frames: Sequence[bytes]) -> None:
-        """Send every frame of `frames`, in order, in one write."""
+    async def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send every frame of `messages`, in order, in one write."""
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
         pack = _LENGTH.pack
         parts: list[bytes] = []
-        for frame in frames:
+        for frame in messages:
             parts.append(pack(len(frame)))
             parts.append(frame)
         data = b"".join(parts)
@@ -337,7 +337,7 @@ async def dial(
 ) -> FramedTransport:
     """Connect to `remote` from `local_port`, re-dialing about every `redial_s` until it works.
 
-    A refusal is expected while the far NAT has no mapping for our SYN yet (DESIGN.md §5), so
+    A refusal is expected while the far NAT has no mapping for our SYN yet (docs/direct.md), so
     no failure is final: the caller's cancel scope (the race deadline) ends the attempts. The
     latest failure is kept in `errors[remote]` for the caller's message.
 

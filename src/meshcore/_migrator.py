@@ -1,30 +1,33 @@
 """The Migrator: moves a live Session between its relay circuit and a direct connection with
 zero loss, duplication or reordering, falls back when the direct path dies, and tries again
-later (DESIGN.md §1 steps 5-7).
+later (docs/direct.md).
 
 All decisions are `meshcore.proto.paths`' (sans-IO); this module does the I/O they ask for:
 races (dial every candidate of the peer from the shared port, staggered, re-dialing refusals,
 under one cancel scope with a deadline), accepted connections and re-opened circuits handed
-over by the relay client, releasing and re-opening the relay circuit, closing links.
+over by the rendezvous (the relay client), releasing and re-opening the relay circuit,
+closing links. It acts on the session through the `PathControl` of `Session.attach_driver`,
+and on the relay client through the `Rendezvous` protocol, so a program can give it a
+rendezvous of its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
-from meshcore._client import Pairing, RelayClient
-from meshcore._direct import FramedTransport, dial, is_overlay_address
+from meshcore._direct import FramedTransport, SessionRoutes, dial, is_overlay_address
 from meshcore._nursery import open_hidden_nursery
 from meshcore._session import Link, Session
 from meshcore._transport import Transport
 from meshcore.errors import ConfigError, RelayError, TransportClosed
 from meshcore.proto.constants import MAX_CANDIDATES
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.paths import (
     CloseLink,
     DirectMode,
@@ -35,15 +38,62 @@ from meshcore.proto.paths import (
     RaceOver,
     StartRace,
 )
-from meshcore.proto.session import SessionState
 
-__all__ = ["Migrator", "open_migrator"]
+__all__ = ["Migrator", "Rendezvous", "open_migrator"]
 
 log = logging.getLogger("meshcore.path")
 
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _MAX_PEER_CANDIDATES: Final = 2 * MAX_CANDIDATES
 _CIRCUIT_OPEN_TIMEOUT_S: Final = 5.0
+
+
+class Rendezvous(Protocol):
+    """What a Migrator needs from the place its session's peers met (a `RelayClient`): who we
+    are, where we can be reached, the table that routes arriving connections to sessions, and
+    a way to open a new circuit to the peer.
+
+    Everything is read when needed, so it may change while the migrator runs (a relay
+    client learns `observed` anew on each registration).
+    """
+
+    @property
+    def identity(self) -> Identity:
+        """Our identity (the lower peer id of the two controls the session's paths)."""
+        ...
+
+    @property
+    def candidates(self) -> Sequence[Endpoint]:
+        """Our direct-path candidates, announced to the peer when a race starts."""
+        ...
+
+    @property
+    def observed(self) -> Endpoint | None:
+        """Our address as a third party sees it (a NAT's public mapping), announced too."""
+        ...
+
+    @property
+    def local_port(self) -> int | None:
+        """The local port direct dials leave from (None: no direct dials)."""
+        ...
+
+    @property
+    def direct(self) -> object | None:
+        """The listener that hands accepted direct connections to `routes` (None: there is
+        none, so only `DirectMode.NEVER` works)."""
+        ...
+
+    @property
+    def routes(self) -> SessionRoutes:
+        """Where the migrator registers to be handed direct connections and re-opened
+        circuits for its session (`Migrator.incoming_direct`, `incoming_circuit`)."""
+        ...
+
+    async def reopen_circuit(self, peer_id: PeerId, *, timeout: float) -> Transport:
+        """A new relay circuit to `peer_id`, for a session that lost its own. Raises
+        `RelayError` or `TransportClosed` if none opens within `timeout`; cancelled, it
+        leaves no circuit open."""
+        ...
 
 
 class Migrator:
@@ -56,25 +106,27 @@ class Migrator:
     def __init__(
         self,
         session: Session,
-        client: RelayClient,
-        pairing: Pairing,
+        rendezvous: Rendezvous,
+        peer_candidates: Iterable[Endpoint],
         settings: PathSettings,
         nursery: trio.Nursery,
     ) -> None:
         self.session = session
-        self.client = client
+        self.rendezvous = rendezvous
         self.settings = settings
         self.peer_id = session.peer_id
         self._nursery = nursery
         self._wake = trio.Event()
         self._peer_candidates: dict[Endpoint, None] = {}
-        self._add_candidates((*pairing.peer_candidates, pairing.peer_observed))
+        self._add_candidates(tuple(peer_candidates))
         self._race_scope: trio.CancelScope | None = None
         self._race_nursery: trio.Nursery | None = None
         self._dialled: dict[Endpoint, None] = {}
         self._connected: set[Endpoint] = set()
         self._dial_errors: dict[Endpoint, str] = {}
         self._owned: set[Link] = set()
+        controlling = rendezvous.identity.peer_id.digest < session.peer_id.digest
+        self._control = session.attach_driver(self, controlling=controlling, settings=settings)
 
     # ----------------------------------------------------------------- state
     @property
@@ -84,21 +136,20 @@ class Migrator:
 
     @property
     def migrations(self) -> int:
-        return self.session.paths.manager.migrations
+        return self.session.path_stats.migrations
 
     @property
     def fallbacks(self) -> int:
-        return self.session.paths.manager.fallbacks
+        return self.session.path_stats.fallbacks
 
     @property
     def attempts(self) -> int:
-        return self.session.paths.manager.attempts
+        return self.session.path_stats.attempts
 
     @property
     def direct_link(self) -> Link | None:
         """The direct connection carrying the session, if any."""
-        direct = self.session.paths.manager.direct
-        return direct if isinstance(direct, Link) else None
+        return self._control.direct_link
 
     def abort_direct(self, reason: str = "aborted") -> bool:
         """Cut the direct connection at once with a TCP reset (tests; a forced fallback).
@@ -123,36 +174,30 @@ class Migrator:
             for endpoint in new:
                 self._dial_soon(endpoint, 0.0)
 
-    # ----------------------------------------------------------------- hooks: relay client
+    # ----------------------------------------------------------------- hooks: rendezvous
     def owns_index(self, receiver_index: int) -> bool:
         """Is `receiver_index` one of this session's (routing accepted connections)?"""
-        core = self.session.core
-        return core.state is SessionState.OPEN and receiver_index in core.keys.receiver_indices(
-            trio.current_time()
-        )
+        return self._control.owns_receiver_index(receiver_index)
 
     def incoming_direct(self, transport: FramedTransport, first_frame: bytes) -> bool:
         """A connection accepted on the shared port whose first frame is for this session."""
-        paths = self.session.paths
-        if not (paths.racing or paths.manager.may_race()):
+        control = self._control
+        if not (control.racing or control.may_race):
             return False
-        if not paths.racing:
+        if not control.racing:
             self._start_race()
-        link = Link(transport, "direct")
-        if not paths.candidate_up(link, trio.current_time()):
+        link = control.attach_candidate(transport, first_frame=first_frame)
+        if link is None:
             return False
         self._start_link(link)
-        self.session._on_frames(link, [first_frame])
         return True
 
     def incoming_circuit(self, circuit: Transport, first_frame: bytes) -> bool:
         """A relay circuit the peer re-opened for this session."""
-        if self.session.core.state is not SessionState.OPEN:
+        link = self._control.attach_relay(circuit, first_frame=first_frame)
+        if link is None:
             return False
-        link = Link(circuit, "relay")
-        self.session.paths.relay_up(link, trio.current_time())
         self._start_link(link)
-        self.session._on_frames(link, [first_frame])
         return True
 
     # ----------------------------------------------------------------- commands
@@ -160,7 +205,7 @@ class Migrator:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            for command in self.session.paths.commands():
+            for command in self._control.commands():
                 self._execute(command)
 
     def _execute(self, command: PathCommand) -> None:
@@ -180,16 +225,12 @@ class Migrator:
 
     # ----------------------------------------------------------------- races
     def _start_race(self) -> None:
-        paths = self.session.paths
-        if paths.racing or self.session.core.state is not SessionState.OPEN:
-            return
-        ours = list(self.client.candidates)
-        observed = self.client.observed
+        ours = list(self.rendezvous.candidates)
+        observed = self.rendezvous.observed
         if observed is not None and observed not in ours:
             ours.append(observed)  # what the relay sees of us (a NAT's public mapping)
-        paths.race_started(trio.current_time(), ours)
-        self.session._changed()
-        self._nursery.start_soon(self._race)
+        if self._control.start_race(ours):
+            self._nursery.start_soon(self._race)
 
     async def _race(self) -> None:
         settings = self.settings
@@ -208,13 +249,12 @@ class Migrator:
         finally:
             self._race_nursery = None
             self._race_scope = None
-        if self.session.paths.race is not None:  # the deadline passed without a winner
-            self.session.paths.race_failed(self._failure_reason(), trio.current_time())
-            self.session._changed()
+        if self._control.racing:  # the deadline passed without a winner
+            self._control.race_failed(self._failure_reason())
 
     def _dial_soon(self, endpoint: Endpoint, delay: float) -> None:
         nursery = self._race_nursery
-        if nursery is None or endpoint in self._dialled or endpoint in self.client.candidates:
+        if nursery is None or endpoint in self._dialled or endpoint in self.rendezvous.candidates:
             return
         self._dialled[endpoint] = None
         nursery.start_soon(self._dial, endpoint, delay)
@@ -223,21 +263,20 @@ class Migrator:
         """Dial `endpoint` until the race ends; a connection that closes without winning
         (e.g. the peer's session was not ready to take it yet) is dialled again."""
         await trio.sleep(delay)
-        port = self.client.local_port
-        paths = self.session.paths
+        port = self.rendezvous.local_port
+        control = self._control
         redial_s = self.settings.redial_s
         while port is not None:
             transport = await dial(port, endpoint, redial_s=redial_s, errors=self._dial_errors)
             self._connected.add(endpoint)
-            link = Link(transport, "direct")
-            if not paths.candidate_up(link, trio.current_time()):
+            link = control.attach_candidate(transport)
+            if link is None:
                 self._nursery.start_soon(transport.aclose, "the race is over")
                 return
             self._start_link(link)
-            self.session._changed()
             while not link.closed:
                 await trio.sleep(redial_s)
-            if paths.race is None:
+            if not control.racing:
                 return
             self._dial_errors[endpoint] = f"closed: {transport.close_reason}"
             await trio.sleep(redial_s)
@@ -286,65 +325,59 @@ class Migrator:
             self._nursery.start_soon(link.transport.aclose, reason)
 
     async def _open_relay(self) -> None:
-        now = trio.current_time
         try:
             # after a relay restart (or our reconnect) this pairs again: pairings belong to
             # relay connections; while the relay is away it fails and is retried
-            circuit = await self.client.reopen_circuit(
+            circuit = await self.rendezvous.reopen_circuit(
                 self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S
             )
         except (RelayError, TransportClosed) as exc:
-            self.session.paths.relay_open_failed(str(exc), now())
-            self.session._changed()
+            self._control.relay_open_failed(str(exc))
             return
-        if self.session.core.state is not SessionState.OPEN:
+        link = self._control.attach_relay(circuit, opened_here=True)
+        if link is None:
             await circuit.aclose("session ended")
             return
-        link = Link(circuit, "relay")
-        self.session.paths.relay_up(link, now(), opened_here=True)
         self._start_link(link)
-        self.session._changed()
 
 
 @asynccontextmanager
 async def open_migrator(
     session: Session,
-    client: RelayClient,
-    pairing: Pairing,
+    rendezvous: Rendezvous,
     *,
+    peer_candidates: Iterable[Endpoint] = (),
     settings: PathSettings | None = None,
 ) -> AsyncIterator[Migrator]:
-    """Move `session` onto a direct path when one validates, and back when it dies.
+    """Move `session` onto a direct path when one validates, and back when it dies; re-open
+    its relay circuit when that is lost.
 
-    `client` must have been opened with `direct=True` (it owns the shared port and routes
-    accepted connections here); `pairing` gives the peer's observed address and candidates.
-    The peer with the lower peer id is the controlling side: it nominates the connection,
-    releases and re-opens the relay circuit.
+    `rendezvous` is where the peers met, usually the `RelayClient` the session's circuit
+    came from (opened with `direct=True` for direct paths: it owns the shared port and
+    routes accepted connections here). `peer_candidates` are addresses of the peer to dial
+    (a `Pairing`'s `peer_candidates` and `peer_observed`); the peer announces more in the
+    session. The peer with the lower peer id is the controlling side: it nominates the
+    connection, releases and re-opens the relay circuit.
 
-    Races, links and timers run in this block's own nursery. Leaving it closes the session
-    first (the Close goes out on the active path), then the links the migrator opened.
-    Raises `ConfigError` if `client` has no direct listener while direct paths are wanted.
+    Races, links and timers run in this block's own nursery. Leaving it, or cancellation,
+    closes the session first (the Close goes out on the active path, under a shielded,
+    bounded scope), then the links the migrator opened. Raises `ConfigError` if
+    `rendezvous` has no direct listener while direct paths are wanted.
     """
     settings = settings or PathSettings()
-    if settings.mode is not DirectMode.NEVER and client.direct is None:
+    if settings.mode is not DirectMode.NEVER and rendezvous.direct is None:
         raise ConfigError(
             "direct paths need the relay client's shared-port listener: open it with "
             "open_relay_client(..., direct=True), or use direct='never'"
         )
-    controlling = client.identity.peer_id.digest < session.peer_id.digest
     async with open_hidden_nursery() as nursery:
-        migrator = Migrator(session, client, pairing, settings, nursery)
-        session.paths.enable_direct(
-            controlling=controlling, settings=settings, now=trio.current_time()
-        )
-        session._migrator = migrator
-        client.routes.add(migrator)
+        migrator = Migrator(session, rendezvous, peer_candidates, settings, nursery)
+        rendezvous.routes.add(migrator)
         nursery.start_soon(migrator._run)
-        session._changed()
         try:
             yield migrator
         finally:
-            client.routes.remove(migrator)
+            rendezvous.routes.remove(migrator)
             await session.aclose()
-            session._migrator = None
+            migrator._control.detach()
             nursery.cancel_scope.cancel()

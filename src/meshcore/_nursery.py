@@ -1,6 +1,6 @@
 """One helper for the nurseries that meshcore objects hide inside their `async with`.
 
-trio nurseries raise `ExceptionGroup`s; a caller of `open_websocket_transport` should see the one
+trio nurseries raise `ExceptionGroup`s; a caller of `open_transport` should see the one
 exception that explains what happened, not a group of it and the cancellations it caused.
 """
 

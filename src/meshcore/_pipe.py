@@ -21,7 +21,11 @@ _CHUNK = 60 * 1024
 
 
 class FileReceiveStream(trio.abc.ReceiveStream):
-    """A blocking binary file (stdin, a regular file, a pipe) read in a worker thread."""
+    """A blocking binary file (stdin, a regular file, a pipe) read in a worker thread.
+
+    A cancelled `receive_some` abandons the thread's read: what it returns later is lost.
+    `aclose` leaves the file open (it is the caller's).
+    """
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
@@ -37,7 +41,11 @@ class FileReceiveStream(trio.abc.ReceiveStream):
 
 
 class FileSendStream(trio.abc.SendStream):
-    """A blocking binary file (stdout, a regular file, a pipe) written in a worker thread."""
+    """A blocking binary file (stdout, a regular file, a pipe) written in a worker thread.
+
+    `send_all` is not cancellable while the write runs (it finishes first, so nothing is
+    half-written). `aclose` leaves the file open (it is the caller's).
+    """
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
@@ -93,7 +101,8 @@ async def pipe_session(
     Returns once the source hit EOF and the peer acknowledged all of it (unless
     `wait_for_peer`, which also waits for the peer to close), or once the peer closed when
     there is no source. Raises `trio.BrokenResourceError` (cause: `SessionClosed`) if the
-    session fails first.
+    session fails first. Cancellation stops both directions at once; data sent may then be
+    unacknowledged.
     """
     results = [0, 0]
 

@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
-from meshcore._transport import WebSocketTransport, serve_websocket_transports
+from meshcore._transport import WebSocketTransport, serve_transport
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_CLOSE_FLUSH_S,
@@ -393,7 +393,7 @@ async def serve_relay(
             async with open_hidden_nursery() as nursery:
                 endpoints = await nursery.start(
                     partial(
-                        serve_websocket_transports,
+                        serve_transport,
                         relay.serve_connection,
                         config.host,
                         config.port,

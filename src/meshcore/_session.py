@@ -1,10 +1,14 @@
-"""The trio driver of a session: runs the handshake over a Transport, then drives
-`SessionCore` through `SessionPaths` over one or more links (a reader and a writer task per
-link, and a timer task, in the session's own nursery or the migrator's).
+"""The trio driver of a session: drives `SessionCore` through `SessionPaths` over one or more
+links (a reader and a writer task per link, and a timer task, in the session's own nursery or
+its path driver's), once the handshake (`meshcore._handshake`) gave it keys.
 
 A `Session` is a `trio.abc.Channel[bytes]`: `receive` raises `trio.EndOfChannel` after the
 peer closed cleanly, `trio.ClosedResourceError` after we closed it, and
 `trio.BrokenResourceError` (with a `SessionClosed` as its cause) when the session failed.
+
+A path driver (the `Migrator`) moves the session between links: it registers with
+`Session.attach_driver` and acts through the `PathControl` it gets back; the session wakes it
+through the small `PathDriver` protocol.
 """
 
 from __future__ import annotations
@@ -12,22 +16,31 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import attrs
 import trio
 
+from meshcore._handshake import handshake_as_initiator, handshake_as_responder
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
-from meshcore.errors import HandshakeError, NoUsablePath, SessionClosed, TransportClosed
+from meshcore.errors import NoUsablePath, SessionClosed, TransportClosed
 from meshcore.proto import constants as C
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
-from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Initiator, Responder
-from meshcore.proto.identity import Identity, PublicBundle
-from meshcore.proto.paths import LinkKind, PingAnswered, SessionPaths
+from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
+from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.packet import PacketType
+from meshcore.proto.paths import (
+    LinkKind,
+    PathCommand,
+    PathSettings,
+    PathStats,
+    PingAnswered,
+    SessionPaths,
+)
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.session import (
     EndpointsReceived,
@@ -37,11 +50,14 @@ from meshcore.proto.session import (
     SessionEvent,
     SessionFailed,
     SessionSettings,
+    SessionState,
     SessionStats,
 )
 
 __all__ = [
     "Link",
+    "PathControl",
+    "PathDriver",
     "Session",
     "SessionStatus",
     "handshake_as_initiator",
@@ -51,71 +67,11 @@ __all__ = [
 
 log = logging.getLogger("meshcore.session")
 
-_TYPE_INIT = 1
-_TYPE_RESPONSE = 2
-_TYPE_CONFIRM = 3
-_TYPE_FRAME = 4
+_FRAME: Final = int(PacketType.FRAME)
 
 LINK_QUEUE_BYTES = 8 * 1024 * 1024
 """Bytes queued for one link of a session (with `DIRECT_LINK_QUEUE_FRAMES`): a stalled
 writer costs at most this much memory before the link drops like a lossy one."""
-
-
-async def handshake_as_initiator(
-    transport: Transport,
-    identity: Identity,
-    peer: PublicBundle,
-    *,
-    timeout: float = 2 * C.HANDSHAKE_TIMEOUT_S,
-    network_id: bytes = b"",
-) -> HandshakeResult:
-    """Run the three-message handshake as initiator over `transport`.
-
-    msg1 is sent again (fresh) every `HANDSHAKE_TIMEOUT_S` until msg2 arrives. Raises
-    `HandshakeError` when the peer cannot be authenticated or nothing valid arrives within
-    `timeout`, and `TransportClosed` if the transport closes.
-    """
-    with trio.move_on_after(timeout):
-        while True:
-            initiator = Initiator(identity, peer, network_id=network_id)
-            await transport.send(initiator.start(trio.current_time()))
-            with trio.move_on_after(C.HANDSHAKE_TIMEOUT_S):
-                while True:
-                    data = await transport.receive()
-                    if not data or data[0] != _TYPE_RESPONSE:
-                        continue
-                    msg3, result = initiator.receive_response(data, trio.current_time())
-                    await transport.send(msg3)
-                    return result
-    raise HandshakeError(f"handshake failed: no valid response from the peer within {timeout:g} s")
-
-
-async def handshake_as_responder(
-    transport: Transport,
-    responder: Responder,
-    *,
-    timeout: float = 2 * C.HANDSHAKE_TIMEOUT_S,
-) -> HandshakeResult:
-    """Answer handshakes on `transport` until one completes (msg3 authenticates).
-
-    Raises `HandshakeError` if none completes within `timeout`.
-    """
-    with trio.move_on_after(timeout):
-        while True:
-            data = await transport.receive()
-            if not data:
-                continue
-            if data[0] == _TYPE_INIT:
-                try:
-                    await transport.send(responder.respond(data, trio.current_time()))
-                except HandshakeError:
-                    continue  # junk or a replay: stateless, nothing to undo
-            elif data[0] == _TYPE_CONFIRM:
-                try:
-                    return responder.confirm(data, trio.current_time())
-                except HandshakeError:
-                    continue
-    raise HandshakeError(f"handshake failed: the peer did not complete it within {timeout:g} s")
 
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
@@ -130,11 +86,11 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
 
 class Link:
     """One transport carrying a session's frames, with its own send queue and writer task,
-    so that a slow or dead path never holds up another (DESIGN.md §3, STYLE.md point 6).
+    so that a slow or dead path never holds up another (docs/direct.md).
 
     The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`, `LINK_QUEUE_BYTES`); beyond it frames
-    are dropped like on a lossy link, and the session retransmits them. Transports with
-    `send_many` (the direct path) get whole batches in one write.
+    are dropped like on a lossy link, and the session retransmits them. The writer hands the
+    transport whole batches (`Transport.send_many`: one write on the direct path).
     """
 
     __slots__ = (
@@ -186,7 +142,7 @@ class Link:
     async def run_writer(self, session: Session) -> None:
         queue = self._queue
         transport = self.transport
-        send_many = getattr(transport, "send_many", None)
+        send_many = transport.send_many
         try:
             while True:
                 if not queue:
@@ -197,11 +153,7 @@ class Link:
                 batch = list(queue)
                 queue.clear()
                 self._queued_bytes = 0
-                if send_many is not None:
-                    await send_many(batch)
-                else:
-                    for frame in batch:
-                        await transport.send(frame)
+                await send_many(batch)
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
             with trio.CancelScope(shield=True):
@@ -212,15 +164,10 @@ class Link:
             self._drained.set()
 
     async def run_reader(self, session: Session) -> None:
-        transport = self.transport
-        receive_batch = getattr(transport, "receive_batch", None)
+        receive_batch = self.transport.receive_batch
         try:
             while True:
-                if receive_batch is not None:
-                    frames = await receive_batch()
-                else:
-                    frames = [await transport.receive()]
-                session._on_frames(self, frames)
+                session._on_frames(self, await receive_batch())
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
 
@@ -261,14 +208,13 @@ class Session(trio.abc.Channel[bytes]):
         inbox_limit: int,
     ) -> None:
         now = trio.current_time()
-        self.handshake = result
-        self.peer_id = result.peer_id
-        self.transport = transport
-        self.core = SessionCore(_keyring_for(result, now), now, settings)
-        self.paths = SessionPaths(self.core, now)
-        self.relay_link = Link(transport, "relay")
-        self.paths.relay_up(self.relay_link, now)
-        self._migrator: _PathDriver | None = None
+        self._handshake = result
+        self._peer_id = result.peer_id
+        self._core = SessionCore(_keyring_for(result, now), now, settings)
+        self._paths = SessionPaths(self._core, now)
+        self._relay_link = Link(transport, "relay")
+        self._paths.relay_up(self._relay_link, now)
+        self._driver: PathDriver | None = None
         self._inbox: deque[bytes] = deque()
         self._inbox_limit = inbox_limit
         self._wake_timer = trio.Event()
@@ -279,40 +225,56 @@ class Session(trio.abc.Channel[bytes]):
         self._failure: SessionClosed | None = None
         self._send_lock = trio.Lock()
         self._pings: dict[bytes, tuple[float, str] | None] = {}
-        self._links: set[Link] = {self.relay_link}
+        self._links: set[Link] = {self._relay_link}
 
     # ----------------------------------------------------------------- public API
     @property
+    def peer_id(self) -> PeerId:
+        """The authenticated peer at the other end."""
+        return self._peer_id
+
+    @property
+    def handshake(self) -> HandshakeResult:
+        """The handshake that opened the session (its role, the peer's keys, `sas()`)."""
+        return self._handshake
+
+    @property
     def close_reason(self) -> str | None:
         """Why the session ended (None while it is open)."""
-        return self.core.close_reason
+        return self._core.close_reason
 
     @property
     def stats(self) -> SessionStats:
         """Counters: messages, bytes and frames each way, retransmissions, RTT."""
-        return self.core.stats
+        return self._core.stats
 
     @property
     def path(self) -> str:
         """ "relay" or "direct": where the session's traffic goes now."""
-        return self.paths.active.value
+        return self._paths.active.value
+
+    @property
+    def path_stats(self) -> PathStats:
+        """The path policy now: the active path, a race running, migrations, fallbacks, races
+        started, whether the direct path is distrusted, the latest path failure."""
+        return self._paths.stats()
 
     def force_fallback(self, reason: str = "fallback forced") -> bool:
         """Cut the direct connection now (a TCP reset): both sides fall back to the relay
         at once and retry direct later. Returns False if the session is not direct."""
-        return self._migrator is not None and self._migrator.abort_direct(reason)
+        return self._driver is not None and self._driver.abort_direct(reason)
 
     def status(self) -> SessionStatus:
         """A snapshot: path, remote address, round trip, counters, migrations, last error."""
-        paths = self.paths
+        paths = self._paths
         link = paths.active_link
         remote: str | None = None
-        rtt = self.core.stats.rtt_s
+        rtt = self._core.stats.rtt_s
         if isinstance(link, Link):
             address = link.transport.remote_address
             remote = str(address) if address is not None else None
             rtt = paths.rtt.get(link, rtt)
-        stats = self.core.stats
+        stats = self._core.stats
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
             path=self.path,
@@ -323,7 +285,7 @@ class Session(trio.abc.Channel[bytes]):
             frames_sent=stats.frames_sent,
             frames_received=stats.frames_received,
             migrations=paths.manager.migrations,
-            last_error=self.core.close_reason or paths.manager.last_error,
+            last_error=self._core.close_reason or paths.manager.last_error,
         )
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
@@ -331,10 +293,11 @@ class Session(trio.abc.Channel[bytes]):
 
         A PATH_CHALLENGE under the session keys, answered by the peer's session core (not
         its application). Raises `NoUsablePath` if no answer arrives within `timeout`, and
-        like `send` once the session has ended.
+        like `send` once the session has ended. Cancelled, the ping is forgotten (a late
+        answer is ignored).
         """
         self._check_open()
-        token = self.paths.ping(trio.current_time())
+        token = self._paths.ping(trio.current_time())
         self._pings[token] = None
         self._changed()
         try:
@@ -356,7 +319,8 @@ class Session(trio.abc.Channel[bytes]):
         """Queue one message; waits while the send window is full (back-pressure).
 
         Raises `trio.ClosedResourceError` after `aclose`, `trio.BrokenResourceError`
-        (cause: `SessionClosed`) once the session has ended.
+        (cause: `SessionClosed`) once the session has ended. Cancelled while it waits,
+        nothing was queued; once it returns, the message is the session's to deliver.
         """
         lock = self._send_lock
         try:  # uncontended: no trip through the scheduler (a window's worth goes out at once)
@@ -364,12 +328,13 @@ class Session(trio.abc.Channel[bytes]):
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            while not self.core.can_send():
+            core = self._core
+            while not core.can_send():
                 self._check_open()
                 await self._wait_progress()
             self._check_open()
             try:
-                self.core.send(bytes(value), trio.current_time())
+                core.send(bytes(value), trio.current_time())
             except SessionClosed as exc:  # e.g. the keys expired this very moment
                 self._set_failure(exc.reason)
                 raise trio.BrokenResourceError(exc.reason) from exc
@@ -381,6 +346,7 @@ class Session(trio.abc.Channel[bytes]):
         """The next message from the peer, in order.
 
         Raises `trio.EndOfChannel` once the peer closed cleanly and every message was read.
+        Cancel-safe: a cancelled receive loses no message.
         """
         while not self._inbox:
             if self._closed_by_us:
@@ -391,29 +357,55 @@ class Session(trio.abc.Channel[bytes]):
                 raise trio.BrokenResourceError(str(self._failure)) from self._failure
             await self._wait_progress()
         payload = self._inbox.popleft()
-        if len(self._inbox) <= self._inbox_limit // 2 and self.core.acks_held:
-            self.core.hold_acks(False, trio.current_time())
+        if len(self._inbox) <= self._inbox_limit // 2 and self._core.acks_held:
+            self._core.hold_acks(False, trio.current_time())
             self._changed()
         return payload
 
     async def wait_acknowledged(self) -> None:
-        """Wait until the peer has acknowledged every message sent so far."""
-        while not self.core.all_acked:
+        """Wait until the peer has acknowledged every message sent so far (raises like `send`
+        once the session has ended). Cancelling it only stops the waiting."""
+        while not self._core.all_acked:
             self._check_open()
             await self._wait_progress()
 
     async def aclose(self, reason: str = "closed") -> None:
-        """Close the session: tell the peer (best effort) and stop. Idempotent."""
+        """Close the session: tell the peer (best effort) and stop. Idempotent.
+
+        The Close goes out under a shielded scope of at most 1 s, so cancellation does not
+        cut it short.
+        """
         if self._closed_by_us:
             return
         self._closed_by_us = True
-        self.core.close(0, reason, trio.current_time())
+        self._core.close(0, reason, trio.current_time())
         self._route()
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             for link in list(self._links):
                 await link.drain()
         self._notify()
+
+    # ----------------------------------------------------------------- path driver
+    def attach_driver(
+        self, driver: PathDriver, *, controlling: bool, settings: PathSettings
+    ) -> PathControl:
+        """Let `driver` (a Migrator) move this session between paths, under `settings`.
+
+        `controlling`: this side nominates direct connections and re-opens the relay
+        circuit (the lower peer id; docs/direct.md). From now on a lost link does not end
+        the session by itself: the path policy falls back, re-opens the circuit, or ends the
+        session when nothing carried it for its dead time. Raises `RuntimeError` if another
+        driver is attached.
+        """
+        if self._driver is not None:
+            raise RuntimeError("this session already has a path driver")
+        self._paths.enable_direct(
+            controlling=controlling, settings=settings, now=trio.current_time()
+        )
+        self._driver = driver
+        self._changed()
+        return PathControl(self, driver)
 
     # ----------------------------------------------------------------- links
     async def run_link(self, link: Link) -> None:
@@ -434,9 +426,9 @@ class Session(trio.abc.Channel[bytes]):
 
     def _on_frames(self, link: Link, frames: list[bytes]) -> None:
         now = trio.current_time()
-        receive = self.paths.receive_frame
+        receive = self._paths.receive_frame
         for data in frames:
-            if data and data[0] == _TYPE_FRAME:
+            if data and data[0] == _FRAME:
                 receive(data, link, now)
             # anything else: late handshake retransmissions and the like
         self._changed()
@@ -445,28 +437,28 @@ class Session(trio.abc.Channel[bytes]):
         if link.closed:
             return
         link.closed = True
-        if self._migrator is None:
+        if self._driver is None:
             self._set_failure(f"transport closed: {reason}")
             return
-        self.paths.link_down(link, reason, trio.current_time())
+        self._paths.link_down(link, reason, trio.current_time())
         self._changed()
 
     def _route(self) -> None:
         """Hand the core's frames to the links they go on."""
-        for link, frame in self.paths.outbox():
+        for link, frame in self._paths.outbox():
             cast(Link, link).push(frame)
 
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            deadline = self.paths.get_timer()
+            deadline = self._paths.get_timer()
             self._timer_at = deadline if deadline is not None else math.inf
             with trio.move_on_at(self._timer_at):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
             now = trio.current_time()
             if deadline is not None and now >= deadline:
-                self.paths.handle_timer(now)
+                self._paths.handle_timer(now)
                 self._changed()
 
     # ----------------------------------------------------------------- helpers
@@ -474,15 +466,15 @@ class Session(trio.abc.Channel[bytes]):
         for event in events:
             if isinstance(event, MessageReceived):
                 self._inbox.append(event.payload)
-                if len(self._inbox) >= self._inbox_limit and not self.core.acks_held:
-                    self.core.hold_acks(True, trio.current_time())
+                if len(self._inbox) >= self._inbox_limit and not self._core.acks_held:
+                    self._core.hold_acks(True, trio.current_time())
             elif isinstance(event, PingAnswered):
                 if event.token in self._pings:
                     kind = "direct" if event.kind is not LinkKind.RELAY else "relay"
                     self._pings[event.token] = (event.rtt_s, kind)
             elif isinstance(event, EndpointsReceived):
-                if self._migrator is not None:
-                    self._migrator.endpoints_received(event.endpoints)
+                if self._driver is not None:
+                    self._driver.endpoints_received(event.endpoints)
             elif isinstance(event, PeerClosed):
                 log.info("session %s closed by peer: %s", self.peer_id, event.reason or "no reason")
                 self._eof = True
@@ -492,8 +484,8 @@ class Session(trio.abc.Channel[bytes]):
     def _explain(self, reason: str) -> str:
         """`reason`, and why no path carried the session if none did (e.g. the relay was
         lost and its circuit could not be re-opened before the dead timer ran out)."""
-        manager = self.paths.manager
-        if self._migrator is None or manager.relay is not None or manager.direct is not None:
+        manager = self._paths.manager
+        if self._driver is None or manager.relay is not None or manager.direct is not None:
             return reason
         why = manager.last_error or "no path to the peer"
         return f"{reason}; the relay circuit was lost and not re-opened in time ({why})"
@@ -502,17 +494,17 @@ class Session(trio.abc.Channel[bytes]):
         if self._failure is None and not self._eof and not self._closed_by_us:
             log.warning("session %s failed: %s", self.peer_id, reason)
             self._failure = SessionClosed(reason)
-            self.core.fail(reason)
+            self._core.fail(reason)
         self._notify()
 
     def _changed(self) -> None:
-        paths = self.paths
+        paths = self._paths
         events = paths.events(trio.current_time())
         if events:
             self._handle_events(events)
         self._route()
-        if paths.has_commands and self._migrator is not None:
-            self._migrator.wake()
+        if paths.has_commands and self._driver is not None:
+            self._driver.wake()
         # most changes only push timers later; wake the timer task when one moved earlier
         deadline = paths.get_timer()
         if deadline is None or deadline < self._timer_at:
@@ -532,19 +524,138 @@ class Session(trio.abc.Channel[bytes]):
             raise trio.ClosedResourceError("session was closed")
         if self._failure is not None:
             raise trio.BrokenResourceError(str(self._failure)) from self._failure
-        if self._eof or self.core.close_reason is not None:
-            reason = self.core.close_reason or "closed by peer"
+        if self._eof or self._core.close_reason is not None:
+            reason = self._core.close_reason or "closed by peer"
             raise trio.BrokenResourceError(reason) from SessionClosed(reason)
 
 
-class _PathDriver(Protocol):
-    """What a Session needs from the driver that moves it between paths (the Migrator)."""
+class PathDriver(Protocol):
+    """What a Session asks of the driver that moves it between paths (a `Migrator`), which
+    registers with `Session.attach_driver`."""
 
-    def wake(self) -> None: ...
+    def wake(self) -> None:
+        """The session's path policy has commands: take them soon with
+        `PathControl.commands()` (not from inside this call)."""
 
-    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None: ...
+    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """The peer announced its direct-path candidates (an ENDPOINTS frame)."""
 
-    def abort_direct(self, reason: str = "aborted") -> bool: ...
+    def abort_direct(self, reason: str) -> bool:
+        """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
+
+
+class PathControl:
+    """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
+    it brings, the commands of the session's path policy.
+
+    Every call that changes the path state brings the session up to date at once (events,
+    frames to send, timers). Nothing here blocks; the driver runs each link it brings with
+    `Session.run_link` in a nursery of its own.
+    """
+
+    __slots__ = ("_driver", "_session")
+
+    def __init__(self, session: Session, driver: PathDriver) -> None:
+        self._session = session
+        self._driver = driver
+
+    @property
+    def racing(self) -> bool:
+        """A race for a direct path is running."""
+        return self._session._paths.race is not None
+
+    @property
+    def may_race(self) -> bool:
+        """A race may start now: none is running, there is no direct path, the mode allows."""
+        return self._session._paths.manager.may_race()
+
+    @property
+    def direct_link(self) -> Link | None:
+        """The direct connection carrying the session, if any."""
+        direct = self._session._paths.manager.direct
+        return direct if isinstance(direct, Link) else None
+
+    def commands(self) -> list[PathCommand]:
+        """Take the I/O the path policy asks for (races, closing links, re-opening the relay
+        circuit, log lines)."""
+        return self._session._paths.commands()
+
+    def owns_receiver_index(self, receiver_index: int) -> bool:
+        """Is `receiver_index` one of this open session's (a connection's first frame names
+        the index its sender chose for us)?"""
+        core = self._session._core
+        return core.state is SessionState.OPEN and receiver_index in core.keys.receiver_indices(
+            trio.current_time()
+        )
+
+    def start_race(self, endpoints: Sequence[Endpoint]) -> bool:
+        """A race starts: `endpoints` (ours) are announced to the peer in ENDPOINTS. False if
+        a race is running already or the session has ended."""
+        session = self._session
+        paths = session._paths
+        if paths.racing or session._core.state is not SessionState.OPEN:
+            return False
+        paths.race_started(trio.current_time(), endpoints)
+        session._changed()
+        return True
+
+    def race_failed(self, reason: str) -> None:
+        """The race's deadline passed without a winner: its candidates are closed."""
+        session = self._session
+        if session._paths.race is None:
+            return
+        session._paths.race_failed(reason, trio.current_time())
+        session._changed()
+
+    def attach_candidate(
+        self, transport: Transport, *, first_frame: bytes | None = None
+    ) -> Link | None:
+        """A direct connection for the running race, dialled or accepted (with the
+        `first_frame` it arrived with): it is challenged at once.
+
+        Returns the link to run with `Session.run_link`, or None if no race takes it (none
+        running, the race is full, the session ended): then close `transport`.
+        """
+        session = self._session
+        link = Link(transport, "direct")
+        if not session._paths.candidate_up(link, trio.current_time()):
+            return None
+        self._arrived(link, first_frame)
+        return link
+
+    def attach_relay(
+        self, transport: Transport, *, first_frame: bytes | None = None, opened_here: bool = False
+    ) -> Link | None:
+        """A new relay circuit for the session: one the peer re-opened (with the
+        `first_frame` it arrived with), or one we re-opened (`opened_here`: a keepalive goes
+        out on it first, so that the peer can route it). It replaces the old circuit.
+
+        Returns the link to run with `Session.run_link`, or None if the session has ended:
+        then close `transport`.
+        """
+        session = self._session
+        if session._core.state is not SessionState.OPEN:
+            return None
+        link = Link(transport, "relay")
+        session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
+        self._arrived(link, first_frame)
+        return link
+
+    def relay_open_failed(self, reason: str) -> None:
+        """Re-opening the relay circuit failed; the policy tries again while it is needed."""
+        self._session._paths.relay_open_failed(reason, trio.current_time())
+        self._session._changed()
+
+    def detach(self) -> None:
+        """The driver is done: the session no longer wakes it, and a lost link ends it."""
+        if self._session._driver is self._driver:
+            self._session._driver = None
+
+    def _arrived(self, link: Link, first_frame: bytes | None) -> None:
+        if first_frame is None:
+            self._session._changed()
+        else:
+            self._session._on_frames(link, [first_frame])
 
 
 @asynccontextmanager
@@ -570,11 +681,11 @@ async def open_session(
     session = Session(transport, result, settings or SessionSettings(), inbox_limit)
     if identity is not None and result.role is HandshakeRole.INITIATOR:
         peer = result.peer
-        session.core.enable_rekey(initiator=lambda: RekeyInitiator(identity, peer))
+        session._core.enable_rekey(initiator=lambda: RekeyInitiator(identity, peer))
     elif responder is not None:
-        session.core.enable_rekey(responder=RekeyResponder(responder, result.peer_id))
+        session._core.enable_rekey(responder=RekeyResponder(responder, result.peer_id))
     async with open_hidden_nursery() as nursery:
-        nursery.start_soon(session.run_link, session.relay_link)
+        nursery.start_soon(session.run_link, session._relay_link)
         nursery.start_soon(session._run_timers)
         try:
             yield session

@@ -281,7 +281,11 @@ async def open_configured_tap(
     offloads: bool = True,
     tun_path: str = TUN_PATH,
 ) -> AsyncIterator[TapDevice]:
-    """Create, configure and bring up a TAP device; leaving the block removes it."""
+    """Create, configure and bring up a TAP device; leaving the block removes it.
+
+    The configuration runs in a worker thread and is not cancellable while it runs (it takes
+    milliseconds); cancellation, like leaving the block, then removes the device.
+    """
     device = open_tap(name, offloads=offloads, tun_path=tun_path)
     try:
         capped = await configure_tap(

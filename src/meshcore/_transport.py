@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket as _stdlib_socket
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, cast
 
@@ -45,8 +45,8 @@ __all__ = [
     "WebSocketTransport",
     "open_reuseport_listener",
     "open_tcp_socket_from",
-    "open_websocket_transport",
-    "serve_websocket_transports",
+    "open_transport",
+    "serve_transport",
     "wrap_stream_transport",
 ]
 
@@ -84,15 +84,39 @@ class Transport(trio.abc.AsyncResource):
 
     @abc.abstractmethod
     async def send(self, data: bytes) -> None:
-        """Send one message; blocks while the other side is not keeping up."""
+        """Send one message; blocks while the other side is not keeping up.
+
+        Cancelled while it waits, nothing is sent; a transport that would be left with a
+        half-written message closes itself instead (WebSocket, the direct path).
+        """
 
     @abc.abstractmethod
     async def receive(self) -> bytes:
         """Return the next message. Cancelling a receive loses nothing."""
 
+    async def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send `messages` in order, as `send` would one by one (which is what this default
+        does; a transport that writes a batch at once, like the direct path's, overrides it).
+
+        Cancelled part way, the messages before the one being sent have been sent.
+        """
+        for message in messages:
+            await self.send(message)
+
+    async def receive_batch(self) -> list[bytes]:
+        """Return the next messages, at least one: every message that is already in hand
+        (this default returns one; a transport that reads several at once overrides it).
+
+        Cancel-safe like `receive`.
+        """
+        return [await self.receive()]
+
     @abc.abstractmethod
     async def aclose(self, reason: str = "closed") -> None:
-        """Close, telling the other side `reason`; never raises for an already closed transport."""
+        """Close, telling the other side `reason`; never raises for an already closed transport.
+
+        Cancelled, it still closes, abruptly (without waiting for the other side).
+        """
 
     @property
     @abc.abstractmethod
@@ -119,8 +143,8 @@ class WebSocketTransport(Transport):
     flow control pushes back on the sender. (Its default queue of one message is what makes
     a plain trio-websocket connection stop answering pings; docs/transport.md.)
 
-    Made by `open_websocket_transport`, `serve_websocket_transports` or
-    `wrap_stream_transport`, which own the reader task; do not construct it directly.
+    Made by `open_transport`, `serve_transport` or `wrap_stream_transport`, which own the
+    reader task; do not construct it directly.
     """
 
     def __init__(
@@ -395,7 +419,7 @@ def _upgrade_failed(
 
 
 @asynccontextmanager
-async def open_websocket_transport(
+async def open_transport(
     url: str,
     *,
     local_port: int | None = None,
@@ -410,7 +434,11 @@ async def open_websocket_transport(
     SO_REUSEPORT before connecting, so the relay connection, the direct listener and direct
     dials share one port and a NAT maps them alike. `connect_timeout` covers the TCP connect
     and the WebSocket upgrade. Leaving the block closes normally (code 1000), or with code
-    1011 if the block raised; cancellation cuts the connection.
+    1011 if the block raised.
+
+    Cancellation: while connecting, nothing is left open; inside the block, the transport
+    tries a close frame (code 1001) and cuts the TCP connection at once, and the
+    `trio.Cancelled` propagates.
 
     Raises ConfigError for a malformed URL and ConnectFailed (a TransportClosed) naming the
     URL when the connection is refused, unreachable, too slow, or the upgrade is refused.
@@ -439,7 +467,7 @@ async def open_websocket_transport(
         yield transport
 
 
-async def serve_websocket_transports(
+async def serve_transport(
     handler: Callable[[WebSocketTransport], Awaitable[None]],
     host: str,
     port: int,
@@ -453,14 +481,16 @@ async def serve_websocket_transports(
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(transport)` for each.
 
-    Use as `endpoints = await nursery.start(serve_websocket_transports, handler, host, port)`:
+    Use as `endpoints = await nursery.start(serve_transport, handler, host, port)`:
     it returns once listening, with the bound endpoints (port 0 is replaced by the real one).
     Each connection runs in its own task; when the handler returns the connection is closed
     normally. A handler that raises only loses its own connection (closed with code 1011,
     the error logged); `TransportClosed` from a handler is the remote leaving and is not an
     error. Connections that do not finish the upgrade within `handshake_timeout` are dropped.
     With `reuse_port`, the listening socket has SO_REUSEPORT (to share its port with dials).
-    Runs until cancelled. Raises ConfigError if it cannot listen.
+
+    Runs until cancelled; cancellation closes the listeners and cancels every handler, whose
+    connection then closes as in `open_transport`. Raises ConfigError if it cannot listen.
     """
     try:
         if reuse_port:
@@ -523,7 +553,8 @@ def wrap_stream_transport(
 
     Exactly one side passes `client=True`; `host` and `resource` are what it sends in the
     upgrade request. The transport owns `stream` and closes it on exit. Raises ConnectFailed
-    if the upgrade fails or takes longer than `handshake_timeout`.
+    if the upgrade fails or takes longer than `handshake_timeout`. Cancellation behaves as in
+    `open_transport`.
     """
     _, remote = _stream_addresses(stream)
     return _websocket_on_stream(

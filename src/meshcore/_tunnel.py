@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -24,6 +23,7 @@ from meshcore._control import SessionRegistry
 from meshcore._nursery import open_hidden_nursery
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
+from meshcore.proto.backoff import Backoff
 from meshcore.proto.constants import (
     TUNNEL_BACKOFF_MAX_S,
     TUNNEL_BACKOFF_MIN_S,
@@ -122,12 +122,14 @@ class FramePump:
         return frozenset(self._links)
 
     async def wait_linked(self, peers: Collection[PeerId]) -> None:
-        """Wait until every one of `peers` has a live session."""
+        """Wait until every one of `peers` has a live session; cancelling it only stops the
+        waiting."""
         while not set(peers) <= self._links.keys():
             await self._changed.wait()
 
     async def wait_unlinked(self, peers: Collection[PeerId]) -> None:
-        """Wait until none of `peers` has a live session."""
+        """Wait until none of `peers` has a live session; cancelling it only stops the
+        waiting."""
         while not self._links.keys().isdisjoint(peers):
             await self._changed.wait()
 
@@ -293,19 +295,13 @@ class TunnelConfig:
         return tuple(p for p in self.peers if p.digest < me)
 
 
-class _Backoff:
-    """Jittered exponential backoff between TUNNEL_BACKOFF_MIN_S and TUNNEL_BACKOFF_MAX_S."""
+_BACKOFF_JITTER = 0.2
+"""Retries of a failed session or relay connection wait ±20 % around their backoff step."""
 
-    def __init__(self) -> None:
-        self._next = TUNNEL_BACKOFF_MIN_S
 
-    def reset(self) -> None:
-        self._next = TUNNEL_BACKOFF_MIN_S
-
-    def delay(self) -> float:
-        value = self._next * random.uniform(0.8, 1.2)
-        self._next = min(self._next * 2, TUNNEL_BACKOFF_MAX_S)
-        return value
+def _backoff() -> Backoff:
+    """From TUNNEL_BACKOFF_MIN_S doubling to TUNNEL_BACKOFF_MAX_S, jittered."""
+    return Backoff(TUNNEL_BACKOFF_MIN_S, TUNNEL_BACKOFF_MAX_S, _BACKOFF_JITTER)
 
 
 async def run_tunnel(
@@ -320,7 +316,9 @@ async def run_tunnel(
     `pump.wait_linked(peers)` for them).
 
     Session and relay failures are logged and retried with backoff; only a failing device
-    ends the tunnel (`MeshError`).
+    ends the tunnel (`MeshError`). Cancellation closes every session (each peer is told,
+    under a shielded, bounded scope) and the relay connection; the device stays open, it is
+    the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
     pump = FramePump(fd, vnet_header_bytes, unique)
@@ -333,7 +331,7 @@ async def run_tunnel(
 
 async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
     """Stay registered at the relay: answer the lower peers, dial the higher ones."""
-    backoff = _Backoff()
+    backoff = _backoff()
     while True:
         started = trio.current_time()
         try:
@@ -359,7 +357,7 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
             reason = str(exc) or type(exc).__name__
         if trio.current_time() - started > _STABLE_SESSION_S:
             backoff.reset()
-        delay = backoff.delay()
+        delay = backoff.next_delay()
         log.warning("relay %s: %s; reconnecting in %.1f s", config.relay_url, reason, delay)
         await trio.sleep(delay)
 
@@ -374,7 +372,7 @@ async def _answered(pump: FramePump, config: TunnelConfig, session: Session) -> 
 async def _dial_forever(
     pump: FramePump, config: TunnelConfig, client: RelayClient, peer: PeerId
 ) -> None:
-    backoff = _Backoff()
+    backoff = _backoff()
     failures = 0
     while True:
         started = trio.current_time()
@@ -389,7 +387,7 @@ async def _dial_forever(
         if trio.current_time() - started > _STABLE_SESSION_S:
             backoff.reset()
             failures = 0
-        delay = backoff.delay()
+        delay = backoff.next_delay()
         if ended:
             log.info("session with %s ended: %s; dialling again in %.1f s", peer.short(), reason,
                      delay)  # fmt: skip

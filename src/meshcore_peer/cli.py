@@ -22,20 +22,26 @@ from pathlib import Path
 import trio
 
 import meshcore
-from meshcore._api import connect, serve
-from meshcore._control import (
+from meshcore import (
+    ConfigError,
+    FileReceiveStream,
+    FileSendStream,
+    Identity,
+    MeshError,
+    PathSettings,
+    PeerId,
+    Session,
     SessionRegistry,
+    connect,
     control_request,
     default_control_path,
+    open_hidden_nursery,
+    pipe_command,
+    pipe_session,
+    serve,
     serve_control,
 )
-from meshcore._nursery import open_hidden_nursery
-from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
-from meshcore._session import Session
-from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
-from meshcore.proto.identity import Identity, PeerId
-from meshcore.proto.paths import PathSettings
 from meshcore_peer.config import PeerConfig, load_peer_config
 from meshcore_peer.up import add_up_parser, run_up
 

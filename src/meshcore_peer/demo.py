@@ -11,11 +11,7 @@ import time
 
 import trio
 
-from meshcore._api import connect, serve
-from meshcore._relay import RelayConfig, serve_relay
-from meshcore._session import Session
-from meshcore.proto.identity import Identity
-from meshcore.proto.paths import PathSettings
+from meshcore import Identity, PathSettings, RelayConfig, Session, connect, serve, serve_relay
 
 __all__ = ["run_demo"]
 

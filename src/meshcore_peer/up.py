@@ -21,12 +21,24 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from meshcore._control import SessionRegistry, default_control_path, serve_control
-from meshcore._direct import overlay_interface
-from meshcore._tap import check_tap_access, open_configured_tap, validate_device_name
-from meshcore._tunnel import FramePump, TunnelConfig, run_tunnel
+from meshcore import (
+    ConfigError,
+    FramePump,
+    Identity,
+    MeshError,
+    PathSettings,
+    PeerId,
+    SessionRegistry,
+    TunnelConfig,
+    check_tap_access,
+    default_control_path,
+    open_configured_tap,
+    overlay_interface,
+    run_tunnel,
+    serve_control,
+    validate_device_name,
+)
 from meshcore.config import env_names, load_toml
-from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
 from meshcore.proto.constants import (
     MAX_MESSAGE_BYTES,
@@ -34,8 +46,6 @@ from meshcore.proto.constants import (
     TAP_VNET_HEADER_BYTES,
     TUNNEL_CHUNK_HEADER_BYTES,
 )
-from meshcore.proto.identity import Identity, PeerId
-from meshcore.proto.paths import PathSettings
 
 __all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
 

@@ -20,11 +20,8 @@ import attrs
 import trio
 
 import meshcore
-from meshcore._nursery import open_hidden_nursery
-from meshcore._relay import serve_relay
-from meshcore.errors import ConfigError, MeshError
+from meshcore import ConfigError, MeshError, RelayLimits, open_hidden_nursery, serve_relay
 from meshcore.logs import setup_logging
-from meshcore.proto.matchmaker import RelayLimits
 from meshcore_relay import chain_cli
 from meshcore_relay.config import (
     CONFIG_ENV,

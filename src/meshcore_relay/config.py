@@ -8,10 +8,9 @@ from typing import Any, Literal
 
 import attrs
 
-from meshcore._relay import RelayConfig
+from meshcore import RelayConfig, RelayLimits
 from meshcore.config import load_toml
 from meshcore.proto.constants import RELAY_DEFAULT_PORT, RELAY_SHUTDOWN_GRACE_S
-from meshcore.proto.matchmaker import RelayLimits
 
 __all__ = [
     "CONFIG_ENV",

@@ -77,6 +77,7 @@ async def pair(
     dial_b: tuple[Endpoint, ...] | None = None,
     port_b: int | None = None,
     delay_b: float = 0.0,
+    settings: SessionSettings = SESSION,
 ) -> AsyncIterator[tuple[Side, Side]]:
     """A session between ALICE (a) and BOB (b) through `relay`, each side with a migrator.
 
@@ -110,14 +111,21 @@ async def pair(
             ca.observed, ca.candidates = dial_b[0], dial_b[1:]
         async with AsyncExitStack() as stack:
             ra, rb = results["ra"], results["rb"]
-            sa = await stack.enter_async_context(open_session(pa.circuit, ra, settings=SESSION))  # type: ignore[arg-type]
-            sb = await stack.enter_async_context(open_session(pb.circuit, rb, settings=SESSION))  # type: ignore[arg-type]
-            ma = await stack.enter_async_context(open_migrator(sa, ca, pa, settings=paths))
+            sa = await stack.enter_async_context(open_session(pa.circuit, ra, settings=settings))  # type: ignore[arg-type]
+            sb = await stack.enter_async_context(open_session(pb.circuit, rb, settings=settings))  # type: ignore[arg-type]
+            ma = await stack.enter_async_context(
+                open_migrator(sa, ca, peer_candidates=addresses(pa), settings=paths)
+            )
             await trio.sleep(delay_b)
             mb = await stack.enter_async_context(
-                open_migrator(sb, cb, pb, settings=paths_b or paths)
+                open_migrator(sb, cb, peer_candidates=addresses(pb), settings=paths_b or paths)
             )
             yield Side(ca, pa, sa, ma), Side(cb, pb, sb, mb)
+
+
+def addresses(pairing: Pairing) -> tuple[Endpoint, ...]:
+    """The peer's addresses a pairing gave, in the order `meshcore.connect` dials them."""
+    return (*pairing.peer_candidates, pairing.peer_observed)
 
 
 @asynccontextmanager
@@ -258,16 +266,15 @@ async def test_when_every_candidate_fails_the_race_ends_in_time_and_relay_carrie
             blackhole() as hole_b,
             pair(relay, paths=paths, dial_a=(hole_b,), dial_b=(hole_a,)) as (a, b),
         ):
-            manager = a.session.paths.manager
             start = trio.current_time()  # the first race started just before
-            while manager.racing or manager.attempts == 0:
+            while a.session.path_stats.racing or a.session.path_stats.attempts == 0:
                 await a.session.send(b"during the race")
                 assert await b.session.receive() == b"during the race"
                 await trio.sleep(0.005)
             ended = trio.current_time()
             assert ended - start < paths.race_deadline_s + 0.1
             assert a.session.path == b.session.path == "relay"
-            while manager.attempts < 2:  # and it tries again later
+            while a.session.path_stats.attempts < 2:  # and it tries again later
                 await b.session.send(b"after the race")
                 assert await a.session.receive() == b"after the race"
                 await trio.sleep(0.005)
@@ -290,11 +297,10 @@ async def test_a_race_that_fails_retries_with_backoff() -> None:
             blackhole() as hole_b,
             pair(relay, paths=paths, dial_a=(hole_b,), dial_b=(hole_a,)) as (a, _b),
         ):
-            manager = a.session.paths.manager
             starts: list[float] = []
             while len(starts) < 4:
-                attempts = manager.attempts
-                while manager.attempts == attempts:
+                attempts = a.session.path_stats.attempts
+                while a.session.path_stats.attempts == attempts:
                     await trio.sleep(0.005)
                 starts.append(trio.current_time())
             gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
@@ -524,5 +530,5 @@ async def test_never_mode_opens_no_listener_and_stays_on_the_relay() -> None:
                     await session.send(b"%d" % i)
                     assert await session.receive() == b"%d" % i
                 assert session.path == "relay"
-                assert session.paths.manager.attempts == 0
+                assert session.path_stats.attempts == 0
             nursery.cancel_scope.cancel()

@@ -13,11 +13,11 @@ import pytest
 import trio
 
 # the session-pair helpers live with the race tests
-from test_direct import PATHS, Side, pair, running_relay, wait_path
+from test_direct import PATHS, SESSION, Side, pair, running_relay, wait_path
 
 from meshcore._direct import FramedTransport
 from meshcore._session import Session
-from meshcore.proto.paths import PathSettings
+from meshcore.proto.paths import LinkKind, PathSettings
 
 MIGRATING = attrs.evolve(
     PATHS, race_deadline_s=2.0, retry_s=0.05, retry_max_s=0.1, stable_s=0.01, retry_jitter=0.1
@@ -159,22 +159,21 @@ async def test_a_silent_direct_path_is_distrusted_then_dropped_without_loss() ->
         MIGRATING, trust_s=0.3, dead_s=0.8, retry_s=10.0, retry_max_s=10.0, stable_s=60.0
     )
     with trio.fail_after(30):
-        async with running_relay() as relay, pair(relay, paths=paths) as (a, b):
-            for side in (a, b):
-                side.session.core.settings = attrs.evolve(
-                    side.session.core.settings, keepalive_s=0.1
-                )
+        async with (
+            running_relay() as relay,
+            pair(relay, paths=paths, settings=attrs.evolve(SESSION, keepalive_s=0.1)) as (a, b),
+        ):
             with trio.fail_after(2):
                 await wait_path(a.session, b.session, path="direct")
             blackhole_direct(a, b)  # the connection stays up but carries nothing any more
             start = trio.current_time()
             sent = 0
             distrusted = False
-            while a.session.paths.manager.direct is not None or b.session.path != "relay":
+            while a.session.path != "relay" or b.session.path != "relay":
                 await a.session.send(b"%d" % sent)
                 sent += 1
                 await trio.sleep(0.01)
-                distrusted |= a.session.paths.manager.lapsed
+                distrusted |= a.session.path_stats.distrusted
             took = trio.current_time() - start
             assert distrusted, "the silent path was never distrusted before it was dropped"
             assert paths.dead_s - 0.15 <= took < paths.dead_s + 1.0
@@ -194,9 +193,11 @@ async def test_traffic_goes_on_both_paths_while_the_direct_path_is_distrusted() 
                 while relay.circuit_stats():
                     await trio.sleep(0.002)
             blackhole_direct(a, b)
-            manager = a.session.paths.manager
             with trio.fail_after(2):
-                while not manager.lapsed or len(manager.targets) < 2:
+                while not (stats := a.session.path_stats).distrusted or stats.sending_on != (
+                    LinkKind.DIRECT,
+                    LinkKind.RELAY,
+                ):
                     await trio.sleep(0.01)
             # the relay circuit came back for the duration; messages get through on it
             for i in range(20):
@@ -225,5 +226,5 @@ async def test_settings_reach_the_migrator() -> None:
     paths = PathSettings(race_deadline_s=1.5)
     with trio.fail_after(30):
         async with running_relay() as relay, pair(relay, paths=paths) as (a, _b):
-            assert a.session.paths.settings.race_deadline_s == 1.5
+            assert a.session._paths.settings.race_deadline_s == 1.5  # the policy's own
             assert a.migrator.settings is paths

@@ -16,6 +16,7 @@ import trio.testing
 from meshcore._registry import (
     FileSource,
     RegistryListing,
+    RegistrySource,
     RelayListCache,
     StaticSource,
     open_registry,
@@ -164,14 +165,38 @@ async def test_a_failing_refresh_keeps_the_last_good_list_and_says_so_once(
     assert len(failures) == 2  # once for the bad TOML, once for the list with no usable entry
 
 
+class _ChangingSource(RegistrySource):
+    """A source whose list the test changes, read without threads (so MockClock applies)."""
+
+    def __init__(self, urls: list[str], refresh_s: float) -> None:
+        self.urls = urls
+        self._refresh_s = refresh_s
+        self.fetched_at: list[float] = []
+
+    @property
+    def description(self) -> str:
+        return "a test source"
+
+    @property
+    def refresh_s(self) -> float:
+        return self._refresh_s
+
+    async def fetch(self) -> RegistryListing:
+        self.fetched_at.append(trio.current_time())
+        raw = [{"url": u} for u in self.urls]
+        return RegistryListing(check_relay_entries(raw), self.description, 0.0)
+
+
 async def test_the_background_refresh_runs_on_the_poll_interval(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    path = tmp_path / "relays.toml"
-    path.write_text(_toml("ws://a.example:1"))
-    async with open_registry(FileSource(path, poll_s=30.0)) as registry:
-        path.write_text(_toml("ws://b.example:1"))
+    source = _ChangingSource(["ws://a.example:1"], refresh_s=30.0)
+    async with open_registry(source) as registry:
         start = trio.current_time()
-        with trio.fail_after(60):
-            await registry.changed(0)
-        assert 30.0 <= trio.current_time() - start < 31.0
+        source.urls = ["ws://b.example:1"]
+        with trio.fail_after(100):
+            assert await registry.changed(0) == 1
+        assert trio.current_time() - start == 30.0
+        assert [e.url for e in registry.entries] == ["ws://b.example:1/"]
+        await trio.sleep_until(start + 95.0)  # virtual time: three polls have run
+        assert [t - start for t in source.fetched_at[1:4]] == [30.0, 60.0, 90.0]

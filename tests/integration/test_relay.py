@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
-from meshcore._transport import WebSocketTransport, open_websocket_transport
+from meshcore._transport import WebSocketTransport, open_transport
 from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
@@ -82,7 +82,7 @@ async def open_client(
     server: RelayServer, identity: Identity | None = None, candidates: tuple[Endpoint, ...] = ()
 ) -> AsyncIterator[ControlClient]:
     """Connect to `server` (and register as `identity`, if given)."""
-    async with open_websocket_transport(server.url) as transport:
+    async with open_transport(server.url) as transport:
         client = ControlClient(transport)
         if identity is not None:
             await client.register(identity, candidates)

@@ -19,7 +19,7 @@ import pytest
 import trio
 from test_relay import ALICE, ControlClient
 
-from meshcore._transport import open_websocket_transport
+from meshcore._transport import open_transport
 
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(rb"relay listening on (ws://127\.0\.0\.1:(\d+)/)")
@@ -84,7 +84,7 @@ def relay_proc() -> Iterator[list[Relay]]:
 
 
 async def _register(url: str) -> bytes:
-    async with open_websocket_transport(url) as transport:
+    async with open_transport(url) as transport:
         registered = await ControlClient(transport).register(ALICE)
         return registered.peer_id
 

@@ -13,7 +13,7 @@ import trio
 
 from meshcore._client import open_relay_client
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
-from meshcore._transport import WebSocketTransport, serve_websocket_transports
+from meshcore._transport import WebSocketTransport, serve_transport
 from meshcore.errors import RelayError, TransportClosed
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
@@ -35,7 +35,7 @@ async def fake_relay(
         await handler(transport, count)
 
     endpoints: list[Endpoint] = await nursery.start(
-        partial(serve_websocket_transports, numbered, "127.0.0.1", 0)
+        partial(serve_transport, numbered, "127.0.0.1", 0)
     )
     return f"ws://127.0.0.1:{endpoints[0].port}/"
 

@@ -20,7 +20,7 @@ from test_relay import (
 )
 
 from meshcore._relay import RelayConfig
-from meshcore._transport import open_websocket_transport
+from meshcore._transport import open_transport
 from meshcore.proto import wire
 from meshcore.proto.constants import MAX_CONTROL_BYTES, PROTOCOL_VERSION
 from meshcore.proto.identity import Identity
@@ -78,7 +78,7 @@ async def test_oversized_frame_closes_only_that_connection(nursery: trio.Nursery
     server = await start_relay(nursery)
     async with open_client(server, ALICE) as alice, open_client(server, BOB) as bob:
         cid = await pair(alice, bob, BOB)
-        async with open_websocket_transport(server.url, max_message=4 * MAX_CONTROL_BYTES) as big:
+        async with open_transport(server.url, max_message=4 * MAX_CONTROL_BYTES) as big:
             client = ControlClient(big)
             await client.register(MALLORY)
             await big.send(wire.encode_relayed(1, b"")[:-4] + b"\xff" * (2 * MAX_CONTROL_BYTES))
@@ -143,7 +143,7 @@ async def test_thousand_connect_disconnect_cycles_leave_the_relay_clean(
         async def churn(worker: int) -> None:
             nonlocal done
             for i in range(125):
-                async with open_websocket_transport(server.url) as transport:
+                async with open_transport(server.url) as transport:
                     client = ControlClient(transport)
                     if i % 10 == 0:  # some register (and replace each other) before leaving
                         await client.register(CAROL)

@@ -41,7 +41,7 @@ async def test_session_rekeys_in_the_background_and_loses_nothing(
         open_session(ta, results["a"], settings=settings, identity=ALICE) as a,
         open_session(tb, results["b"], settings=settings, responder=responder) as b,
     ):
-        first_keys = (a.core.keys.send_key, b.core.keys.send_key)
+        first_keys = (a._core.keys.send_key, b._core.keys.send_key)
         for second in range(minutes * 60):
             await a.send(second.to_bytes(4, "big"))
             await b.send(second.to_bytes(4, "big"))
@@ -50,12 +50,12 @@ async def test_session_rekeys_in_the_background_and_loses_nothing(
                 assert await a.receive() == second.to_bytes(4, "big")
             await trio.sleep(1.0)
         # one rekey per REKEY_AFTER_S, and never a key used past REJECT_AFTER_S
-        assert a.core.rekeys >= (minutes * 60) // int(REKEY_AFTER_S) - 1
-        assert b.core.rekeys == a.core.rekeys
-        assert (a.core.keys.send_key, b.core.keys.send_key) != first_keys
+        assert a._core.rekeys >= (minutes * 60) // int(REKEY_AFTER_S) - 1
+        assert b._core.rekeys == a._core.rekeys
+        assert (a._core.keys.send_key, b._core.keys.send_key) != first_keys
         now = trio.current_time()
         for session in (a, b):
-            send_key = session.core.keys.send_key
+            send_key = session._core.keys.send_key
             assert send_key is not None and now - send_key.created_at < REJECT_AFTER_S
 
 

@@ -17,12 +17,13 @@ from meshcore._transport import (
     WebSocketTransport,
     open_reuseport_listener,
     open_tcp_socket_from,
-    open_websocket_transport,
-    serve_websocket_transports,
+    open_transport,
+    serve_transport,
     wrap_stream_transport,
 )
 from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto.endpoint import Endpoint
+from meshcore.testing.memory import memory_transport_pair
 
 Handler = Callable[[WebSocketTransport], Awaitable[None]]
 LIMIT_S = 10  # every test's bound; each normally takes milliseconds
@@ -31,7 +32,7 @@ LIMIT_S = 10  # every test's bound; each normally takes milliseconds
 async def serve(nursery: trio.Nursery, handler: Handler, **options: object) -> str:
     """Start a server on a free loopback port; return its URL."""
     endpoints: list[Endpoint] = await nursery.start(
-        lambda task_status: serve_websocket_transports(
+        lambda task_status: serve_transport(
             handler, "127.0.0.1", 0, task_status=task_status, **options
         )
     )
@@ -63,7 +64,7 @@ async def free_port() -> int:
 async def test_round_trip(nursery: trio.Nursery) -> None:
     url = await serve(nursery, echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.send(b"ping")
             assert await transport.receive() == b"ping"
 
@@ -72,7 +73,7 @@ async def test_large_messages_round_trip_intact(nursery: trio.Nursery) -> None:
     big = 4 * 1024 * 1024
     url = await serve(nursery, echo, max_message=big)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url, max_message=big) as transport:
+        async with open_transport(url, max_message=big) as transport:
             for size in (64 * 1024, 64 * 1024 + 1, 1024 * 1024):
                 message = bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)
                 await transport.send(message)
@@ -82,7 +83,7 @@ async def test_large_messages_round_trip_intact(nursery: trio.Nursery) -> None:
 async def test_empty_message_is_a_message(nursery: trio.Nursery) -> None:
     url = await serve(nursery, echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.send(b"")
             assert await transport.receive() == b""
 
@@ -96,10 +97,32 @@ async def test_addresses_match_across_the_connection(nursery: trio.Nursery) -> N
 
     url = await serve(nursery, record)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.receive()
             assert seen == [(transport.remote_address, transport.local_address)]
             assert transport.remote_address == Endpoint("127.0.0.1", int(url.split(":")[2][:-1]))
+
+
+async def test_a_transport_without_batching_sends_and_receives_batches_one_by_one() -> None:
+    # the Transport defaults: send_many is send in order, receive_batch one message
+    a, b = memory_transport_pair(8)
+    with trio.fail_after(LIMIT_S):
+        await a.send_many([b"one", b"two", b"three"])
+        assert [await b.receive_batch() for _ in range(3)] == [[b"one"], [b"two"], [b"three"]]
+        await a.aclose("done")
+        with pytest.raises(TransportClosed, match="done"):
+            await b.receive_batch()
+
+
+async def test_websocket_batches_arrive_in_order(nursery: trio.Nursery) -> None:
+    url = await serve(nursery, echo)
+    with trio.fail_after(LIMIT_S):
+        async with open_transport(url) as transport:
+            await transport.send_many([b"%d" % i for i in range(50)])
+            got: list[bytes] = []
+            while len(got) < 50:
+                got += await transport.receive_batch()
+            assert got == [b"%d" % i for i in range(50)]
 
 
 # --- close reasons ---------------------------------------------------------------------------
@@ -117,7 +140,7 @@ async def test_client_close_reason_reaches_the_server(nursery: trio.Nursery) -> 
 
     url = await serve(nursery, wait_for_close)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.aclose("client is done")
         await got.wait()
     assert reasons == ["client is done"]
@@ -135,7 +158,7 @@ async def test_server_close_reason_reaches_the_client_after_queued_messages(
 
     url = await serve(nursery, say_goodbye)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await trio.testing.wait_all_tasks_blocked()
             assert [await transport.receive() for _ in range(3)] == [b"0", b"1", b"2"]
             with pytest.raises(TransportClosed, match="maintenance, come back later"):
@@ -160,7 +183,7 @@ async def test_long_close_reason_is_cut_on_the_wire_but_kept_locally(
     reason = "é" * 100  # 200 UTF-8 bytes; a close frame carries at most 123
     url = await serve(nursery, wait_for_close)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.aclose(reason)
         await got.wait()
     assert transport.close_reason == reason
@@ -179,7 +202,7 @@ async def test_oversized_message_is_refused_with_a_reason_naming_the_limit(
 
     url = await serve(nursery, receive_once, max_message=1000)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url, max_message=10_000) as transport:
+        async with open_transport(url, max_message=10_000) as transport:
             await transport.send(b"x" * 1001)
             with pytest.raises(TransportClosed, match="1000 bytes") as info:
                 await transport.receive()
@@ -192,7 +215,7 @@ async def test_oversized_message_is_refused_with_a_reason_naming_the_limit(
 async def test_bytearray_and_memoryview_are_sent_as_bytes(nursery: trio.Nursery) -> None:
     url = await serve(nursery, echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             await transport.send(bytearray(b"array"))  # type: ignore[arg-type]
             await transport.send(memoryview(b"view"))  # type: ignore[arg-type]
             assert [await transport.receive() for _ in range(2)] == [b"array", b"view"]
@@ -201,7 +224,7 @@ async def test_bytearray_and_memoryview_are_sent_as_bytes(nursery: trio.Nursery)
 async def test_sending_over_our_own_limit_is_a_caller_error(nursery: trio.Nursery) -> None:
     url = await serve(nursery, echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url, max_message=100) as transport:
+        async with open_transport(url, max_message=100) as transport:
             with pytest.raises(ValueError, match="101 bytes"):
                 await transport.send(b"x" * 101)
             await transport.send(b"still open")
@@ -240,7 +263,7 @@ async def test_text_message_is_refused_after_earlier_binary_ones(nursery: trio.N
 async def test_refused_connection_names_the_url() -> None:
     url = f"ws://127.0.0.1:{await free_port()}/relay"
     with trio.fail_after(LIMIT_S), pytest.raises(ConnectFailed) as info:
-        async with open_websocket_transport(url):
+        async with open_transport(url):
             pytest.fail("connected to a closed port")
     assert url in str(info.value)
     assert info.value.errno == errno.ECONNREFUSED
@@ -249,7 +272,7 @@ async def test_refused_connection_names_the_url() -> None:
 async def test_refused_connection_from_a_local_port_names_the_url() -> None:
     url = f"ws://127.0.0.1:{await free_port()}/"
     with trio.fail_after(LIMIT_S), pytest.raises(ConnectFailed, match=url) as info:
-        async with open_websocket_transport(url, local_port=await free_port()):
+        async with open_transport(url, local_port=await free_port()):
             pytest.fail("connected to a closed port")
     assert info.value.errno == errno.ECONNREFUSED
 
@@ -257,7 +280,7 @@ async def test_refused_connection_from_a_local_port_names_the_url() -> None:
 async def test_connect_timeout_names_the_url() -> None:
     url = f"ws://127.0.0.1:{await free_port()}/"
     with pytest.raises(ConnectFailed, match=f"{url}: no TCP connection within 0 s"):
-        async with open_websocket_transport(url, connect_timeout=0):
+        async with open_transport(url, connect_timeout=0):
             pytest.fail("connected with no time to do it")
 
 
@@ -272,7 +295,7 @@ async def test_connect_timeout_names_the_url() -> None:
 )
 async def test_bad_url_is_a_config_error_naming_it(url: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint) as info:
-        async with open_websocket_transport(url):
+        async with open_transport(url):
             pytest.fail("accepted a bad URL")
     assert repr(url) in str(info.value)
 
@@ -284,7 +307,7 @@ async def test_server_that_never_upgrades_times_out_naming_the_url(
     nursery.start_soon(trio.serve_listeners, lambda stream: trio.sleep_forever(), listeners)
     url = f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
     with trio.fail_after(LIMIT_S), pytest.raises(ConnectFailed, match="did not finish in time"):
-        async with open_websocket_transport(url, connect_timeout=0.2):
+        async with open_transport(url, connect_timeout=0.2):
             pytest.fail("upgrade cannot succeed")
 
 
@@ -295,7 +318,7 @@ async def test_refused_upgrade_names_the_http_status(nursery: trio.Nursery) -> N
     server = await nursery.start(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
     url = f"ws://127.0.0.1:{server.port}/"
     with trio.fail_after(LIMIT_S), pytest.raises(ConnectFailed, match="HTTP 403"):
-        async with open_websocket_transport(url):
+        async with open_transport(url):
             pytest.fail("upgrade was refused")
 
 
@@ -312,7 +335,7 @@ async def test_listening_on_a_busy_port_is_a_config_error(nursery: trio.Nursery)
     url = await serve(nursery, echo)
     port = int(url.split(":")[2][:-1])
     with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
-        await nursery.start(serve_websocket_transports, echo, "127.0.0.1", port)
+        await nursery.start(serve_transport, echo, "127.0.0.1", port)
 
 
 # --- flow control and concurrency -----------------------------------------------------------
@@ -335,7 +358,7 @@ async def test_slow_reader_pushes_back_on_the_sender_with_bounded_memory(
     url = await serve(nursery, read_when_released, receive_queue=queue)
     sent = 0
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport, trio.open_nursery() as inner:
+        async with open_transport(url) as transport, trio.open_nursery() as inner:
 
             async def send_all() -> None:
                 nonlocal sent
@@ -374,7 +397,7 @@ async def test_many_concurrent_connections(nursery: trio.Nursery) -> None:
     url = await serve(nursery, echo)
 
     async def client(i: int) -> None:
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             for j in range(10):
                 await transport.send(b"%d:%d" % (i, j))
                 assert await transport.receive() == b"%d:%d" % (i, j)
@@ -397,7 +420,7 @@ async def test_crashing_handler_closes_only_its_own_connection(
 
     url = await serve(nursery, fragile_echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as good, open_websocket_transport(url) as bad:
+        async with open_transport(url) as good, open_transport(url) as bad:
             await bad.send(b"crash")
             with pytest.raises(TransportClosed, match="1011"):
                 await bad.receive()
@@ -416,7 +439,7 @@ async def test_cancelled_receive_loses_nothing_and_keeps_the_transport(
 ) -> None:
     url = await serve(nursery, echo)
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             with trio.move_on_after(0.01):
                 await transport.receive()
             await transport.send(b"after")
@@ -442,7 +465,7 @@ async def test_cancel_during_send_closes_with_a_reason_and_leaks_no_task(
     url = await serve(nursery, read_late, receive_queue=1)
     before = own_nurseries()
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(url) as transport:
+        async with open_transport(url) as transport:
             assert own_nurseries() != before  # the transport's reader runs under us
             with trio.CancelScope() as scope:
 
@@ -480,7 +503,7 @@ async def test_outer_cancel_while_receiving_closes_and_the_server_sees_it(
     before = own_nurseries()
     with trio.fail_after(LIMIT_S):
         with trio.CancelScope() as scope:
-            async with open_websocket_transport(url) as transport:
+            async with open_transport(url) as transport:
                 assert own_nurseries() != before
                 nursery.start_soon(lambda: _cancel_when_blocked(scope))
                 await transport.receive()
@@ -512,7 +535,7 @@ async def test_error_in_the_block_closes_with_code_1011_and_is_raised_alone(
     url = await serve(nursery, wait_for_close)
     with trio.fail_after(LIMIT_S):
         with pytest.raises(KeyError):
-            async with open_websocket_transport(url):
+            async with open_transport(url):
                 raise KeyError("user bug")
         await server_done.wait()
     assert "1011" in server_saw[0]
@@ -543,7 +566,7 @@ async def test_listener_and_outbound_websocket_share_one_port(nursery: trio.Nurs
     listener = await open_reuseport_listener("127.0.0.1", 0)
     port = listener.socket.getsockname()[1]
     with trio.fail_after(LIMIT_S):
-        async with open_websocket_transport(relay_url, local_port=port) as relay:
+        async with open_transport(relay_url, local_port=port) as relay:
             assert relay.local_address == Endpoint("127.0.0.1", port)
             # The relay observes our shared port, and the listener still accepts on it.
             dialer = await trio.open_tcp_stream("127.0.0.1", port)
@@ -621,7 +644,7 @@ def test_public_api_is_pinned() -> None:
         "WebSocketTransport",
         "open_reuseport_listener",
         "open_tcp_socket_from",
-        "open_websocket_transport",
-        "serve_websocket_transports",
+        "open_transport",
+        "serve_transport",
         "wrap_stream_transport",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from meshcore._transport import Transport
 from meshcore.errors import TransportClosed
 from meshcore.proto.endpoint import Endpoint
-from meshcore.testing.memory import Direction, memory_transport_pair
+from meshcore.proto.packet import PacketType
+from meshcore.testing.memory import Direction, LossyNetwork, memory_transport_pair
 
 
 async def test_messages_cross_both_ways_in_order() -> None:
@@ -187,7 +189,59 @@ def test_public_api_is_pinned() -> None:
 
     assert sorted(module.__all__) == [
         "Direction",
+        "LossyNetwork",
         "MemoryTransport",
         "MessageFilter",
         "memory_transport_pair",
     ]
+
+
+# --- LossyNetwork -----------------------------------------------------------------------------
+
+FRAME = bytes([PacketType.FRAME]) + bytes(40)
+
+
+def frames(n: int) -> list[bytes]:
+    return [FRAME + i.to_bytes(4, "big") for i in range(n)]
+
+
+def test_the_lossy_network_loses_duplicates_and_reorders_frames_by_its_rates() -> None:
+    net = LossyNetwork(random.Random(1), loss=0.1, duplicate=0.1, reorder=0.1)
+    sent = frames(5000)
+    out = [m for frame in sent for m in net(Direction.A_TO_B, frame)]
+    assert 400 < net.lost < 600 and 400 < net.duplicated < 600 and 400 < net.reordered < 600
+    assert len(out) == len(sent) - net.lost + net.duplicated - (1 if net._held else 0)
+    assert out != sorted(out)  # some frame overtook another
+    assert set(out) <= set(sent)
+
+
+def test_the_lossy_network_lets_handshake_messages_through() -> None:
+    net = LossyNetwork(random.Random(2), loss=0.9)
+    for kind in (PacketType.HANDSHAKE_INIT, PacketType.HANDSHAKE_RESPONSE):
+        message = bytes([kind]) + bytes(100)
+        assert all(net(Direction.B_TO_A, message) == [message] for _ in range(50))
+    assert net.lost == 0
+
+
+def test_a_held_frame_comes_out_behind_the_next_one_in_its_direction() -> None:
+    always = LossyNetwork(random.Random(3), loss=0.0, duplicate=0.0, reorder=0.999)
+    first, second, third = frames(3)
+    assert always(Direction.A_TO_B, first) == []
+    assert always(Direction.B_TO_A, third) == []  # held separately per direction
+    assert always(Direction.A_TO_B, second) == [second, first]
+
+
+def test_the_same_seed_makes_the_same_network() -> None:
+    runs = []
+    for _ in range(2):
+        net = LossyNetwork(random.Random(4))
+        runs.append([m for frame in frames(500) for m in net(Direction.A_TO_B, frame)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    "rates", [{"loss": 1.0}, {"reorder": -0.1}, {"loss": 0.5, "duplicate": 0.5}]
+)
+def test_impossible_rates_are_refused(rates: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        LossyNetwork(random.Random(0), **rates)

@@ -461,6 +461,36 @@ def test_a_race_moves_both_sides_onto_the_same_link() -> None:
     assert p.a.active is p.b.active is LinkKind.DIRECT
 
 
+def test_stats_tell_the_path_the_race_and_the_counters() -> None:
+    p = Pair()
+    before = p.a.stats()
+    assert (before.active, before.sending_on, before.relay) == (
+        LinkKind.RELAY,
+        (LinkKind.RELAY,),
+        RelayState.OPEN,
+    )
+    assert (before.racing, before.migrations, before.attempts) == (False, 0, 0)
+    p.a.race_started(0.0)
+    p.b.race_started(0.0)
+    assert p.a.stats().racing and p.a.stats().attempts == 1
+    assert p.a.candidate_up("c1", 0.0) and p.b.candidate_up("c1", 0.0)
+    p.pump(0.001)
+    after = p.a.stats()
+    assert (after.active, after.sending_on, after.racing) == (
+        LinkKind.DIRECT,
+        (LinkKind.DIRECT,),
+        False,
+    )
+    assert (after.migrations, after.fallbacks, after.distrusted) == (1, 0, False)
+    p.a.link_down("c1", "connection reset", 1.0)
+    fallen = p.a.stats()
+    assert (fallen.active, fallen.fallbacks, fallen.last_error) == (
+        LinkKind.RELAY,
+        1,
+        "connection reset",
+    )
+
+
 def test_the_race_announces_our_candidates_on_the_relay() -> None:
     p = Pair()
     p.a.race_started(0.0, [Endpoint("127.0.0.1", 4000)])

@@ -1,6 +1,64 @@
 """meshcore's test kit, for meshcore's own tests and for anyone building on it.
 
-`meshcore.testing._wire_strategies` holds hypothesis strategies for every wire message and a
-mutator of valid encodings for fuzzing. Nothing here is imported by the library itself, and
-importing this package does not import hypothesis.
+- `strategies`: hypothesis strategies for every wire message, and mutators of valid
+  encodings for fuzzing decoders (`mutated_encodings(values, encoder)` works for any codec).
+- `memory_transport_pair`: two connected in-memory Transports with a hook (`MessageFilter`)
+  for the middle; `LossyNetwork` is a middle that loses, duplicates and reorders frames.
+- `open_session_pair`: two live Sessions over such a pair, the real handshake included.
+- `SessionCoreMachine`, `SessionPathsMachine`: the stateful machines meshcore's own
+  properties run, to subclass.
+
+Every name loads on first use: importing this package imports neither hypothesis nor trio.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshcore.testing import strategies
+    from meshcore.testing.machines import SessionCoreMachine, SessionPathsMachine
+    from meshcore.testing.memory import (
+        Direction,
+        LossyNetwork,
+        MemoryTransport,
+        MessageFilter,
+        memory_transport_pair,
+    )
+    from meshcore.testing.sessions import open_session_pair
+
+_LAZY = {
+    "Direction": "meshcore.testing.memory",
+    "LossyNetwork": "meshcore.testing.memory",
+    "MemoryTransport": "meshcore.testing.memory",
+    "MessageFilter": "meshcore.testing.memory",
+    "SessionCoreMachine": "meshcore.testing.machines",
+    "SessionPathsMachine": "meshcore.testing.machines",
+    "memory_transport_pair": "meshcore.testing.memory",
+    "open_session_pair": "meshcore.testing.sessions",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "strategies":
+        return importlib.import_module("meshcore.testing.strategies")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshcore.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "Direction",
+    "LossyNetwork",
+    "MemoryTransport",
+    "MessageFilter",
+    "SessionCoreMachine",
+    "SessionPathsMachine",
+    "memory_transport_pair",
+    "open_session_pair",
+    "strategies",
+]

@@ -1,6 +1,7 @@
-"""In-memory Transport pairs for fast tests of sessions, with a hook for a hostile middle.
+"""In-memory Transport pairs for fast tests of sessions, with a hook for a hostile middle,
+and `LossyNetwork`, a middle that loses, duplicates and reorders frames.
 
-They follow the Transport rules exactly (`meshcore._transport`): bounded queues that push
+They follow the Transport rules exactly (`meshcore.Transport`): bounded queues that push
 back on the sender, `TransportClosed(reason)` after a close, queued messages still delivered
 after the *remote* closed, nothing more after a *local* close.
 """
@@ -8,6 +9,7 @@ after the *remote* closed, nothing more after a *local* close.
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Callable, Iterable
 
 import trio
@@ -16,8 +18,15 @@ from meshcore._transport import Transport
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import MAX_CONTROL_BYTES, TRANSPORT_RECEIVE_QUEUE_MESSAGES
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.packet import PacketType, packet_type_of
 
-__all__ = ["Direction", "MemoryTransport", "MessageFilter", "memory_transport_pair"]
+__all__ = [
+    "Direction",
+    "LossyNetwork",
+    "MemoryTransport",
+    "MessageFilter",
+    "memory_transport_pair",
+]
 
 
 class Direction(enum.Enum):
@@ -31,6 +40,63 @@ MessageFilter = Callable[[Direction, bytes], Iterable[bytes]]
 """Called for every message in flight; yields what arrives instead: nothing (drop), one
 message (pass or alter), several (duplicate). A stateful filter can hold a message back and
 release it with a later one, which reorders."""
+
+
+class LossyNetwork:
+    """A `MessageFilter` that loses, duplicates and reorders a session's sealed frames: the
+    bad network a protocol on top of a Session has to survive.
+
+    Each frame is lost with probability `loss`, else sent twice with `duplicate`, else held
+    back with `reorder` until the next frame in the same direction overtakes it. Choices come
+    from `rng`: give it hypothesis's `st.randoms()` so that a failing run shrinks and replays.
+    Handshake messages pass untouched (the handshake resends msg1 but a lost msg3 would cost
+    a whole handshake timeout); the counters say what the network did.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        loss: float = 0.05,
+        duplicate: float = 0.02,
+        reorder: float = 0.05,
+    ) -> None:
+        for name, value in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if loss + duplicate + reorder >= 1:
+            raise ValueError("loss + duplicate + reorder must stay below 1: some frames must pass")
+        self._rng = rng
+        self._loss = loss
+        self._duplicate = loss + duplicate
+        self._reorder = loss + duplicate + reorder
+        self._held: dict[Direction, bytes] = {}
+        self.passed = 0
+        self.lost = 0
+        self.duplicated = 0
+        self.reordered = 0
+
+    def __call__(self, direction: Direction, data: bytes) -> list[bytes]:
+        if packet_type_of(data) is not PacketType.FRAME:
+            return [data]
+        roll = self._rng.random()
+        if roll < self._loss:
+            self.lost += 1
+            return []
+        if roll < self._duplicate:
+            self.duplicated += 1
+            out = [data, data]
+        elif roll < self._reorder and direction not in self._held:
+            self.reordered += 1
+            self._held[direction] = data
+            return []
+        else:
+            out = [data]
+        self.passed += 1
+        held = self._held.pop(direction, None)
+        if held is not None:
+            out.append(held)  # overtaken by `data`
+        return out
 
 
 class MemoryTransport(Transport):

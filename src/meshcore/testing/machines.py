@@ -1,0 +1,426 @@
+"""Stateful hypothesis machines over meshcore's sans-IO cores, for meshcore's own tests and
+for anyone who changes or extends them: subclass one to add rules or change its settings.
+
+- `SessionCoreMachine`: two session cores over a lossy, duplicating, reordering network.
+- `SessionPathsMachine`: two sessions' path machines over relay circuits and direct
+  connections that come and go, races and fallbacks included.
+
+Importing this module imports hypothesis.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Hashable
+from typing import ClassVar, Final, TypeAlias
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
+from meshcore.proto.paths import (
+    MAX_PINGS,
+    MAX_RACE_LINKS,
+    CloseLink,
+    OpenRelay,
+    PathLog,
+    PathSettings,
+    RaceOver,
+    SessionPaths,
+    StartRace,
+)
+from meshcore.proto.session import MessageReceived, SessionCore, SessionSettings
+
+__all__ = ["SessionCoreMachine", "SessionPathsMachine"]
+
+CORE_SETTINGS: Final = SessionSettings(
+    window_frames=8,
+    window_bytes=4096,
+    ack_every_frames=3,
+    retransmit_timeout_s=0.5,
+    dead_after_s=None,
+    reorder_frames=64,
+    direct_window_frames=32,
+    direct_window_bytes=16384,
+)
+
+PATHS_CORE_SETTINGS: Final = SessionSettings(
+    window_frames=8,
+    window_bytes=4096,
+    ack_every_frames=3,
+    retransmit_timeout_s=0.5,
+    dead_after_s=None,
+    reorder_frames=64,
+    keepalive_s=0.4,
+    direct_window_frames=32,
+    direct_window_bytes=16384,
+)
+PATHS_SETTINGS: Final = PathSettings(
+    race_deadline_s=1.0,
+    retry_s=1.0,
+    retry_max_s=4.0,
+    trust_s=1.0,
+    dead_s=2.0,
+    stable_s=3.0,
+    reopen_retry_s=0.5,
+    nominate_margin_s=0.1,
+)
+SIDES: Final = ("a", "b")
+SimLink: TypeAlias = tuple[str, int]
+"""A link of `SessionPathsMachine`'s network: ("relay" or "direct", a serial number)."""
+
+
+class SessionCoreMachine(RuleBasedStateMachine):
+    """Two `SessionCore`s (a, b) with real keys over a network that loses, duplicates, delays
+    and reorders frames, switches paths (and with them send windows) and lets time pass.
+
+    Invariants: each side receives exactly the other's messages, once, in order; the send
+    window and the reorder buffer stay within their bounds; once the network heals,
+    everything sent arrives. Subclass to change `settings` or to add rules; run it with
+    `TestX = SessionCoreMachine.TestCase`.
+    """
+
+    settings: ClassVar[SessionSettings] = CORE_SETTINGS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        k1, k2 = os.urandom(32), os.urandom(32)
+        ra, rb = KeyRing(), KeyRing()
+        ra.install(SendKey(k1, 2, 0.0), ReceiveKey(k2, 1, 0.0), 0.0)
+        rb.install(SendKey(k2, 1, 0.0), ReceiveKey(k1, 2, 0.0), 0.0)
+        settings = self.settings
+        self.cores = {"a": SessionCore(ra, 0.0, settings), "b": SessionCore(rb, 0.0, settings)}
+        self.wire: dict[str, list[bytes]] = {"a": [], "b": []}  # frames in flight *to* key
+        self.sent: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.got: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.counter = 0
+
+    def _other(self, side: str) -> str:
+        return "b" if side == "a" else "a"
+
+    def _collect(self, side: str) -> None:
+        core = self.cores[side]
+        for _path, frame in core.outbox():
+            self.wire[self._other(side)].append(frame)
+        for event in core.events():
+            assert isinstance(event, MessageReceived), event
+            self.got[side].append(event.payload)
+
+    @rule(side=st.sampled_from("ab"), size=st.integers(0, 600))
+    def send(self, side: str, size: int) -> None:
+        core = self.cores[side]
+        if not core.can_send():
+            return
+        self.counter += 1
+        payload = self.counter.to_bytes(4, "big") + os.urandom(size)
+        core.send(payload, self.now)
+        self.sent[side].append(payload)
+        self._collect(side)
+
+    @precondition(lambda self: self.wire["a"] or self.wire["b"])
+    @rule(data=st.data(), side=st.sampled_from("ab"))
+    def deliver(self, data: st.DataObject, side: str) -> None:
+        queue = self.wire[side]
+        if not queue:
+            return
+        i = data.draw(st.integers(0, len(queue) - 1), label="which frame")
+        frame = queue.pop(i)
+        self.cores[side].receive_frame(frame, self.now)
+        self._collect(side)
+
+    @rule(side=st.sampled_from("ab"), data=st.data())
+    def drop(self, side: str, data: st.DataObject) -> None:
+        queue = self.wire[side]
+        if queue:
+            queue.pop(data.draw(st.integers(0, len(queue) - 1)))
+
+    @rule(side=st.sampled_from("ab"), data=st.data())
+    def duplicate(self, side: str, data: st.DataObject) -> None:
+        queue = self.wire[side]
+        if queue:
+            queue.append(queue[data.draw(st.integers(0, len(queue) - 1))])
+
+    @rule(side=st.sampled_from("ab"))
+    def path_down_then_up(self, side: str) -> None:
+        # everything in flight towards `side` is lost, the sender moves to a new path
+        self.wire[side].clear()
+        self.cores[self._other(side)].retransmit_unacked(self.now)
+        self._collect(self._other(side))
+
+    @rule(side=st.sampled_from("ab"), direct=st.booleans())
+    def path_changes_window(self, side: str, direct: bool) -> None:
+        # e.g. a fallback from direct (wide window) to the relay (narrow) with a full buffer
+        core = self.cores[side]
+        core.use_direct_window(direct, self.now)
+        core.retransmit_unacked(self.now)
+        self._collect(side)
+
+    @rule(dt=st.floats(0.001, 2.0))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        for side in "ab":
+            core = self.cores[side]
+            deadline = core.get_timer()
+            if deadline is not None and deadline <= self.now:
+                core.handle_timer(self.now)
+            self._collect(side)
+
+    @invariant()
+    def exactly_once_in_order(self) -> None:
+        for side in "ab":
+            got = self.got[side]
+            assert got == self.sent[self._other(side)][: len(got)]
+
+    @invariant()
+    def buffers_bounded(self) -> None:
+        for core in self.cores.values():
+            # white-box: the core's own buffers, not only what it reports
+            assert core.unacked <= self.settings.direct_window_frames
+            in_flight = core.unacked - core._unsent
+            assert in_flight <= max(core._window_frames, 1)
+            assert len(core._reorder) <= self.settings.reorder_frames
+
+    def teardown(self) -> None:
+        # a clean network from here on: everything sent must arrive
+        for _ in range(200):
+            self.now += 0.6
+            for side in "ab":
+                while self.wire[side]:
+                    self.cores[side].receive_frame(self.wire[side].pop(0), self.now)
+                    self._collect(side)
+                self.cores[side].handle_timer(self.now)
+                self._collect(side)
+            if all(self.cores[s].all_acked for s in "ab") and not any(self.wire.values()):
+                break
+        for side in "ab":
+            assert self.got[side] == self.sent[self._other(side)]
+
+
+class SessionPathsMachine(RuleBasedStateMachine):
+    """Two `SessionPaths` (a controls) with real keys over a simulated network of relay
+    circuits and direct connections; links are tuples ("relay"|"direct", n).
+
+    Rules: sends, deliveries in any order (delayed frames), duplicates, drops, time passing,
+    direct connections coming up, links dying. Invariants: each side receives exactly the
+    other's messages, once, in order; every buffer stays within its bound; traffic goes only
+    on live links; once the network behaves, everything sent arrives. Subclass to change
+    `core_settings` or `path_settings`; run it with `TestX = SessionPathsMachine.TestCase`.
+    """
+
+    core_settings: ClassVar[SessionSettings] = PATHS_CORE_SETTINGS
+    path_settings: ClassVar[PathSettings] = PATHS_SETTINGS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        k1, k2 = os.urandom(32), os.urandom(32)
+        ra, rb = KeyRing(), KeyRing()
+        ra.install(SendKey(k1, 2, 0.0), ReceiveKey(k2, 1, 0.0), 0.0)
+        rb.install(SendKey(k2, 1, 0.0), ReceiveKey(k1, 2, 0.0), 0.0)
+        rng = random.Random(0)
+        core = self.core_settings
+        cores = {"a": SessionCore(ra, 0.0, core), "b": SessionCore(rb, 0.0, core)}
+        self.paths = {
+            side: SessionPaths(
+                cores[side],
+                0.0,
+                controlling=side == "a",
+                settings=self.path_settings,
+                random=rng.random,
+            )
+            for side in SIDES
+        }
+        self.ids = 0
+        self.live: set[SimLink] = set()
+        self.wire: dict[tuple[SimLink, str], list[bytes]] = {}  # (link, to whom) -> frames
+        self.sent: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.got: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.counter = 0
+        relay = self._new_link("relay")
+        for side in SIDES:
+            self.paths[side].relay_up(relay, 0.0)
+            self.paths[side].handle_timer(0.0)  # the first race starts with the session
+        self._settle()
+
+    # ----------------------------------------------------------------- the simulated driver
+    def _new_link(self, kind: str) -> SimLink:
+        self.ids += 1
+        link = (kind, self.ids)
+        self.live.add(link)
+        return link
+
+    def _close(self, link: Hashable, reason: str) -> None:
+        if link not in self.live:
+            return
+        self.live.discard(link)
+        for side in SIDES:
+            self.wire.pop((link, side), None)
+            self.paths[side].link_down(link, reason, self.now)
+
+    def _settle(self) -> None:
+        """Run both sides' outputs until nothing more happens (what the trio driver does)."""
+        for _ in range(50):
+            busy = False
+            for side in SIDES:
+                busy |= self._drain(side)
+            if not busy:
+                return
+
+    def _drain(self, side: str) -> bool:
+        paths = self.paths[side]
+        other = "b" if side == "a" else "a"
+        busy = False
+        for event in paths.events(self.now):
+            if isinstance(event, MessageReceived):
+                self.got[side].append(event.payload)
+        for link, frame in paths.outbox():
+            if link in self.live:
+                self.wire.setdefault((link, other), []).append(frame)
+        for command in paths.commands():
+            busy = True
+            if isinstance(command, StartRace):
+                paths.race_started(self.now)
+            elif isinstance(command, RaceOver):
+                for loser in command.losers:
+                    self._close(loser, "lost the race")
+            elif isinstance(command, CloseLink):
+                self._close(command.link, command.reason)
+            elif isinstance(command, OpenRelay):
+                paths.relay_up(self._new_link("relay"), self.now, opened_here=True)
+            else:
+                assert isinstance(command, PathLog)
+        return busy
+
+    def _expire_races(self) -> None:
+        for side in SIDES:
+            race = self.paths[side].race
+            if race is not None and self.now >= race.deadline:
+                self.paths[side].race_failed("deadline", self.now)
+
+    def _deliver(self, key: tuple[SimLink, str], index: int) -> None:
+        link, side = key
+        frame = self.wire[key].pop(index)
+        paths = self.paths[side]
+        if link not in paths.kinds:
+            if link[0] != "relay":
+                return  # a connection this side already gave up on
+            paths.relay_up(link, self.now)  # a circuit the peer re-opened, routed by frame
+        paths.receive_frame(frame, link, self.now)
+        self._settle()
+
+    # ----------------------------------------------------------------- rules
+    @rule(side=st.sampled_from(SIDES), size=st.integers(0, 300))
+    def send(self, side: str, size: int) -> None:
+        core = self.paths[side].core
+        if not core.can_send():
+            return
+        self.counter += 1
+        payload = self.counter.to_bytes(4, "big") + os.urandom(size)
+        core.send(payload, self.now)
+        self.sent[side].append(payload)
+        self._settle()
+
+    @precondition(lambda self: any(self.wire.values()))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        keys = sorted((k for k, q in self.wire.items() if q), key=repr)
+        key = data.draw(st.sampled_from(keys), label="link")
+        queue = self.wire[key]
+        # mostly the oldest frame (a stream), sometimes a later one (a delayed frame)
+        index = data.draw(st.integers(0, len(queue) - 1) | st.just(0), label="frame")
+        self._deliver(key, index)
+
+    @rule()
+    def flush(self) -> None:
+        """A healthy moment: every queued frame arrives, in order, replies included."""
+        for _ in range(20):
+            keys = [k for k, q in self.wire.items() if q]
+            if not keys:
+                return
+            for key in keys:
+                while self.wire.get(key):
+                    self._deliver(key, 0)
+
+    @precondition(lambda self: any(self.wire.values()))
+    @rule(data=st.data())
+    def duplicate(self, data: st.DataObject) -> None:
+        keys = sorted((k for k, q in self.wire.items() if q), key=repr)
+        key = data.draw(st.sampled_from(keys), label="link")
+        queue = self.wire[key]
+        queue.append(queue[data.draw(st.integers(0, len(queue) - 1), label="frame")])
+
+    @precondition(lambda self: any(self.wire.values()))
+    @rule(data=st.data())
+    def drop(self, data: st.DataObject) -> None:
+        keys = sorted((k for k, q in self.wire.items() if q), key=repr)
+        key = data.draw(st.sampled_from(keys), label="link")
+        queue = self.wire[key]
+        queue.pop(data.draw(st.integers(0, len(queue) - 1), label="frame"))
+
+    @rule(dt=st.sampled_from([0.01, 0.1, 0.3, 0.7, 1.5]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for side in SIDES:
+            self.paths[side].handle_timer(self.now)
+        self._settle()
+        self._expire_races()
+        self._settle()
+
+    @precondition(lambda self: all(self.paths[s].race is not None for s in SIDES))
+    @rule()
+    def direct_connection_up(self) -> None:
+        link = self._new_link("direct")
+        for side in SIDES:
+            if not self.paths[side].candidate_up(link, self.now):
+                self._close(link, "refused")
+                break
+        self._settle()
+
+    @precondition(lambda self: any(link[0] == "direct" for link in self.live))
+    @rule(data=st.data())
+    def direct_connection_dies(self, data: st.DataObject) -> None:
+        links = sorted((x for x in self.live if x[0] == "direct"), key=repr)
+        self._close(data.draw(st.sampled_from(links)), "connection reset by peer")
+        self._settle()
+
+    # ----------------------------------------------------------------- invariants
+    @invariant()
+    def delivered_exactly_once_in_order(self) -> None:
+        for side, other in (("a", "b"), ("b", "a")):
+            got, sent = self.got[side], self.sent[other]
+            assert got == sent[: len(got)], "a message was lost, duplicated or reordered"
+
+    @invariant()
+    def buffers_stay_bounded(self) -> None:
+        for side in SIDES:
+            paths = self.paths[side]
+            core = paths.core
+            # the window follows the path (the larger one on direct); frames sent on the
+            # direct window stay in flight after a fall back until they are acknowledged
+            settings = self.core_settings
+            assert core.unacked <= max(settings.window_frames, settings.direct_window_frames)
+            assert len(core._reorder) <= settings.reorder_frames  # white-box
+            assert len(paths._pings) <= MAX_PINGS
+            if paths.race is not None:
+                assert len(paths.race.links) <= MAX_RACE_LINKS
+            assert set(paths.kinds) <= self.live  # no state kept for links that are gone
+
+    @invariant()
+    def traffic_only_goes_on_live_links(self) -> None:
+        for side in SIDES:
+            for target in self.paths[side].manager.targets:
+                assert target in self.live
+
+    def teardown(self) -> None:
+        """The network heals: every frame is delivered in order, time passes; all arrives."""
+        for _ in range(200):
+            if all(len(self.got[s]) == len(self.sent["b" if s == "a" else "a"]) for s in SIDES):
+                break
+            while any(self.wire.values()):
+                key = next(k for k, q in self.wire.items() if q)
+                self._deliver(key, 0)
+            self.tick(0.3)
+        for side, other in (("a", "b"), ("b", "a")):
+            assert self.got[side] == self.sent[other], "messages did not all arrive once healed"

@@ -1,8 +1,13 @@
-"""Shared test settings: one hypothesis profile for the whole suite."""
+"""Shared test settings: one hypothesis profile for the whole suite, and a private runtime
+directory, so that peers started by the tests put their default control socket there and
+never meet those of another test run on the same host."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from hypothesis import HealthCheck, settings
 
@@ -14,3 +19,8 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=2000)
 settings.load_profile(os.environ.get("MESHCORE_HYPOTHESIS_PROFILE", "default"))
+
+# Inherited by every peer process the tests start (default_control_path reads it).
+_RUNTIME_DIR = tempfile.mkdtemp(prefix="meshcore-test-run-")
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR
+atexit.register(shutil.rmtree, _RUNTIME_DIR, ignore_errors=True)

@@ -8,6 +8,7 @@ final `{"done": true}` (or `{"error": "..."}`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -143,25 +144,32 @@ async def serve_control(
     and serves nothing (`task_status.started(None)`). Cancellation stops the requests in
     progress and removes the socket.
     """
+    in_use = (
+        f"control socket {path} is in use by another running peer: "
+        "pass --control PATH to use another one"
+    )
     if path.exists():
         if await _is_live(path):
-            message = (
-                f"control socket {path} is in use by another running peer: "
-                "pass --control PATH to use another one"
-            )
             if required:
-                raise ConfigError(message)
-            log.warning("%s; status and ping are unavailable for this process", message)
+                raise ConfigError(in_use)
+            log.warning("%s; status and ping are unavailable for this process", in_use)
             task_status.started(None)
             return
-        path.unlink()
+        path.unlink(missing_ok=True)
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         await sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot create control socket {path}: {exc.strerror}") from exc
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"cannot create control socket {path}: {exc.strerror}") from exc
+        # another peer starting at the same moment bound it between our check and our bind
+        if required:
+            raise ConfigError(in_use) from None
+        log.warning("%s; status and ping are unavailable for this process", in_use)
+        task_status.started(None)
+        return
     finally:
         os.umask(old_umask)
     sock.listen(16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -103,3 +104,22 @@ async def test_socket_in_use_is_refused_and_stale_one_replaced(tmp_path: Path) -
         await nursery.start(serve_control, sock, SessionRegistry())
         assert await collect(sock, {"cmd": "status"}) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_loses_the_race_for_the_socket_carries_on_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(serve_control, sock, SessionRegistry()) == sock
+        # the second peer checked before the first one bound: it sees no socket, then its
+        # bind finds the address taken
+        monkeypatch.setattr(Path, "exists", lambda self: False)
+        assert await nursery.start(partial(serve_control, required=False), sock,
+                                   SessionRegistry()) is None
+        with pytest.raises(ConfigError, match="in use by another running peer"):
+            await serve_control(sock, SessionRegistry())
+        monkeypatch.undo()
+        assert await collect(sock, {"cmd": "status"}) == []  # the first one still answers
+        nursery.cancel_scope.cancel()
+    assert "status and ping are unavailable for this process" in caplog.text

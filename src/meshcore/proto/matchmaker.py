@@ -709,10 +709,13 @@ class Matchmaker:
     def _push_timer(self, when: float, kind: int, obj: object) -> int:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, kind, obj))
-        live = len(self._conns) + self._invites
-        if len(self._timers) > 2 * live + 64:
-            self._compact_timers()
+        self._bound_timers()
         return self._timer_seq
+
+    def _bound_timers(self) -> None:
+        """Keep the heap within 2 entries per live connection or invitation, plus 64."""
+        if len(self._timers) > 2 * (len(self._conns) + self._invites) + 64:
+            self._compact_timers()
 
     def _compact_timers(self) -> None:
         """Drop entries of forgotten connections and invitations (the heap stays O(live))."""
@@ -725,7 +728,8 @@ class Matchmaker:
             assert isinstance(obj, _Invite)
             return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
 
-        self._timers = [entry for entry in self._timers if live(entry)]
+        # In place: handle_timer may be popping from this very list.
+        self._timers[:] = [entry for entry in self._timers if live(entry)]
         heapq.heapify(self._timers)
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -917,6 +921,7 @@ class Matchmaker:
         if invite is not None:
             del invite.initiator.invites_out[invite.request_id]
             self._invites -= 1
+            self._bound_timers()
         return invite
 
     def _accept(self, conn: _Conn, msg: Accept, now: float) -> list[Output]:
@@ -1151,6 +1156,7 @@ class Matchmaker:
         """Remove `conn` from every table, telling the peers that shared state with it."""
         del self._conns[conn.conn_id]
         conn.timer_seq = 0
+        self._bound_timers()
         if conn.state is not ConnState.REGISTERED:
             self._pending -= 1
             return

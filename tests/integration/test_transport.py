@@ -13,7 +13,6 @@ import trio.testing
 import trio_websocket
 
 from meshcore._transport import (
-    ConnectFailed,
     WebSocketTransport,
     open_reuseport_listener,
     open_tcp_socket_from,
@@ -21,7 +20,7 @@ from meshcore._transport import (
     serve_websocket_transports,
     wrap_stream_transport,
 )
-from meshcore.errors import ConfigError, TransportClosed
+from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.endpoint import Endpoint
 
 Handler = Callable[[WebSocketTransport], Awaitable[None]]
@@ -616,7 +615,6 @@ def test_public_api_is_pinned() -> None:
     import meshcore._transport as module
 
     assert sorted(module.__all__) == [
-        "ConnectFailed",
         "Transport",
         "WebSocketTransport",
         "open_reuseport_listener",

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge
 from meshcore.proto.constants import (
     MAX_INNER_BYTES,
     MAX_MESSAGE_BYTES,
@@ -24,7 +24,6 @@ from meshcore.proto.constants import (
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.wire import (
     _WIRE,
-    MessageTooLargeError,
     _Bytes,
     _Candidates,
     _Kind,
@@ -83,7 +82,7 @@ class _Rest(_Kind):
     def get(self, mv: memoryview, off: int) -> tuple[Any, int]:
         end = len(mv)
         if end - off > self.limit:
-            raise MessageTooLargeError(f"{end - off} bytes, at most {self.limit} allowed")
+            raise MessageTooLarge(f"{end - off} bytes, at most {self.limit} allowed")
         return bytes(mv[off:end]), end
 
 
@@ -258,7 +257,7 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
         mv = memoryview(mv.tobytes())  # an unusual view: read a flat copy of its bytes
     size = len(mv)
     if size > MAX_INNER_BYTES:
-        raise MessageTooLargeError(f"plaintext of {size} bytes, at most {MAX_INNER_BYTES}")
+        raise MessageTooLarge(f"plaintext of {size} bytes, at most {MAX_INNER_BYTES}")
     if size < 2:
         raise DecodeError(f"truncated frame plaintext: {size} bytes, the header alone is 2")
     pad = mv[1]
@@ -271,7 +270,7 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
     if msg_type == _DATA and end >= INNER_DATA_HEADER_BYTES:
         # The session's hot path: one struct read, one slice (the payload's only copy).
         if end - INNER_DATA_HEADER_BYTES > MAX_MESSAGE_BYTES:
-            raise MessageTooLargeError(
+            raise MessageTooLarge(
                 f"Data payload of {end - INNER_DATA_HEADER_BYTES} bytes, "
                 f"at most {MAX_MESSAGE_BYTES}"
             )
@@ -299,7 +298,7 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
         if off != len(body):
             raise DecodeError(f"{len(body) - off} trailing bytes after the last field")
         return cls(*values)
-    except MessageTooLargeError as exc:
-        raise MessageTooLargeError(f"bad {cls.__name__} frame: {exc}") from None
+    except MessageTooLarge as exc:
+        raise MessageTooLarge(f"bad {cls.__name__} frame: {exc}") from None
     except (DecodeError, ValueError, TypeError, struct.error) as exc:
         raise DecodeError(f"bad {cls.__name__} frame: {exc}") from None

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
     RELAY_CIRCUIT_QUEUE_BYTES,
@@ -59,7 +59,6 @@ from meshcore.proto.wire import (
     ErrorCode,
     Hello,
     Invite,
-    MessageTooLargeError,
     Paired,
     Ping,
     Pong,
@@ -67,7 +66,6 @@ from meshcore.proto.wire import (
     Reject,
     Relayed,
     Role,
-    UnsupportedVersionError,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
@@ -598,9 +596,9 @@ class Matchmaker:
             )
         try:
             msg = decode_control_untrusted(data)
-        except UnsupportedVersionError as exc:
+        except UnsupportedVersion as exc:
             return self._violation(conn, ErrorCode.UNSUPPORTED_VERSION, str(exc))
-        except MessageTooLargeError as exc:
+        except MessageTooLarge as exc:
             return self._violation(conn, ErrorCode.TOO_LARGE, str(exc))
         except DecodeError as exc:
             return self._violation(conn, ErrorCode.BAD_MESSAGE, f"malformed message: {exc}")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto.constants import (
     MAX_CANDIDATES,
     MAX_CONTROL_BYTES,
@@ -46,7 +46,6 @@ __all__ = [
     "ErrorCode",
     "Hello",
     "Invite",
-    "MessageTooLargeError",
     "Paired",
     "Ping",
     "Pong",
@@ -54,7 +53,6 @@ __all__ = [
     "Reject",
     "Relayed",
     "Role",
-    "UnsupportedVersionError",
     "clip_reason",
     "decode_control_untrusted",
     "encode_control",
@@ -127,21 +125,6 @@ class Role(enum.IntEnum):
 
     INITIATOR = 1
     RESPONDER = 2
-
-
-class UnsupportedVersionError(DecodeError):
-    """The message carries a protocol version this build does not speak."""
-
-    def __init__(self, version: int) -> None:
-        super().__init__(
-            f"unsupported protocol version {version} (this build speaks {PROTOCOL_VERSION}); "
-            "upgrade meshcore on the older side so that both speak the same version"
-        )
-        self.version = version
-
-
-class MessageTooLargeError(DecodeError):
-    """A message or one of its payloads is larger than its limit."""
 
 
 # --- field codecs ---------------------------------------------------------------------------
@@ -358,7 +341,7 @@ class _Payload(_Kind):
         off = _need(mv, off, 4, "the payload length")
         (size,) = _U32.unpack_from(mv, off - 4)
         if size > self.limit:
-            raise MessageTooLargeError(f"payload of {size} bytes, at most {self.limit} allowed")
+            raise MessageTooLarge(f"payload of {size} bytes, at most {self.limit} allowed")
         end = _need(mv, off, size, "the payload")
         return bytes(mv[off:end]), end
 
@@ -619,8 +602,8 @@ def encode_relayed(circuit_id: int, payload: bytes | bytearray | memoryview) -> 
 def decode_control_untrusted(data: bytes | bytearray | memoryview) -> ControlMessage:
     """Decode one control message from untrusted bytes.
 
-    Returns a message or raises DecodeError (UnsupportedVersionError for another protocol
-    version, MessageTooLargeError past a size limit) -- never anything else. Reads only inside
+    Returns a message or raises DecodeError (UnsupportedVersion for another protocol
+    version, MessageTooLarge past a size limit) -- never anything else. Reads only inside
     `data`, and allocates at most the size of `data`.
     """
     mv = memoryview(data)
@@ -638,9 +621,9 @@ def decode_control_untrusted(data: bytes | bytearray | memoryview) -> ControlMes
     if size < 2:
         raise DecodeError(f"truncated control message: {size} bytes, the header alone is 2")
     if mv[0] != PROTOCOL_VERSION:
-        raise UnsupportedVersionError(mv[0])
+        raise UnsupportedVersion(mv[0])
     if size > MAX_CONTROL_BYTES:
-        raise MessageTooLargeError(
+        raise MessageTooLarge(
             f"control message of {size} bytes, at most {MAX_CONTROL_BYTES} allowed"
         )
     msg_type = mv[1]
@@ -657,8 +640,8 @@ def decode_control_untrusted(data: bytes | bytearray | memoryview) -> ControlMes
         if off != size:
             raise DecodeError(f"{size - off} trailing bytes after the last field")
         return cls(*values)
-    except MessageTooLargeError as exc:
-        raise MessageTooLargeError(f"bad {cls.__name__} message: {exc}") from None
+    except MessageTooLarge as exc:
+        raise MessageTooLarge(f"bad {cls.__name__} message: {exc}") from None
     except (DecodeError, ValueError, TypeError, struct.error) as exc:
         # ValueError/TypeError: a field validator refused a decoded value (defence in depth;
         # the field decoders check the same rules first).

@@ -113,11 +113,22 @@ def test_a_payload_over_its_limit_is_too_large() -> None:
 
 def test_size_and_offsets_follow_the_fixed_fields() -> None:
     assert EVERYTHING.size is None
+    with pytest.raises(TypeError, match="no fixed size"):
+        _ = EVERYTHING.fixed_size
     assert EVERYTHING.offset_of("key") == 4 + 8 + 1
     assert FRAMED.size is None
     assert FRAMED.offset_of("body") == 4
     fixed = Layout(Framed, (Const("type", U8, 9), "flags", "index", "mac", "body"))
     assert fixed.offset_of("mac") == 4
+
+    @attrs.frozen
+    class Pair:
+        a: int = attrs.field(**U8.spec)
+        b: bytes = attrs.field(**Bytes(2).spec)
+
+    pair = Layout(Pair, (Const("type", U16LE, 1), "b", "a"))
+    assert (pair.size, pair.fixed_size, pair.offset_of("a")) == (5, 5, 4)
+    assert pair.encode(Pair(3, b"xy")) == b"\x01\x00xy\x03"
 
 
 def test_validators_come_from_the_kinds() -> None:

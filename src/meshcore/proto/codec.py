@@ -396,6 +396,13 @@ class Layout:
         self.size: int | None = None if None in sizes else sum(s for s in sizes if s is not None)
         """The encoded size if every field has a fixed size, else None."""
 
+    @property
+    def fixed_size(self) -> int:
+        """The encoded size of a layout whose fields all have a fixed size (else TypeError)."""
+        if self.size is None:
+            raise TypeError(f"{self.name} has no fixed size")
+        return self.size
+
     def offset_of(self, name: str) -> int:
         """Where field `name` starts in an encoding (only fields after fixed-size ones)."""
         return self._offsets[name]

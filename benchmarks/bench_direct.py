@@ -46,7 +46,7 @@ from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._session import Session, handshake_as_initiator, handshake_as_responder, open_session
 from meshcore.proto.handshake import Responder
 from meshcore.proto.identity import Identity
-from meshcore.proto.matchmaker import RelayLimits
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.paths import PathManager, PathSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "direct.json"

@@ -23,7 +23,7 @@ from meshcore._nursery import open_hidden_nursery
 from meshcore._relay import serve_relay
 from meshcore.errors import ConfigError, MeshError
 from meshcore.logs import setup_logging
-from meshcore.proto.matchmaker import RelayLimits
+from meshcore.proto.limits import RelayLimits
 from meshcore_relay.config import (
     CONFIG_ENV,
     DEFAULT_LISTEN,

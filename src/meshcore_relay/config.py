@@ -11,7 +11,7 @@ import attrs
 from meshcore._relay import RelayConfig
 from meshcore.config import load_toml
 from meshcore.proto.constants import RELAY_DEFAULT_PORT, RELAY_SHUTDOWN_GRACE_S
-from meshcore.proto.matchmaker import RelayLimits
+from meshcore.proto.limits import RelayLimits
 
 __all__ = [
     "CONFIG_ENV",

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CloseConnection,
     ConnState,
@@ -21,7 +22,6 @@ from meshcore.proto.matchmaker import (
     LogEvent,
     Matchmaker,
     Output,
-    RelayLimits,
     Send,
 )
 from meshcore.proto.relayauth import answer_challenge

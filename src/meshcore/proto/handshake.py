@@ -2,9 +2,9 @@
 
 `Initiator` and `Responder` are sans-IO machines: bytes and `now` in, bytes and a
 `HandshakeResult` out; the messages and their codec are in `handshake_messages` (re-exported
-here). Every failed check raises the same `HandshakeError`, so a failure
-never tells an attacker which check it tripped. The responder keeps no per-handshake state:
-its msg2 carries an encrypted "biscuit" that msg3 must return (Rosenpass).
+here). Every failed check raises the same `HandshakeError`, so a failure never tells an
+attacker which check it tripped. The responder keeps no per-handshake state: its msg2
+carries an encrypted "biscuit" that msg3 must return (Rosenpass).
 """
 
 from __future__ import annotations

@@ -359,40 +359,40 @@ class Layout:
     ) -> None:
         fields = attrs.fields(cls)
         order = [f.name for f in fields]
-        index = {name: i for i, name in enumerate(order)}
-        kinds = {f.name: f.metadata[_META] for f in fields}
         plan = list(order) if steps is None else list(steps)
-        names = [s for s in plan if isinstance(s, str)]
+        names = [step for step in plan if isinstance(step, str)]
         if sorted(names) != sorted(order):
             raise TypeError(f"the layout of {cls.__name__} must name each field once: {names}")
+        by_name: dict[str, Kind] = {f.name: f.metadata[_META] for f in fields}
+        kinds = [step if isinstance(step, Const) else by_name[step] for step in plan]
         self.cls = cls
         self.name = f"{cls.__name__} {noun}"
         self._field_count = len(order)
         self._encode_steps = [
-            (s, None) if isinstance(s, Const) else (kinds[s], operator.attrgetter(s)) for s in plan
+            (kind, None if isinstance(step, Const) else operator.attrgetter(step))
+            for step, kind in zip(plan, kinds, strict=True)
         ]
-        all_kinds = [s if isinstance(s, Const) else kinds[s] for s in plan]
-        if sum(k.to_end for k in all_kinds) > 1:
+        # Decoding: (position in the constructor's arguments or -1, kind, bytes after a
+        # field that runs to the end, else None).
+        self._decode_steps = tuple(
+            (
+                -1 if isinstance(step, Const) else order.index(step),
+                kind,
+                _tail_size(cls.__name__, step, kinds[pos + 1 :]) if kind.to_end else None,
+            )
+            for pos, (step, kind) in enumerate(zip(plan, kinds, strict=True))
+        )
+        if sum(kind.to_end for kind in kinds) > 1:
             raise TypeError(f"{cls.__name__}: at most one field may run to the end")
-        steps_out: list[tuple[int, Kind, int | None]] = []
-        for pos, (step, kind) in enumerate(zip(plan, all_kinds, strict=True)):
-            tail: int | None = None
-            if kind.to_end:
-                sizes = [k.size for k in all_kinds[pos + 1 :]]
-                if any(size is None for size in sizes):
-                    raise TypeError(f"{cls.__name__}: only fixed-size fields may follow {step}")
-                tail = sum(size for size in sizes if size is not None)
-            steps_out.append((-1 if isinstance(step, Const) else index[step], kind, tail))
-        self._decode_steps = tuple(steps_out)
         self._offsets: dict[str, int] = {}
         offset = 0
-        for step, kind in zip(plan, all_kinds, strict=True):
+        for step, kind in zip(plan, kinds, strict=True):
             if isinstance(step, str):
                 self._offsets[step] = offset
             if kind.size is None:
-                break
+                break  # the fields after a variable-size one have no fixed offset
             offset += kind.size
-        sizes = [k.size for k in all_kinds]
+        sizes = [kind.size for kind in kinds]
         self.size: int | None = None if None in sizes else sum(s for s in sizes if s is not None)
         """The encoded size if every field has a fixed size, else None."""
 
@@ -443,3 +443,11 @@ class Layout:
             # ValueError/TypeError: a field validator refused a decoded value (defence in
             # depth; the field decoders check the same rules first).
             raise DecodeError(f"bad {self.name}: {exc}") from None
+
+
+def _tail_size(cls_name: str, step: str | Const, after: list[Kind]) -> int:
+    """The bytes the fields after `step` (which runs to the end) take: all fixed-size."""
+    sizes = [kind.size for kind in after]
+    if any(size is None for size in sizes):
+        raise TypeError(f"{cls_name}: only fixed-size fields may follow {step}")
+    return sum(size for size in sizes if size is not None)

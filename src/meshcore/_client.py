@@ -401,9 +401,7 @@ class RelayClient:
                 return
             opened = False
             try:
-                async with open_transport(
-                    self.url, local_port=self._local_port
-                ) as transport:
+                async with open_transport(self.url, local_port=self._local_port) as transport:
                     opened = True
                     await self._serve_connection(transport)
             except (MeshError, OSError) as exc:

@@ -4,8 +4,9 @@ The driver assigns each connection an int id and feeds the `Matchmaker` what hap
 connection opened, bytes or a message arrived, a connection closed, time passed); it answers
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
-the rules and the reasons. Its parts live next door: the circuit table (`circuits`), records,
-outputs and stats (`relayrecords`), limits (`limits`) and rate limits (`ratelimit`).
+the rules and the reasons. Its parts live next door: the circuit table (`circuits`), pending
+pairings (`invitations`), records, outputs and stats (`relayrecords`), limits (`limits`) and
+rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import PublicBundle
+from meshcore.proto.invitations import Invitations
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
 from meshcore.proto.relayauth import PendingAuth, make_challenge
@@ -51,7 +53,6 @@ from meshcore.proto.wire import (
     Registered,
     Reject,
     Relayed,
-    Role,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
@@ -75,7 +76,6 @@ __all__ = [
 ]
 
 _TIMER_CONN: Final = 0
-_TIMER_INVITE: Final = 1
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -115,8 +115,10 @@ class Matchmaker:
         )
         self._departed: OrderedDict[bytes, None] = OrderedDict()
         self._timers = TimerHeap(self._timer_is_live)
+        self._invitations = Invitations(
+            self.limits, self._circuits, self._timers, self._live, random
+        )
         self._pending = 0
-        self._invites = 0
         self._ping_nonce = 0
         self._shutting_down = False
 
@@ -129,7 +131,7 @@ class Matchmaker:
             pending=self._pending,
             peers=len(self._peers),
             circuits=len(self._circuits),
-            invites=self._invites,
+            invites=self._invitations.count,
             tracked_addresses=len(self._addr_buckets),
             departed=len(self._departed),
             timers=len(self._timers),
@@ -283,7 +285,7 @@ class Matchmaker:
                 self._conn_timer(obj, now, out)
             else:
                 assert isinstance(obj, InviteRecord)
-                self._expire_invite(obj, out)
+                self._invitations.expire(obj, out)
         return out
 
     def _conn_timer(self, conn: ConnRecord, now: float, out: list[Output]) -> None:
@@ -323,14 +325,14 @@ class Matchmaker:
 
     def _live(self) -> int:
         """Objects with a live deadline: every connection and every pending invitation."""
-        return len(self._conns) + self._invites
+        return len(self._conns) + self._invitations.count
 
     def _timer_is_live(self, seq: int, kind: int, obj: object) -> bool:
         if kind == _TIMER_CONN:
             assert isinstance(obj, ConnRecord)
             return self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq
         assert isinstance(obj, InviteRecord)
-        return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
+        return self._invitations.is_live(seq, obj)
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -354,11 +356,13 @@ class Matchmaker:
                 f"expected Auth (the challenge answer), got {kind.__name__}",
             )
         if isinstance(msg, Connect):
-            return self._connect(conn, msg, now)
+            target = self._peers.get(msg.target)
+            departed = msg.target in self._departed
+            return self._invitations.request(conn, msg, target, departed, now)
         if isinstance(msg, Accept):
-            return self._accept(conn, msg, now)
+            return self._invitations.accept(conn, msg, now)
         if isinstance(msg, Reject):
-            return self._reject(conn, msg)
+            return self._invitations.reject(conn, msg)
         if isinstance(msg, CircuitOpen):
             return self._circuit_open(conn, msg, now)
         if isinstance(msg, CircuitClose):
@@ -443,141 +447,6 @@ class Matchmaker:
         out.append(Send(conn.conn_id, Registered(peer, conn.addr)))
         out.append(LogEvent("registered", {"peer": conn.peer_text, "addr": str(conn.addr)}))
         return out
-
-    # --- pairing ----------------------------------------------------------------------------
-
-    def _connect(self, conn: ConnRecord, msg: Connect, now: float) -> list[Output]:
-        rid = msg.request_id
-        limits = self.limits
-
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, Reject(rid, code, reason))]
-
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"too many pairing requests: at most {limits.pairings_per_s:g}/s "
-                f"(burst {limits.pairings_burst}); retry later",
-            )
-        if rid in conn.invites_out:
-            return refuse(
-                ErrorCode.NOT_ALLOWED, "this request id is already pending; use a new one"
-            )
-        if len(conn.invites_out) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"{limits.max_invites_per_peer} pairing requests already pending; wait for them",
-            )
-        if msg.target == conn.peer:
-            return refuse(ErrorCode.NOT_ALLOWED, "a peer cannot pair with itself")
-        target = self._peers.get(msg.target)
-        if target is None:
-            if msg.target in self._departed:
-                return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-            return refuse(ErrorCode.PEER_UNKNOWN, "no peer with that id is registered here")
-        if any(invite.target is target for invite in conn.invites_out.values()):
-            # One pending invitation per (initiator, target): a single flooder cannot fill
-            # the target's invitation slots; it needs as many registered identities.
-            return refuse(
-                ErrorCode.RATE_LIMITED, "a request to this peer is already pending; wait for it"
-            )
-        if len(target.invites_in) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"
-            )
-        full = self._circuits.capacity(conn, target)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
-        invite_id = self._new_invite_id(target)
-        invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
-        target.invites_in[invite_id] = invite
-        conn.invites_out[rid] = invite
-        self._invites += 1
-        invite.timer_seq = self._timers.push(invite.deadline, _TIMER_INVITE, invite, self._live())
-        return [
-            Send(target.conn_id, conn.as_invite(invite_id)),
-            LogEvent("invited", {"a": conn.peer_text, "b": target.peer_text}, "debug"),
-        ]
-
-    def _new_invite_id(self, target: ConnRecord) -> int:
-        while True:
-            invite_id = int.from_bytes(self._random(4), "big")
-            if invite_id and invite_id not in target.invites_in:
-                return invite_id
-
-    def _take_invite(self, target: ConnRecord, invite_id: int) -> InviteRecord | None:
-        invite = target.invites_in.pop(invite_id, None)
-        if invite is not None:
-            del invite.initiator.invites_out[invite.request_id]
-            self._invites -= 1
-            self._timers.bound(self._live())
-        return invite
-
-    def _accept(self, conn: ConnRecord, msg: Accept, now: float) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            reason = "no pending invitation with this request id (expired or withdrawn)"
-            return [Send(conn.conn_id, Reject(msg.request_id, ErrorCode.NOT_ALLOWED, reason))]
-        a, b = invite.initiator, conn
-        full = self._circuits.capacity(a, b)
-        if full:
-            return [
-                Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
-                Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
-            ]
-        circuit = self._circuits.open(a, b, now)
-        cid = circuit.circuit_id
-        for x, y in ((a, b), (b, a)):
-            x.paired[y.peer] = None
-            x.paired.move_to_end(y.peer)
-            if len(x.paired) > self.limits.max_circuits_per_peer:
-                x.paired.popitem(last=False)
-        return [
-            Send(a.conn_id, b.as_paired(invite.request_id, cid, Role.INITIATOR)),
-            Send(b.conn_id, a.as_paired(msg.request_id, cid, Role.RESPONDER)),
-            LogEvent("paired", {"a": a.peer_text, "b": b.peer_text, "circuit": circuit_text(cid)}),
-        ]
-
-    def _reject(self, conn: ConnRecord, msg: Reject) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            return []  # already expired or withdrawn: nothing to tell anyone
-        code = ErrorCode.REJECTED if msg.code is ErrorCode.NONE else msg.code
-        reason = clip_reason(f"the peer refused: {msg.reason or code.name}")
-        return [
-            Send(invite.initiator.conn_id, Reject(invite.request_id, code, reason)),
-            LogEvent(
-                "rejected",
-                {
-                    "a": invite.initiator.peer_text,
-                    "b": conn.peer_text,
-                    "code": code.name,
-                    "reason": msg.reason,
-                },
-            ),
-        ]
-
-    def _expire_invite(self, invite: InviteRecord, out: list[Output]) -> None:
-        self._take_invite(invite.target, invite.invite_id)
-        out.append(
-            Send(
-                invite.initiator.conn_id,
-                Reject(invite.request_id, ErrorCode.TIMEOUT, "the peer did not answer in time"),
-            )
-        )
-        out.append(
-            Send(
-                invite.target.conn_id,
-                Reject(invite.invite_id, ErrorCode.TIMEOUT, "invitation expired"),
-            )
-        )
-        out.append(
-            LogEvent(
-                "invitation expired",
-                {"a": invite.initiator.peer_text, "b": invite.target.peer_text},
-            )
-        )
 
     # --- circuits ---------------------------------------------------------------------------
 
@@ -665,23 +534,7 @@ class Matchmaker:
             assert circuit is not None  # a member's circuits are open
             other = circuit.b if circuit.a is conn else circuit.a
             self._circuits.close(circuit, ErrorCode.PEER_OFFLINE, why, out, tell=(other,))
-        for invite in list(conn.invites_out.values()):
-            self._take_invite(invite.target, invite.invite_id)
-            reason = "the initiator disconnected"
-            out.append(
-                Send(
-                    invite.target.conn_id, Reject(invite.invite_id, ErrorCode.PEER_OFFLINE, reason)
-                )
-            )
-        for invite in list(conn.invites_in.values()):
-            self._take_invite(conn, invite.invite_id)
-            reason = "the peer disconnected before answering"
-            out.append(
-                Send(
-                    invite.initiator.conn_id,
-                    Reject(invite.request_id, ErrorCode.PEER_OFFLINE, reason),
-                )
-            )
+        self._invitations.withdraw(conn, out)
 
     def _conn_fields(self, conn: ConnRecord) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {"addr": str(conn.addr)}

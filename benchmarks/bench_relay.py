@@ -136,6 +136,8 @@ async def register(transport: WebSocketTransport, identity: Identity) -> None:
     await transport.send(
         wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, ()))
     )
+    keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
+    assert isinstance(keys, wire.RelayIdentity), keys
     challenge = wire.decode_control_untrusted(await transport.receive())
     assert isinstance(challenge, wire.Challenge), challenge
     await transport.send(wire.encode_control(answer_challenge(identity, challenge)))

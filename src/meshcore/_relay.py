@@ -29,6 +29,7 @@ from meshcore.proto.constants import (
     RELAY_SHUTDOWN_GRACE_S,
 )
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CircuitStats,
@@ -57,10 +58,14 @@ def _check_port(_inst: object, _attr: object, port: int) -> None:
 
 @attrs.frozen
 class RelayConfig:
-    """What `serve_relay` needs: where to listen, the limits, and how long to wait on close."""
+    """What `serve_relay` needs: where to listen, the relay's identity, the limits, and how
+    long to wait on close."""
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=RELAY_DEFAULT_PORT, validator=_check_port)
+    identity: Identity | None = None
+    """The relay's static identity, whose peer id is the relay id peers verify; None makes a
+    new one for this run (fine for tests and embedded relays that hand out their id)."""
     limits: RelayLimits = attrs.field(factory=RelayLimits)
     shutdown_grace_s: float = RELAY_SHUTDOWN_GRACE_S
     """On shutdown, how long peers get to take their Close before they are cut off."""
@@ -117,7 +122,7 @@ class _Relay:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.limits = config.limits
-        self.mm = Matchmaker(config.limits)
+        self.mm = Matchmaker(config.limits, identity=config.identity)
         self.links: dict[int, _Link] = {}
         self._conn_ids = itertools.count(1)
         self._timer_scope = trio.CancelScope()
@@ -362,6 +367,11 @@ class RelayServer:
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         return f"ws://{f'[{host}]' if ':' in host else host}:{ep.port}/"
 
+    @property
+    def relay_id(self) -> PeerId:
+        """The relay id (the fingerprint of its identity): what peers pin to verify it."""
+        return self._relay.mm.relay_id
+
     def stats(self) -> RelayStats:
         """Table sizes and queue state right now."""
         return self._relay.stats()
@@ -407,6 +417,8 @@ async def serve_relay(
     async with open_hidden_nursery() as nursery:
         endpoints: list[Endpoint] = await nursery.start(run_server)
         server = RelayServer(relay, endpoints)
+        relay_id = server.relay_id.to_text()
+        log.info("relay id %s", relay_id, extra={"relay_id": relay_id})
         log.info("relay listening on %s", " ".join(f"ws://{ep}/" for ep in endpoints))
         task_status.started(server)
         try:

@@ -16,14 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Literal
 
-from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
+from meshcore.errors import DecodeError, HandshakeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.identity import PublicBundle
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.invitations import Invitations
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
-from meshcore.proto.relayauth import PendingAuth, make_challenge
+from meshcore.proto.relayauth import PendingAuth, make_challenge, prove_relay
 from meshcore.proto.relayrecords import (
     CloseConnection,
     ConnRecord,
@@ -52,7 +52,9 @@ from meshcore.proto.wire import (
     Pong,
     Registered,
     Reject,
+    RelayChallenge,
     Relayed,
+    RelayIdentity,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
@@ -87,6 +89,9 @@ class Matchmaker:
     Every method returns the outputs to execute, in order. A protocol violation closes only
     the connection that committed it. Every table is capped by `limits`.
 
+    `identity` is the relay's static identity: every connection is first told its public keys
+    (`RelayIdentity`), and a peer that knows the relay id may challenge the relay to prove it
+    before its Hello (a fresh identity when None: the relay id then changes every run).
     `challenger` makes the KEM challenge for a Hello (tests may swap it); `random` supplies
     the circuit-id key and invitation ids.
     """
@@ -95,10 +100,15 @@ class Matchmaker:
         self,
         limits: RelayLimits | None = None,
         *,
+        identity: Identity | None = None,
         challenger: Callable[[PublicBundle], tuple[Challenge, PendingAuth]] = make_challenge,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.limits = limits or RelayLimits()
+        self.identity = identity or Identity.generate()
+        """The relay's static identity; its peer id is the relay id."""
+        public = self.identity.public
+        self._identity_msg = RelayIdentity(public.x25519_public, public.kem_public)
         self._challenger = challenger
         self._random = random
         self._conns: dict[int, ConnRecord] = {}
@@ -156,6 +166,11 @@ class Matchmaker:
         c = self._circuits.get(circuit_id)
         return None if c is None else (c.a.conn_id, c.b.conn_id)
 
+    @property
+    def relay_id(self) -> PeerId:
+        """The relay id: the fingerprint of the relay's static public keys."""
+        return self.identity.peer_id
+
     def conn_ids(self) -> list[int]:
         """Ids of every live connection."""
         return list(self._conns)
@@ -189,7 +204,7 @@ class Matchmaker:
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
-        return []
+        return [Send(conn_id, self._identity_msg)]
 
     def connection_closed(self, conn_id: int, reason: str, now: float) -> list[Output]:
         """The connection is gone (the peer left or the network broke); forget it.
@@ -343,6 +358,9 @@ class Matchmaker:
             if kind is Hello:
                 assert isinstance(msg, Hello)
                 return self._hello(conn, msg)
+            if kind is RelayChallenge:
+                assert isinstance(msg, RelayChallenge)
+                return self._prove(conn, msg)
             return self._violation(
                 conn, ErrorCode.BAD_MESSAGE, f"expected Hello first, got {kind.__name__}"
             )
@@ -385,6 +403,10 @@ class Matchmaker:
             ]
             self._forget(conn, "the other peer disconnected", out)
             return out
+        if kind is RelayChallenge:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "a RelayChallenge must come before Hello"
+            )
         return self._violation(
             conn,
             ErrorCode.BAD_MESSAGE,
@@ -392,6 +414,21 @@ class Matchmaker:
         )
 
     # --- registration -----------------------------------------------------------------------
+
+    def _prove(self, conn: ConnRecord, challenge: RelayChallenge) -> list[Output]:
+        """A peer that knows our relay id asks us to prove it, before its Hello (once)."""
+        if conn.proved:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "only one RelayChallenge per connection"
+            )
+        try:
+            proof = prove_relay(self.identity, challenge)
+        except HandshakeError:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "unusable RelayChallenge: not a valid key exchange"
+            )
+        conn.proved = True
+        return [Send(conn.conn_id, proof)]
 
     def _hello(self, conn: ConnRecord, hello: Hello) -> list[Output]:
         try:

@@ -5,6 +5,9 @@ peers run in this process and speak the control protocol directly.
 
 1. Idle peers: N peers register (full KEM challenge) and stay connected, answering pings.
    Relay RSS before and after. Target: >= 10,000 peers at RSS <= 1 GiB.
+   Registrations/s with and without verifying the relay first (its keys, our challenge, its
+   proof: one more round trip and a decapsulation at the relay), rounds alternating on one
+   relay, medians; and the CPU of the proof itself on each side.
 2. Pairings/s: fresh peer pairs connect, both register (full challenge), A asks for B, B
    accepts, both are told; 16 pairs at a time. Also pairings alone between registered peers.
 3. Throughput of one relayed circuit, 64 KiB messages (A -> relay -> B, at most 4 messages in
@@ -16,6 +19,7 @@ peers run in this process and speak the control protocol directly.
 Writes benchmarks/results/relay.json and prints a table.
 
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--peers 10000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_relay.py --only registrations [--registrations 2000]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,8 +45,8 @@ import trio_websocket
 
 from meshcore._transport import WebSocketTransport, open_transport
 from meshcore.proto import wire
-from meshcore.proto.identity import Identity
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_relay
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
@@ -69,11 +74,16 @@ class RelayProcess:
     def __init__(self, *flags: str) -> None:
         fd, name = tempfile.mkstemp(prefix="bench-relay-", suffix=".log")
         self.log = Path(name)
+        self.key_dir = tempfile.TemporaryDirectory(prefix="bench-relay-")
+        self.identity = Identity.generate()
+        key = Path(self.key_dir.name) / "relay.key"
+        self.identity.save(key)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshcore_relay", "--listen", "127.0.0.1:0", *flags],
+                [sys.executable, "-m", "meshcore_relay", "--listen", "127.0.0.1:0",
+                 "--identity", str(key), *flags],
                 stderr=fd,
-            )
+            )  # fmt: skip
         finally:
             os.close(fd)
         deadline = time.monotonic() + 30
@@ -100,6 +110,7 @@ class RelayProcess:
         self.proc.terminate()
         self.proc.wait(timeout=60)
         self.log.unlink()
+        self.key_dir.cleanup()
 
 
 async def _echo(request: trio_websocket.WebSocketRequest) -> None:
@@ -131,13 +142,27 @@ async def serve_echo() -> None:
 # --- a peer that speaks the control protocol -------------------------------------------------
 
 
-async def register(transport: WebSocketTransport, identity: Identity) -> None:
+async def register(
+    transport: WebSocketTransport, identity: Identity, relay: Identity | None = None
+) -> None:
+    """Register as `identity`; with `relay`, verify first that the relay is `relay`."""
+    keys = None
+    if relay is not None:
+        keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
+        assert isinstance(keys, wire.RelayIdentity), keys
+        presented = PublicBundle(keys.x25519_public, keys.kem_public)
+        assert presented.peer_id == relay.peer_id
+        ask, pending = challenge_relay(presented)
+        await transport.send(wire.encode_control(ask))
+        proof = wire.decode_control_untrusted(await transport.receive())
+        assert isinstance(proof, wire.RelayProof) and pending.verify(proof)
     bundle = identity.public
     await transport.send(
         wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, ()))
     )
-    keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
-    assert isinstance(keys, wire.RelayIdentity), keys
+    if keys is None:
+        keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
+        assert isinstance(keys, wire.RelayIdentity), keys
     challenge = wire.decode_control_untrusted(await transport.receive())
     assert isinstance(challenge, wire.Challenge), challenge
     await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
@@ -226,6 +251,77 @@ async def idle_peers(n: int) -> dict[str, Any]:
         "relay_rss_peak_mib": round(rss_peak, 1),
         "relay_kib_per_peer": round((rss_after - rss_before) * 1024 / n, 1),
         "client_process_peak_rss_mib": round(client_rss, 1),
+    }
+
+
+async def registrations(n: int, rounds: int) -> dict[str, Any]:
+    """Registrations/s, 64 at a time, plain and verifying the relay, rounds alternating."""
+    identities = [Identity.generate() for _ in range(n)]
+    relay = RelayProcess(*UNLIMITED)
+    rates: dict[str, list[float]] = {"plain": [], "verified": []}
+    cpu: dict[str, list[float]] = {"plain": [], "verified": []}
+    try:
+
+        async def peer(
+            identity: Identity, verify: bool, task_status: trio.TaskStatus[None]
+        ) -> None:
+            async with open_transport(relay.url) as transport:
+                await register(transport, identity, relay.identity if verify else None)
+                task_status.started()
+                await trio.sleep_forever()  # stays registered until the round ends
+
+        for k in range(2 * rounds + 1):
+            mode = "verified" if k % 2 else "plain"  # round 0 warms up
+            verify = mode == "verified"
+            async with trio.open_nursery() as held:
+                start, cpu_start = time.perf_counter(), relay.cpu_s()
+
+                async def starter(share: list[Identity], verify: bool = verify) -> None:
+                    for identity in share:
+                        await held.start(peer, identity, verify)
+
+                async with trio.open_nursery() as starters:
+                    for j in range(64):
+                        starters.start_soon(starter, identities[j::64])
+                seconds, cpu_s = time.perf_counter() - start, relay.cpu_s() - cpu_start
+                held.cancel_scope.cancel()
+            if k:
+                rates[mode].append(n / seconds)
+                cpu[mode].append(cpu_s * 1e3 / n)
+            await trio.sleep(1.0)  # the relay forgets the last round's peers (not timed)
+    finally:
+        relay.stop()
+    plain, verified = statistics.median(rates["plain"]), statistics.median(rates["verified"])
+    proof_cpu_us = _proof_cpu_us()
+    return {
+        "registrations": n,
+        "rounds": rounds,
+        "plain_per_s": round(plain),
+        "verified_per_s": round(verified),
+        "verified_vs_plain": round(verified / plain, 2),
+        "plain_all_per_s": [round(r) for r in rates["plain"]],
+        "verified_all_per_s": [round(r) for r in rates["verified"]],
+        "relay_cpu_ms_plain": round(statistics.median(cpu["plain"]), 2),
+        "relay_cpu_ms_verified": round(statistics.median(cpu["verified"]), 2),
+        **proof_cpu_us,
+    }
+
+
+def _proof_cpu_us() -> dict[str, float]:
+    """CPU of the proof itself (median of 200): the peer's challenge, the relay's answer."""
+    relay = Identity.generate()
+    ask, answer = [], []
+    for _ in range(200):
+        t0 = time.process_time()
+        challenge, _ = challenge_relay(relay.public)
+        t1 = time.process_time()
+        prove_relay(relay, challenge)
+        t2 = time.process_time()
+        ask.append(t1 - t0)
+        answer.append(t2 - t1)
+    return {
+        "peer_challenge_us": round(statistics.median(ask) * 1e6),
+        "relay_proof_us": round(statistics.median(answer) * 1e6),
     }
 
 
@@ -379,11 +475,64 @@ async def throughput(n: int, repeat: int, echo_url: str, echo_pid: int) -> dict[
 
 
 async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[str, Any]:
+    parts = [args.only] if args.only else ["throughput", "pairings", "idle", "registrations"]
     result: dict[str, Any] = {}
-    result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
-    result["pairings"] = await pairings(args.pairs)
-    result["idle_peers"] = await idle_peers(args.peers)
+    if "throughput" in parts:
+        result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
+    if "pairings" in parts:
+        result["pairings"] = await pairings(args.pairs)
+    if "idle" in parts:
+        result["idle_peers"] = await idle_peers(args.peers)
+    if "registrations" in parts:
+        result["registrations"] = await registrations(args.registrations, args.rounds)
     return result
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The markdown table of whatever parts ran."""
+    rows = ["| measurement | result | target |", "|---|---:|---|"]
+    if (idle := result.get("idle_peers")) is not None:
+        rows.append(
+            f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
+            f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 "
+            "at <= 1024 MiB |"
+        )
+        rows.append(
+            f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
+            f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
+        )
+    if (reg := result.get("registrations")) is not None:
+        rows.append(
+            f"| registrations/s, relay not verified / verified (64 at a time, median of "
+            f"{reg['rounds']}) | {reg['plain_per_s']:,} / {reg['verified_per_s']:,} = "
+            f"{reg['verified_vs_plain']}x (relay CPU {reg['relay_cpu_ms_plain']} / "
+            f"{reg['relay_cpu_ms_verified']} ms each) | |"
+        )
+        rows.append(
+            f"| the proof's CPU: peer's challenge / relay's answer | "
+            f"{reg['peer_challenge_us']} / {reg['relay_proof_us']} µs | |"
+        )
+    if (pairs := result.get("pairings")) is not None:
+        rows.append(
+            f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
+            f"{pairs['full_cycles_per_s']} "
+            f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
+        )
+        rows.append(
+            f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |"
+        )
+    if (tput := result.get("throughput")) is not None:
+        rows.append(
+            f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
+            f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
+            f"({tput['frames_lost']} lost) | >= 0.8x |"
+        )
+        rows.append(
+            f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB "
+            f"per CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = "
+            f"{tput['relay_vs_echo_cpu']}x | |"
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=480, help="fresh pairs to pair")
     parser.add_argument("--messages", type=int, default=2000, help="64 KiB messages per round")
     parser.add_argument("--repeat", type=int, default=5, help="throughput rounds; best kept")
+    parser.add_argument(
+        "--registrations", type=int, default=2000, help="registrations per round (default 2000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="registration rounds per mode")
+    parser.add_argument(
+        "--only", choices=["throughput", "pairings", "idle", "registrations"], help="one part"
+    )
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo:
@@ -400,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.peers, args.pairs, args.messages, args.repeat = 500, 64, 300, 1
+        args.registrations, args.rounds = 256, 1
     echo = subprocess.Popen(
         [sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE, text=True
     )
@@ -410,33 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         echo.terminate()
         echo.wait(timeout=10)
-    idle, pairs, tput = result["idle_peers"], result["pairings"], result["throughput"]
-    print("| measurement | result | target |")
-    print("|---|---:|---|")
-    print(
-        f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
-        f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 at "
-        "<= 1024 MiB |"
-    )
-    print(
-        f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
-        f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
-    )
-    print(
-        f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
-        f"{pairs['full_cycles_per_s']} "
-        f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
-    )
-    print(f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |")
-    print(
-        f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
-        f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
-        f"({tput['frames_lost']} lost) | >= 0.8x |"
-    )
-    print(
-        f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB per "
-        f"CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = {tput['relay_vs_echo_cpu']}x | |"
-    )
+    print("\n".join(table(result)))
     result.update(
         python=platform.python_version(),
         machine=platform.machine(),
@@ -447,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         setup="loopback; relay and echo server are subprocesses; all peers in the bench process",
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and RESULTS.exists():  # one part: keep the others' last results
+        result = {**json.loads(RESULTS.read_text()), **result}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
     return 0

@@ -611,10 +611,11 @@ async def open_relay_client(
 
     A relay connection lost later (the relay restarted, the network broke, or nothing arrived
     for `dead_after_s`: the relay is pinged after `heartbeat_s` without news) is
-    re-established in the background: "relay connection lost: <reason>; reconnecting in N
-    s", waits from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %), then
-    "reconnected to relay". The client ends for good only when this block is left, or when another registration
-    with our peer id replaced ours (`next_invitation` then raises `RelayError`).
+    re-established in the background: "relay connection lost: <reason>; reconnecting in
+    N s", waits from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %), then
+    "reconnected to relay". The client ends for good only when this block is left, or when
+    another registration with our peer id replaced ours (`next_invitation` then raises
+    `RelayError`).
 
     Raises `RelayError` if the relay refuses us (`RelayNotVerified` if it cannot prove
     `relay_id`), `TransportClosed` if it cannot be reached, `ProtocolError` if it breaks the

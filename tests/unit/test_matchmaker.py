@@ -8,7 +8,7 @@ from typing import TypeVar
 import pytest
 
 from meshcore.proto import wire
-from meshcore.proto.constants import PROTOCOL_VERSION
+from meshcore.proto.constants import PROTOCOL_VERSION, RELAY_HEARTBEAT_S
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PublicBundle
 from meshcore.proto.limits import RelayLimits
@@ -720,6 +720,18 @@ def test_answered_pings_keep_a_peer(relay: Relay) -> None:
     for _ in range(5):
         ping = only(sent(relay.advance(limits.ping_interval_s), conn), wire.Ping)
         assert relay.send(conn, wire.Pong(ping.nonce)) == []
+    assert relay.mm.state_of(conn) is ConnState.REGISTERED
+
+
+def test_a_peers_heartbeat_keeps_its_connection_without_the_relays_pings(relay: Relay) -> None:
+    # A peer pings after RELAY_HEARTBEAT_S without news: the relay, whose own ping comes
+    # only after ping_interval_s of silence, never needs to ping it, nor drops it.
+    conn = relay.register(ALICE)
+    for nonce in range(1, 60):
+        out = relay.advance(RELAY_HEARTBEAT_S)
+        assert sent(out, conn) == [] and closed(out) == {}
+        assert sent(relay.send(conn, wire.Ping(nonce)), conn) == [wire.Pong(nonce)]
+    assert relay.now - 1000.0 > 4 * RelayLimits().idle_timeout_s
     assert relay.mm.state_of(conn) is ConnState.REGISTERED
 
 

@@ -45,7 +45,9 @@ import trio_websocket
 
 from meshcore._transport import WebSocketTransport, open_transport
 from meshcore.proto import wire
+from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.matchmaker import Matchmaker, RelayLimits, Send
 from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_relay
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
@@ -307,21 +309,47 @@ async def registrations(n: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def _proof_cpu_us() -> dict[str, float]:
-    """CPU of the proof itself (median of 200): the peer's challenge, the relay's answer."""
+def _proof_cpu_us(n: int = 300) -> dict[str, float]:
+    """CPU (process time, median of `n`) of the proof itself on each side, and of the relay's
+    protocol work for one registration (the Matchmaker alone: no TCP, no WebSocket), without
+    and with the relay's proof."""
     relay = Identity.generate()
+    limits = RelayLimits(connections_burst_per_ip=10 * n, max_peers=10 * n)
+    mm = Matchmaker(limits, identity=relay)
+    peers = [Identity.generate() for _ in range(2 * n)]
     ask, answer = [], []
-    for _ in range(200):
+    core: dict[bool, list[float]] = {False: [], True: []}
+    for k, peer in enumerate(peers):
+        verify = bool(k % 2)
+        if verify:
+            t0 = time.process_time()
+            challenge, _ = challenge_relay(relay.public)
+            t1 = time.process_time()
+            prove_relay(relay, challenge)
+            ask.append(t1 - t0)
+            answer.append(time.process_time() - t1)
+        addr = Endpoint("10.0.0.1", 1024 + k)
+        hello = wire.encode_control(
+            wire.Hello(peer.public.x25519_public, peer.public.kem_public, ())
+        )
         t0 = time.process_time()
-        challenge, _ = challenge_relay(relay.public)
-        t1 = time.process_time()
-        prove_relay(relay, challenge)
-        t2 = time.process_time()
-        ask.append(t1 - t0)
-        answer.append(t2 - t1)
+        mm.connection_opened(k, addr, 0.0)
+        if verify:
+            mm.receive_data(k, wire.encode_control(challenge), 0.0)
+        out = mm.receive_data(k, hello, 0.0)
+        spent = time.process_time() - t0
+        sent = [o.message for o in out if isinstance(o, Send)]
+        assert isinstance(sent[0], wire.Challenge)
+        auth = wire.encode_control(answer_challenge(peer, sent[0]))
+        t0 = time.process_time()
+        mm.receive_data(k, auth, 0.0)
+        core[verify].append(spent + time.process_time() - t0)
+    plain, verified = statistics.median(core[False]), statistics.median(core[True])
     return {
         "peer_challenge_us": round(statistics.median(ask) * 1e6),
         "relay_proof_us": round(statistics.median(answer) * 1e6),
+        "matchmaker_registration_us_plain": round(plain * 1e6),
+        "matchmaker_registration_us_verified": round(verified * 1e6),
     }
 
 
@@ -511,6 +539,11 @@ def table(result: dict[str, Any]) -> list[str]:
         rows.append(
             f"| the proof's CPU: peer's challenge / relay's answer | "
             f"{reg['peer_challenge_us']} / {reg['relay_proof_us']} µs | |"
+        )
+        rows.append(
+            f"| the relay's protocol CPU per registration (Matchmaker alone), not verified / "
+            f"verified | {reg['matchmaker_registration_us_plain']} / "
+            f"{reg['matchmaker_registration_us_verified']} µs | |"
         )
     if (pairs := result.get("pairings")) is not None:
         rows.append(

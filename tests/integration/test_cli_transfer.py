@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -211,18 +212,24 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         assert row["peer_id"] == ids["alice"]
         assert row["path"] in ("relay", "direct")
         ping = subprocess.run(
-            [BIN / "meshcore-peer", "ping", "--count", "2", "--control", control,
-             ids["alice"][:12]],
+            [BIN / "meshcore-peer", "ping", "--count", "2", "--no-until-direct",
+             "--interval", "0.1", "--control", control, ids["alice"][:12]],
             capture_output=True, timeout=60,
         )  # fmt: skip
         assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
-        lines = ping.stdout.decode().splitlines()
-        assert len(lines) == 2 and all("rtt=" in line and "path=" in line for line in lines)
+        *pongs, last = ping.stdout.decode().splitlines()
+        assert len(pongs) == 2, pongs
+        via = rf'(relay "{url}/?"|127\.0\.0\.1:\d+)'
+        for pong in pongs:
+            assert re.fullmatch(rf"pong from {ids['alice'][:12]} via {via} in [0-9.]+ m?s", pong)
+        assert re.fullmatch(r"direct connection (established: 127\.0\.0\.1:\d+|not .*)", last)
         table = subprocess.run(
             [BIN / "meshcore-peer", "status", "--control", control],
             capture_output=True, timeout=30, check=True,
         )  # fmt: skip
-        assert b"path" in table.stdout and ids["alice"].encode() in table.stdout
+        (line,) = table.stdout.decode().splitlines()
+        assert line.startswith(ids["alice"]) and "migrations" in line and "age " in line
+        assert re.search(rf'(direct 127\.0\.0\.1:\d+|relay "{url}/?")', line), line
         assert connector.stdin is not None
         connector.stdin.close()
         assert connector.wait(timeout=60) == 0

@@ -13,7 +13,7 @@ import pytest
 import trio
 from test_direct import free_port, running_relay
 
-from meshcore import ConfigError, NatMapping, netcheck
+from meshcore import ConfigError, NatMapping, RelayConfig, netcheck
 from meshcore._transport import WebSocketTransport, serve_transport
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.wire import Error, ErrorCode, encode_control
@@ -35,6 +35,22 @@ async def test_two_relays_on_loopback_see_this_host_as_it_is() -> None:
     assert report.ipv4.mapping is NatMapping.NONE
     assert report.ipv4.varies_by_destination is False
     assert echoes == [3, 3] and registered == [0, 0]  # asked three times, never registered
+
+
+async def test_a_relay_on_ipv6_is_asked_over_ipv6_from_the_same_port() -> None:
+    with trio.fail_after(30):
+        async with (
+            running_relay() as four,
+            running_relay(RelayConfig(host="::1", port=0)) as six,
+        ):
+            assert six.url.startswith("ws://[::1]:")
+            report = await netcheck([four.url, six.url])
+    v4, v6 = report.probes
+    assert v6.observed is not None and v6.observed.host == "::1"
+    assert v4.local is not None and v6.local is not None and v4.local.port == v6.local.port
+    assert report.ipv4.reachable and report.ipv6.reachable
+    assert report.ipv6.mapping is NatMapping.NONE
+    assert report.verdict == report.ipv4.verdict
 
 
 async def test_the_local_port_asked_for_is_the_one_used() -> None:

@@ -36,6 +36,9 @@ log = logging.getLogger("meshcore.client")
 _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
 _RELEASE_TIMEOUT_S = 1.0
+_SEND_SHIELD_S = 5.0
+"""How long a write to the relay may go on after its sender was cancelled; past it the
+connection is cut (a relay that stopped reading)."""
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
 
 
@@ -163,8 +166,16 @@ class _Link:
         self.close_reason: str | None = None
 
     async def send(self, data: bytes) -> None:
+        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
+        writing, the write finishes (within `_SEND_SHIELD_S`) even if the caller is cancelled,
+        because a half-written message would cut the connection every circuit and request
+        shares (a session's writer is cancelled whenever its circuit is released)."""
         async with self.lock:
-            await self.transport.send(data)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_SEND_SHIELD_S) as bound:
+                    await self.transport.send(data)
+        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
+            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

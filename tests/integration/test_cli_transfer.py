@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -192,11 +193,13 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         wait_for_line(relay, b"listening", 30)
         listener = subprocess.Popen(
             [BIN / "meshcore-peer", "listen", "--relay", url, "--identity", keys["bob"],
-             "--allow", ids["alice"], "--control", control],
+             "--allow", ids["alice"], "--control", control, "--metrics", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )  # fmt: skip
         procs.append(listener)
-        wait_for_line(listener, b"registered", 30)
+        said = wait_for_line(listener, b"registered", 30)
+        metrics = re.search(rb"serving metrics on (http://\S+/metrics)", said)
+        assert metrics is not None, said
         connector = subprocess.Popen(
             [BIN / "meshcore-peer", "connect", "--relay", url, "--identity", keys["alice"],
              ids["bob"]],
@@ -228,6 +231,10 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
             [BIN / "meshcore-peer", "status", "--control", control],
             capture_output=True, timeout=30, check=True,
         )  # fmt: skip
+        with urllib.request.urlopen(metrics.group(1).decode(), timeout=10) as response:
+            scraped = response.read().decode().splitlines()
+        assert f'meshcore_peer_relay_connected{{relay="{url}"}} 1.0' in scraped
+        assert sum(line.startswith("meshcore_peer_sessions{") for line in scraped) == 2
         (line,) = table.stdout.decode().splitlines()
         assert line.startswith(ids["alice"]) and "migrations" in line and "age " in line
         assert re.search(rf'(direct {direct}|relay "{url}/?")', line), line

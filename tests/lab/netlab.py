@@ -43,15 +43,26 @@ from .labproc import (
     run_command,
     sweep_stale_labs,
 )
+from .shaping import (
+    Direction,
+    Link,
+    LinkDevices,
+    loss_ruleset,
+    needs_ifb,
+    netem_available,
+    tc_commands,
+)
 
 __all__ = [
     "LAB_PREFIX",
     "NETLAB_TOOL",
     "Count",
     "Counters",
+    "Direction",
     "Lab",
     "LabError",
     "LabProcess",
+    "Link",
     "Meshcore",
     "Nat",
     "PeerKey",
@@ -90,14 +101,18 @@ class Nat(enum.Enum):
 
 @dataclass(frozen=True)
 class Topology:
-    """Which hosts exist and what NAT each sits behind; the relay and router always exist."""
+    """Which hosts exist, what NAT each sits behind and how each router link behaves; the
+    relay and router always exist."""
 
     hosts: Mapping[str, Nat] = field(default_factory=lambda: {"a": Nat.NONE, "b": Nat.NONE})
     delay_ms: float = 0.0
-    """One-way delay of every router link (so A to B takes 2 * delay_ms each way). Zero
-    gives plain veth links; above zero, links are TAP pairs joined by a userspace forwarder
-    that holds each frame this long (the kernel here has no netem). Slower: use it where
-    latency matters (simultaneous open), not for bulk transfers."""
+    """One-way delay of every router link (so A to B takes 2 * delay_ms each way), unless
+    `links` says otherwise for a node. Zero gives plain veth links; above zero, netem where
+    the kernel has it, else TAP pairs joined by a userspace forwarder that holds each frame
+    this long (slower than a veth: for latency, not for bulk transfers)."""
+    links: Mapping[str, Link] = field(default_factory=dict)
+    """How the router's link to a node ("relay" or a host) behaves: delay, rate limit,
+    loss (`shaping.Link`). Nodes not named get `Link()` with the topology's delay."""
 
     def __post_init__(self) -> None:
         if self.delay_ms < 0:
@@ -112,16 +127,35 @@ class Topology:
                 )
         if len(self.hosts) > 250:
             raise LabError("at most 250 hosts fit the address plan")
+        unknown = sorted(set(self.links) - {"relay", *self.hosts})
+        if unknown:
+            raise LabError(
+                f"links given for {unknown}, which are not nodes of this topology; "
+                f"name the relay or one of the hosts {sorted(self.hosts)}"
+            )
+
+    def link(self, node: str) -> Link:
+        """How the router's link to `node` (the relay or a host) behaves."""
+        return self.links.get(node, Link())
+
+    def link_delay_ms(self, node: str) -> float:
+        """The one-way delay of the router's link to `node`."""
+        delay = self.link(node).delay_ms
+        return self.delay_ms if delay is None else delay
 
     @classmethod
-    def flat(cls, *names: str, delay_ms: float = 0.0) -> Topology:
+    def flat(
+        cls, *names: str, delay_ms: float = 0.0, links: Mapping[str, Link] | None = None
+    ) -> Topology:
         """Every host public (default hosts `a` and `b`)."""
-        return cls({name: Nat.NONE for name in names or ("a", "b")}, delay_ms)
+        return cls({name: Nat.NONE for name in names or ("a", "b")}, delay_ms, dict(links or {}))
 
     @classmethod
-    def behind(cls, a: Nat, b: Nat, *, delay_ms: float = 0.0) -> Topology:
+    def behind(
+        cls, a: Nat, b: Nat, *, delay_ms: float = 0.0, links: Mapping[str, Link] | None = None
+    ) -> Topology:
         """Hosts `a` and `b` behind the given NATs."""
-        return cls({"a": a, "b": b}, delay_ms)
+        return cls({"a": a, "b": b}, delay_ms, dict(links or {}))
 
 
 @dataclass(frozen=True)
@@ -184,7 +218,8 @@ class Lab:
         self._nodes: dict[str, _Node] = {}
         self._namespaces: list[str] = []
         self._processes: list[LabProcess] = []
-        self._delayed_links: list[str] = []
+        self._delayed_links: list[tuple[str, float]] = []  # (NS:TAP=NS:TAP, one-way ms)
+        self._shaped_links: dict[str, Link] = {}  # the router's device -> its link
         self._closed = False
         self._plan()
 
@@ -249,9 +284,15 @@ class Lab:
         for name in routers:
             self._sysctl(name, "net.ipv4.ip_forward", "1")
         self._nft("inet", self._router_ruleset())
-        if self._delayed_links:
-            links = [f"--link={link}" for link in self._delayed_links]
-            forwarder = self.tool("inet", "delay", f"--ms={self.topology.delay_ms}", *links)
+        loss = loss_ruleset("shape", self._shaped_links)
+        if loss:
+            self._nft("inet", loss)
+        # One forwarder per delayed link: each runs its own loop, on its own core if free.
+        forwarders = [
+            self.tool("inet", "delay", f"--ms={ms}", f"--link={link}")
+            for link, ms in self._delayed_links
+        ]
+        for forwarder in forwarders:
             forwarder.wait_for("ready", COMMAND_TIMEOUT_S)
 
     def _add_nat(self, host: str, nat: Nat, k: int) -> None:
@@ -286,13 +327,17 @@ class Lab:
         )
 
     def _link(self, router: str, far: str, k: int) -> None:
-        """Join the router to node `far` (a relay, public host or NAT) on 198.18.k.0/24."""
+        """Join the router to node `far` (a relay, public host or NAT) on 198.18.k.0/24,
+        with the delay, rate limit and loss its topology gives it."""
         suffix = far.removeprefix("nat-")
         inside, outside = f"{self._tag}i{suffix}", f"{self._tag}w{suffix}"
-        if self.topology.delay_ms > 0:
+        link, delay = self.topology.link(suffix), self.topology.link_delay_ms(suffix)
+        netem = delay > 0 and netem_available()
+        if delay > 0 and not netem:
             create = f"tuntap add mode tap name {inside}"
             self._ip(far, [f"tuntap add mode tap name {outside}"])
-            self._delayed_links.append(f"{self.ns(router)}:{inside}={self.ns(far)}:{outside}")
+            cable = f"{self.ns(router)}:{inside}={self.ns(far)}:{outside}"
+            self._delayed_links.append((cable, delay))
         else:
             create = f"link add {inside} type veth peer name {outside} netns {self.ns(far)}"
         self._ip(
@@ -311,6 +356,14 @@ class Lab:
                 f"route add default via {_PUBLIC_NET.format(k=k, h=1)}",
             ],
         )
+        devices = LinkDevices(inside=inside, ifb=f"{self._tag}u{suffix}")
+        if needs_ifb(link, delay, netem):
+            self._ip(router, [f"link add {devices.ifb} type ifb", f"link set {devices.ifb} up"])
+        commands = tc_commands(link, devices, delay if netem else 0.0, netem)
+        if commands:
+            argv = ["tc", "-n", self.ns(router), "-batch", "-"]
+            run_command(argv, input="\n".join(commands).encode())
+        self._shaped_links[inside] = link
 
     def _public_nodes(self) -> list[str]:
         return ["relay", *self.topology.hosts]

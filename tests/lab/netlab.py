@@ -218,7 +218,7 @@ class Lab:
         self._nodes: dict[str, _Node] = {}
         self._namespaces: list[str] = []
         self._processes: list[LabProcess] = []
-        self._delayed_links: list[tuple[str, float]] = []  # (NS:TAP=NS:TAP, one-way ms)
+        self._cables: list[tuple[str, float]] = []  # userspace cables: (NS:TAP=NS:TAP, one-way ms)
         self._shaped_links: dict[str, Link] = {}  # the router's device -> its link
         self._closed = False
         self._plan()
@@ -287,10 +287,10 @@ class Lab:
         loss = loss_ruleset("shape", self._shaped_links)
         if loss:
             self._nft("inet", loss)
-        # One forwarder per delayed link: each runs its own loop, on its own core if free.
+        # One forwarder per cable: each runs its own loop, on its own core if free.
         forwarders = [
             self.tool("inet", "delay", f"--ms={ms}", f"--link={link}")
-            for link, ms in self._delayed_links
+            for link, ms in self._cables
         ]
         for forwarder in forwarders:
             forwarder.wait_for("ready", COMMAND_TIMEOUT_S)
@@ -332,12 +332,17 @@ class Lab:
         suffix = far.removeprefix("nat-")
         inside, outside = f"{self._tag}i{suffix}", f"{self._tag}w{suffix}"
         link, delay = self.topology.link(suffix), self.topology.link_delay_ms(suffix)
-        netem = delay > 0 and netem_available()
-        if delay > 0 and not netem:
+        # A shaped link is a userspace cable even without delay: a veth (or netem) hands the
+        # sender's own skb to the router, so a packet waiting in the shaper's queue is still
+        # charged to the sending socket, which then blocks instead of seeing drops, and the
+        # queue moves into the sender. A cable copies the frame, as a NIC and a modem do.
+        cable = link.rate_mbit is not None or (delay > 0 and not netem_available())
+        netem = delay > 0 and not cable
+        if cable:
             create = f"tuntap add mode tap name {inside}"
             self._ip(far, [f"tuntap add mode tap name {outside}"])
-            cable = f"{self.ns(router)}:{inside}={self.ns(far)}:{outside}"
-            self._delayed_links.append((cable, delay))
+            ends = f"{self.ns(router)}:{inside}={self.ns(far)}:{outside}"
+            self._cables.append((ends, delay))
         else:
             create = f"link add {inside} type veth peer name {outside} netns {self.ns(far)}"
         self._ip(
@@ -359,7 +364,7 @@ class Lab:
         devices = LinkDevices(inside=inside, ifb=f"{self._tag}u{suffix}")
         if needs_ifb(link, delay, netem):
             self._ip(router, [f"link add {devices.ifb} type ifb", f"link set {devices.ifb} up"])
-        commands = tc_commands(link, devices, delay if netem else 0.0, netem)
+        commands = tc_commands(link, devices, delay, netem)
         if commands:
             argv = ["tc", "-n", self.ns(router), "-batch", "-"]
             run_command(argv, input="\n".join(commands).encode())

@@ -25,11 +25,14 @@ from typing import TYPE_CHECKING
 from meshcore.errors import (
     AuthenticationError,
     ConfigError,
+    ConnectFailed,
+    ControlRequestFailed,
     DecodeError,
     HandshakeError,
     MeshError,
     NoUsablePath,
     ProtocolError,
+    RegistryError,
     RelayError,
     ReplayError,
     SessionClosed,
@@ -58,7 +61,6 @@ if TYPE_CHECKING:
     from meshcore._session import Session, SessionStatus, open_session
     from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
     from meshcore._transport import (
-        ConnectFailed,
         Transport,
         open_transport,
         serve_transport,
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
     )
     from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
     from meshcore.proto.handshake import HandshakeResult, Responder
-    from meshcore.proto.matchmaker import RelayLimits
+    from meshcore.proto.limits import RelayLimits
 
 __version__ = "0.1.0"
 
@@ -74,7 +76,6 @@ __version__ = "0.1.0"
 # `import meshcore.proto` (the sans-IO cores) never imports trio or sockets.
 _LAZY = {
     # transports
-    "ConnectFailed": "meshcore._transport",
     "FramedTransport": "meshcore._direct",
     "Transport": "meshcore._transport",
     "open_transport": "meshcore._transport",
@@ -103,7 +104,7 @@ _LAZY = {
     "serve": "meshcore._api",
     # the relay
     "RelayConfig": "meshcore._relay",
-    "RelayLimits": "meshcore.proto.matchmaker",
+    "RelayLimits": "meshcore.proto.limits",
     "RelayServer": "meshcore._relay",
     "RelayStats": "meshcore._relay",
     "serve_relay": "meshcore._relay",
@@ -144,6 +145,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "ConnectFailed",
+    "ControlRequestFailed",
     "DecodeError",
     "DirectMode",
     "Endpoint",
@@ -166,6 +168,7 @@ __all__ = [
     "PeerId",
     "ProtocolError",
     "PublicBundle",
+    "RegistryError",
     "RelayClient",
     "RelayConfig",
     "RelayError",

@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from meshcore.errors import ConfigError, MeshError
+from meshcore.errors import ConfigError, ControlRequestFailed, MeshError
 
 __all__ = [
-    "ControlClientError",
     "SessionRegistry",
     "control_request",
     "default_control_path",
@@ -41,10 +40,6 @@ class _Reportable(Protocol):
     def status(self) -> Any: ...
 
     async def ping(self, timeout: float) -> tuple[float, str]: ...
-
-
-class ControlClientError(MeshError):
-    """The control socket could not be reached or answered with an error."""
 
 
 def default_control_path() -> Path:
@@ -211,13 +206,13 @@ async def _is_live(path: Path) -> bool:
 async def control_request(path: Path, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Send one request to a running peer and yield its answers until it is done.
 
-    Raises `ControlClientError` naming the socket if no peer answers there. Cancellation
+    Raises `ControlRequestFailed` naming the socket if no peer answers there. Cancellation
     (or leaving the iteration) closes the connection.
     """
     try:
         stream = await trio.open_unix_socket(str(path))
     except OSError as exc:
-        raise ControlClientError(
+        raise ControlRequestFailed(
             f"no running peer answers on {path} ({exc.strerror}): start `meshcore-peer "
             "connect`/`listen` first, or pass the --control PATH it uses"
         ) from exc
@@ -235,5 +230,5 @@ async def control_request(path: Path, request: dict[str, Any]) -> AsyncIterator[
                 if answer.get("done"):
                     return
                 if "error" in answer and "seq" not in answer:
-                    raise ControlClientError(str(answer["error"]))
+                    raise ControlRequestFailed(str(answer["error"]))
                 yield answer

@@ -22,8 +22,8 @@ from typing import Final, Protocol
 
 import trio
 
-from meshcore._transport import ConnectFailed, Transport, open_tcp_socket_from
-from meshcore.errors import DecodeError, TransportClosed
+from meshcore._transport import Transport, open_tcp_socket_from
+from meshcore.errors import ConnectFailed, DecodeError, TransportClosed
 from meshcore.proto.constants import DIRECT_ROUTE_TIMEOUT_S, MAX_CANDIDATES, MAX_FRAME_BYTES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import MIN_FRAME_BYTES, peek_receiver_index

@@ -29,6 +29,7 @@ from meshcore.proto.constants import (
     RELAY_SHUTDOWN_GRACE_S,
 )
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CircuitStats,
     CloseConnection,
@@ -36,7 +37,6 @@ from meshcore.proto.matchmaker import (
     LogEvent,
     Matchmaker,
     Output,
-    RelayLimits,
     Send,
 )
 from meshcore.proto.wire import encode_control

@@ -29,7 +29,7 @@ from trio_websocket import (
 )
 
 from meshcore._nursery import open_hidden_nursery
-from meshcore.errors import ConfigError, TransportClosed
+from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
     TRANSPORT_CLOSE_TIMEOUT_S,
@@ -40,7 +40,6 @@ from meshcore.proto.constants import (
 from meshcore.proto.endpoint import Endpoint
 
 __all__ = [
-    "ConnectFailed",
     "Transport",
     "WebSocketTransport",
     "open_reuseport_listener",
@@ -60,18 +59,6 @@ _WS_ABNORMAL = 1006
 _WS_INTERNAL_ERROR = 1011
 _READ_BYTES = 65536  # per TCP read; trio-websocket's 4 KiB default costs 16 reads per 64 KiB
 _TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
-
-
-class ConnectFailed(TransportClosed):
-    """A connection could not be opened: refused, unreachable, timed out, or upgrade refused.
-
-    The message names the target; `errno` is the OS error number when there is one (a direct
-    dialer re-dials quickly on `errno.ECONNREFUSED`, see DESIGN.md §5).
-    """
-
-    def __init__(self, reason: str, *, errno: int | None = None) -> None:
-        super().__init__(reason)
-        self.errno = errno
 
 
 class Transport(trio.abc.AsyncResource):

@@ -29,10 +29,9 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from meshcore.errors import ConfigError
+from meshcore.errors import ConfigError, ConfigProblems
 
 __all__ = [
-    "ConfigProblems",
     "env_names",
     "load_toml",
     "make_converter",
@@ -42,16 +41,6 @@ __all__ = [
 
 T = TypeVar("T")
 Path_ = tuple[str | int, ...]
-
-
-class ConfigProblems(ConfigError):
-    """Settings could not be loaded; `problems` lists each one as "path: what is wrong"."""
-
-    def __init__(self, problems: list[str], *, what: str = "settings") -> None:
-        self.problems = problems
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"invalid {what} ({count}):\n{lines}")
 
 
 class _Problem(ValueError):

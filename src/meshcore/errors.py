@@ -2,18 +2,31 @@
 
 Each class says whose fault it was (the network's bytes, a failed authentication, the
 user's configuration, a closed session) so that callers can decide what to do next.
+
+Naming: a *category* ends in ``Error`` and is what callers catch (`ProtocolError`,
+`DecodeError`, `ConfigError`, ...); a *specific condition* is named for what happened,
+without the suffix (`SessionClosed`, `KeyExpired`, `FrameTooLarge`, `UnsupportedVersion`,
+`ConnectFailed`), and derives from the category it belongs to. Every error class of the
+library lives in this module.
 """
 
 from __future__ import annotations
 
+from meshcore.proto.constants import PROTOCOL_VERSION
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "ConfigProblems",
+    "ConnectFailed",
+    "ControlRequestFailed",
+    "CryptoLibraryMissing",
     "DecodeError",
     "FrameTooLarge",
     "HandshakeError",
     "KeyExpired",
     "MeshError",
+    "MessageTooLarge",
     "NoUsablePath",
     "ProtocolError",
     "RegistryError",
@@ -22,11 +35,15 @@ __all__ = [
     "SessionClosed",
     "TransportClosed",
     "UnknownReceiverIndex",
+    "UnsupportedVersion",
 ]
 
 
 class MeshError(Exception):
     """Base class of every error raised by meshcore."""
+
+
+# --- the remote side broke the protocol -----------------------------------------------------
 
 
 class ProtocolError(MeshError):
@@ -40,12 +57,35 @@ class DecodeError(ProtocolError):
     """Bytes from the wire could not be decoded into a message (bad type, length or field)."""
 
 
+class UnsupportedVersion(DecodeError):
+    """The message carries a protocol version this build does not speak."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"unsupported protocol version {version} (this build speaks {PROTOCOL_VERSION}); "
+            "upgrade meshcore on the older side so that both speak the same version"
+        )
+        self.version = version
+
+
+class MessageTooLarge(DecodeError):
+    """A message or one of its payloads is larger than its limit."""
+
+
 class AuthenticationError(ProtocolError):
     """A message failed its MAC or AEAD check and was dropped."""
 
 
 class ReplayError(ProtocolError):
     """A frame authenticated but was a duplicate or too old for the replay window; dropped."""
+
+
+class UnknownReceiverIndex(ProtocolError):
+    """A transport frame names a receiver index that no live key of ours has; dropped."""
+
+    def __init__(self, message: str, *, receiver_index: int) -> None:
+        super().__init__(message)
+        self.receiver_index = receiver_index
 
 
 class HandshakeError(MeshError):
@@ -61,11 +101,31 @@ class HandshakeError(MeshError):
         super().__init__(message)
 
 
+# --- the user's settings ----------------------------------------------------------------------
+
+
 class ConfigError(MeshError):
     """A setting, flag, configuration file or key file given by the user is wrong.
 
     The message names what was wrong and how to fix it.
     """
+
+
+class ConfigProblems(ConfigError):
+    """Settings could not be loaded; `problems` lists each one as "path: what is wrong"."""
+
+    def __init__(self, problems: list[str], *, what: str = "settings") -> None:
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid {what} ({count}):\n{lines}")
+
+
+class CryptoLibraryMissing(ConfigError, ImportError):
+    """A required cryptography package is not installed; meshcore refuses to run without it."""
+
+
+# --- relays, transports, sessions and keys ----------------------------------------------------
 
 
 class RelayError(MeshError):
@@ -74,6 +134,26 @@ class RelayError(MeshError):
     def __init__(self, message: str, *, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+class TransportClosed(MeshError):
+    """The transport (WebSocket connection or relay circuit) is closed; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectFailed(TransportClosed):
+    """A connection could not be opened: refused, unreachable, timed out, or upgrade refused.
+
+    The message names the target; `errno` is the OS error number when there is one (a direct
+    dialer re-dials quickly on `errno.ECONNREFUSED`, docs/direct.md).
+    """
+
+    def __init__(self, reason: str, *, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.errno = errno
 
 
 class SessionClosed(MeshError):
@@ -88,27 +168,11 @@ class NoUsablePath(MeshError):
     """No path to the peer works: neither the relay circuit nor any direct attempt."""
 
 
-class TransportClosed(MeshError):
-    """The transport (WebSocket connection or relay circuit) is closed; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class KeyExpired(MeshError):
     """A session key is past its lifetime (age, message count or forgery budget).
 
     Nothing is sealed or accepted with it any more; start a new handshake.
     """
-
-
-class UnknownReceiverIndex(ProtocolError):
-    """A transport frame names a receiver index that no live key of ours has; dropped."""
-
-    def __init__(self, message: str, *, receiver_index: int) -> None:
-        super().__init__(message)
-        self.receiver_index = receiver_index
 
 
 class FrameTooLarge(MeshError):
@@ -128,3 +192,8 @@ class RegistryError(MeshError):
     def __init__(self, message: str, *, rpc_url: str | None = None) -> None:
         super().__init__(message)
         self.rpc_url = rpc_url
+
+
+class ControlRequestFailed(MeshError):
+    """A request on a peer's local control socket failed: nobody answered there, or the peer
+    answered with an error (the message says which)."""

@@ -186,7 +186,7 @@ def load_up_config(path: Path | None, overrides: dict[str, object]) -> UpConfig:
             problems.append(f"peers[{index}].id: {entry.id} is listed twice; remove one")
         seen.add(text)
     if problems:
-        from meshcore.config import ConfigProblems
+        from meshcore.errors import ConfigProblems
 
         raise ConfigProblems(problems)
     return config

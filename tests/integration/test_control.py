@@ -11,12 +11,11 @@ import pytest
 import trio
 
 from meshcore._control import (
-    ControlClientError,
     SessionRegistry,
     control_request,
     serve_control,
 )
-from meshcore.errors import ConfigError
+from meshcore.errors import ConfigError, ControlRequestFailed
 
 
 @attrs.frozen
@@ -72,7 +71,7 @@ async def test_ping_reports_rtt_and_path(tmp_path: Path) -> None:
             answers = await collect(sock, {"cmd": "ping", "peer": "abc", "count": 3, "interval": 0})
         assert [a["path"] for a in answers] == ["direct"] * 3
         assert session.pings == 3
-        with pytest.raises(ControlClientError, match="no session with peer"):
+        with pytest.raises(ControlRequestFailed, match="no session with peer"):
             await collect(sock, {"cmd": "ping", "peer": "nobody"})
         nursery.cancel_scope.cancel()
 
@@ -81,14 +80,14 @@ async def test_unknown_command_is_an_error(tmp_path: Path) -> None:
     sock = tmp_path / "peer.sock"
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, sock, SessionRegistry())
-        with pytest.raises(ControlClientError, match="unknown command"):
+        with pytest.raises(ControlRequestFailed, match="unknown command"):
             await collect(sock, {"cmd": "reboot"})
         nursery.cancel_scope.cancel()
 
 
 async def test_no_running_peer_names_the_socket(tmp_path: Path) -> None:
     sock = tmp_path / "missing.sock"
-    with pytest.raises(ControlClientError, match=str(sock)):
+    with pytest.raises(ControlRequestFailed, match=str(sock)):
         await collect(sock, {"cmd": "status"})
 
 

@@ -18,7 +18,7 @@ from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity
-from meshcore.proto.matchmaker import RelayLimits
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.relayauth import answer_challenge
 
 M = TypeVar("M", bound=wire.ControlMessage)

@@ -24,7 +24,7 @@ from meshcore._transport import open_transport
 from meshcore.proto import wire
 from meshcore.proto.constants import MAX_CONTROL_BYTES, PROTOCOL_VERSION
 from meshcore.proto.identity import Identity
-from meshcore.proto.matchmaker import RelayLimits
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.relayauth import answer_challenge
 
 DAVE = Identity.generate()

@@ -13,7 +13,6 @@ import trio.testing
 import trio_websocket
 
 from meshcore._transport import (
-    ConnectFailed,
     WebSocketTransport,
     open_reuseport_listener,
     open_tcp_socket_from,
@@ -21,7 +20,7 @@ from meshcore._transport import (
     serve_transport,
     wrap_stream_transport,
 )
-from meshcore.errors import ConfigError, TransportClosed
+from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.endpoint import Endpoint
 from meshcore.testing.memory import memory_transport_pair
 
@@ -639,7 +638,6 @@ def test_public_api_is_pinned() -> None:
     import meshcore._transport as module
 
     assert sorted(module.__all__) == [
-        "ConnectFailed",
         "Transport",
         "WebSocketTransport",
         "open_reuseport_listener",

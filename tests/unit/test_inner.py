@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge
 from meshcore.proto import inner
 from meshcore.proto.constants import (
     MAX_INNER_BYTES,
@@ -29,7 +29,6 @@ from meshcore.proto.inner import (
     encode_data,
     encode_inner,
 )
-from meshcore.proto.wire import MessageTooLargeError
 
 SAMPLES: list[inner.InnerMessage] = [
     Data(1, 2, b"hello"),
@@ -220,19 +219,19 @@ def test_trailing_body_bytes_are_refused(msg: inner.InnerMessage) -> None:
 
 
 def test_plaintext_over_max_inner_bytes_is_refused() -> None:
-    with pytest.raises(MessageTooLargeError):
+    with pytest.raises(MessageTooLarge):
         decode_inner_untrusted(b"\x01\x00" + bytes(MAX_INNER_BYTES - 1))
 
 
 def test_data_payload_over_max_message_bytes_is_refused_by_the_decoder() -> None:
     raw = b"\x01\x00" + struct.pack(">QQ", 0, 0) + bytes(MAX_MESSAGE_BYTES + 1)
-    with pytest.raises(MessageTooLargeError, match="Data payload of 65537 bytes"):
+    with pytest.raises(MessageTooLarge, match="Data payload of 65537 bytes"):
         decode_inner_untrusted(raw)
 
 
 def test_rekey_fragment_chunk_over_limit_is_refused_by_the_decoder() -> None:
     raw = b"\x07\x00" + struct.pack(">IBB", 1, 0, 1) + bytes(REKEY_FRAGMENT_BYTES + 1)
-    with pytest.raises(MessageTooLargeError, match="at most 1150"):
+    with pytest.raises(MessageTooLarge, match="at most 1150"):
         decode_inner_untrusted(raw)
 
 

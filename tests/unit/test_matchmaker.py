@@ -11,6 +11,7 @@ from meshcore.proto import wire
 from meshcore.proto.constants import PROTOCOL_VERSION
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity
+from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CloseConnection,
     ConnState,
@@ -18,11 +19,10 @@ from meshcore.proto.matchmaker import (
     LogEvent,
     Matchmaker,
     Output,
-    RelayLimits,
     Send,
-    TokenBucket,
     address_key,
 )
+from meshcore.proto.ratelimit import TokenBucket
 from meshcore.proto.relayauth import answer_challenge
 
 M = TypeVar("M")

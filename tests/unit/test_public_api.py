@@ -19,6 +19,7 @@ MESHCORE = [
     "AuthenticationError",
     "ConfigError",
     "ConnectFailed",
+    "ControlRequestFailed",
     "DecodeError",
     "HandshakeError",
     "MeshError",
@@ -61,6 +62,7 @@ MESHCORE = [
     # through a relay, and the relay
     "Invitation",
     "Pairing",
+    "RegistryError",
     "RelayClient",
     "RelayConfig",
     "RelayLimits",

@@ -7,7 +7,7 @@ import struct
 import attrs
 import pytest
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto import wire
 from meshcore.proto.constants import (
     MAX_CANDIDATES,
@@ -32,7 +32,6 @@ from meshcore.proto.wire import (
     ErrorCode,
     Hello,
     Invite,
-    MessageTooLargeError,
     Paired,
     Ping,
     Pong,
@@ -40,7 +39,6 @@ from meshcore.proto.wire import (
     Reject,
     Relayed,
     Role,
-    UnsupportedVersionError,
     clip_reason,
     decode_control_untrusted,
     encode_control,
@@ -91,7 +89,6 @@ def test_public_api_is_pinned() -> None:
             "ErrorCode",
             "Hello",
             "Invite",
-            "MessageTooLargeError",
             "Paired",
             "Ping",
             "Pong",
@@ -99,7 +96,6 @@ def test_public_api_is_pinned() -> None:
             "Reject",
             "Relayed",
             "Role",
-            "UnsupportedVersionError",
             "clip_reason",
             "decode_control_untrusted",
             "encode_control",
@@ -292,7 +288,7 @@ def _raw(msg: wire.ControlMessage) -> bytes:
 @pytest.mark.parametrize("version", [0, 2, 255])
 def test_unknown_version_says_which_and_what_to_do(version: int) -> None:
     data = bytes([version]) + _raw(Ping(1))[1:]
-    with pytest.raises(UnsupportedVersionError) as info:
+    with pytest.raises(UnsupportedVersion) as info:
         decode_control_untrusted(data)
     assert str(info.value) == (
         f"unsupported protocol version {version} (this build speaks 1); "
@@ -302,7 +298,7 @@ def test_unknown_version_says_which_and_what_to_do(version: int) -> None:
 
 
 def test_unknown_version_is_reported_even_for_an_unknown_long_message() -> None:
-    with pytest.raises(UnsupportedVersionError):
+    with pytest.raises(UnsupportedVersion):
         decode_control_untrusted(b"\x02\xff" + bytes(MAX_CONTROL_BYTES))
 
 
@@ -339,7 +335,7 @@ def test_trailing_bytes_error_says_how_many() -> None:
 
 def test_message_over_max_control_bytes_is_refused() -> None:
     data = b"\x01\x01" + bytes(MAX_CONTROL_BYTES - 1)
-    with pytest.raises(MessageTooLargeError, match="at most"):
+    with pytest.raises(MessageTooLarge, match="at most"):
         decode_control_untrusted(data)
 
 
@@ -350,7 +346,7 @@ def test_relayed_payload_of_exactly_max_frame_bytes_round_trips() -> None:
 
 def test_relayed_length_over_max_frame_bytes_is_refused_before_reading_it() -> None:
     data = b"\x01\x0c" + struct.pack(">QI", 1, MAX_FRAME_BYTES + 1) + bytes(MAX_FRAME_BYTES + 1)
-    with pytest.raises(MessageTooLargeError, match="payload of 65793 bytes"):
+    with pytest.raises(MessageTooLarge, match="payload of 65793 bytes"):
         decode_control_untrusted(data)
 
 

@@ -42,6 +42,7 @@ from meshcore.proto.constants import (
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_S,
 )
+from meshcore.proto.packet import PacketType
 from meshcore.proto.replay import ReplayWindow
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
     "peek_receiver_index",
 ]
 
-FRAME_TYPE: Final = 4
+FRAME_TYPE: Final = PacketType.FRAME
 """First byte of every transport frame (docs/architecture.md, peer-to-peer packet types)."""
 
 MIN_FRAME_BYTES: Final = FRAME_HEADER_BYTES + AEAD_TAG_BYTES
@@ -74,7 +75,7 @@ _NONCE: Final = struct.Struct("<4xQ")
 _pack_header: Final = _HEADER.pack
 _unpack_header: Final = _HEADER.unpack_from
 _pack_nonce: Final = _NONCE.pack
-_FRAME_WORD0: Final = FRAME_TYPE
+_FRAME_WORD0: Final = int(FRAME_TYPE)
 _SLICE_COPY_LIMIT: Final = 4096
 """Below this size, copying slices of a bytes frame is cheaper than making a memoryview."""
 

@@ -1,9 +1,10 @@
 """The meshcore/1 pqIK-hyb handshake (CRYPTO.md §3.3): three messages, hybrid X25519 + ML-KEM-768.
 
 `Initiator` and `Responder` are sans-IO machines: bytes and `now` in, bytes and a
-`HandshakeResult` out. Every failed check raises the same `HandshakeError`, so a failure
-never tells an attacker which check it tripped. The responder keeps no per-handshake state:
-its msg2 carries an encrypted "biscuit" that msg3 must return (Rosenpass).
+`HandshakeResult` out; the messages and their codec are in `handshake_messages` (re-exported
+here). Every failed check raises the same `HandshakeError`, so a failure never tells an
+attacker which check it tripped. The responder keeps no per-handshake state: its msg2
+carries an encrypted "biscuit" that msg3 must return (Rosenpass).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import enum
 import hashlib
 import hmac
 import os
-import struct
 from collections.abc import Callable
 from typing import Final
 
@@ -21,22 +21,41 @@ from nacl import bindings as _nacl
 
 from meshcore.errors import ConfigError, DecodeError, HandshakeError
 from meshcore.proto.constants import (
-    AEAD_TAG_BYTES,
     BISCUIT_KEY_ROTATE_S,
     BISCUIT_MAX_AGE_S,
     HANDSHAKE_TIMEOUT_S,
     MAC_BYTES,
     MAX_HANDSHAKE_BYTES,
-    MLKEM768_CT_BYTES,
-    MLKEM768_PK_BYTES,
-    PEER_ID_BYTES,
     PROTOCOL_VERSION,
     SUITES,
-    X25519_KEY_BYTES,
+)
+from meshcore.proto.handshake_messages import (
+    BISCUIT_BYTES,
+    BISCUIT_KEY_ID_BYTES,
+    BISCUIT_NONCE_BYTES,
+    BISCUIT_PLAINTEXT,
+    HANDSHAKE_CONFIRM_MIN_BYTES,
+    HANDSHAKE_INIT_BYTES,
+    HANDSHAKE_RESPONSE_BYTES,
+    INIT_MAC1_OFFSET,
+    MAX_CONFIRM_PAYLOAD_BYTES,
+    MSG_CONFIRM,
+    MSG_INIT,
+    MSG_RESPONSE,
+    RESPONSE_MAC1_OFFSET,
+    HandshakeConfirm,
+    HandshakeInit,
+    HandshakeResponse,
+    confirm_header,
+    decode_handshake_confirm_untrusted,
+    decode_handshake_init_untrusted,
+    decode_handshake_response_untrusted,
+    init_header,
+    response_header,
 )
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.primitives import DEFAULT_PRIMITIVES, KeyPair, Primitives
-from meshcore.proto.symmetric import HASH_BYTES, SymmetricState, export
+from meshcore.proto.symmetric import SymmetricState, export
 
 __all__ = [
     "BISCUIT_BYTES",
@@ -67,10 +86,6 @@ __all__ = [
     "prologue",
 ]
 
-MSG_INIT: Final = 1
-MSG_RESPONSE: Final = 2
-MSG_CONFIRM: Final = 3
-
 LABEL_MAC1: Final = b"mac1----"
 """mac1 key = SHA-256(LABEL_MAC1 ‖ receiver's X25519 public ‖ receiver's ML-KEM public)."""
 LABEL_MSG3: Final = b"msg3"
@@ -80,228 +95,13 @@ LABEL_SAS: Final = b"sas"
 SAS_BYTES: Final = 5
 _SAS_ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, as peer ids
 
-_ENC_ID_BYTES: Final = PEER_ID_BYTES + AEAD_TAG_BYTES  # 48
-_BISCUIT_KEY_ID_BYTES: Final = 4
-_BISCUIT_NONCE_BYTES: Final = 24
-# ck ‖ h ‖ fp_I ‖ t (f64) ‖ biscuit_no (u64) ‖ responder index (u32)
-_BISCUIT_PLAIN: Final = struct.Struct(f"<{HASH_BYTES}s{HASH_BYTES}s{PEER_ID_BYTES}sdQI")
-BISCUIT_BYTES: Final = (
-    _BISCUIT_KEY_ID_BYTES + _BISCUIT_NONCE_BYTES + _BISCUIT_PLAIN.size + AEAD_TAG_BYTES
-)  # 160
 _KEEP_BISCUIT_KEYS: Final = 2
-
-_HDR1: Final = struct.Struct("<BBHI")  # type, version, reserved, sender index
-_HDR23: Final = struct.Struct("<BBHII")  # type, version, reserved, two indices
-
-# Byte layouts (docs/crypto.md has the full tables).
-# msg1: hdr 8 | e.x 32 | e.kem 1184 | ct_R 1088 | {fp_I} 48 | mac1 16 | mac2 16     = 2392
-# msg2: hdr 12 | e.x 32 | ct_e 1088 | ct_I 1088 | {} 16 | biscuit 160 | mac1 | mac2 = 2428
-# msg3: hdr 12 | biscuit 160 | {payload} 16+n | mac1 16                            = 204+n
-HANDSHAKE_INIT_BYTES: Final = (
-    _HDR1.size + X25519_KEY_BYTES + MLKEM768_PK_BYTES + MLKEM768_CT_BYTES + _ENC_ID_BYTES
-) + 2 * MAC_BYTES
-HANDSHAKE_RESPONSE_BYTES: Final = (
-    _HDR23.size + X25519_KEY_BYTES + 2 * MLKEM768_CT_BYTES + AEAD_TAG_BYTES + BISCUIT_BYTES
-) + 2 * MAC_BYTES
-HANDSHAKE_CONFIRM_MIN_BYTES: Final = _HDR23.size + BISCUIT_BYTES + AEAD_TAG_BYTES + MAC_BYTES
-MAX_CONFIRM_PAYLOAD_BYTES: Final = MAX_HANDSHAKE_BYTES - HANDSHAKE_CONFIRM_MIN_BYTES
 _MAX_NETWORK_ID_BYTES: Final = 255
 _ZERO_MAC: Final = bytes(MAC_BYTES)
 
 Lookup = Callable[[PeerId], PublicBundle | None]
 """The responder's allow-list: the pinned bundle of a peer id, or None to refuse it."""
 Random = Callable[[int], bytes]
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-def _sized(n: int) -> Callable[[object, attrs.Attribute[bytes], bytes], None]:
-    def check(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
-        if not isinstance(value, bytes) or len(value) != n:
-            raise DecodeError(f"{attribute.name} must be {n} bytes")
-
-    return check
-
-
-def _u8(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 <= value <= 0xFF:
-        raise DecodeError(f"{attribute.name} must fit in a u8")
-
-
-def _u16(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 <= value <= 0xFFFF:
-        raise DecodeError(f"{attribute.name} must fit in a u16")
-
-
-def _u32(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 <= value <= 0xFFFF_FFFF:
-        raise DecodeError(f"{attribute.name} must fit in a u32")
-
-
-@attrs.frozen
-class HandshakeInit:
-    """msg1, initiator to responder: ephemeral keys, encapsulation to R, encrypted identity."""
-
-    sender_index: int = attrs.field(validator=_u32)
-    ephemeral_x25519: bytes = attrs.field(validator=_sized(X25519_KEY_BYTES))
-    ephemeral_kem: bytes = attrs.field(validator=_sized(MLKEM768_PK_BYTES))
-    static_ciphertext: bytes = attrs.field(validator=_sized(MLKEM768_CT_BYTES))
-    encrypted_identity: bytes = attrs.field(validator=_sized(_ENC_ID_BYTES))
-    mac1: bytes = attrs.field(validator=_sized(MAC_BYTES))
-    mac2: bytes = attrs.field(default=_ZERO_MAC, validator=_sized(MAC_BYTES))
-    reserved: int = attrs.field(default=0, validator=_u16)
-    version: int = attrs.field(default=PROTOCOL_VERSION, validator=_u8)
-
-    def header(self) -> bytes:
-        """The 8-byte header: type, version, reserved (u16), sender index (u32 LE)."""
-        return _HDR1.pack(MSG_INIT, self.version, self.reserved, self.sender_index)
-
-    def encode(self) -> bytes:
-        """The 2392-byte wire form."""
-        return b"".join(
-            (
-                self.header(),
-                self.ephemeral_x25519,
-                self.ephemeral_kem,
-                self.static_ciphertext,
-                self.encrypted_identity,
-                self.mac1,
-                self.mac2,
-            )
-        )
-
-
-@attrs.frozen
-class HandshakeResponse:
-    """msg2, responder to initiator: ephemeral, two encapsulations, confirmation tag, biscuit."""
-
-    sender_index: int = attrs.field(validator=_u32)
-    receiver_index: int = attrs.field(validator=_u32)
-    ephemeral_x25519: bytes = attrs.field(validator=_sized(X25519_KEY_BYTES))
-    ephemeral_ciphertext: bytes = attrs.field(validator=_sized(MLKEM768_CT_BYTES))
-    static_ciphertext: bytes = attrs.field(validator=_sized(MLKEM768_CT_BYTES))
-    confirmation: bytes = attrs.field(validator=_sized(AEAD_TAG_BYTES))
-    biscuit: bytes = attrs.field(validator=_sized(BISCUIT_BYTES))
-    mac1: bytes = attrs.field(validator=_sized(MAC_BYTES))
-    mac2: bytes = attrs.field(default=_ZERO_MAC, validator=_sized(MAC_BYTES))
-    reserved: int = attrs.field(default=0, validator=_u16)
-    version: int = attrs.field(default=PROTOCOL_VERSION, validator=_u8)
-
-    def header(self) -> bytes:
-        """The 12-byte header: type, version, reserved, sender (R) and receiver (I) index."""
-        return _HDR23.pack(
-            MSG_RESPONSE, self.version, self.reserved, self.sender_index, self.receiver_index
-        )
-
-    def encode(self) -> bytes:
-        """The 2428-byte wire form."""
-        return b"".join(
-            (
-                self.header(),
-                self.ephemeral_x25519,
-                self.ephemeral_ciphertext,
-                self.static_ciphertext,
-                self.confirmation,
-                self.biscuit,
-                self.mac1,
-                self.mac2,
-            )
-        )
-
-
-def _payload_ciphertext(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
-    if not isinstance(value, bytes) or not (
-        AEAD_TAG_BYTES <= len(value) <= AEAD_TAG_BYTES + MAX_CONFIRM_PAYLOAD_BYTES
-    ):
-        raise DecodeError(f"{attribute.name} must be 16..{16 + MAX_CONFIRM_PAYLOAD_BYTES} bytes")
-
-
-@attrs.frozen
-class HandshakeConfirm:
-    """msg3, initiator to responder: the biscuit back, and the encrypted (possibly empty) data."""
-
-    receiver_index: int = attrs.field(validator=_u32)
-    sender_index: int = attrs.field(validator=_u32)
-    biscuit: bytes = attrs.field(validator=_sized(BISCUIT_BYTES))
-    encrypted_payload: bytes = attrs.field(validator=_payload_ciphertext)
-    mac1: bytes = attrs.field(validator=_sized(MAC_BYTES))
-    reserved: int = attrs.field(default=0, validator=_u16)
-    version: int = attrs.field(default=PROTOCOL_VERSION, validator=_u8)
-
-    def header(self) -> bytes:
-        """The 12-byte header: type, version, reserved, receiver (R) and sender (I) index."""
-        return _HDR23.pack(
-            MSG_CONFIRM, self.version, self.reserved, self.receiver_index, self.sender_index
-        )
-
-    def encode(self) -> bytes:
-        """The wire form, 204 bytes plus the payload length."""
-        return self.header() + self.biscuit + self.encrypted_payload + self.mac1
-
-
-def _check_frame(data: bytes, msg_type: int, min_len: int, max_len: int) -> bytes:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError("a handshake message must be bytes")
-    data = bytes(data)
-    if not min_len <= len(data) <= max_len:
-        raise DecodeError(f"handshake message type {msg_type} has the wrong length {len(data)}")
-    if data[0] != msg_type:
-        raise DecodeError(f"expected handshake message type {msg_type}, got {data[0]}")
-    if data[1] != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported handshake version {data[1]} (this is {PROTOCOL_VERSION})")
-    return data
-
-
-def decode_handshake_init_untrusted(data: bytes) -> HandshakeInit:
-    """Decode msg1; raises only DecodeError (wrong length, type or version)."""
-    d = _check_frame(data, MSG_INIT, HANDSHAKE_INIT_BYTES, HANDSHAKE_INIT_BYTES)
-    _, version, reserved, sender = _HDR1.unpack_from(d)
-    return HandshakeInit(
-        sender_index=sender,
-        ephemeral_x25519=d[8:40],
-        ephemeral_kem=d[40:1224],
-        static_ciphertext=d[1224:2312],
-        encrypted_identity=d[2312:2360],
-        mac1=d[2360:2376],
-        mac2=d[2376:2392],
-        reserved=reserved,
-        version=version,
-    )
-
-
-def decode_handshake_response_untrusted(data: bytes) -> HandshakeResponse:
-    """Decode msg2; raises only DecodeError (wrong length, type or version)."""
-    d = _check_frame(data, MSG_RESPONSE, HANDSHAKE_RESPONSE_BYTES, HANDSHAKE_RESPONSE_BYTES)
-    _, version, reserved, sender, receiver = _HDR23.unpack_from(d)
-    return HandshakeResponse(
-        sender_index=sender,
-        receiver_index=receiver,
-        ephemeral_x25519=d[12:44],
-        ephemeral_ciphertext=d[44:1132],
-        static_ciphertext=d[1132:2220],
-        confirmation=d[2220:2236],
-        biscuit=d[2236:2396],
-        mac1=d[2396:2412],
-        mac2=d[2412:2428],
-        reserved=reserved,
-        version=version,
-    )
-
-
-def decode_handshake_confirm_untrusted(data: bytes) -> HandshakeConfirm:
-    """Decode msg3; raises only DecodeError (wrong length, type or version)."""
-    d = _check_frame(data, MSG_CONFIRM, HANDSHAKE_CONFIRM_MIN_BYTES, MAX_HANDSHAKE_BYTES)
-    _, version, reserved, receiver, sender = _HDR23.unpack_from(d)
-    return HandshakeConfirm(
-        receiver_index=receiver,
-        sender_index=sender,
-        biscuit=d[12:172],
-        encrypted_payload=d[172:-MAC_BYTES],
-        mac1=d[-MAC_BYTES:],
-        reserved=reserved,
-        version=version,
-    )
 
 
 # --- shared pieces -------------------------------------------------------------------------
@@ -466,7 +266,7 @@ class Initiator:
         p, remote = self._prims, self._remote
         sym = SymmetricState()
         sym.mix_hash(prologue(self._network_id, remote))
-        header = _HDR1.pack(MSG_INIT, PROTOCOL_VERSION, 0, self._local_index)
+        header = init_header(self._local_index)
         sym.mix_hash(header)
         e_x = p.x25519_keypair()
         sym.mix_hash(e_x.public)
@@ -503,7 +303,7 @@ class Initiator:
         data = _as_bytes(msg2)
         if len(data) != HANDSHAKE_RESPONSE_BYTES:
             raise HandshakeError()
-        _check_mac1(self._mac1_local, data, HANDSHAKE_RESPONSE_BYTES - 2 * MAC_BYTES)
+        _check_mac1(self._mac1_local, data, RESPONSE_MAC1_OFFSET)
         try:
             m = decode_handshake_response_untrusted(data)
         except DecodeError as exc:
@@ -521,7 +321,7 @@ class Initiator:
         s.mix_hash(m.static_ciphertext)
         s.mix_key(p.kem_decaps(local.kem_secret, m.static_ciphertext))  # ss_I
         s.decrypt_and_hash(m.confirmation)  # the responder is now authenticated
-        header = _HDR23.pack(MSG_CONFIRM, PROTOCOL_VERSION, 0, m.sender_index, self._local_index)
+        header = confirm_header(m.sender_index, self._local_index)
         s.mix_hash(header)
         s.mix_hash(m.biscuit)
         s.mix_key(LABEL_MSG3)
@@ -611,7 +411,7 @@ class Responder:
         data = _as_bytes(msg1)
         if len(data) != HANDSHAKE_INIT_BYTES:
             raise HandshakeError()
-        _check_mac1(self._mac1_key, data, HANDSHAKE_INIT_BYTES - 2 * MAC_BYTES)
+        _check_mac1(self._mac1_key, data, INIT_MAC1_OFFSET)
         try:
             m = decode_handshake_init_untrusted(data)
         except DecodeError as exc:
@@ -628,7 +428,7 @@ class Responder:
         peer = self._accepted_peer(peer_id)
         s.mix_hash(peer.x25519_public + peer.kem_public)
         index = self._allocate_index() & 0xFFFF_FFFF
-        header = _HDR23.pack(MSG_RESPONSE, PROTOCOL_VERSION, 0, index, m.sender_index)
+        header = response_header(index, m.sender_index)
         s.mix_hash(header)
         e_x = p.x25519_keypair()
         e_public = e_x.public
@@ -664,10 +464,8 @@ class Responder:
             m = decode_handshake_confirm_untrusted(data)
         except DecodeError as exc:
             raise HandshakeError() from exc
-        response_header = _HDR23.pack(
-            MSG_RESPONSE, PROTOCOL_VERSION, 0, m.receiver_index, m.sender_index
-        )
-        ck, h, fp, created, number, index = self._open_biscuit(response_header, m.biscuit, now)
+        msg2_header = response_header(m.receiver_index, m.sender_index)
+        ck, h, fp, created, number, index = self._open_biscuit(msg2_header, m.biscuit, now)
         if index != m.receiver_index or not 0.0 <= now - created <= BISCUIT_MAX_AGE_S:
             raise HandshakeError()
         peer_id = PeerId(fp)
@@ -709,7 +507,7 @@ class Responder:
     def _current_biscuit_key(self, now: float) -> _BiscuitKey:
         keys = self._biscuit_keys
         if not keys or not 0.0 <= now - keys[0].created_at < BISCUIT_KEY_ROTATE_S:
-            fresh = _BiscuitKey(self._random(_BISCUIT_KEY_ID_BYTES), self._random(32), now)
+            fresh = _BiscuitKey(self._random(BISCUIT_KEY_ID_BYTES), self._random(32), now)
             self._biscuit_keys = [fresh, *keys][:_KEEP_BISCUIT_KEYS]
         return self._biscuit_keys[0]
 
@@ -717,8 +515,8 @@ class Responder:
         self, header: bytes, ck: bytes, h: bytes, peer_id: PeerId, now: float, index: int
     ) -> bytes:
         key = self._current_biscuit_key(now)
-        nonce = self._random(_BISCUIT_NONCE_BYTES)
-        plain = _BISCUIT_PLAIN.pack(ck, h, peer_id.digest, now, self._biscuit_counter, index)
+        nonce = self._random(BISCUIT_NONCE_BYTES)
+        plain = BISCUIT_PLAINTEXT.pack(ck, h, peer_id.digest, now, self._biscuit_counter, index)
         sealed = _nacl.crypto_aead_xchacha20poly1305_ietf_encrypt(
             plain, header + key.key_id, nonce, key.key
         )
@@ -727,9 +525,9 @@ class Responder:
     def _open_biscuit(
         self, header: bytes, biscuit: bytes, now: float
     ) -> tuple[bytes, bytes, bytes, float, int, int]:
-        key_id = biscuit[:_BISCUIT_KEY_ID_BYTES]
-        nonce = biscuit[_BISCUIT_KEY_ID_BYTES : _BISCUIT_KEY_ID_BYTES + _BISCUIT_NONCE_BYTES]
-        sealed = biscuit[_BISCUIT_KEY_ID_BYTES + _BISCUIT_NONCE_BYTES :]
+        key_id = biscuit[:BISCUIT_KEY_ID_BYTES]
+        nonce = biscuit[BISCUIT_KEY_ID_BYTES : BISCUIT_KEY_ID_BYTES + BISCUIT_NONCE_BYTES]
+        sealed = biscuit[BISCUIT_KEY_ID_BYTES + BISCUIT_NONCE_BYTES :]
         max_key_age = _KEEP_BISCUIT_KEYS * BISCUIT_KEY_ROTATE_S
         for key in self._biscuit_keys:
             if key.key_id != key_id or not 0.0 <= now - key.created_at < max_key_age:
@@ -740,6 +538,6 @@ class Responder:
                 )
             except Exception:  # nacl CryptoError: a forged or damaged biscuit
                 continue
-            ck, h, fp, created, number, index = _BISCUIT_PLAIN.unpack(plain)
+            ck, h, fp, created, number, index = BISCUIT_PLAINTEXT.unpack(plain)
             return ck, h, fp, created, number, index
         raise HandshakeError()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 import attrs
 
-from meshcore.errors import DecodeError
+from meshcore.errors import DecodeError, MessageTooLarge
+from meshcore.proto.codec import U8, U16, U32, U64, Bytes, Candidates, Layout, Reason, Rest
 from meshcore.proto.constants import (
     MAX_INNER_BYTES,
     MAX_MESSAGE_BYTES,
@@ -22,16 +23,6 @@ from meshcore.proto.constants import (
     REKEY_FRAGMENT_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.wire import (
-    _WIRE,
-    MessageTooLargeError,
-    _Bytes,
-    _Candidates,
-    _Kind,
-    _length_only,
-    _Reason,
-    _UInt,
-)
 
 __all__ = [
     "INNER_DATA_HEADER_BYTES",
@@ -64,38 +55,11 @@ class InnerType(enum.IntEnum):
     CLOSE = 8
 
 
-class _Rest(_Kind):
-    """Opaque bytes up to the end of the body (the body's length is fixed by pad_len)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.repr = _length_only
-
-    def check(self, _inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, bytes):
-            raise TypeError(f"{attribute.name} must be bytes, not {type(value).__name__}")
-        if len(value) > self.limit:
-            raise ValueError(f"{attribute.name} is {len(value)} bytes, at most {self.limit}")
-
-    def put(self, value: Any, out: list[bytes]) -> None:
-        out.append(value)
-
-    def get(self, mv: memoryview, off: int) -> tuple[Any, int]:
-        end = len(mv)
-        if end - off > self.limit:
-            raise MessageTooLargeError(f"{end - off} bytes, at most {self.limit} allowed")
-        return bytes(mv[off:end]), end
-
-
-_U8_KIND: Final = _UInt(8)
-_U16_KIND: Final = _UInt(16)
-_U32_KIND: Final = _UInt(32)
-_U64_KIND: Final = _UInt(64)
-_PATH_DATA: Final = _Bytes(PATH_CHALLENGE_BYTES, secret=True)
-_ENDPOINTS: Final = _Candidates()
-_REASON: Final = _Reason()
-_MESSAGE: Final = _Rest(MAX_MESSAGE_BYTES)
-_CHUNK: Final = _Rest(REKEY_FRAGMENT_BYTES)
+_PATH_DATA: Final = Bytes(PATH_CHALLENGE_BYTES, secret=True)
+_ENDPOINTS: Final = Candidates()
+_REASON: Final = Reason()
+_MESSAGE: Final = Rest(MAX_MESSAGE_BYTES)
+_CHUNK: Final = Rest(REKEY_FRAGMENT_BYTES)
 
 
 @attrs.frozen
@@ -104,8 +68,8 @@ class Data:
     (`ack` = the next sequence number the sender expects to receive)."""
 
     TYPE: ClassVar = InnerType.DATA
-    seq: int = attrs.field(**_U64_KIND.spec)
-    ack: int = attrs.field(**_U64_KIND.spec)
+    seq: int = attrs.field(**U64.spec)
+    ack: int = attrs.field(**U64.spec)
     payload: bytes = attrs.field(**_MESSAGE.spec)
 
 
@@ -121,7 +85,7 @@ class Ack:
     """A cumulative ack on its own: the next sequence number the sender expects."""
 
     TYPE: ClassVar = InnerType.ACK
-    ack: int = attrs.field(**_U64_KIND.spec)
+    ack: int = attrs.field(**U64.spec)
 
 
 @attrs.frozen
@@ -160,9 +124,9 @@ class RekeyFragment:
     """One piece of a rekey handshake message travelling inside the current session (§3.8)."""
 
     TYPE: ClassVar = InnerType.REKEY_FRAGMENT
-    handshake_id: int = attrs.field(**_U32_KIND.spec)
-    index: int = attrs.field(**_U8_KIND.spec)
-    count: int = attrs.field(validator=[_U8_KIND.check, _check_fragment], metadata=_U8_KIND.meta)
+    handshake_id: int = attrs.field(**U32.spec)
+    index: int = attrs.field(**U8.spec)
+    count: int = attrs.field(**U8.spec_with(_check_fragment))
     chunk: bytes = attrs.field(**_CHUNK.spec)
 
 
@@ -171,7 +135,7 @@ class Close:
     """The session ends; `code` is application-defined (u16), `reason` is for humans."""
 
     TYPE: ClassVar = InnerType.CLOSE
-    code: int = attrs.field(**_U16_KIND.spec)
+    code: int = attrs.field(**U16.spec)
     reason: str = attrs.field(**_REASON.spec)
 
 
@@ -183,14 +147,12 @@ InnerMessage = (
 _CLASSES: Final[tuple[type[InnerMessage], ...]] = (
     Data, Keepalive, Ack, PathChallenge, PathResponse, Endpoints, RekeyFragment, Close,
 )  # fmt: skip
-_LAYOUTS: Final[dict[type, tuple[InnerType, tuple[_Kind, ...]]]] = {
-    cls: (cls.TYPE, tuple(f.metadata[_WIRE] for f in attrs.fields(cls))) for cls in _CLASSES
+_LAYOUTS: Final[dict[type, tuple[InnerType, Layout]]] = {
+    cls: (cls.TYPE, Layout(cls, noun="frame")) for cls in _CLASSES
 }
-_BY_TYPE: Final[dict[int, tuple[type[InnerMessage], tuple[_Kind, ...]]]] = {
-    cls.TYPE: (cls, _LAYOUTS[cls][1]) for cls in _CLASSES
-}
+_BY_TYPE: Final[dict[int, Layout]] = {cls.TYPE: _LAYOUTS[cls][1] for cls in _CLASSES}
 
-_DATA_HEADER: Final = struct.Struct(">BBQQ")
+_DATA_HEADER: Final = struct.Struct(">BBQQ")  # type=1 u8 | pad_len u8 | seq u64 | ack u64
 INNER_DATA_HEADER_BYTES: Final = _DATA_HEADER.size
 """Plaintext bytes a Data message adds in front of its payload (before padding)."""
 _DATA: Final = int(InnerType.DATA)
@@ -216,13 +178,10 @@ def encode_inner(msg: InnerMessage, pad_to: int = 16) -> bytes:
     if type(msg) is Data:
         return encode_data(msg.seq, msg.ack, msg.payload, pad_to)
     try:
-        msg_type, kinds = _LAYOUTS[type(msg)]
+        msg_type, layout = _LAYOUTS[type(msg)]
     except KeyError:
         raise TypeError(f"not an inner message: {type(msg).__name__}") from None
-    body: list[bytes] = []
-    for kind, value in zip(kinds, attrs.astuple(msg, recurse=False), strict=True):
-        kind.put(value, body)
-    raw = b"".join(body)
+    raw = layout.encode(msg)
     pad = _pad_len(2 + len(raw), pad_to)
     return b"".join((bytes((msg_type, pad)), raw, _ZEROS[pad]))
 
@@ -258,7 +217,7 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
         mv = memoryview(mv.tobytes())  # an unusual view: read a flat copy of its bytes
     size = len(mv)
     if size > MAX_INNER_BYTES:
-        raise MessageTooLargeError(f"plaintext of {size} bytes, at most {MAX_INNER_BYTES}")
+        raise MessageTooLarge(f"plaintext of {size} bytes, at most {MAX_INNER_BYTES}")
     if size < 2:
         raise DecodeError(f"truncated frame plaintext: {size} bytes, the header alone is 2")
     pad = mv[1]
@@ -271,7 +230,7 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
     if msg_type == _DATA and end >= INNER_DATA_HEADER_BYTES:
         # The session's hot path: one struct read, one slice (the payload's only copy).
         if end - INNER_DATA_HEADER_BYTES > MAX_MESSAGE_BYTES:
-            raise MessageTooLargeError(
+            raise MessageTooLarge(
                 f"Data payload of {end - INNER_DATA_HEADER_BYTES} bytes, "
                 f"at most {MAX_MESSAGE_BYTES}"
             )
@@ -286,20 +245,8 @@ def decode_inner_untrusted(data: bytes | bytearray | memoryview) -> InnerMessage
         _set(msg, "payload", payload)
         return msg
     try:
-        cls, kinds = _BY_TYPE[msg_type]
+        layout = _BY_TYPE[msg_type]
     except KeyError:
         raise DecodeError(f"unknown inner frame type {msg_type}") from None
-    body = mv[2:end]
-    off = 0
-    values = []
-    try:
-        for kind in kinds:
-            value, off = kind.get(body, off)
-            values.append(value)
-        if off != len(body):
-            raise DecodeError(f"{len(body) - off} trailing bytes after the last field")
-        return cls(*values)
-    except MessageTooLargeError as exc:
-        raise MessageTooLargeError(f"bad {cls.__name__} frame: {exc}") from None
-    except (DecodeError, ValueError, TypeError, struct.error) as exc:
-        raise DecodeError(f"bad {cls.__name__} frame: {exc}") from None
+    decoded: InnerMessage = layout.decode(mv[2:end])
+    return decoded

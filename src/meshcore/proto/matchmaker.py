@@ -4,48 +4,36 @@ The driver assigns each connection an int id and feeds the `Matchmaker` what hap
 connection opened, bytes or a message arrived, a connection closed, time passed); it answers
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
-the rules and the reasons.
+the rules and the reasons. Its parts live next door: the circuit table (`circuits`), records,
+outputs and stats (`relayrecords`), limits (`limits`) and rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import heapq
-import ipaddress
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-import attrs
-
-from meshcore.errors import DecodeError
-from meshcore.proto.constants import (
-    MAX_CONTROL_BYTES,
-    RELAY_CIRCUIT_QUEUE_BYTES,
-    RELAY_CIRCUIT_QUEUE_FRAMES,
-    RELAY_CONNECTION_QUEUE_BYTES,
-    RELAY_CONNECTIONS_BURST_PER_IP,
-    RELAY_CONNECTIONS_PER_S_PER_IP,
-    RELAY_CONTROL_QUEUE_MESSAGES,
-    RELAY_HELLO_DEADLINE_S,
-    RELAY_IDLE_TIMEOUT_S,
-    RELAY_INVITE_TIMEOUT_S,
-    RELAY_MAX_CIRCUITS,
-    RELAY_MAX_CIRCUITS_PER_PEER,
-    RELAY_MAX_INVITES_PER_PEER,
-    RELAY_MAX_PEERS,
-    RELAY_MAX_PENDING_CONNECTIONS,
-    RELAY_MAX_TRACKED_ADDRESSES,
-    RELAY_PAIRINGS_BURST,
-    RELAY_PAIRINGS_PER_S,
-    RELAY_PING_INTERVAL_S,
-    RELAY_TOTAL_QUEUE_BYTES,
-)
+from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
+from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import PublicBundle
+from meshcore.proto.limits import RelayLimits
+from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
 from meshcore.proto.relayauth import PendingAuth, make_challenge
+from meshcore.proto.relayrecords import (
+    CloseConnection,
+    ConnRecord,
+    ConnState,
+    Forward,
+    InviteRecord,
+    LogEvent,
+    MatchmakerStats,
+    Output,
+    Send,
+    TimerHeap,
+)
 from meshcore.proto.wire import (
     Accept,
     Auth,
@@ -58,21 +46,19 @@ from meshcore.proto.wire import (
     Error,
     ErrorCode,
     Hello,
-    Invite,
-    MessageTooLargeError,
-    Paired,
     Ping,
     Pong,
     Registered,
     Reject,
     Relayed,
     Role,
-    UnsupportedVersionError,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
 )
 
+# The machine's outputs, stats and limits are defined next door and re-exported here, so that
+# a driver imports one module.
 __all__ = [
     "CircuitStats",
     "CloseConnection",
@@ -88,359 +74,8 @@ __all__ = [
     "address_key",
 ]
 
-# --- limits ---------------------------------------------------------------------------------
-
-
-def _at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value < minimum:
-            raise ValueError(f"{attribute.name} must be at least {minimum}, got {value}")
-
-    return check
-
-
-def _above(bound: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not value > bound:
-            raise ValueError(f"{attribute.name} must be more than {bound}, got {value}")
-
-    return check
-
-
-def _at_most(maximum: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value > maximum:
-            raise ValueError(f"{attribute.name} must be at most {maximum}, got {value}")
-
-    return check
-
-
-def _limit(default: Any, help: str, *checks: Any) -> Any:
-    """A RelayLimits field: its default, what it bounds (`help`, shown by --help), checks."""
-    return attrs.field(default=default, validator=list(checks), metadata={"help": help})
-
-
-_POSITIVE: Final = _above(0)
-_ONE_OR_MORE: Final = _at_least(1)
-
-
-@attrs.frozen
-class RelayLimits:
-    """Every limit the relay enforces; each bounds a table, a rate or a wait.
-
-    Defaults come from `meshcore.proto.constants` (with their sources there). The queue
-    bounds are enforced by the trio driver, the rest by the `Matchmaker`.
-    """
-
-    hello_deadline_s: float = _limit(
-        RELAY_HELLO_DEADLINE_S,
-        "seconds a new connection has to send HELLO and answer the challenge",
-        _POSITIVE,
-    )
-    max_message_bytes: int = _limit(
-        MAX_CONTROL_BYTES,
-        "largest control message accepted, in bytes; a bigger one closes the connection",
-        _at_least(1024),
-        _at_most(MAX_CONTROL_BYTES),
-    )
-    connections_per_s_per_ip: float = _limit(
-        RELAY_CONNECTIONS_PER_S_PER_IP,
-        "new connections per second from one IPv4 address or IPv6 /64",
-        _POSITIVE,
-    )
-    connections_burst_per_ip: int = _limit(
-        RELAY_CONNECTIONS_BURST_PER_IP, "burst of new connections from one address", _ONE_OR_MORE
-    )
-    pairings_per_s: float = _limit(
-        RELAY_PAIRINGS_PER_S,
-        "pairing requests (Connect, CircuitOpen) per second per peer",
-        _POSITIVE,
-    )
-    pairings_burst: int = _limit(
-        RELAY_PAIRINGS_BURST, "burst of pairing requests per peer", _ONE_OR_MORE
-    )
-    max_peers: int = _limit(RELAY_MAX_PEERS, "registered peers at once", _ONE_OR_MORE)
-    max_pending_connections: int = _limit(
-        RELAY_MAX_PENDING_CONNECTIONS, "connections still in HELLO/AUTH at once", _ONE_OR_MORE
-    )
-    max_circuits: int = _limit(RELAY_MAX_CIRCUITS, "open circuits at once", _ONE_OR_MORE)
-    max_circuits_per_peer: int = _limit(
-        RELAY_MAX_CIRCUITS_PER_PEER, "open circuits one peer may take part in", _ONE_OR_MORE
-    )
-    max_invites_per_peer: int = _limit(
-        RELAY_MAX_INVITES_PER_PEER,
-        "pending invitations per peer, as target and as initiator",
-        _ONE_OR_MORE,
-    )
-    invite_timeout_s: float = _limit(
-        RELAY_INVITE_TIMEOUT_S,
-        "seconds the target of an invitation has to accept or reject it",
-        _POSITIVE,
-    )
-    circuit_queue_frames: int = _limit(
-        RELAY_CIRCUIT_QUEUE_FRAMES, "relayed frames queued per circuit and direction", _ONE_OR_MORE
-    )
-    circuit_queue_bytes: int = _limit(
-        RELAY_CIRCUIT_QUEUE_BYTES, "relayed bytes queued per circuit and direction", _ONE_OR_MORE
-    )
-    connection_queue_bytes: int = _limit(
-        RELAY_CONNECTION_QUEUE_BYTES,
-        "relayed bytes queued towards one connection, all its circuits together",
-        _ONE_OR_MORE,
-    )
-    total_queue_bytes: int = _limit(
-        RELAY_TOTAL_QUEUE_BYTES, "relayed bytes queued in the whole relay", _ONE_OR_MORE
-    )
-    control_queue_messages: int = _limit(
-        RELAY_CONTROL_QUEUE_MESSAGES,
-        "control messages queued towards one connection before it is closed as stuck",
-        _at_least(4),
-    )
-    overflow: Literal["drop", "close"] = _limit(
-        "drop",
-        'when a circuit queue is full: "drop" the frame (sessions retransmit) or "close" the '
-        "circuit with QUEUE_OVERFLOW",
-        attrs.validators.in_(("drop", "close")),
-    )
-    ping_interval_s: float = _limit(
-        RELAY_PING_INTERVAL_S, "seconds of silence from a peer before the relay pings it", _POSITIVE
-    )
-    idle_timeout_s: float = _limit(
-        RELAY_IDLE_TIMEOUT_S,
-        "seconds of silence (pings unanswered) before a peer is dropped",
-        _POSITIVE,
-    )
-    max_tracked_addresses: int = _limit(
-        RELAY_MAX_TRACKED_ADDRESSES,
-        "source addresses with a connection-rate bucket (least recently seen evicted)",
-        _ONE_OR_MORE,
-    )
-
-
-# --- outputs --------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Send:
-    """Queue `message` for connection `conn_id`."""
-
-    conn_id: int
-    message: ControlMessage
-
-
-@attrs.frozen
-class Forward:
-    """Queue the already-encoded `Relayed` message `data` for `conn_id`, on `circuit_id`.
-
-    Relayed bytes are forwarded exactly as they arrived (same circuit id, same payload: the
-    encoding is canonical), so the relay never re-encodes a frame. Subject to the circuit's
-    queue bounds.
-    """
-
-    conn_id: int
-    circuit_id: int
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
-
-
-@attrs.frozen
-class CloseConnection:
-    """Flush what is queued for `conn_id` (briefly), then close it with `reason`.
-
-    The matchmaker has already forgotten the connection; reporting its close later is a no-op.
-    """
-
-    conn_id: int
-    code: ErrorCode
-    reason: str
-
-
-@attrs.frozen
-class LogEvent:
-    """Something worth one log line: `name` and `fields` (str, int or float values)."""
-
-    name: str
-    fields: dict[str, str | int | float]
-    level: Literal["debug", "info", "warning"] = "info"
-
-
-Output = Send | Forward | CloseConnection | LogEvent
-"""What the driver has to do, in order."""
-
-
-# --- small parts ----------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """A token bucket: `rate` tokens per second, at most `burst` saved up; starts full."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; False means the caller is over its rate."""
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-def address_key(addr: Endpoint) -> str:
-    """What connection rate limits are keyed on: the IPv4 address, or the IPv6 /64
-    (one host usually owns a whole /64, as WireGuard's ratelimiter assumes)."""
-    if addr.family == 6:
-        return str(ipaddress.IPv6Network((addr.host, 64), strict=False))
-    return addr.host
-
-
-class _CircuitIds:
-    """Unpredictable, never-repeating 64-bit circuit ids: a keyed 4-round Feistel permutation
-    of a counter (a bijection, so no id comes back until 2^64 circuits later). 0 is skipped:
-    CircuitOpen uses it for "the relay assigns"."""
-
-    __slots__ = ("_counter", "_key")
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-        self._counter = 0
-
-    def next(self) -> int:
-        while True:
-            self._counter += 1
-            left, right = self._counter >> 32, self._counter & 0xFFFF_FFFF
-            for round_ in range(4):
-                digest = hashlib.blake2b(
-                    right.to_bytes(4, "big") + bytes((round_,)), key=self._key, digest_size=4
-                ).digest()
-                left, right = right, left ^ int.from_bytes(digest, "big")
-            value = (left << 32) | right
-            if value:
-                return value
-
-
-class ConnState(enum.Enum):
-    """Where a connection is in registration."""
-
-    AWAITING_HELLO = "awaiting hello"
-    """Connected; the peer must send Hello (its public keys) before the deadline."""
-    AWAITING_AUTH = "awaiting auth"
-    """Challenge sent; the peer must answer with Auth before the same deadline."""
-    REGISTERED = "registered"
-    """Authenticated: reachable under its peer id, may pair and relay."""
-
-
-class _Conn:
-    """One control connection and everything the relay knows about it."""
-
-    __slots__ = (
-        "addr",
-        "bucket",
-        "candidates",
-        "circuits",
-        "conn_id",
-        "deadline",
-        "invites_in",
-        "invites_out",
-        "kem_public",
-        "last_rx",
-        "paired",
-        "peer",
-        "peer_text",
-        "pending",
-        "ping_nonce",
-        "state",
-        "timer_seq",
-        "told_unknown",
-        "x25519_public",
-    )
-
-    def __init__(self, conn_id: int, addr: Endpoint, now: float, deadline: float) -> None:
-        self.conn_id = conn_id
-        self.addr = addr
-        self.state = ConnState.AWAITING_HELLO
-        self.deadline = deadline
-        self.last_rx = now
-        self.timer_seq = 0
-        self.pending: PendingAuth | None = None
-        self.peer = b""
-        self.peer_text = ""
-        self.x25519_public = b""
-        self.kem_public = b""
-        self.candidates: tuple[Endpoint, ...] = ()
-        self.bucket: TokenBucket | None = None
-        self.ping_nonce: int | None = None
-        self.circuits: set[int] = set()
-        self.invites_in: dict[int, _Invite] = {}
-        self.invites_out: dict[int, _Invite] = {}
-        self.paired: OrderedDict[bytes, None] = OrderedDict()
-        self.told_unknown: OrderedDict[int, None] = OrderedDict()
-
-
-@attrs.define(slots=True, eq=False)
-class _Invite:
-    invite_id: int
-    initiator: _Conn
-    request_id: int
-    target: _Conn
-    deadline: float
-    timer_seq: int = 0
-
-
-@attrs.define(slots=True, eq=False)
-class _Circuit:
-    circuit_id: int
-    a: _Conn
-    b: _Conn
-    opened_at: float
-    bytes_ab: int = 0
-    bytes_ba: int = 0
-    frames_ab: int = 0
-    frames_ba: int = 0
-
-
-@attrs.frozen
-class CircuitStats:
-    """One open circuit: its members (a asked, b accepted) and its counters each way."""
-
-    circuit_id: int
-    a: str
-    b: str
-    opened_at: float
-    bytes_ab: int
-    bytes_ba: int
-    frames_ab: int
-    frames_ba: int
-
-
-@attrs.frozen
-class MatchmakerStats:
-    """Sizes of every table (each has a cap in `RelayLimits`)."""
-
-    connections: int
-    pending: int
-    peers: int
-    circuits: int
-    invites: int
-    tracked_addresses: int
-    departed: int
-    timers: int
-
-
 _TIMER_CONN: Final = 0
 _TIMER_INVITE: Final = 1
-_MAX_TOLD_UNKNOWN: Final = 16
-
-
-def _cid(circuit_id: int) -> str:
-    return f"{circuit_id:016x}"
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -466,14 +101,20 @@ class Matchmaker:
         self.limits = limits or RelayLimits()
         self._challenger = challenger
         self._random = random
-        self._circuit_ids = _CircuitIds(random(32))
-        self._conns: dict[int, _Conn] = {}
-        self._peers: dict[bytes, _Conn] = {}
-        self._circuits: dict[int, _Circuit] = {}
-        self._addr_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._conns: dict[int, ConnRecord] = {}
+        self._peers: dict[bytes, ConnRecord] = {}
+        self._circuits = CircuitTable(
+            random(32),
+            max_circuits=self.limits.max_circuits,
+            max_per_peer=self.limits.max_circuits_per_peer,
+        )
+        self._addr_buckets = AddressBuckets(
+            self.limits.connections_per_s_per_ip,
+            self.limits.connections_burst_per_ip,
+            self.limits.max_tracked_addresses,
+        )
         self._departed: OrderedDict[bytes, None] = OrderedDict()
-        self._timers: list[tuple[float, int, int, object]] = []
-        self._timer_seq = 0
+        self._timers = TimerHeap(self._timer_is_live)
         self._pending = 0
         self._invites = 0
         self._ping_nonce = 0
@@ -496,19 +137,7 @@ class Matchmaker:
 
     def circuit_stats(self) -> list[CircuitStats]:
         """A snapshot of every open circuit and its counters."""
-        return [
-            CircuitStats(
-                c.circuit_id,
-                c.a.peer_text,
-                c.b.peer_text,
-                c.opened_at,
-                c.bytes_ab,
-                c.bytes_ba,
-                c.frames_ab,
-                c.frames_ba,
-            )
-            for c in self._circuits.values()
-        ]
+        return self._circuits.stats()
 
     def state_of(self, conn_id: int) -> ConnState | None:
         """The registration state of a live connection, None once it is gone."""
@@ -539,17 +168,7 @@ class Matchmaker:
         if self._shutting_down:
             return self._refuse_new(conn_id, addr, ErrorCode.SHUTDOWN, "the relay is shutting down")
         key = address_key(addr)
-        bucket = self._addr_buckets.get(key)
-        if bucket is None:
-            if len(self._addr_buckets) >= limits.max_tracked_addresses:
-                self._addr_buckets.popitem(last=False)
-            bucket = TokenBucket(
-                limits.connections_per_s_per_ip, limits.connections_burst_per_ip, now
-            )
-            self._addr_buckets[key] = bucket
-        else:
-            self._addr_buckets.move_to_end(key)
-        if not bucket.take(now):
+        if not self._addr_buckets.take(key, now):
             return self._refuse_new(
                 conn_id,
                 addr,
@@ -564,7 +183,7 @@ class Matchmaker:
                 ErrorCode.CAPACITY,
                 "too many connections are registering right now; retry in a few seconds",
             )
-        conn = _Conn(conn_id, addr, now, now + limits.hello_deadline_s)
+        conn = ConnRecord(conn_id, addr, now, now + limits.hello_deadline_s)
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
@@ -598,15 +217,15 @@ class Matchmaker:
             )
         try:
             msg = decode_control_untrusted(data)
-        except UnsupportedVersionError as exc:
+        except UnsupportedVersion as exc:
             return self._violation(conn, ErrorCode.UNSUPPORTED_VERSION, str(exc))
-        except MessageTooLargeError as exc:
+        except MessageTooLarge as exc:
             return self._violation(conn, ErrorCode.TOO_LARGE, str(exc))
         except DecodeError as exc:
             return self._violation(conn, ErrorCode.BAD_MESSAGE, f"malformed message: {exc}")
         if type(msg) is Relayed and conn.state is ConnState.REGISTERED:
             conn.last_rx = now
-            return self._relayed(conn, msg.circuit_id, data, len(msg.payload))
+            return self._circuits.forward(conn, msg.circuit_id, data, len(msg.payload))
         return self._dispatch(conn, msg, now)
 
     def handle_message(self, conn_id: int, msg: ControlMessage, now: float) -> list[Output]:
@@ -617,7 +236,7 @@ class Matchmaker:
         if type(msg) is Relayed and conn.state is ConnState.REGISTERED:
             conn.last_rx = now
             data = encode_relayed(msg.circuit_id, msg.payload)
-            return self._relayed(conn, msg.circuit_id, data, len(msg.payload))
+            return self._circuits.forward(conn, msg.circuit_id, data, len(msg.payload))
         return self._dispatch(conn, msg, now)
 
     def circuit_overflow(self, circuit_id: int, now: float) -> list[Output]:
@@ -627,7 +246,7 @@ class Matchmaker:
             return []
         out: list[Output] = []
         reason = "a forwarding queue overflowed: the receiving peer reads too slowly"
-        self._close_circuit(
+        self._circuits.close(
             circuit, ErrorCode.QUEUE_OVERFLOW, reason, out, tell=(circuit.a, circuit.b)
         )
         return out
@@ -639,8 +258,8 @@ class Matchmaker:
             LogEvent("shutting down", {"peers": len(self._peers), "circuits": len(self._circuits)})
         ]
         reason = "the relay is shutting down; reconnect later"
-        for circuit in list(self._circuits.values()):
-            self._close_circuit(
+        for circuit in self._circuits.snapshot():
+            self._circuits.close(
                 circuit, ErrorCode.SHUTDOWN, reason, out, tell=(circuit.a, circuit.b)
             )
         for conn in list(self._conns.values()):
@@ -653,25 +272,21 @@ class Matchmaker:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` should next be called (it may find nothing due), or None."""
-        return self._timers[0][0] if self._timers else None
+        return self._timers.next_deadline()
 
     def handle_timer(self, now: float) -> list[Output]:
         """Enforce every deadline that has passed: HELLO/AUTH, invitations, pings, idleness."""
         out: list[Output] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, seq, kind, obj = heapq.heappop(timers)
+        for kind, obj in self._timers.pop_due(now):
             if kind == _TIMER_CONN:
-                assert isinstance(obj, _Conn)
-                if self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq:
-                    self._conn_timer(obj, now, out)
+                assert isinstance(obj, ConnRecord)
+                self._conn_timer(obj, now, out)
             else:
-                assert isinstance(obj, _Invite)
-                if obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj:
-                    self._expire_invite(obj, out)
+                assert isinstance(obj, InviteRecord)
+                self._expire_invite(obj, out)
         return out
 
-    def _conn_timer(self, conn: _Conn, now: float, out: list[Output]) -> None:
+    def _conn_timer(self, conn: ConnRecord, now: float, out: list[Output]) -> None:
         limits = self.limits
         if conn.state is not ConnState.REGISTERED:
             if now >= conn.deadline:
@@ -703,34 +318,23 @@ class Matchmaker:
         else:
             self._schedule_conn(conn, conn.last_rx + limits.ping_interval_s)
 
-    def _schedule_conn(self, conn: _Conn, when: float) -> None:
-        conn.timer_seq = self._push_timer(when, _TIMER_CONN, conn)
+    def _schedule_conn(self, conn: ConnRecord, when: float) -> None:
+        conn.timer_seq = self._timers.push(when, _TIMER_CONN, conn, self._live())
 
-    def _push_timer(self, when: float, kind: int, obj: object) -> int:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, kind, obj))
-        live = len(self._conns) + self._invites
-        if len(self._timers) > 2 * live + 64:
-            self._compact_timers()
-        return self._timer_seq
+    def _live(self) -> int:
+        """Objects with a live deadline: every connection and every pending invitation."""
+        return len(self._conns) + self._invites
 
-    def _compact_timers(self) -> None:
-        """Drop entries of forgotten connections and invitations (the heap stays O(live))."""
-
-        def live(entry: tuple[float, int, int, object]) -> bool:
-            _, seq, kind, obj = entry
-            if kind == _TIMER_CONN:
-                assert isinstance(obj, _Conn)
-                return self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq
-            assert isinstance(obj, _Invite)
-            return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
-
-        self._timers = [entry for entry in self._timers if live(entry)]
-        heapq.heapify(self._timers)
+    def _timer_is_live(self, seq: int, kind: int, obj: object) -> bool:
+        if kind == _TIMER_CONN:
+            assert isinstance(obj, ConnRecord)
+            return self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq
+        assert isinstance(obj, InviteRecord)
+        return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
 
     # --- dispatch ---------------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Conn, msg: ControlMessage, now: float) -> list[Output]:
+    def _dispatch(self, conn: ConnRecord, msg: ControlMessage, now: float) -> list[Output]:
         conn.last_rx = now
         kind = type(msg)
         if conn.state is ConnState.AWAITING_HELLO:
@@ -785,7 +389,7 @@ class Matchmaker:
 
     # --- registration -----------------------------------------------------------------------
 
-    def _hello(self, conn: _Conn, hello: Hello) -> list[Output]:
+    def _hello(self, conn: ConnRecord, hello: Hello) -> list[Output]:
         try:
             bundle = PublicBundle(hello.x25519_public, hello.kem_public)
         except DecodeError as exc:
@@ -798,7 +402,7 @@ class Matchmaker:
         conn.state = ConnState.AWAITING_AUTH
         return [Send(conn.conn_id, challenge)]
 
-    def _auth(self, conn: _Conn, auth: Auth, now: float) -> list[Output]:
+    def _auth(self, conn: ConnRecord, auth: Auth, now: float) -> list[Output]:
         pending = conn.pending
         conn.pending = None
         if pending is None or not pending.verify(auth):
@@ -842,7 +446,7 @@ class Matchmaker:
 
     # --- pairing ----------------------------------------------------------------------------
 
-    def _connect(self, conn: _Conn, msg: Connect, now: float) -> list[Output]:
+    def _connect(self, conn: ConnRecord, msg: Connect, now: float) -> list[Output]:
         rid = msg.request_id
         limits = self.limits
 
@@ -882,56 +486,47 @@ class Matchmaker:
             return refuse(
                 ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"
             )
-        full = self._circuit_capacity(conn, target)
+        full = self._circuits.capacity(conn, target)
         if full:
             return refuse(ErrorCode.CAPACITY, full)
         invite_id = self._new_invite_id(target)
-        invite = _Invite(invite_id, conn, rid, target, now + limits.invite_timeout_s)
+        invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
         target.invites_in[invite_id] = invite
         conn.invites_out[rid] = invite
         self._invites += 1
-        invite.timer_seq = self._push_timer(invite.deadline, _TIMER_INVITE, invite)
+        invite.timer_seq = self._timers.push(invite.deadline, _TIMER_INVITE, invite, self._live())
         return [
-            Send(
-                target.conn_id,
-                Invite(
-                    invite_id,
-                    conn.peer,
-                    conn.x25519_public,
-                    conn.kem_public,
-                    conn.addr,
-                    conn.candidates,
-                ),
-            ),
+            Send(target.conn_id, conn.as_invite(invite_id)),
             LogEvent("invited", {"a": conn.peer_text, "b": target.peer_text}, "debug"),
         ]
 
-    def _new_invite_id(self, target: _Conn) -> int:
+    def _new_invite_id(self, target: ConnRecord) -> int:
         while True:
             invite_id = int.from_bytes(self._random(4), "big")
             if invite_id and invite_id not in target.invites_in:
                 return invite_id
 
-    def _take_invite(self, target: _Conn, invite_id: int) -> _Invite | None:
+    def _take_invite(self, target: ConnRecord, invite_id: int) -> InviteRecord | None:
         invite = target.invites_in.pop(invite_id, None)
         if invite is not None:
             del invite.initiator.invites_out[invite.request_id]
             self._invites -= 1
+            self._timers.bound(self._live())
         return invite
 
-    def _accept(self, conn: _Conn, msg: Accept, now: float) -> list[Output]:
+    def _accept(self, conn: ConnRecord, msg: Accept, now: float) -> list[Output]:
         invite = self._take_invite(conn, msg.request_id)
         if invite is None:
             reason = "no pending invitation with this request id (expired or withdrawn)"
             return [Send(conn.conn_id, Reject(msg.request_id, ErrorCode.NOT_ALLOWED, reason))]
         a, b = invite.initiator, conn
-        full = self._circuit_capacity(a, b)
+        full = self._circuits.capacity(a, b)
         if full:
             return [
                 Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
                 Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
             ]
-        circuit = self._open_circuit(a, b, now)
+        circuit = self._circuits.open(a, b, now)
         cid = circuit.circuit_id
         for x, y in ((a, b), (b, a)):
             x.paired[y.peer] = None
@@ -939,36 +534,12 @@ class Matchmaker:
             if len(x.paired) > self.limits.max_circuits_per_peer:
                 x.paired.popitem(last=False)
         return [
-            Send(
-                a.conn_id,
-                Paired(
-                    invite.request_id,
-                    cid,
-                    Role.INITIATOR,
-                    b.peer,
-                    b.x25519_public,
-                    b.kem_public,
-                    b.addr,
-                    b.candidates,
-                ),
-            ),
-            Send(
-                b.conn_id,
-                Paired(
-                    msg.request_id,
-                    cid,
-                    Role.RESPONDER,
-                    a.peer,
-                    a.x25519_public,
-                    a.kem_public,
-                    a.addr,
-                    a.candidates,
-                ),
-            ),
-            LogEvent("paired", {"a": a.peer_text, "b": b.peer_text, "circuit": _cid(cid)}),
+            Send(a.conn_id, b.as_paired(invite.request_id, cid, Role.INITIATOR)),
+            Send(b.conn_id, a.as_paired(msg.request_id, cid, Role.RESPONDER)),
+            LogEvent("paired", {"a": a.peer_text, "b": b.peer_text, "circuit": circuit_text(cid)}),
         ]
 
-    def _reject(self, conn: _Conn, msg: Reject) -> list[Output]:
+    def _reject(self, conn: ConnRecord, msg: Reject) -> list[Output]:
         invite = self._take_invite(conn, msg.request_id)
         if invite is None:
             return []  # already expired or withdrawn: nothing to tell anyone
@@ -987,7 +558,7 @@ class Matchmaker:
             ),
         ]
 
-    def _expire_invite(self, invite: _Invite, out: list[Output]) -> None:
+    def _expire_invite(self, invite: InviteRecord, out: list[Output]) -> None:
         self._take_invite(invite.target, invite.invite_id)
         out.append(
             Send(
@@ -1010,25 +581,7 @@ class Matchmaker:
 
     # --- circuits ---------------------------------------------------------------------------
 
-    def _circuit_capacity(self, a: _Conn, b: _Conn) -> str:
-        """Why a new circuit between a and b is impossible, or "" if it is possible."""
-        limits = self.limits
-        if len(self._circuits) >= limits.max_circuits:
-            return f"the relay is at its limit of {limits.max_circuits} circuits; retry later"
-        for who, conn in (("you are", a), ("the peer is", b)):
-            if len(conn.circuits) >= limits.max_circuits_per_peer:
-                return f"{who} already in {limits.max_circuits_per_peer} circuits; close some first"
-        return ""
-
-    def _open_circuit(self, a: _Conn, b: _Conn, now: float) -> _Circuit:
-        cid = self._circuit_ids.next()
-        circuit = _Circuit(cid, a, b, now)
-        self._circuits[cid] = circuit
-        a.circuits.add(cid)
-        b.circuits.add(cid)
-        return circuit
-
-    def _circuit_open(self, conn: _Conn, msg: CircuitOpen, now: float) -> list[Output]:
+    def _circuit_open(self, conn: ConnRecord, msg: CircuitOpen, now: float) -> list[Output]:
         def refuse(code: ErrorCode, reason: str) -> list[Output]:
             return [Send(conn.conn_id, CircuitClose(msg.circuit_id, code, reason))]
 
@@ -1045,80 +598,27 @@ class Matchmaker:
                 ErrorCode.NOT_ALLOWED,
                 "not paired with that peer on these connections; send Connect first",
             )
-        full = self._circuit_capacity(conn, other)
+        full = self._circuits.capacity(conn, other)
         if full:
             return refuse(ErrorCode.CAPACITY, full)
-        cid = self._open_circuit(conn, other, now).circuit_id
+        cid = self._circuits.open(conn, other, now).circuit_id
         return [
             Send(conn.conn_id, CircuitOpen(cid, other.peer)),
             Send(other.conn_id, CircuitOpen(cid, conn.peer)),
             LogEvent(
-                "circuit opened", {"a": conn.peer_text, "b": other.peer_text, "circuit": _cid(cid)}
+                "circuit opened",
+                {"a": conn.peer_text, "b": other.peer_text, "circuit": circuit_text(cid)},
             ),
         ]
 
-    def _circuit_close(self, conn: _Conn, msg: CircuitClose) -> list[Output]:
+    def _circuit_close(self, conn: ConnRecord, msg: CircuitClose) -> list[Output]:
         circuit = self._circuits.get(msg.circuit_id)
         if circuit is None or conn not in (circuit.a, circuit.b):
             return []  # already closed (both sides may close at once): nothing to do
         out: list[Output] = []
         reason = clip_reason(f"closed by the peer: {msg.reason or msg.code.name}")
-        self._close_circuit(circuit, msg.code, reason, out, tell=(circuit.a, circuit.b))
+        self._circuits.close(circuit, msg.code, reason, out, tell=(circuit.a, circuit.b))
         return out
-
-    def _close_circuit(
-        self,
-        circuit: _Circuit,
-        code: ErrorCode,
-        reason: str,
-        out: list[Output],
-        *,
-        tell: tuple[_Conn, ...],
-    ) -> None:
-        cid = circuit.circuit_id
-        del self._circuits[cid]
-        circuit.a.circuits.discard(cid)
-        circuit.b.circuits.discard(cid)
-        for conn in tell:
-            out.append(Send(conn.conn_id, CircuitClose(cid, code, reason)))
-        out.append(
-            LogEvent(
-                "circuit closed",
-                {
-                    "circuit": _cid(cid),
-                    "a": circuit.a.peer_text,
-                    "b": circuit.b.peer_text,
-                    "code": code.name,
-                    "bytes_ab": circuit.bytes_ab,
-                    "bytes_ba": circuit.bytes_ba,
-                    "frames_ab": circuit.frames_ab,
-                    "frames_ba": circuit.frames_ba,
-                },
-            )
-        )
-
-    def _relayed(self, conn: _Conn, circuit_id: int, data: bytes, size: int) -> list[Output]:
-        circuit = self._circuits.get(circuit_id)
-        if circuit is not None:
-            if circuit.a is conn:
-                circuit.frames_ab += 1
-                circuit.bytes_ab += size
-                return [Forward(circuit.b.conn_id, circuit_id, data)]
-            if circuit.b is conn:
-                circuit.frames_ba += 1
-                circuit.bytes_ba += size
-                return [Forward(circuit.a.conn_id, circuit_id, data)]
-        # Unknown, closed, or someone else's circuit: the same answer for all three (no
-        # oracle), once per circuit id, and nobody else is touched. Frames still in flight
-        # when a circuit closes land here, so this is not fatal.
-        told = conn.told_unknown
-        if circuit_id in told:
-            return []
-        told[circuit_id] = None
-        if len(told) > _MAX_TOLD_UNKNOWN:
-            told.popitem(last=False)
-        reason = "no such circuit on this connection; frame dropped"
-        return [Send(conn.conn_id, CircuitClose(circuit_id, ErrorCode.CIRCUIT_UNKNOWN, reason))]
 
     # --- closing ----------------------------------------------------------------------------
 
@@ -1133,7 +633,7 @@ class Matchmaker:
             CloseConnection(conn_id, code, reason),
         ]
 
-    def _violation(self, conn: _Conn, code: ErrorCode, reason: str) -> list[Output]:
+    def _violation(self, conn: ConnRecord, code: ErrorCode, reason: str) -> list[Output]:
         """Close `conn` (only it) for breaking a rule: log, tell it why, forget it."""
         reason = clip_reason(reason)
         fields = self._conn_fields(conn)
@@ -1147,10 +647,11 @@ class Matchmaker:
         self._forget(conn, "the other peer disconnected", out)
         return out
 
-    def _forget(self, conn: _Conn, why: str, out: list[Output]) -> None:
+    def _forget(self, conn: ConnRecord, why: str, out: list[Output]) -> None:
         """Remove `conn` from every table, telling the peers that shared state with it."""
         del self._conns[conn.conn_id]
         conn.timer_seq = 0
+        self._timers.bound(self._live())
         if conn.state is not ConnState.REGISTERED:
             self._pending -= 1
             return
@@ -1160,9 +661,10 @@ class Matchmaker:
             if len(self._departed) > self.limits.max_peers:
                 self._departed.popitem(last=False)
         for cid in list(conn.circuits):
-            circuit = self._circuits[cid]
+            circuit = self._circuits.get(cid)
+            assert circuit is not None  # a member's circuits are open
             other = circuit.b if circuit.a is conn else circuit.a
-            self._close_circuit(circuit, ErrorCode.PEER_OFFLINE, why, out, tell=(other,))
+            self._circuits.close(circuit, ErrorCode.PEER_OFFLINE, why, out, tell=(other,))
         for invite in list(conn.invites_out.values()):
             self._take_invite(invite.target, invite.invite_id)
             reason = "the initiator disconnected"
@@ -1181,13 +683,13 @@ class Matchmaker:
                 )
             )
 
-    def _conn_fields(self, conn: _Conn) -> dict[str, str | int | float]:
+    def _conn_fields(self, conn: ConnRecord) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {"addr": str(conn.addr)}
         if conn.peer_text:
             fields = {"peer": conn.peer_text, **fields}
         return fields
 
     @staticmethod
-    def _level(conn: _Conn) -> Literal["debug", "info", "warning"]:
+    def _level(conn: ConnRecord) -> Literal["debug", "info", "warning"]:
         # Peers leaving matter; half-open connections going away do not.
         return "info" if conn.state is ConnState.REGISTERED else "debug"

@@ -1,5 +1,5 @@
 """Peer-to-peer packet types: the first byte of every packet two peers exchange (over a relay
-circuit or a direct connection), so that drivers dispatch on one enum instead of literals.
+circuit or a direct connection), and one total decoder that dispatches on it.
 
 Relay control messages are a separate namespace: they travel only on the control connection
 and start with `version: u8, type: u8` (`meshcore.proto.wire`).
@@ -8,19 +8,34 @@ and start with `version: u8, type: u8` (`meshcore.proto.wire`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-__all__ = ["PacketType", "packet_type_of"]
+import attrs
+
+from meshcore.errors import DecodeError
+
+if TYPE_CHECKING:
+    from meshcore.proto.framing import FrameHeader
+    from meshcore.proto.handshake_messages import (
+        HandshakeConfirm,
+        HandshakeInit,
+        HandshakeResponse,
+    )
+    from meshcore.proto.resume import Resume, ResumeAck
+
+__all__ = ["PacketType", "SealedFrame", "decode_packet_untrusted", "packet_type_of"]
 
 
 class PacketType(enum.IntEnum):
     """The first byte of a peer-to-peer packet, and the module that owns its layout."""
 
     HANDSHAKE_INIT = 1
-    """Handshake msg1, `HandshakeInit` (`handshake.py`)."""
+    """Handshake msg1, `HandshakeInit` (`handshake_messages.py`)."""
     HANDSHAKE_RESPONSE = 2
-    """Handshake msg2, `HandshakeResponse` (`handshake.py`)."""
+    """Handshake msg2, `HandshakeResponse` (`handshake_messages.py`)."""
     HANDSHAKE_CONFIRM = 3
-    """Handshake msg3, `HandshakeConfirm` (`handshake.py`)."""
+    """Handshake msg3, `HandshakeConfirm` (`handshake_messages.py`)."""
     FRAME = 4
     """A sealed transport frame: 16-byte header + AEAD ciphertext (`framing.py`)."""
     RESUME = 5
@@ -29,7 +44,7 @@ class PacketType(enum.IntEnum):
     """`ResumeAck` (`resume.py`)."""
 
 
-_BY_BYTE: dict[int, PacketType] = {int(t): t for t in PacketType}
+_BY_BYTE: Final[dict[int, PacketType]] = {int(t): t for t in PacketType}
 
 
 def packet_type_of(data: bytes | bytearray | memoryview) -> PacketType | None:
@@ -40,3 +55,60 @@ def packet_type_of(data: bytes | bytearray | memoryview) -> PacketType | None:
     if not data:
         return None
     return _BY_BYTE.get(data[0])
+
+
+@attrs.frozen
+class SealedFrame:
+    """A transport frame as it arrived: its checked header and the whole frame, still sealed
+    (open it with the receive key its `header.receiver_index` names)."""
+
+    header: FrameHeader
+    frame: bytes = attrs.field(repr=lambda frame: f"<{len(frame)} bytes>")
+
+
+if TYPE_CHECKING:
+    _Packet: TypeAlias = (
+        HandshakeInit | HandshakeResponse | HandshakeConfirm | SealedFrame | Resume | ResumeAck
+    )
+
+
+def decode_packet_untrusted(data: bytes | bytearray | memoryview) -> _Packet:
+    """Decode one peer-to-peer packet by its first byte: a handshake message, a `SealedFrame`
+    (header checked, nothing decrypted), a `Resume` or a `ResumeAck`.
+
+    Raises DecodeError, and nothing else, for an empty packet, an unknown type byte, or what
+    the owning module's decoder refuses.
+    """
+    if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+        data = data.tobytes()  # an unusual view: read a flat copy of its bytes
+    if not data:
+        raise DecodeError("empty packet: there is no type byte")
+    decode = (_DECODERS or _load_decoders()).get(data[0])
+    if decode is None:
+        raise DecodeError(f"unknown packet type {data[0]} (expected 1..{len(PacketType)})")
+    packet: _Packet = decode(data)
+    return packet
+
+
+_DECODERS: Final[dict[int, Callable[[Any], Any]]] = {}
+
+
+def _load_decoders() -> dict[int, Callable[[Any], Any]]:
+    # Imported on first use, not at the top: these modules take their type bytes from here.
+    from meshcore.proto import framing, handshake_messages, resume
+
+    def sealed_frame(data: bytes | bytearray | memoryview) -> SealedFrame:
+        header = framing.decode_frame_header_untrusted(data)
+        return SealedFrame(header, data if type(data) is bytes else bytes(data))
+
+    _DECODERS.update(
+        {
+            PacketType.HANDSHAKE_INIT: handshake_messages.decode_handshake_init_untrusted,
+            PacketType.HANDSHAKE_RESPONSE: handshake_messages.decode_handshake_response_untrusted,
+            PacketType.HANDSHAKE_CONFIRM: handshake_messages.decode_handshake_confirm_untrusted,
+            PacketType.FRAME: sealed_frame,
+            PacketType.RESUME: resume.decode_resume_untrusted,
+            PacketType.RESUME_ACK: resume.decode_resume_ack_untrusted,
+        }
+    )
+    return _DECODERS

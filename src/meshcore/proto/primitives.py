@@ -12,7 +12,7 @@ from typing import Final
 
 import attrs
 
-from meshcore.errors import ConfigError, HandshakeError
+from meshcore.errors import CryptoLibraryMissing, HandshakeError
 from meshcore.proto.constants import (
     MLKEM768_CT_BYTES,
     MLKEM768_PK_BYTES,
@@ -23,16 +23,11 @@ from meshcore.proto.constants import (
 
 __all__ = [
     "DEFAULT_PRIMITIVES",
-    "CryptoLibraryMissing",
     "KeyPair",
     "Primitives",
     "mlkem_public_key_is_canonical",
     "mlkem_secret_key_public_part",
 ]
-
-
-class CryptoLibraryMissing(ConfigError, ImportError):
-    """A required cryptography package is not installed; meshcore refuses to run without it."""
 
 
 try:

@@ -28,15 +28,10 @@ from meshcore.proto.constants import (
     REKEY_FRAGMENT_BYTES,
 )
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
-from meshcore.proto.handshake import (
-    MSG_CONFIRM,
-    MSG_INIT,
-    HandshakeResult,
-    Initiator,
-    Responder,
-)
+from meshcore.proto.handshake import HandshakeResult, Initiator, Responder
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.inner import RekeyFragment
+from meshcore.proto.packet import PacketType
 from meshcore.proto.primitives import Primitives
 
 __all__ = [
@@ -220,10 +215,10 @@ class RekeyResponder:
             return RekeyOutput()
         if not message:
             raise HandshakeError()
-        if message[0] == MSG_INIT:
+        if message[0] == PacketType.HANDSHAKE_INIT:
             msg2 = self._responder.respond(message, now)
             return RekeyOutput(fragments=tuple(fragment_message(fragment.handshake_id, msg2)))
-        if message[0] == MSG_CONFIRM:
+        if message[0] == PacketType.HANDSHAKE_CONFIRM:
             result = self._responder.confirm(message, now)
             if result.peer_id != self._peer:
                 raise HandshakeError()

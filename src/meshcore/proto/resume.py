@@ -26,7 +26,6 @@ import enum
 import hashlib
 import hmac
 import os
-import struct
 from collections.abc import Callable, Hashable
 from typing import Final, Generic, TypeVar
 
@@ -41,6 +40,7 @@ from meshcore.errors import (
     ReplayError,
     UnknownReceiverIndex,
 )
+from meshcore.proto.codec import U8, U16LE, U32LE, Bytes, Const, Layout
 from meshcore.proto.constants import (
     AEAD_TAG_BYTES,
     MAC_BYTES,
@@ -49,6 +49,7 @@ from meshcore.proto.constants import (
     X25519_KEY_BYTES,
 )
 from meshcore.proto.framing import ReceiveKey, SendKey, peek_receiver_index
+from meshcore.proto.packet import PacketType
 from meshcore.proto.primitives import DEFAULT_PRIMITIVES, Primitives
 from meshcore.proto.symmetric import aead_nonce, hkdf_expand, hkdf_extract
 
@@ -77,8 +78,8 @@ __all__ = [
     "resume_id_of",
 ]
 
-RESUME_TYPE: Final = 5
-RESUME_ACK_TYPE: Final = 6
+RESUME_TYPE: Final = PacketType.RESUME
+RESUME_ACK_TYPE: Final = PacketType.RESUME_ACK
 RESUME_ID_BYTES: Final = 16
 NONCE_BYTES: Final = 16
 SECRET_BYTES: Final = 32
@@ -93,14 +94,6 @@ LABEL_RESUME_R2I: Final = b"meshcore/1 resume r2i"
 LABEL_RESUME_NEXT: Final = b"meshcore/1 resume next"
 LABEL_RESUME_KC: Final = b"meshcore/1 resume kc"
 
-_RESUME: Final = struct.Struct(
-    f"<BBHI{RESUME_ID_BYTES}s{NONCE_BYTES}s{X25519_KEY_BYTES}s{MAC_BYTES}s"
-)
-_ACK: Final = struct.Struct(f"<BBHII{NONCE_BYTES}s{X25519_KEY_BYTES}s{AEAD_TAG_BYTES}s")
-RESUME_BYTES: Final = _RESUME.size  # 88
-RESUME_ACK_BYTES: Final = _ACK.size  # 76
-_RESUME_SIGNED: Final = RESUME_BYTES - MAC_BYTES  # 72
-_ACK_SIGNED: Final = RESUME_ACK_BYTES - AEAD_TAG_BYTES  # 60
 _MAX_INDEX: Final = 0xFFFFFFFF
 
 Random = Callable[[int], bytes]
@@ -112,89 +105,82 @@ _REJECTED: Final = (
 )
 
 
-def _sized(n: int) -> Callable[[object, attrs.Attribute[bytes], bytes], None]:
-    def check(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
-        if not isinstance(value, bytes) or len(value) != n:
-            raise ValueError(f"{attribute.name} must be {n} bytes")
-
-    return check
-
-
-def _u32(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 <= value <= _MAX_INDEX:
-        raise ValueError(f"{attribute.name} must be a u32, got {value}")
+_ID: Final = Bytes(RESUME_ID_BYTES)
+_NONCE: Final = Bytes(NONCE_BYTES)
+_X25519: Final = Bytes(X25519_KEY_BYTES)
+_MAC: Final = Bytes(MAC_BYTES, secret=True)
+_TAG: Final = Bytes(AEAD_TAG_BYTES)
 
 
 @attrs.frozen
 class Resume:
     """RESUME: the client asks to resume the session whose secret derives `resume_id`."""
 
-    sender_index: int = attrs.field(validator=_u32)
-    resume_id: bytes = attrs.field(validator=_sized(RESUME_ID_BYTES))
-    client_nonce: bytes = attrs.field(validator=_sized(NONCE_BYTES))
-    ephemeral: bytes = attrs.field(validator=_sized(X25519_KEY_BYTES))
-    mac: bytes = attrs.field(validator=_sized(MAC_BYTES))
+    sender_index: int = attrs.field(**U32LE.spec)
+    resume_id: bytes = attrs.field(**_ID.spec)
+    client_nonce: bytes = attrs.field(**_NONCE.spec)
+    ephemeral: bytes = attrs.field(**_X25519.spec)
+    mac: bytes = attrs.field(**_MAC.spec)
 
     def encode(self) -> bytes:
         """The canonical 88 bytes."""
-        return _RESUME.pack(
-            RESUME_TYPE,
-            PROTOCOL_VERSION,
-            0,
-            self.sender_index,
-            self.resume_id,
-            self.client_nonce,
-            self.ephemeral,
-            self.mac,
-        )
+        return _RESUME.encode(self)
 
 
 @attrs.frozen
 class ResumeAck:
     """RESUME_ACK: the server's nonce, ephemeral and key-confirmation tag."""
 
-    sender_index: int = attrs.field(validator=_u32)
-    receiver_index: int = attrs.field(validator=_u32)
-    server_nonce: bytes = attrs.field(validator=_sized(NONCE_BYTES))
-    ephemeral: bytes = attrs.field(validator=_sized(X25519_KEY_BYTES))
-    confirmation: bytes = attrs.field(validator=_sized(AEAD_TAG_BYTES))
+    sender_index: int = attrs.field(**U32LE.spec)
+    receiver_index: int = attrs.field(**U32LE.spec)
+    server_nonce: bytes = attrs.field(**_NONCE.spec)
+    ephemeral: bytes = attrs.field(**_X25519.spec)
+    confirmation: bytes = attrs.field(**_TAG.spec)
 
     def encode(self) -> bytes:
         """The canonical 76 bytes."""
-        return _ACK.pack(
-            RESUME_ACK_TYPE,
-            PROTOCOL_VERSION,
-            0,
-            self.sender_index,
-            self.receiver_index,
-            self.server_nonce,
-            self.ephemeral,
-            self.confirmation,
-        )
+        return _ACK.encode(self)
 
 
-def _check_envelope(data: bytes | bytearray | memoryview, size: int, msg_type: int) -> None:
-    if len(data) != size:
-        raise DecodeError(f"message type {msg_type} must be {size} bytes, got {len(data)}")
-    if data[0] != msg_type or data[1] != PROTOCOL_VERSION or data[2] or data[3]:
-        raise DecodeError(
-            f"expected type {msg_type}, version {PROTOCOL_VERSION}, reserved 0; got "
-            f"type {data[0]}, version {data[1]}, reserved {bytes(data[2:4]).hex()}"
-        )
+def _envelope(msg_type: PacketType) -> tuple[Const, Const, Const]:
+    return (
+        Const("type", U8, msg_type),
+        Const("version", U8, PROTOCOL_VERSION),
+        Const("reserved", U16LE, 0),
+    )
+
+
+_RESUME: Final = Layout(
+    Resume,
+    (*_envelope(RESUME_TYPE), "sender_index", "resume_id", "client_nonce", "ephemeral", "mac"),
+)
+_ACK: Final = Layout(
+    ResumeAck,
+    (
+        *_envelope(RESUME_ACK_TYPE), "sender_index", "receiver_index", "server_nonce",
+        "ephemeral", "confirmation",
+    ),
+)  # fmt: skip
+RESUME_BYTES: Final = _RESUME.fixed_size  # 88
+RESUME_ACK_BYTES: Final = _ACK.fixed_size  # 76
+_RESUME_SIGNED: Final = _RESUME.offset_of("mac")  # 72: what the MAC covers
+_ACK_SIGNED: Final = _ACK.offset_of("confirmation")  # 60: what the transcript hash covers
 
 
 def decode_resume_untrusted(data: bytes | bytearray | memoryview) -> Resume:
     """Parse a RESUME from the network; raises DecodeError and nothing else."""
-    _check_envelope(data, RESUME_BYTES, RESUME_TYPE)
-    _, _, _, index, resume_id, nonce, ephemeral, mac = _RESUME.unpack(data)
-    return Resume(index, resume_id, nonce, ephemeral, mac)
+    if len(data) != RESUME_BYTES:
+        raise DecodeError(f"a RESUME must be {RESUME_BYTES} bytes, got {len(data)}")
+    msg: Resume = _RESUME.decode(memoryview(bytes(data)))
+    return msg
 
 
 def decode_resume_ack_untrusted(data: bytes | bytearray | memoryview) -> ResumeAck:
     """Parse a RESUME_ACK from the network; raises DecodeError and nothing else."""
-    _check_envelope(data, RESUME_ACK_BYTES, RESUME_ACK_TYPE)
-    _, _, _, sender, receiver, nonce, ephemeral, tag = _ACK.unpack(data)
-    return ResumeAck(sender, receiver, nonce, ephemeral, tag)
+    if len(data) != RESUME_ACK_BYTES:
+        raise DecodeError(f"a RESUME_ACK must be {RESUME_ACK_BYTES} bytes, got {len(data)}")
+    msg: ResumeAck = _ACK.decode(memoryview(bytes(data)))
+    return msg
 
 
 def resume_id_of(resume_secret: bytes) -> bytes:
@@ -517,16 +503,14 @@ class ResumeServer(Generic[OwnerT]):
         else:
             other, other_nonce = self._by_index.pop(local_index)
             del other.pending[other_nonce]
-        signed = _ACK.pack(
-            RESUME_ACK_TYPE,
-            PROTOCOL_VERSION,
-            0,
+        unsigned = ResumeAck(
             local_index,
             resume.sender_index,
             self._random(NONCE_BYTES),
             public,
             bytes(AEAD_TAG_BYTES),
-        )[:_ACK_SIGNED]
+        )
+        signed = unsigned.encode()[:_ACK_SIGNED]
         derived = _derive(entry.secret, shared, resume_bytes, signed)
         ack = signed + derived.confirmation
         keys = ResumedKeys(

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_lab_measure import Cell, Settings, measure_cell  # noqa: E402
-from bench_lab_report import draw_charts, ratios, tables  # noqa: E402
+from bench_lab_report import draw_charts, markdown_tables, ratios, tables  # noqa: E402
 from bench_lab_tunnels import (  # noqa: E402
     TUNNELS,
     ensure_packages,
@@ -113,7 +113,9 @@ def run_cell(situation: Situation, tunnel: str, settings: Settings, why_not: str
         try:
             with TUNNELS[tunnel](lab) as target:
                 cell = measure_cell(lab, tunnel, situation.name, target, settings)
-        except LabError as exc:
+        except (LabError, OSError, ValueError, KeyError, subprocess.CalledProcessError) as exc:
+            # One cell failing (a daemon that would not start, a report that would not
+            # parse) is recorded with its reason; the run goes on with the next cell.
             print(f"[{situation.name}] {tunnel}: FAILED: {exc}", file=sys.stderr)
             return Cell(tunnel, situation.name, False, note=f"failed: {str(exc)[:300]}")
     expected = "relay" if tunnel == "meshcore-relay" else "direct"
@@ -160,6 +162,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def replot(path: Path) -> int:
+    """Tables and charts from an earlier run's JSON; a full run's also go to docs/images/."""
+    report = json.loads(path.read_text())
+    cells = [Cell(**c) for c in report["cells"]]
+    settings = report["settings"]
+    full = (
+        not settings["quick"]
+        and (settings["runs"], settings["seconds"]) == (3, 10.0)
+        and set(report["situations"]) == set(SITUATIONS)
+        and {c.tunnel for c in cells} == set(TUNNELS)
+    )
+    rel = ratios(cells)
+    print(tables(cells, rel, report["situations"]))
+    print("\n" + markdown_tables(cells, rel, report["situations"]))
+    for chart in draw_charts(cells, RESULTS, DOCS_IMAGES if full else None):
+        print(f"wrote {chart.relative_to(ROOT)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="iperf3 runs per cell (median)")
@@ -174,12 +195,21 @@ def main() -> int:
     parser.add_argument("--situations", help=f"comma-separated, of {','.join(SITUATIONS)}")
     parser.add_argument("--tunnels", help=f"comma-separated, of {','.join(TUNNELS)}")
     parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the tables (text and Markdown) and redraw the charts from "
+        "the lab.json of an earlier run",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"1 run of 3 s, 100 pings; situations {','.join(QUICK_SITUATIONS)} and tunnels "
         f"{','.join(QUICK_TUNNELS)} unless chosen",
     )
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.replot)
     situations = names(args.situations, SITUATIONS, "situation") if args.situations else None
     tunnels = names(args.tunnels, TUNNELS, "tunnel") if args.tunnels else None
     if args.quick:

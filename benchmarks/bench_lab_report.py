@@ -12,7 +12,7 @@ from pathlib import Path
 from bench_lab_measure import Cell
 from bench_lab_tunnels import PEERS
 
-__all__ = ["FIGURES", "draw_charts", "ratios", "tables"]
+__all__ = ["FIGURES", "draw_charts", "markdown_tables", "ratios", "tables"]
 
 FIGURES = {  # figure -> True if higher is better
     "mbit_s": True,
@@ -118,6 +118,53 @@ def tables(
     return "\n\n".join(blocks)
 
 
+def markdown_tables(
+    cells: Sequence[Cell],
+    rel: dict[str, dict[str, dict[str, float | str | None]]],
+    descriptions: dict[str, str],
+) -> str:
+    """The same figures as `tables`, as Markdown (for docs/performance.md)."""
+
+    def fig(value: float | None, ratio: float | str | None, ms: bool = True) -> str:
+        if value is None:
+            return "-"
+        text = _ms(value) if ms else f"{value:.0f}"
+        return f"{text} ({_x(ratio)})"
+
+    blocks = []
+    for situation, rows in rel.items():
+        bare = next((c for c in cells if c.situation == situation and c.tunnel == "bare"), None)
+        lines = [f"**{situation}**: {descriptions.get(situation, '')}"]
+        if bare and bare.relay_path_idle_avg_ms is not None:
+            lines[0] += (
+                f"; bare relay path a -> relay -> b {_ms(bare.relay_path_idle_avg_ms)} ms avg, "
+                f"{_ms(bare.relay_path_idle_p99_ms)} ms p99"
+            )
+        lines += [
+            "",
+            "| tunnel | went | Mbit/s | idle avg ms | idle p99 ms | loaded avg ms | "
+            "loaded p99 ms | +ms idle |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for cell in (c for c in cells if c.situation == situation):
+            if not cell.available:
+                lines.append(f"| {cell.tunnel} | not measured: {cell.note} | | | | | | |")
+                continue
+            r = rows[cell.tunnel]
+            added = r["added_idle_ms"]
+            lines.append(
+                f"| {cell.tunnel} | {cell.went} "
+                f"| {fig(cell.mbit_s, r['mbit_s_vs_best'], ms=False)} "
+                f"| {fig(cell.idle_avg_ms, r['idle_avg_ms_vs_best'])} "
+                f"| {fig(cell.idle_p99_ms, r['idle_p99_ms_vs_best'])} "
+                f"| {fig(cell.loaded_avg_ms, r['loaded_avg_ms_vs_best'])} "
+                f"| {fig(cell.loaded_p99_ms, r['loaded_p99_ms_vs_best'])} "
+                f"| {'-' if not isinstance(added, float) else f'{added:+.2f}'} |"
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 _COLOURS = {
     "bare": "#9e9e9e",
     "meshcore-direct": "#1565c0",
@@ -156,6 +203,7 @@ def draw_charts(cells: Sequence[Cell], outdir: Path, copy_to: Path | None) -> li
                 xs.append(j + (i - (len(tunnels) - 1) / 2) * width)
                 ys.append(cell.mbit_s)
         ax.bar(xs, ys, width, label=tunnel, color=_COLOURS.get(tunnel))
+    ax.set_axisbelow(True)
     ax.set_yscale("log")
     ax.set_xticks(range(len(situations)), situations)
     ax.set_ylabel("iperf3 TCP, one stream (Mbit/s, log scale)")
@@ -180,6 +228,7 @@ def draw_charts(cells: Sequence[Cell], outdir: Path, copy_to: Path | None) -> li
                 x = i + (k - 0.5) * 0.4
                 ax.bar(x, avg, 0.4, color=_COLOURS.get(tunnel), alpha=shade)
                 ax.plot([x - 0.15, x + 0.15], [p99, p99], color="black", linewidth=1.2)
+        ax.set_axisbelow(True)
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize="small")
         ax.set_title(situation)

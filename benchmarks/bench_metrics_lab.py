@@ -4,7 +4,9 @@ inside their namespaces) and without, rounds alternating.
 
 Each round brings both tunnels up afresh (`meshcore-peer up`, with or without `metrics = ...`),
 waits for the direct path, runs iperf3 a -> b for --seconds and stops them. The result is the
-ratio of the medians (target: >= 0.97), and of the best runs. Needs root (namespaces).
+ratio of the medians (target: >= 0.97), and of the best runs; and, much less sensitive to
+other load on the machine, the tunnel processes' CPU per byte carried (both peers' user +
+system time during the iperf3 run). Needs root (namespaces).
 Writes benchmarks/results/metrics-lab.json.
 
     sudo .venv/bin/python benchmarks/bench_metrics_lab.py [--runs 5] [--seconds 10]
@@ -44,14 +46,24 @@ while True:
 """
 
 
-def iperf(lab: Lab, target: str, seconds: float) -> float:
-    """One iperf3 TCP run a -> b; megabits per second received."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(lab: Lab, target: str, seconds: float) -> tuple[float, float]:
+    """One iperf3 TCP run a -> b: (megabits per second received, megabytes received)."""
     argv = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
     report = json.loads(lab.run("a", argv, timeout=seconds + 30).stdout)
-    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+    received = report["end"]["sum_received"]
+    return float(received["bits_per_second"]) / 1e6, float(received["bytes"]) / 1e6
 
 
-def one_round(lab: Lab, mesh: Meshcore, metrics: bool, args: argparse.Namespace) -> float:
+def one_round(
+    lab: Lab, mesh: Meshcore, metrics: bool, args: argparse.Namespace
+) -> tuple[float, float]:
+    """(Mbit/s, megabytes per CPU-second of both tunnel processes) of one round."""
     ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
     ups, scrapers = [], []
     for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1):
@@ -73,7 +85,10 @@ def one_round(lab: Lab, mesh: Meshcore, metrics: bool, args: argparse.Namespace)
         server = lab.popen("b", ["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush"])
         try:
             server.wait_for("Server listening", 10)
-            return iperf(lab, TUNNEL.format(2), args.seconds)
+            cpu = sum(cpu_seconds(up.pid) for up in ups)
+            mbit, megabytes = iperf(lab, TUNNEL.format(2), args.seconds)
+            cpu = sum(cpu_seconds(up.pid) for up in ups) - cpu
+            return mbit, megabytes / cpu
         finally:
             server.stop()
     finally:
@@ -92,6 +107,7 @@ def main() -> int:
         print("cannot build the lab here: " + "; ".join(missing), file=sys.stderr)
         return 1
     runs: dict[str, list[float]] = {"off": [], "on": []}
+    efficiency: dict[str, list[float]] = {"off": [], "on": []}
     with Lab(Topology.flat()) as lab:
         mesh = Meshcore(lab)
         mesh.start_relay()
@@ -99,14 +115,20 @@ def main() -> int:
             order = ("off", "on") if i % 2 == 0 else ("on", "off")
             for name in order:
                 try:
-                    mbit = one_round(lab, mesh, name == "on", args)
+                    mbit, mb_per_cpu_s = one_round(lab, mesh, name == "on", args)
                 except LabError as exc:
                     print(f"round {i} ({name}) failed: {exc}", file=sys.stderr)
                     raise
                 runs[name].append(mbit)
-                print(f"round {i} metrics {name}: {mbit:.0f} Mbit/s", flush=True)
+                efficiency[name].append(mb_per_cpu_s)
+                print(
+                    f"round {i} metrics {name}: {mbit:.0f} Mbit/s, {mb_per_cpu_s:.0f} MB per "
+                    "CPU-second",
+                    flush=True,
+                )
     median = {name: statistics.median(values) for name, values in runs.items()}
     best = {name: max(values) for name, values in runs.items()}
+    cpu = {name: statistics.median(values) for name, values in efficiency.items()}
     result = {
         "runs": runs,
         "seconds": args.seconds,
@@ -114,6 +136,8 @@ def main() -> int:
         "median_mbit_s": median,
         "on_vs_off_median": round(median["on"] / median["off"], 3),
         "on_vs_off_best": round(best["on"] / best["off"], 3),
+        "mb_per_cpu_s": efficiency,
+        "on_vs_off_cpu_median": round(cpu["on"] / cpu["off"], 3),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
@@ -128,6 +152,10 @@ def main() -> int:
     print(
         f"| best | {best['off']:.0f} Mbit/s | {best['on']:.0f} Mbit/s | "
         f"{result['on_vs_off_best']}x |"
+    )
+    print(
+        f"| tunnel CPU efficiency (median) | {cpu['off']:.0f} MB/CPU-s | {cpu['on']:.0f} "
+        f"MB/CPU-s | {result['on_vs_off_cpu_median']}x |"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -36,9 +36,7 @@ log = logging.getLogger("meshcore.client")
 _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
 _RELEASE_TIMEOUT_S = 1.0
-_SEND_SHIELD_S = 5.0
-"""How long a write to the relay may go on after its sender was cancelled; past it the
-connection is cut (a relay that stopped reading)."""
+_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
 
 
@@ -167,9 +165,8 @@ class _Link:
 
     async def send(self, data: bytes) -> None:
         """Send one message. Cancelled while waiting for the lock, nothing was sent; once
-        writing, the write finishes (within `_SEND_SHIELD_S`) even if the caller is cancelled,
-        because a half-written message would cut the connection every circuit and request
-        shares (a session's writer is cancelled whenever its circuit is released)."""
+        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
+        connection every circuit shares (a circuit's writer is cancelled on its release)."""
         async with self.lock:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(_SEND_SHIELD_S) as bound:

@@ -63,10 +63,11 @@ async def probe_relay_address(
     `error` says what happened. Cancellation closes the connection and propagates.
     """
     start = trio.current_time()
+    dial_url = _dial_url(relay, resource)
     with trio.move_on_after(timeout) as scope:
         try:
             async with open_transport(
-                _dial_url(relay, resource), local_port=local_port, connect_timeout=timeout
+                dial_url, local_port=local_port, connect_timeout=timeout
             ) as transport:
                 connected = trio.current_time()
                 rtts: list[float] = []
@@ -91,8 +92,8 @@ async def probe_relay_address(
                     latency_s=statistics.median(rtts),
                     connect_s=connected - start,
                 )
-        except TransportClosed as exc:
-            return RelayProbe(url, relay, error=exc.reason)
+        except TransportClosed as exc:  # the line shows the relay already: not again
+            return RelayProbe(url, relay, error=exc.reason.removeprefix(f"{dial_url}: "))
         except DecodeError as exc:
             return RelayProbe(url, relay, error=f"the relay sent a malformed answer: {exc}")
     assert scope.cancelled_caught

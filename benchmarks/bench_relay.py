@@ -15,11 +15,15 @@ peers run in this process and speak the control protocol directly.
    echo -> client: the same two hops through one server process, the same client code, the
    same window). Rounds alternate; the best of --repeat is kept. Target: >= 0.8x the echo.
    Also the servers' CPU per MiB, which depends far less on other load on the machine.
+4. Metrics: the same circuit with the relay serving Prometheus metrics (`--metrics`) and a
+   scraper asking every --scrape-s seconds, against the relay without metrics, rounds
+   alternating. Target: >= 0.97x (the counters are read at scrape time, never on the path).
 
 Writes benchmarks/results/relay.json and prints a table.
 
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--peers 10000] [--repeat 3]
-    .venv/bin/python benchmarks/bench_relay.py --only registrations [--registrations 2000]
+    .venv/bin/python benchmarks/bench_relay.py --part registrations [--registrations 2000]
+    .venv/bin/python benchmarks/bench_relay.py --part metrics --repeat 9
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_re
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
+METRICS = re.compile(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
 MESSAGE = 65536
+SCRAPE_COST_S = 3.0  # scrape back to back this long to measure one scrape's relay CPU
 WINDOW = 4  # messages in flight (256 KiB): within the relay's default circuit queue bound, so
 # a burst never meets its drop-tail (the echo server has no such bound; TCP pushes back)
 UNLIMITED = [
@@ -95,6 +101,8 @@ class RelayProcess:
                 raise RuntimeError(f"relay did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         self.url = match.group(1)
+        metrics = METRICS.search(self.log.read_text())
+        self.metrics_port = int(metrics.group(1)) if metrics else None
 
     def rss_mib(self) -> tuple[float, float]:
         """(current RSS, peak RSS) of the relay process, MiB."""
@@ -499,11 +507,94 @@ async def throughput(n: int, repeat: int, echo_url: str, echo_pid: int) -> dict[
     }
 
 
+# --- 4. metrics on and off -------------------------------------------------------------------
+
+
+async def scrape_every(port: int, interval: float, scrapes: list[int]) -> None:
+    """GET /metrics every `interval` seconds until cancelled; counts the scrapes."""
+    while True:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            body = b""
+            while chunk := await stream.receive_some(65536):
+                body += chunk
+        assert body.startswith(b"HTTP/1.1 200 OK"), body[:100]
+        scrapes[0] += 1
+        await trio.sleep(interval)
+
+
+async def metrics_round(
+    relay: RelayProcess, n: int, alice: Identity, bob: Identity, interval: float
+) -> tuple[float, float, int]:
+    """(seconds, relay CPU seconds, scrapes) of one relay round, scraped if it serves metrics."""
+    scrapes = [0]
+    async with trio.open_nursery() as nursery:
+        if relay.metrics_port is not None:
+            nursery.start_soon(scrape_every, relay.metrics_port, interval, scrapes)
+        cpu = relay.cpu_s()
+        seconds, lost = await relay_round(relay.url, n, alice, bob)
+        cpu = relay.cpu_s() - cpu
+        nursery.cancel_scope.cancel()
+    assert lost == 0, f"{lost} frames lost"
+    return seconds, cpu, scrapes[0]
+
+
+async def metrics_cost(n: int, repeat: int, interval: float) -> dict[str, Any]:
+    off, on = RelayProcess(), RelayProcess("--metrics", "0")
+    alice, bob = Identity.generate(), Identity.generate()
+    try:
+        for relay in (off, on):
+            await metrics_round(relay, max(n // 10, 10), alice, bob, interval)  # warm-up
+        runs: dict[str, list[tuple[float, float, int]]] = {"off": [], "on": []}
+        for _ in range(repeat):
+            for name, relay in (("off", off), ("on", on)):
+                runs[name].append(await metrics_round(relay, n, alice, bob, interval))
+        # what one scrape costs the relay, scrapes back to back (two peers registered)
+        assert on.metrics_port is not None
+        async with registered_peer(on.url, alice), registered_peer(on.url, bob):
+            scrapes = [0]
+            cpu = on.cpu_s()
+            with trio.move_on_after(SCRAPE_COST_S):
+                await scrape_every(on.metrics_port, 0.0, scrapes)
+            scrape_cpu_ms = (on.cpu_s() - cpu) / scrapes[0] * 1e3
+    finally:
+        off.stop()
+        on.stop()
+    mib = n * MESSAGE / 2**20
+
+    def rates(name: str) -> list[float]:
+        return [mib / seconds for seconds, _, _ in runs[name]]
+
+    def cpu(name: str) -> list[float]:
+        return [mib / cpu_s for _, cpu_s, _ in runs[name]]
+
+    best = {name: max(rates(name)) for name in runs}
+    median = {name: statistics.median(rates(name)) for name in runs}
+    cpu_median = {name: statistics.median(cpu(name)) for name in runs}
+    return {
+        "message_bytes": MESSAGE,
+        "messages": n,
+        "repeat": repeat,
+        "scrape_interval_s": interval,
+        "scrapes_per_round": [scrapes for _, _, scrapes in runs["on"]],
+        "off_mib_per_s": [round(r, 1) for r in rates("off")],
+        "on_mib_per_s": [round(r, 1) for r in rates("on")],
+        "on_vs_off_best": round(best["on"] / best["off"], 3),
+        "on_vs_off_median": round(median["on"] / median["off"], 3),
+        "off_relay_mib_per_cpu_s": round(cpu_median["off"], 1),
+        "on_relay_mib_per_cpu_s": round(cpu_median["on"], 1),
+        "on_vs_off_cpu_median": round(cpu_median["on"] / cpu_median["off"], 3),
+        "relay_cpu_ms_per_scrape": round(scrape_cpu_ms, 3),
+    }
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[str, Any]:
-    parts = [args.only] if args.only else ["throughput", "pairings", "idle", "registrations"]
+    every = ("throughput", "pairings", "idle", "registrations", "metrics")
+    parts = every if args.part == "all" else (args.part,)
     result: dict[str, Any] = {}
     if "throughput" in parts:
         result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
@@ -513,6 +604,8 @@ async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[st
         result["idle_peers"] = await idle_peers(args.peers)
     if "registrations" in parts:
         result["registrations"] = await registrations(args.registrations, args.rounds)
+    if "metrics" in parts:
+        result["metrics"] = await metrics_cost(args.messages, args.repeat, args.scrape_s)
     return result
 
 
@@ -565,6 +658,13 @@ def table(result: dict[str, Any]) -> list[str]:
             f"per CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = "
             f"{tput['relay_vs_echo_cpu']}x | |"
         )
+    if (m := result.get("metrics")) is not None:
+        rows.append(
+            f"| one circuit with metrics on (scraped every {m['scrape_interval_s']:g} s) vs off | "
+            f"median {m['on_vs_off_median']}x, best {m['on_vs_off_best']}x; relay CPU per MiB "
+            f"{m['on_vs_off_cpu_median']}x | >= 0.97x |"
+        )
+        rows.append(f"| relay CPU per scrape | {m['relay_cpu_ms_per_scrape']} ms | |")
     return rows
 
 
@@ -580,7 +680,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="registration rounds per mode")
     parser.add_argument(
-        "--only", choices=["throughput", "pairings", "idle", "registrations"], help="one part"
+        "--part",
+        choices=["all", "throughput", "pairings", "idle", "registrations", "metrics"],
+        default="all",
+        help="run one part only (results go to relay-PART.json)",
+    )
+    parser.add_argument(
+        "--scrape-s", type=float, default=1.0, help="scrape interval with metrics on (1 s)"
     )
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -610,11 +716,10 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         setup="loopback; relay and echo server are subprocesses; all peers in the bench process",
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if args.only and RESULTS.exists():  # one part: keep the others' last results
-        result = {**json.loads(RESULTS.read_text()), **result}
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    out = RESULTS if args.part == "all" else RESULTS.with_name(f"relay-{args.part}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {out}")
     return 0
 
 

@@ -72,6 +72,10 @@ class CircuitTransport(Transport):
     def close_reason(self) -> str | None:
         return self._close_reason
 
+    @property
+    def relay_url(self) -> str | None:
+        return self._client.url
+
     async def send(self, data: bytes) -> None:
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)

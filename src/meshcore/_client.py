@@ -41,6 +41,7 @@ log = logging.getLogger("meshcore.client")
 _INVITE_QUEUE = 64
 _UNVERIFIED: set[str] = set()
 """Relay URLs already logged as unverified in this process (logged once each)."""
+_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 
 
 _Result = Pairing | CircuitTransport | Exception
@@ -57,8 +58,15 @@ class _Link:
         self.close_reason: str | None = None
 
     async def send(self, data: bytes) -> None:
+        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
+        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
+        connection every circuit shares (a circuit's writer is cancelled on its release)."""
         async with self.lock:
-            await self.transport.send(data)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_SEND_SHIELD_S) as bound:
+                    await self.transport.send(data)
+        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
+            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

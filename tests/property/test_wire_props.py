@@ -35,6 +35,8 @@ PER_TYPE: dict[str, st.SearchStrategy[wire.ControlMessage]] = {
     "RelayIdentity": ws.relay_identities(),
     "RelayChallenge": ws.relay_challenges(),
     "RelayProof": ws.relay_proofs(),
+    "ObserveAddress": ws.observe_addresses(),
+    "ObservedAddress": ws.observed_addresses(),
 }
 
 

@@ -792,6 +792,7 @@ def test_public_api_is_pinned() -> None:
         "Forward",
         "LogEvent",
         "Matchmaker",
+        "MatchmakerCounters",
         "MatchmakerStats",
         "Output",
         "RelayLimits",

@@ -8,9 +8,10 @@ capped, and one initiator has at most one invitation pending per target.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Final
 
+from meshcore.proto.admission import connect_refusal
 from meshcore.proto.circuits import CircuitTable, circuit_text
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.relayrecords import ConnRecord, InviteRecord, LogEvent, Output, Send, TimerHeap
@@ -26,7 +27,8 @@ class Invitations:
     """Every pending invitation of one relay, kept on the connection records of both sides.
 
     `live` counts the objects with a live deadline (for the timer heap's compaction); `random`
-    supplies invitation ids.
+    supplies invitation ids; `refused` counts a refused pairing by its code and `paired` a
+    pairing made (the relay's counters).
     """
 
     def __init__(
@@ -36,7 +38,11 @@ class Invitations:
         timers: TimerHeap,
         live: Callable[[], int],
         random: Callable[[int], bytes],
+        refused: Callable[[ErrorCode], None],
+        paired: Callable[[], None],
     ) -> None:
+        self._refused = refused
+        self._paired = paired
         self._limits = limits
         self._circuits = circuits
         self._timers = timers
@@ -50,51 +56,30 @@ class Invitations:
         return invite.timer_seq == seq and invite.target.invites_in.get(invite.invite_id) is invite
 
     def request(
-        self, conn: ConnRecord, msg: Connect, target: ConnRecord | None, departed: bool, now: float
+        self,
+        conn: ConnRecord,
+        msg: Connect,
+        target: ConnRecord | None,
+        departed: Container[bytes],
+        now: float,
     ) -> list[Output]:
-        """`conn` asks to be paired with `target` (None: not registered here; `departed`: it
-        was, and left): invite the target, or refuse at once."""
+        """`conn` asks to be paired with `target` (None: not registered here; `departed`: the
+        peers that were, and left): invite the target, or refuse at once."""
         rid = msg.request_id
         limits = self._limits
-
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, Reject(rid, code, reason))]
-
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"too many pairing requests: at most {limits.pairings_per_s:g}/s "
-                f"(burst {limits.pairings_burst}); retry later",
-            )
-        if rid in conn.invites_out:
-            return refuse(
-                ErrorCode.NOT_ALLOWED, "this request id is already pending; use a new one"
-            )
-        if len(conn.invites_out) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"{limits.max_invites_per_peer} pairing requests already pending; wait for them",
-            )
-        if msg.target == conn.peer:
-            return refuse(ErrorCode.NOT_ALLOWED, "a peer cannot pair with itself")
-        if target is None:
-            if departed:
-                return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-            return refuse(ErrorCode.PEER_UNKNOWN, "no peer with that id is registered here")
-        if any(invite.target is target for invite in conn.invites_out.values()):
-            # One pending invitation per (initiator, target): a single flooder cannot fill
-            # the target's invitation slots; it needs as many registered identities.
-            return refuse(
-                ErrorCode.RATE_LIMITED, "a request to this peer is already pending; wait for it"
-            )
-        if len(target.invites_in) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"
-            )
-        full = self._circuits.capacity(conn, target)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
+        refusal = connect_refusal(
+            conn,
+            msg,
+            target,
+            departed=departed,
+            circuits=self._circuits,
+            limits=limits,
+            now=now,
+        )
+        if refusal is not None:
+            self._refused(refusal[0])
+            return [Send(conn.conn_id, Reject(rid, *refusal))]
+        assert target is not None
         invite_id = self._new_invite_id(target)
         invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
         target.invites_in[invite_id] = invite
@@ -115,11 +100,13 @@ class Invitations:
         a, b = invite.initiator, conn
         full = self._circuits.capacity(a, b)
         if full:
+            self._refused(ErrorCode.CAPACITY)
             return [
                 Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
                 Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
             ]
         circuit = self._circuits.open(a, b, now)
+        self._paired()
         cid = circuit.circuit_id
         for x, y in ((a, b), (b, a)):
             x.paired[y.peer] = None
@@ -138,6 +125,7 @@ class Invitations:
         if invite is None:
             return []  # already expired or withdrawn: nothing to tell anyone
         code = ErrorCode.REJECTED if msg.code is ErrorCode.NONE else msg.code
+        self._refused(code)
         reason = clip_reason(f"the peer refused: {msg.reason or code.name}")
         return [
             Send(invite.initiator.conn_id, Reject(invite.request_id, code, reason)),
@@ -155,6 +143,7 @@ class Invitations:
     def expire(self, invite: InviteRecord, out: list[Output]) -> None:
         """The target did not answer in time: both sides are told."""
         self._take(invite.target, invite.invite_id)
+        self._refused(ErrorCode.TIMEOUT)
         out.append(
             Send(
                 invite.initiator.conn_id,
@@ -187,6 +176,7 @@ class Invitations:
         for invite in list(conn.invites_in.values()):
             self._take(conn, invite.invite_id)
             reason = "the peer disconnected before answering"
+            self._refused(ErrorCode.PEER_OFFLINE)
             out.append(
                 Send(
                     invite.initiator.conn_id,

@@ -5,8 +5,8 @@ connection opened, bytes or a message arrived, a connection closed, time passed)
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
 the rules and the reasons. Its parts live next door: the circuit table (`circuits`), pending
-pairings (`invitations`), records, outputs and stats (`relayrecords`), limits (`limits`) and
-rate limits (`ratelimit`).
+pairings (`invitations`), records, outputs, stats and counters (`relayrecords`), the
+admission rules (`admission`), limits (`limits`) and rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from meshcore.errors import DecodeError, HandshakeError, MessageTooLarge, UnsupportedVersion
+from meshcore.proto.admission import Refusal, circuit_open_refusal, connection_refusal
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
@@ -31,10 +32,12 @@ from meshcore.proto.relayrecords import (
     Forward,
     InviteRecord,
     LogEvent,
+    MatchmakerCounters,
     MatchmakerStats,
     Output,
     Send,
     TimerHeap,
+    reason_label,
 )
 from meshcore.proto.wire import (
     Accept,
@@ -48,6 +51,8 @@ from meshcore.proto.wire import (
     Error,
     ErrorCode,
     Hello,
+    ObserveAddress,
+    ObservedAddress,
     Ping,
     Pong,
     Registered,
@@ -69,6 +74,7 @@ __all__ = [
     "Forward",
     "LogEvent",
     "Matchmaker",
+    "MatchmakerCounters",
     "MatchmakerStats",
     "Output",
     "RelayLimits",
@@ -125,8 +131,15 @@ class Matchmaker:
         )
         self._departed: OrderedDict[bytes, None] = OrderedDict()
         self._timers = TimerHeap(self._timer_is_live)
+        self._counts = MatchmakerCounters()
         self._invitations = Invitations(
-            self.limits, self._circuits, self._timers, self._live, random
+            self.limits,
+            self._circuits,
+            self._timers,
+            self._live,
+            random,
+            refused=lambda code: self._refused("pairing", code),
+            paired=self._count_pairing,
         )
         self._pending = 0
         self._ping_nonce = 0
@@ -146,6 +159,16 @@ class Matchmaker:
             departed=len(self._departed),
             timers=len(self._timers),
         )
+
+    def counters(self) -> MatchmakerCounters:
+        """Totals since the start (registrations, pairings, refusals and closes by reason,
+        bytes and frames forwarded): a copy, summed over the open circuits just now."""
+        counts = self._counts.copy()
+        circuits = self._circuits
+        counts.forwarded_bytes, counts.forwarded_frames = circuits.forwarded()
+        counts.unknown_circuit_frames = circuits.unknown_frames
+        counts.circuit_closes.update(circuits.closes)
+        return counts
 
     def circuit_stats(self) -> list[CircuitStats]:
         """A snapshot of every open circuit and its counters."""
@@ -182,38 +205,34 @@ class Matchmaker:
         if conn_id in self._conns:
             raise ValueError(f"connection id {conn_id} is already in use (a driver bug)")
         limits = self.limits
-        if self._shutting_down:
-            return self._refuse_new(conn_id, addr, ErrorCode.SHUTDOWN, "the relay is shutting down")
-        key = address_key(addr)
-        if not self._addr_buckets.take(key, now):
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.RATE_LIMITED,
-                f"too many connections from {key}: at most {limits.connections_per_s_per_ip:g}/s "
-                f"(burst {limits.connections_burst_per_ip}); retry later",
-            )
-        if self._pending >= limits.max_pending_connections:
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.CAPACITY,
-                "too many connections are registering right now; retry in a few seconds",
-            )
+        refusal = connection_refusal(
+            addr,
+            shutting_down=self._shutting_down,
+            buckets=self._addr_buckets,
+            pending=self._pending,
+            limits=limits,
+            now=now,
+        )
+        if refusal is not None:
+            return self._refuse_new(conn_id, addr, refusal)
         conn = ConnRecord(conn_id, addr, now, now + limits.hello_deadline_s)
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
         return [Send(conn_id, self._identity_msg)]
 
-    def connection_closed(self, conn_id: int, reason: str, now: float) -> list[Output]:
-        """The connection is gone (the peer left or the network broke); forget it.
+    def connection_closed(
+        self, conn_id: int, reason: str, now: float, *, cause: str = "disconnected"
+    ) -> list[Output]:
+        """The connection is gone (the peer left or the network broke); forget it. `cause`
+        is the label it is counted under ("disconnected"; the driver's own closes say why).
 
         A no-op for connections the matchmaker closed itself (or never admitted).
         """
         conn = self._conns.get(conn_id)
         if conn is None:
             return []
+        self._counts.closes[cause] += 1
         fields = self._conn_fields(conn)
         fields["reason"] = clip_reason(reason)
         out: list[Output] = [LogEvent("disconnected", fields, self._level(conn))]
@@ -271,6 +290,7 @@ class Matchmaker:
     def shutdown(self, now: float) -> list[Output]:
         """Close every circuit and connection with SHUTDOWN; refuse new connections after."""
         self._shutting_down = True
+        self._counts.closes["shutdown"] += len(self._conns)
         out: list[Output] = [
             LogEvent("shutting down", {"peers": len(self._peers), "circuits": len(self._circuits)})
         ]
@@ -354,6 +374,10 @@ class Matchmaker:
     def _dispatch(self, conn: ConnRecord, msg: ControlMessage, now: float) -> list[Output]:
         conn.last_rx = now
         kind = type(msg)
+        if kind is ObserveAddress:  # in any state: netcheck asks without registering
+            assert isinstance(msg, ObserveAddress)
+            self._counts.address_echoes += 1
+            return [Send(conn.conn_id, ObservedAddress(msg.nonce, conn.addr))]
         if conn.state is ConnState.AWAITING_HELLO:
             if kind is Hello:
                 assert isinstance(msg, Hello)
@@ -375,8 +399,7 @@ class Matchmaker:
             )
         if isinstance(msg, Connect):
             target = self._peers.get(msg.target)
-            departed = msg.target in self._departed
-            return self._invitations.request(conn, msg, target, departed, now)
+            return self._invitations.request(conn, msg, target, self._departed, now)
         if isinstance(msg, Accept):
             return self._invitations.accept(conn, msg, now)
         if isinstance(msg, Reject):
@@ -397,6 +420,7 @@ class Matchmaker:
             reason = clip_reason(f"the peer {who}: {msg.reason or msg.code.name}")
             fields = self._conn_fields(conn)
             fields["reason"] = reason
+            self._counts.closes["peer_closed"] += 1
             out: list[Output] = [
                 LogEvent("disconnected", fields, self._level(conn)),
                 CloseConnection(conn.conn_id, ErrorCode.NONE, reason),
@@ -471,6 +495,7 @@ class Matchmaker:
             fields = self._conn_fields(old)
             fields["new_addr"] = str(conn.addr)
             out.append(LogEvent("replaced", fields))
+            self._counts.closes["replaced"] += 1
             out.append(Send(old.conn_id, Close(ErrorCode.REPLACED, reason)))
             out.append(CloseConnection(old.conn_id, ErrorCode.REPLACED, reason))
             self._forget(old, "the other peer reconnected", out)
@@ -481,6 +506,7 @@ class Matchmaker:
         limits = self.limits
         conn.bucket = TokenBucket(limits.pairings_per_s, limits.pairings_burst, now)
         self._schedule_conn(conn, now + limits.ping_interval_s)
+        self._counts.registrations += 1
         out.append(Send(conn.conn_id, Registered(peer, conn.addr)))
         out.append(LogEvent("registered", {"peer": conn.peer_text, "addr": str(conn.addr)}))
         return out
@@ -488,26 +514,14 @@ class Matchmaker:
     # --- circuits ---------------------------------------------------------------------------
 
     def _circuit_open(self, conn: ConnRecord, msg: CircuitOpen, now: float) -> list[Output]:
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, code, reason))]
-
-        if msg.circuit_id != 0:
-            return refuse(ErrorCode.NOT_ALLOWED, "send circuit id 0: the relay assigns circuit ids")
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(ErrorCode.RATE_LIMITED, "too many pairing requests; retry later")
         other = self._peers.get(msg.peer_id)
-        if other is None:
-            return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-        if other.peer not in conn.paired or conn.peer not in other.paired:
-            return refuse(
-                ErrorCode.NOT_ALLOWED,
-                "not paired with that peer on these connections; send Connect first",
-            )
-        full = self._circuits.capacity(conn, other)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
+        refusal = circuit_open_refusal(conn, msg, other, circuits=self._circuits, now=now)
+        if refusal is not None:
+            self._refused("circuit", refusal[0])
+            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, *refusal))]
+        assert other is not None
         cid = self._circuits.open(conn, other, now).circuit_id
+        self._counts.reopens += 1
         return [
             Send(conn.conn_id, CircuitOpen(cid, other.peer)),
             Send(other.conn_id, CircuitOpen(cid, conn.peer)),
@@ -528,9 +542,16 @@ class Matchmaker:
 
     # --- closing ----------------------------------------------------------------------------
 
-    def _refuse_new(
-        self, conn_id: int, addr: Endpoint, code: ErrorCode, reason: str
-    ) -> list[Output]:
+    def _count_pairing(self) -> None:
+        self._counts.pairings += 1
+
+    def _refused(self, request: str, code: ErrorCode) -> None:
+        self._counts.refusals[request, reason_label(code)] += 1
+
+    def _refuse_new(self, conn_id: int, addr: Endpoint, refusal: Refusal) -> list[Output]:
+        code, reason = refusal
+        self._refused("connection", code)
+        self._counts.closes[reason_label(code)] += 1
         return [
             LogEvent(
                 "refused", {"addr": str(addr), "code": code.name, "reason": reason}, "warning"
@@ -542,6 +563,7 @@ class Matchmaker:
     def _violation(self, conn: ConnRecord, code: ErrorCode, reason: str) -> list[Output]:
         """Close `conn` (only it) for breaking a rule: log, tell it why, forget it."""
         reason = clip_reason(reason)
+        self._counts.closes[reason_label(code)] += 1
         fields = self._conn_fields(conn)
         fields["code"] = code.name
         fields["reason"] = reason

@@ -54,6 +54,8 @@ __all__ = [
     "ErrorCode",
     "Hello",
     "Invite",
+    "ObserveAddress",
+    "ObservedAddress",
     "Paired",
     "Ping",
     "Pong",
@@ -93,6 +95,8 @@ class ControlType(enum.IntEnum):
     RELAY_IDENTITY = 20
     RELAY_CHALLENGE = 21
     RELAY_PROOF = 22
+    OBSERVE_ADDRESS = 24
+    OBSERVED_ADDRESS = 25
 
 
 class ErrorCode(enum.IntEnum):
@@ -346,6 +350,24 @@ class RelayProof:
     mac: bytes = attrs.field(**_MAC.spec)
 
 
+@attrs.frozen
+class ObserveAddress:
+    """peer -> relay, in any state (before Hello too): which address do you see me at?
+    The answer is an ObservedAddress with the same nonce (`meshcore-peer netcheck`)."""
+
+    TYPE: ClassVar = ControlType.OBSERVE_ADDRESS
+    nonce: int = attrs.field(**U64.spec)
+
+
+@attrs.frozen
+class ObservedAddress:
+    """relay -> peer: the address (IP and port, after any NAT) this connection comes from."""
+
+    TYPE: ClassVar = ControlType.OBSERVED_ADDRESS
+    nonce: int = attrs.field(**U64.spec)
+    observed: Endpoint = attrs.field(**_ENDPOINT.spec)
+
+
 ControlMessage = (
     Hello
     | Challenge
@@ -366,13 +388,15 @@ ControlMessage = (
     | RelayIdentity
     | RelayChallenge
     | RelayProof
+    | ObserveAddress
+    | ObservedAddress
 )
 """Any relay control message."""
 
 _CLASSES: Final[tuple[type[ControlMessage], ...]] = (
     Hello, Challenge, Auth, Registered, Connect, Invite, Accept, Reject, Paired,
-    CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close,
-    RelayIdentity, RelayChallenge, RelayProof,
+    CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close, ObserveAddress,
+    ObservedAddress, RelayIdentity, RelayChallenge, RelayProof,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[ControlType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls)) for cls in _CLASSES

@@ -31,6 +31,11 @@ class CircuitOwner(Protocol):
         """The current relay connection."""
         ...
 
+    @property
+    def url(self) -> str:
+        """The relay's URL."""
+        ...
+
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
         """Send `payload` on the circuit; raises `TransportClosed` if it is gone."""
         ...

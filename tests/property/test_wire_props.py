@@ -37,6 +37,8 @@ PER_TYPE: dict[str, st.SearchStrategy[wire.ControlMessage]] = {
     "RelayProof": ws.relay_proofs(),
     "ObserveAddress": ws.observe_addresses(),
     "ObservedAddress": ws.observed_addresses(),
+    "CircuitCredit": ws.circuit_credits(),
+    "CircuitWindow": ws.circuit_windows(),
 }
 
 

@@ -24,7 +24,9 @@ from meshcore.proto.wire import (
     Auth,
     Challenge,
     CircuitClose,
+    CircuitCredit,
     CircuitOpen,
+    CircuitWindow,
     Close,
     Connect,
     ControlType,
@@ -78,6 +80,8 @@ SAMPLES: list[wire.ControlMessage] = [
     RelayProof(b"\x88" * 32),
     ObserveAddress(3),
     ObservedAddress(3, V6),
+    CircuitCredit(9, 65536),
+    CircuitWindow(9, 4 * 1024 * 1024),
 ]
 IDS = [type(m).__name__ for m in SAMPLES]
 
@@ -90,7 +94,9 @@ def test_public_api_is_pinned() -> None:
             "Auth",
             "Challenge",
             "CircuitClose",
+            "CircuitCredit",
             "CircuitOpen",
+            "CircuitWindow",
             "Close",
             "Connect",
             "ControlMessage",
@@ -172,6 +178,11 @@ def test_observe_address_layouts() -> None:
     answer = encode_control(ObservedAddress(5, V4))
     assert answer == b"\x01\x19" + (5).to_bytes(8, "big") + b"\x04\xc0\x00\x02\x01\x1b\x58"
     assert len(encode_control(ObservedAddress(5, V6))) == 29
+
+
+def test_credit_layouts() -> None:
+    assert encode_control(CircuitCredit(5, 7)) == b"\x01\x1a" + struct.pack(">QI", 5, 7)
+    assert encode_control(CircuitWindow(5, 7)) == b"\x01\x1b" + struct.pack(">QI", 5, 7)
 
 
 def test_relayed_layout_is_header_length_payload() -> None:

@@ -45,7 +45,9 @@ __all__ = [
     "Auth",
     "Challenge",
     "CircuitClose",
+    "CircuitCredit",
     "CircuitOpen",
+    "CircuitWindow",
     "Close",
     "Connect",
     "ControlMessage",
@@ -97,6 +99,8 @@ class ControlType(enum.IntEnum):
     RELAY_PROOF = 22
     OBSERVE_ADDRESS = 24
     OBSERVED_ADDRESS = 25
+    CIRCUIT_CREDIT = 26
+    CIRCUIT_WINDOW = 27
 
 
 class ErrorCode(enum.IntEnum):
@@ -368,6 +372,26 @@ class ObservedAddress:
     observed: Endpoint = attrs.field(**_ENDPOINT.spec)
 
 
+@attrs.frozen
+class CircuitCredit:
+    """relay -> peer, on a credited connection (docs/relay.md): you may send `credit` more
+    payload bytes on this circuit; the relay grants it as the circuit's queue drains."""
+
+    TYPE: ClassVar = ControlType.CIRCUIT_CREDIT
+    circuit_id: int = attrs.field(**U64.spec)
+    credit: int = attrs.field(**U32.spec)
+
+
+@attrs.frozen
+class CircuitWindow:
+    """relay -> peer, on a credited connection, first when a circuit opens: the circuit is
+    credited, and `window` is the most credit it may hold at once (the path's window cap)."""
+
+    TYPE: ClassVar = ControlType.CIRCUIT_WINDOW
+    circuit_id: int = attrs.field(**U64.spec)
+    window: int = attrs.field(**U32.spec)
+
+
 ControlMessage = (
     Hello
     | Challenge
@@ -390,13 +414,15 @@ ControlMessage = (
     | RelayProof
     | ObserveAddress
     | ObservedAddress
+    | CircuitCredit
+    | CircuitWindow
 )
 """Any relay control message."""
 
 _CLASSES: Final[tuple[type[ControlMessage], ...]] = (
     Hello, Challenge, Auth, Registered, Connect, Invite, Accept, Reject, Paired,
     CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close, ObserveAddress,
-    ObservedAddress, RelayIdentity, RelayChallenge, RelayProof,
+    ObservedAddress, RelayIdentity, RelayChallenge, RelayProof, CircuitCredit, CircuitWindow,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[ControlType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls)) for cls in _CLASSES

@@ -36,7 +36,9 @@ __all__ = [
     "candidate_tuples",
     "challenges",
     "circuit_closes",
+    "circuit_credits",
     "circuit_opens",
+    "circuit_windows",
     "close_messages",
     "connects",
     "control_messages",
@@ -212,6 +214,16 @@ def observed_addresses() -> st.SearchStrategy[wire.ObservedAddress]:
     return st.builds(wire.ObservedAddress, _U64, endpoints())
 
 
+def circuit_credits() -> st.SearchStrategy[wire.CircuitCredit]:
+    """CircuitCredit messages (the relay's grants)."""
+    return st.builds(wire.CircuitCredit, _U64, _U32)
+
+
+def circuit_windows() -> st.SearchStrategy[wire.CircuitWindow]:
+    """CircuitWindow messages (a credited circuit's window cap)."""
+    return st.builds(wire.CircuitWindow, _U64, _U32)
+
+
 def error_messages() -> st.SearchStrategy[wire.Error]:
     """Error messages (wire.Error)."""
     return st.builds(wire.Error, error_codes(), reasons())
@@ -266,6 +278,8 @@ def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
         relay_proofs(),
         observe_addresses(),
         observed_addresses(),
+        circuit_credits(),
+        circuit_windows(),
     )
 
 

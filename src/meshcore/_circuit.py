@@ -36,6 +36,10 @@ class CircuitOwner(Protocol):
         """The relay's URL."""
         ...
 
+    def max_window(self, circuit_id: int) -> int:
+        """The largest window a session may use on the circuit."""
+        ...
+
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
         """Send `payload` on the circuit; raises `TransportClosed` if it is gone."""
         ...
@@ -64,6 +68,7 @@ class CircuitTransport(Transport):
         """A frame already taken from the circuit (to route it), still to be read."""
         self.dropped = 0
         """Frames lost because nobody read them fast enough (the session retransmits)."""
+        self._credit = trio.lowlevel.ParkingLot()
 
     @property
     def local_address(self) -> Endpoint | None:
@@ -81,7 +86,17 @@ class CircuitTransport(Transport):
     def relay_url(self) -> str | None:
         return self._client.url
 
+    @property
+    def max_window(self) -> int:
+        """The largest window (bytes in flight) a session may use on this circuit: the
+        credit window the relay grants it (CircuitWindow), or, from a relay without credits,
+        the window that fits its drop-tail circuit queue (RELAY_UNCREDITED_WINDOW_BYTES).
+        A session following the path's bandwidth-delay product stays at or under it."""
+        return self._client.max_window(self.circuit_id)
+
     async def send(self, data: bytes) -> None:
+        """Send one frame; on a credited circuit, waits for the relay's credit first.
+        Cancelling the wait sends nothing."""
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
         await self._client.send_relayed(self.circuit_id, data)
@@ -115,12 +130,22 @@ class CircuitTransport(Transport):
         except trio.ClosedResourceError:
             pass
 
+    async def wait_for_credit(self) -> None:
+        """Wait until the relay grants credit or the circuit closes (called by the client)."""
+        if self._close_reason is None:
+            await self._credit.park()
+
+    def credit_granted(self) -> None:
+        """The relay granted credit (called by the client): wake the waiting senders."""
+        self._credit.unpark_all()
+
     def mark_closed(self, reason: str) -> None:
         """The circuit ended (called by the client, or by `aclose`): frames already queued
         can still be read, then `receive` raises `TransportClosed(reason)`."""
         if self._close_reason is None:
             self._close_reason = reason
             self._send_q.close()
+            self._credit.unpark_all()
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
 from meshcore.proto.constants import (
+    RELAY_CREDIT_SUBPROTOCOL,
     RELAY_DEAD_AFTER_S,
     RELAY_HEARTBEAT_S,
     RELAY_RECONNECT_MAX_S,
@@ -295,14 +296,23 @@ class RelayClient:
         return result.circuit if isinstance(result, Pairing) else result
 
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
-        """Send `payload` on circuit `circuit_id` (`CircuitTransport.send`).
+        """Send `payload` on circuit `circuit_id` (`CircuitTransport.send`), first waiting
+        for the relay's credit on a credited connection (cancelling that wait sends nothing).
 
         Raises `TransportClosed` if the circuit or the connection is gone.
         """
-        data = self._core.send_relayed(circuit_id, payload)
+        while (data := self._core.send_relayed(circuit_id, payload)) is None:
+            circuit = self._circuits.get(circuit_id)
+            if circuit is None:
+                raise TransportClosed("circuit closed")
+            await circuit.wait_for_credit()
         link = self._link
         assert link is not None  # an open circuit implies a registered connection
         await link.send(data)
+
+    def max_window(self, circuit_id: int) -> int:
+        """The largest window a session may use on the circuit (`CircuitTransport.max_window`)."""
+        return self._core.max_window(circuit_id)
 
     async def release_circuit(self, circuit_id: int, reason: str) -> None:
         """Release circuit `circuit_id` (`CircuitTransport.aclose`): the relay and the peer
@@ -345,9 +355,12 @@ class RelayClient:
                 return
             opened = False
             try:
-                async with open_transport(self.url, local_port=self._local_port) as transport:
+                async with open_transport(
+                    self.url, local_port=self._local_port, subprotocols=(RELAY_CREDIT_SUBPROTOCOL,)
+                ) as transport:
                     opened = True
-                    await self._serve_connection(transport)
+                    credited = transport.subprotocol == RELAY_CREDIT_SUBPROTOCOL
+                    await self._serve_connection(transport, credited)
             except (MeshError, OSError) as exc:
                 if not opened:  # the dial failed
                     self._execute(self._core.connection_failed(exc, trio.current_time()))
@@ -357,14 +370,15 @@ class RelayClient:
             if self._fatal is not None:
                 raise self._fatal
 
-    async def _serve_connection(self, transport: Transport) -> None:
+    async def _serve_connection(self, transport: Transport, credited: bool) -> None:
         link = self._link = _Link(transport)
         reason = "relay closed the connection"
         try:
             with link.scope:
                 port = self._local_port if self.direct is not None else None
                 local = [] if port is None else local_candidates(transport.local_address, port)
-                await self._run(self._core.connection_opened(local, trio.current_time()))
+                now = trio.current_time()
+                await self._run(self._core.connection_opened(local, now, credited=credited))
                 while True:
                     data = await transport.receive()
                     await self._run(self._core.receive_data(data, trio.current_time()))
@@ -452,6 +466,10 @@ class RelayClient:
             case ev.PairingFailed() | ev.CircuitOpenFailed():
                 if not self._resolve(out.ticket, out.error):  # one we accepted on our own
                     log.info("pairing again with %s failed: %s", out.peer_id, out.error)
+            case ev.CreditGranted():
+                granted = self._circuits.get(out.circuit_id)
+                if granted is not None:
+                    granted.credit_granted()
             case ev.CircuitClosed():
                 closed = self._circuits.pop(out.circuit_id, None)
                 if closed is not None:

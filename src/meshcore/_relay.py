@@ -4,7 +4,10 @@ Per connection, one task reads, decodes and feeds the matchmaker, and one task d
 bounded send queue. A slow reader never makes the relay buffer without bound: relayed frames
 beyond a circuit's, a connection's or the relay's queue bound are dropped (or the circuit is
 closed with QUEUE_OVERFLOW), and a peer that lets control messages pile up is disconnected.
-No protocol decision is made here; docs/relay.md has the rules. What it counts itself (queue
+Connections that agreed to credits (a WebSocket subprotocol) send relayed frames only within
+the credit `meshcore.proto.relayflow` grants, so their frames are never dropped and all of
+them together stay under `max_buffer_bytes`. No protocol decision is made here; docs/relay.md
+has the rules. What it counts itself (queue
 drops by reason, the challenge's CPU time) is plain numbers, read by the metrics at scrape time.
 """
 
@@ -28,6 +31,7 @@ from meshcore._transport import WebSocketTransport, serve_transport
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_CLOSE_FLUSH_S,
+    RELAY_CREDIT_SUBPROTOCOL,
     RELAY_DEFAULT_PORT,
     RELAY_SHUTDOWN_GRACE_S,
 )
@@ -46,7 +50,8 @@ from meshcore.proto.matchmaker import (
     Send,
 )
 from meshcore.proto.relayauth import PendingAuth, make_challenge
-from meshcore.proto.wire import Challenge, encode_control
+from meshcore.proto.relayflow import CreditGrant, RelayFlow
+from meshcore.proto.wire import RELAYED_HEADER_BYTES, Challenge, CircuitCredit, encode_control
 
 __all__ = ["RelayConfig", "RelayCounters", "RelayServer", "RelayStats", "serve_relay"]
 
@@ -105,8 +110,8 @@ class RelayCounters:
     """Registrations, pairings, refusals and closes by reason, bytes and frames forwarded."""
     dropped: Mapping[str, int]
     """Relayed frames dropped by the relay's queues, by reason: "circuit_queue",
-    "connection_queue", "relay_queue" (its bound was reached) or "connection_closed" (the
-    receiver was gone or closing)."""
+    "connection_queue", "relay_queue" (its bound was reached), "connection_closed" (the
+    receiver was gone or closing) or "no_credit" (a credited sender overdrew its credit)."""
     challenge_cpu_s: HistogramSnapshot
     """CPU seconds each KEM challenge (made for a Hello) took."""
 
@@ -119,6 +124,7 @@ class _Link:
         "closing",
         "conn_id",
         "control",
+        "credits",
         "lot",
         "per_circuit",
         "queue",
@@ -135,6 +141,7 @@ class _Link:
         self.per_circuit: dict[int, list[int]] = {}  # circuit id -> [frames, bytes] queued
         self.queued_bytes = 0
         self.control = 0
+        self.credits: dict[int, int] = {}  # circuit id -> credit to grant, ahead of the queue
         self.closing = False
         self.close_reason = ""
         self.write_scope = trio.CancelScope()
@@ -150,6 +157,7 @@ class _Relay:
         self.mm = Matchmaker(
             config.limits, identity=config.identity, challenger=self._timed_challenge
         )
+        self.flow = RelayFlow(config.limits, self.mm.circuit_members)
         self.links: dict[int, _Link] = {}
         self._conn_ids = itertools.count(1)
         self._timer_scope = trio.CancelScope()
@@ -178,6 +186,8 @@ class _Relay:
             addr = transport.remote_address
             if addr is None:  # not an IP connection: nothing to rate-limit or report
                 return
+            credited = transport.subprotocol == RELAY_CREDIT_SUBPROTOCOL
+            self.flow.connection_opened(conn_id, credited=credited)
             self.run(self.mm.connection_opened(conn_id, addr, trio.current_time()))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, link)
@@ -188,6 +198,8 @@ class _Relay:
             del self.links[conn_id]
             self._release(link)
             self.run(self.mm.connection_closed(conn_id, reason, trio.current_time()))
+            for grant in self.flow.connection_closed(conn_id):
+                self._grant(grant)
             if self._shutting_down and not self.links:
                 self._all_closed.set()
 
@@ -206,8 +218,14 @@ class _Relay:
         try:
             with link.write_scope:
                 while True:
-                    while not link.queue:
+                    while not link.queue and not link.credits:
                         await link.lot.park()
+                    if link.credits:  # credit overtakes queued frames: it unblocks a sender
+                        credits, link.credits = link.credits, {}
+                        await transport.send_many(
+                            [encode_control(CircuitCredit(*item)) for item in credits.items()]
+                        )
+                        continue
                     data, circuit_id = link.queue.popleft()
                     if data is None:
                         break
@@ -220,8 +238,8 @@ class _Relay:
     # --- outputs ----------------------------------------------------------------------------
 
     def run(self, outputs: list[Output]) -> None:
-        """Execute the matchmaker's outputs, in order."""
-        for out in outputs:
+        """Execute the matchmaker's outputs (and what flow control adds to them), in order."""
+        for out in self.flow.watch(outputs):
             kind = type(out)
             if kind is Forward:
                 assert isinstance(out, Forward)
@@ -232,6 +250,9 @@ class _Relay:
             elif kind is CloseConnection:
                 assert isinstance(out, CloseConnection)
                 self._close(out.conn_id, out.reason)
+            elif kind is CreditGrant:
+                assert isinstance(out, CreditGrant)
+                self._grant(out)
             else:
                 assert isinstance(out, LogEvent)
                 _log_event(out)
@@ -260,7 +281,11 @@ class _Relay:
         limits, size, cid = self.limits, len(out.data), out.circuit_id
         queued = link.per_circuit.get(cid)
         full = ""
-        if queued is not None and (
+        credit = self.flow.arrived(out.conn_id, cid, size - RELAYED_HEADER_BYTES)
+        if credit is not None:  # a credited lane: the credit is its bound
+            if not credit:
+                full = "no_credit"
+        elif queued is not None and (
             queued[0] >= limits.circuit_queue_frames
             or queued[1] + size > limits.circuit_queue_bytes
         ):
@@ -271,7 +296,7 @@ class _Relay:
             full = "relay_queue"
         if full:
             self.dropped[full] += 1
-            if limits.overflow == "close":
+            if limits.overflow == "close" and credit is None:
                 self.run(self.mm.circuit_overflow(cid, trio.current_time()))
             return
         if queued is None:
@@ -296,6 +321,23 @@ class _Relay:
             del link.per_circuit[circuit_id]
         link.queued_bytes -= size
         self.queued_bytes -= size
+        for grant in self.flow.drained(link.conn_id, circuit_id, size - RELAYED_HEADER_BYTES):
+            self._grant(grant)
+
+    def _grant(self, grant: CreditGrant) -> None:
+        """Hand `grant` to its sender: ahead of its queued frames, unless control messages
+        wait there (a Paired must reach the peer before the credit of its circuit)."""
+        link = self.links.get(grant.sender)
+        if link is None or link.closing:
+            return
+        if link.control:
+            self._send_control(
+                grant.sender, encode_control(CircuitCredit(grant.circuit_id, grant.credit))
+            )
+            return
+        credits = link.credits
+        credits[grant.circuit_id] = credits.get(grant.circuit_id, 0) + grant.credit
+        link.lot.unpark()
 
     def _release(self, link: _Link) -> None:
         """Give back the queue accounting of everything still queued on `link`."""
@@ -371,6 +413,11 @@ class _Relay:
             dropped=dict(self.dropped),
             challenge_cpu_s=self.challenge_cpu.snapshot(),
         )
+
+
+def _subprotocols(limits: RelayLimits) -> tuple[str, ...]:
+    """What the relay agrees to in the WebSocket upgrade."""
+    return (RELAY_CREDIT_SUBPROTOCOL,) if limits.flow_control == "credit" else ()
 
 
 def _format_value(value: str | int | float) -> str:
@@ -455,6 +502,7 @@ async def serve_relay(
                         config.host,
                         config.port,
                         max_message=config.limits.max_message_bytes,
+                        subprotocols=_subprotocols(config.limits),
                     )
                 )
                 nursery.start_soon(relay.run_timers)

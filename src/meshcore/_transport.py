@@ -181,6 +181,11 @@ class WebSocketTransport(Transport):
         """The largest message this side sends or accepts, in bytes."""
         return self._max_message
 
+    @property
+    def subprotocol(self) -> str | None:
+        """The WebSocket subprotocol both sides agreed on in the upgrade, if any."""
+        return self._ws.subprotocol
+
     async def send(self, data: bytes) -> None:
         """Send `data` as one binary WebSocket message.
 
@@ -332,6 +337,7 @@ async def _websocket_on_stream(
     max_message: int,
     receive_queue: int,
     close_timeout: float,
+    subprotocols: Sequence[str] = (),
 ) -> AsyncIterator[WebSocketTransport]:
     """Run the WebSocket upgrade on `stream` (which we then own) and yield the transport.
 
@@ -353,6 +359,7 @@ async def _websocket_on_stream(
                         resource,
                         max_message,
                         receive_queue,
+                        subprotocols,
                     )
                 except ConnectionClosed:
                     ws = None
@@ -383,6 +390,7 @@ async def _upgrade(
     resource: str,
     max_message: int,
     receive_queue: int,
+    subprotocols: Sequence[str],
 ) -> WebSocketConnection:
     common: dict[str, Any] = {
         "message_queue_size": receive_queue,
@@ -390,9 +398,11 @@ async def _upgrade(
         "receive_buffer_size": _READ_BYTES,
     }
     if client:
+        common["subprotocols"] = subprotocols or None
         return await wrap_client_stream(nursery, stream, host, resource, **common)  # type: ignore[arg-type]
     request = await wrap_server_stream(nursery, stream, **common)
-    return await request.accept()
+    chosen = next((p for p in request.proposed_subprotocols if p in subprotocols), None)  # ours
+    return await request.accept(subprotocol=chosen)
 
 
 def _upgrade_failed(
@@ -420,8 +430,10 @@ async def open_transport(
     max_message: int = MAX_CONTROL_BYTES,
     receive_queue: int = TRANSPORT_RECEIVE_QUEUE_MESSAGES,
     close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
+    subprotocols: Sequence[str] = (),
 ) -> AsyncIterator[WebSocketTransport]:
     """Connect to a `ws://host:port/path` URL and yield the transport; close it on exit.
+    `subprotocols` are offered in the upgrade (`WebSocketTransport.subprotocol`: the agreed).
 
     With `local_port`, the TCP socket is bound to that port with SO_REUSEADDR and
     SO_REUSEPORT before connecting, so the relay connection, the direct listener and direct
@@ -456,6 +468,7 @@ async def open_transport(
         max_message=max_message,
         receive_queue=receive_queue,
         close_timeout=close_timeout,
+        subprotocols=subprotocols,
     ) as transport:
         yield transport
 
@@ -470,6 +483,7 @@ async def serve_transport(
     receive_queue: int = TRANSPORT_RECEIVE_QUEUE_MESSAGES,
     handshake_timeout: float = TRANSPORT_HANDSHAKE_TIMEOUT_S,
     close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
+    subprotocols: Sequence[str] = (),
     task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(transport)` for each.
@@ -481,6 +495,7 @@ async def serve_transport(
     the error logged); `TransportClosed` from a handler is the remote leaving and is not an
     error. Connections that do not finish the upgrade within `handshake_timeout` are dropped.
     With `reuse_port`, the listening socket has SO_REUSEPORT (to share its port with dials).
+    Of the subprotocols a client offers, the first one in `subprotocols` is agreed.
 
     Runs until cancelled; cancellation closes the listeners and cancels every handler, whose
     connection then closes as in `open_transport`. Raises ConfigError if it cannot listen.
@@ -511,6 +526,7 @@ async def serve_transport(
                 max_message=max_message,
                 receive_queue=receive_queue,
                 close_timeout=close_timeout,
+                subprotocols=subprotocols,
             ) as transport:
                 await handler(transport)
         except TransportClosed as exc:

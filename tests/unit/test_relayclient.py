@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from meshcore.errors import DecodeError, HandshakeError, ProtocolError, RelayError, TransportClosed
 from meshcore.proto import wire
-from meshcore.proto.constants import MAX_CANDIDATES
+from meshcore.proto.constants import MAX_CANDIDATES, RELAY_UNCREDITED_WINDOW_BYTES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PublicBundle
 from meshcore.proto.packet import PacketType
@@ -30,6 +30,7 @@ from meshcore.proto.relayclient_outputs import (
     CloseConnection,
     Closed,
     ConnectionLost,
+    CreditGranted,
     InvitationAccepted,
     Invited,
     Output,
@@ -83,6 +84,7 @@ class Client:
         self.core = RelayClientCore(identity, URL, **kwargs)  # type: ignore[arg-type]
         self.now = 100.0
         self.tickets = iter(range(1, 1_000_000))
+        self.credited = False
 
     def feed(self, msg: wire.ControlMessage) -> list[Output]:
         return self.core.receive_data(wire.encode_control(msg), self.now)
@@ -92,7 +94,8 @@ class Client:
         return self.core.handle_timer(self.now)
 
     def open(self, local: Sequence[Endpoint] = ()) -> wire.Hello:
-        return only(sent(self.core.connection_opened(local, self.now)), wire.Hello)
+        out = self.core.connection_opened(local, self.now, credited=self.credited)
+        return only(sent(out), wire.Hello)
 
     def register(self, observed: Endpoint = OBSERVED) -> list[Output]:
         """Connect (or reconnect) and register with a real challenge."""
@@ -461,11 +464,59 @@ def test_relayed_frames_arrive_on_their_circuit_and_unknown_circuits_are_ignored
 
 def test_send_relayed_encodes_on_open_circuits_only(client: Client) -> None:
     client.pair(BOB, cid=77)
-    assert wire.decode_control_untrusted(client.core.send_relayed(77, b"x")) == wire.Relayed(
-        77, b"x"
-    )
+    data = client.core.send_relayed(77, b"x")
+    assert data is not None and wire.decode_control_untrusted(data) == wire.Relayed(77, b"x")
     with pytest.raises(TransportClosed):
         client.core.send_relayed(78, b"x")
+
+
+@pytest.fixture
+def credited() -> Client:
+    c = Client()
+    c.credited = True
+    c.register()
+    return c
+
+
+def test_on_a_credited_connection_a_frame_waits_for_credit(credited: Client) -> None:
+    credited.pair(BOB, cid=77)
+    assert credited.core.credited
+    assert credited.core.send_relayed(77, b"abc") is None
+    assert credited.feed(wire.CircuitCredit(77, 5)) == [CreditGranted(77)]
+    data = credited.core.send_relayed(77, b"abc")
+    assert data is not None and wire.decode_control_untrusted(data) == wire.Relayed(77, b"abc")
+    assert credited.core.send_relayed(77, b"abc") is None  # 2 bytes left: not enough
+    assert credited.core.send_relayed(77, b"ab") is not None
+
+
+def test_the_window_a_credited_circuit_may_use_is_the_relays(credited: Client) -> None:
+    credited.pair(BOB, cid=77)
+    assert credited.core.max_window(77) == RELAY_UNCREDITED_WINDOW_BYTES  # not told yet
+    assert credited.feed(wire.CircuitWindow(77, 4_000_000)) == []
+    assert credited.core.max_window(77) == 4_000_000
+
+
+def test_credit_for_unknown_circuits_is_ignored(credited: Client) -> None:
+    assert credited.feed(wire.CircuitCredit(78, 5)) == []
+    assert credited.feed(wire.CircuitWindow(78, 5)) == []
+
+
+def test_without_credits_frames_go_at_once_and_credit_messages_change_nothing(
+    client: Client,
+) -> None:
+    client.pair(BOB, cid=77)
+    assert not client.core.credited
+    assert client.feed(wire.CircuitWindow(77, 4_000_000)) == []
+    assert client.feed(wire.CircuitCredit(77, 5)) == []
+    assert client.core.send_relayed(77, bytes(60_000)) is not None
+    assert client.core.max_window(77) == RELAY_UNCREDITED_WINDOW_BYTES
+
+
+def test_a_reconnect_without_credits_turns_them_off(credited: Client) -> None:
+    credited.core.connection_lost("gone", credited.now)
+    credited.credited = False
+    credited.register()
+    assert not credited.core.credited
 
 
 def test_closing_a_circuit_tells_the_relay_once(client: Client) -> None:

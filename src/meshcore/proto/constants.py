@@ -144,6 +144,18 @@ RELAY_CONNECTION_QUEUE_BYTES: Final = 1024 * 1024
 """Relayed bytes queued towards one connection, over all its circuits (drop-tail beyond)."""
 RELAY_TOTAL_QUEUE_BYTES: Final = 256 * 1024 * 1024
 """Relayed bytes queued in the whole relay (drop-tail beyond): memory stays bounded."""
+RELAY_MAX_BUFFER_BYTES: Final = 256 * 1024 * 1024
+"""Relayed bytes the relay holds for credited circuits, granted or queued (docs/relay.md)."""
+RELAY_CIRCUIT_WINDOW_BYTES: Final = 4 * 1024 * 1024
+"""The most credit one credited circuit direction may hold: 4 MiB fills ~800 Mbit/s at a
+40 ms relay path (window / RTT), well past the 200 Mbit/s the relay path aims for."""
+RELAY_INITIAL_CREDIT_BYTES: Final = 256 * 1024
+"""A credited circuit's first grant (the old per-circuit queue); it grows while it is used."""
+RELAY_UNCREDITED_WINDOW_BYTES: Final = 192 * 1024
+"""The window a session may use on a circuit without credits: under the relay's 256 KiB
+drop-tail circuit queue (RELAY_CIRCUIT_QUEUE_BYTES), so a relay of an older build drops nothing."""
+RELAY_CREDIT_SUBPROTOCOL: Final = "meshcore-credit.1"
+"""The WebSocket subprotocol that turns per-circuit credits on (docs/wire-control.md)."""
 RELAY_CONTROL_QUEUE_MESSAGES: Final = 256
 """Control messages queued towards one connection; a peer that lets more pile up is closed."""
 RELAY_MAX_TRACKED_ADDRESSES: Final = 65536

@@ -13,8 +13,10 @@ import attrs
 
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
+    MAX_FRAME_BYTES,
     RELAY_CIRCUIT_QUEUE_BYTES,
     RELAY_CIRCUIT_QUEUE_FRAMES,
+    RELAY_CIRCUIT_WINDOW_BYTES,
     RELAY_CONNECTION_QUEUE_BYTES,
     RELAY_CONNECTIONS_BURST_PER_IP,
     RELAY_CONNECTIONS_PER_S_PER_IP,
@@ -22,6 +24,7 @@ from meshcore.proto.constants import (
     RELAY_HELLO_DEADLINE_S,
     RELAY_IDLE_TIMEOUT_S,
     RELAY_INVITE_TIMEOUT_S,
+    RELAY_MAX_BUFFER_BYTES,
     RELAY_MAX_CIRCUITS,
     RELAY_MAX_CIRCUITS_PER_PEER,
     RELAY_MAX_INVITES_PER_PEER,
@@ -93,8 +96,16 @@ class RelayLimits:
     """Every limit the relay enforces; each bounds a table, a rate or a wait.
 
     Defaults come from `meshcore.proto.constants` (with their sources there). The queue
-    bounds are enforced by the trio driver, the rest by the `Matchmaker`.
+    bounds are enforced by the trio driver, the credits by `meshcore.proto.relayflow`, the
+    rest by the `Matchmaker`.
     """
+
+    def __attrs_post_init__(self) -> None:
+        if self.circuit_window_bytes > self.max_buffer_bytes:
+            raise ValueError(
+                f"circuit_window_bytes ({self.circuit_window_bytes}) must be at most "
+                f"max_buffer_bytes ({self.max_buffer_bytes}); raise max_buffer_bytes"
+            )
 
     hello_deadline_s: float = limit(
         RELAY_HELLO_DEADLINE_S,
@@ -154,6 +165,25 @@ class RelayLimits:
     )
     total_queue_bytes: int = limit(
         RELAY_TOTAL_QUEUE_BYTES, "relayed bytes queued in the whole relay", ONE_OR_MORE
+    )
+    flow_control: Literal["credit", "drop"] = limit(
+        "credit",
+        'relayed frames from peers that ask for it: "credit" (the relay grants each circuit '
+        'credit as it drains; nothing is dropped) or "drop" (drop-tail queues only, as relays '
+        "before credits)",
+        attrs.validators.in_(("credit", "drop")),
+    )
+    max_buffer_bytes: int = limit(
+        RELAY_MAX_BUFFER_BYTES,
+        "relayed bytes held for credited circuits in the whole relay, granted or queued; "
+        "shared fairly among them",
+        at_least(MAX_FRAME_BYTES),
+    )
+    circuit_window_bytes: int = limit(
+        RELAY_CIRCUIT_WINDOW_BYTES,
+        "most credit one credited circuit direction may hold (its window on the relay path)",
+        at_least(MAX_FRAME_BYTES),
+        at_most(0xFFFF_FFFF),
     )
     control_queue_messages: int = limit(
         RELAY_CONTROL_QUEUE_MESSAGES,

@@ -34,6 +34,7 @@ from meshcore.proto.constants import (
     RELAY_RECONNECT_JITTER,
     RELAY_RECONNECT_MAX_S,
     RELAY_RECONNECT_MIN_S,
+    RELAY_UNCREDITED_WINDOW_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.heartbeat import Heartbeat
@@ -59,6 +60,8 @@ from meshcore.proto.relayclient_outputs import (
     SendBytes,
 )
 from meshcore.proto.relayclient_records import ClientCircuit, Request, RequestKind
+from meshcore.proto.relayregistration import CONNECTED_STATES as _CONNECTED
+from meshcore.proto.relayregistration import REGISTERING_STATES as _REGISTERING
 from meshcore.proto.relayregistration import Registration, RelayClientState
 
 __all__ = ["NO_SESSION", "RelayClientCore", "RelayClientState"]
@@ -66,17 +69,6 @@ __all__ = ["NO_SESSION", "RelayClientCore", "RelayClientState"]
 NO_SESSION: Final = "no session for this circuit"
 """Why a circuit the peer opened is closed when none of our sessions takes it."""
 _NOBODY_ASKED: Final = "nobody waits for this circuit"
-
-
-_CONNECTED: Final = frozenset(
-    (
-        RelayClientState.VERIFYING,
-        RelayClientState.HELLO_SENT,
-        RelayClientState.AUTHENTICATING,
-        RelayClientState.REGISTERED,
-    )
-)
-_REGISTERING: Final = _CONNECTED - {RelayClientState.REGISTERED}
 
 
 _T_PHASE: Final = 0  # the registration deadline, or the end of the reconnect wait
@@ -142,6 +134,8 @@ class RelayClientCore:
         """Why the machine ended for good (None until CLOSED)."""
         self.verified = False
         """The relay proved `relay_id` on the current (or the last) connection."""
+        self.credited = False
+        """The relay grants per-circuit credit on the current connection (docs/relay.md)."""
         self.relay_keys: PublicBundle | None = None
         """The keys the relay presented on the last connection (checked only with `relay_id`)."""
         self._phase_deadline: float | None = None
@@ -172,9 +166,12 @@ class RelayClientCore:
 
     # --- the connection ---------------------------------------------------------------------
 
-    def connection_opened(self, local_candidates: Sequence[Endpoint], now: float) -> list[Output]:
+    def connection_opened(
+        self, local_candidates: Sequence[Endpoint], now: float, *, credited: bool = False
+    ) -> list[Output]:
         """The driver connected to the relay; `local_candidates` are the direct-connection
-        candidates on our shared port (announced after the configured ones)."""
+        candidates on our shared port (announced after the configured ones); `credited` if
+        the relay agreed to per-circuit credit in the upgrade."""
         if self.state is RelayClientState.CLOSED:
             return [CloseConnection(self.close_reason or "closed")]
         if self.state is not RelayClientState.CONNECTING:
@@ -185,6 +182,7 @@ class RelayClientCore:
         )
         self.state = attempt.state
         self.verified = False
+        self.credited = credited
         self._phase_deadline = now + self._timeout
         self._push_timer(self._phase_deadline, _T_PHASE, None)
         return [_send(msg) for msg in attempt.start()]
@@ -334,15 +332,28 @@ class RelayClientCore:
         close = wire.CircuitClose(circuit_id, wire.ErrorCode.NONE, wire.clip_reason(reason))
         return [_send(close), CircuitClosed(circuit_id, reason)]
 
-    def send_relayed(self, circuit_id: int, payload: bytes) -> bytes:
-        """The bytes that carry `payload` to the peer on `circuit_id` (to send at once).
+    def send_relayed(self, circuit_id: int, payload: bytes) -> bytes | None:
+        """The bytes that carry `payload` to the peer on `circuit_id` (to send at once), or
+        None on a credited connection until the circuit has that much credit (wait for
+        `CreditGranted`, then ask again).
 
         Raises `TransportClosed` if the circuit is not open, ValueError for a payload over
         MAX_FRAME_BYTES.
         """
-        if circuit_id not in self._circuits:
+        circuit = self._circuits.get(circuit_id)
+        if circuit is None:
             raise TransportClosed(self.close_reason or "circuit closed")
+        if self.credited and not circuit.spend(len(payload)):
+            return None
         return wire.encode_relayed(circuit_id, payload)
+
+    def max_window(self, circuit_id: int) -> int:
+        """The largest window a session may use on the circuit: what the relay lets it hold
+        (CircuitWindow), else the window that fits an uncredited relay's queue."""
+        circuit = self._circuits.get(circuit_id)
+        if self.credited and circuit is not None and circuit.window:
+            return circuit.window
+        return RELAY_UNCREDITED_WINDOW_BYTES
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -518,6 +529,9 @@ class RelayClientCore:
             return self._circuit_open_msg(msg, now)
         if isinstance(msg, wire.CircuitClose):
             return self._circuit_close_msg(msg, now)
+        if isinstance(msg, wire.CircuitCredit | wire.CircuitWindow):
+            circuit = self._circuits.get(msg.circuit_id)
+            return circuit.granted(msg) if circuit is not None and self.credited else []
         if isinstance(msg, wire.Ping):
             return [_send(wire.Pong(msg.nonce))]
         if isinstance(msg, wire.Pong):

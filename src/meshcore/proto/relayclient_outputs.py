@@ -21,6 +21,7 @@ __all__ = [
     "CloseConnection",
     "Closed",
     "ConnectionLost",
+    "CreditGranted",
     "InvitationAccepted",
     "Invited",
     "Output",
@@ -202,6 +203,13 @@ class RelayedReceived:
     payload: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
 
 
+@attrs.frozen
+class CreditGranted:
+    """The relay granted credit on a credited circuit: senders waiting for it may go on."""
+
+    circuit_id: int
+
+
 Output = (
     SendBytes
     | CloseConnection
@@ -219,5 +227,6 @@ Output = (
     | CircuitReopened
     | CircuitClosed
     | RelayedReceived
+    | CreditGranted
 )
 """What the driver has to do or know, in order."""

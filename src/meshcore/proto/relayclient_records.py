@@ -7,8 +7,9 @@ import enum
 
 import attrs
 
+from meshcore.proto import wire
 from meshcore.proto.identity import PeerId
-from meshcore.proto.relayclient_outputs import Invited, PairingCompleted
+from meshcore.proto.relayclient_outputs import CreditGranted, Invited, Output, PairingCompleted
 
 __all__ = ["ClientCircuit", "Request", "RequestKind"]
 
@@ -52,3 +53,22 @@ class ClientCircuit:
     pairing: PairingCompleted | None = None
     invited: Invited | None = None
     """Both set when we paired again on our own (`accept(..., route=True)`)."""
+    credit: int = 0
+    """Payload bytes the relay lets us send, on a credited connection (docs/relay.md)."""
+    window: int = 0
+    """The most credit the relay lets this circuit hold (0: not told)."""
+
+    def spend(self, size: int) -> bool:
+        """Take `size` bytes of credit for a frame; False (nothing taken) if there is less."""
+        if size > self.credit:
+            return False
+        self.credit -= size
+        return True
+
+    def granted(self, msg: wire.CircuitCredit | wire.CircuitWindow) -> list[Output]:
+        """The relay's CircuitCredit (more credit: wake the senders) or CircuitWindow."""
+        if isinstance(msg, wire.CircuitWindow):
+            self.window = msg.window
+            return []
+        self.credit += msg.credit
+        return [CreditGranted(self.circuit_id)]

@@ -9,6 +9,7 @@ has not: a stranger on the relay's address learns nothing. docs/relay-client.md 
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 from meshcore.errors import (
     DecodeError,
@@ -23,7 +24,7 @@ from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.primitives import Primitives
 from meshcore.proto.relayauth import PendingAuth, answer_challenge, challenge_relay
 
-__all__ = ["Registration", "RelayClientState"]
+__all__ = ["CONNECTED_STATES", "REGISTERING_STATES", "Registration", "RelayClientState"]
 
 
 class RelayClientState(enum.Enum):
@@ -43,6 +44,19 @@ class RelayClientState(enum.Enum):
     """The connection, or an attempt at one, failed; waiting out the backoff."""
     CLOSED = "closed"
     """For good (replaced by another registration, closed, or the first attempt failed)."""
+
+
+CONNECTED_STATES: Final = frozenset(
+    (
+        RelayClientState.VERIFYING,
+        RelayClientState.HELLO_SENT,
+        RelayClientState.AUTHENTICATING,
+        RelayClientState.REGISTERED,
+    )
+)
+"""The states with a relay connection open."""
+REGISTERING_STATES: Final = CONNECTED_STATES - {RelayClientState.REGISTERED}
+"""The states of a connection still registering."""
 
 
 class Registration:

@@ -117,6 +117,34 @@ def test_canonical_check_agrees_with_pqcrypto(pos: int, bit: int) -> None:
     assert mlkem_public_key_is_canonical(bytes(key)) is library_accepts
 
 
+def reference_canonical(public: bytes) -> bool:
+    """FIPS 203's modulus check, one coefficient at a time."""
+    for i in range(0, 1152, 3):
+        d = public[i] | (public[i + 1] << 8) | (public[i + 2] << 16)
+        if (d & 0xFFF) >= 3329 or (d >> 12) >= 3329:
+            return False
+    return True
+
+
+_EDGE_BYTES = st.sampled_from([0x00, 0x01, 0x0C, 0x0D, 0x0E, 0x10, 0x1D, 0xCF, 0xD0, 0xD1, 0xFF])
+
+
+@given(st.data())
+def test_canonical_check_agrees_with_the_coefficient_loop(data: st.DataObject) -> None:
+    key = bytearray(KEM.public)
+    for _ in range(data.draw(st.integers(1, 6))):  # coefficients at and around q
+        pos = data.draw(st.integers(0, 1151))
+        key[pos] = data.draw(_EDGE_BYTES | st.integers(0, 255))
+    assert mlkem_public_key_is_canonical(bytes(key)) is reference_canonical(bytes(key))
+
+
+@pytest.mark.parametrize(("c1", "c2"), [(3328, 3328), (3329, 0), (0, 3329), (4095, 4095)])
+def test_canonical_check_at_the_modulus(c1: int, c2: int) -> None:
+    key = bytearray(KEM.public)
+    key[300:303] = (c1 | c2 << 12).to_bytes(3, "little")
+    assert mlkem_public_key_is_canonical(bytes(key)) is (c1 < 3329 and c2 < 3329)
+
+
 def test_canonical_check_accepts_real_keys() -> None:
     assert mlkem_public_key_is_canonical(KEM.public)
     assert not mlkem_public_key_is_canonical(KEM.public[:-1])

@@ -63,20 +63,41 @@ _MLKEM_T_BYTES: Final = _MLKEM_K * _MLKEM_POLY_BYTES  # 1152; then the 32-byte s
 _MLKEM_DK_PKE_BYTES: Final = _MLKEM_K * _MLKEM_POLY_BYTES  # 1152
 
 
+_LOW_NIBBLE: Final = bytes(b & 0x0F for b in range(256))
+_HIGH_NIBBLE: Final = bytes(b >> 4 for b in range(256))
+_B1_UP_TO_D: Final = bytes(b for b in range(256) if b & 0x0F <= 0xD)
+_B2_UP_TO_D0: Final = bytes(range(0xD1))
+
+
 def mlkem_public_key_is_canonical(public: bytes) -> bool:
     """True if `public` is a well-formed ML-KEM-768 encapsulation key (FIPS 203 §7.2 check).
 
     The check is the modulus test: every 12-bit coefficient of the encoded vector t must be
     below q = 3329. `pqcrypto`'s `encaps` performs the same test; this copy lets bundles be
-    validated without spending an encapsulation.
+    validated without spending an encapsulation. Bytes b0 b1 b2 hold the coefficients
+    c1 = b0 | (b1 & 0xF) << 8 and c2 = b1 >> 4 | b2 << 4, and q - 1 = 0xD00: so c1 < q iff
+    b1 & 0xF < 0xD, or it is 0xD and b0 is 0; c2 < q iff b2 < 0xD0, or it is 0xD0 and
+    b1 >> 4 is 0. Checked a column at a time in C (slices, translate, find): ~10 µs
+    instead of ~130 µs for a coefficient loop, on the relay's path for every Hello.
     """
     if len(public) != MLKEM768_PK_BYTES:
         return False
-    # Each 3 bytes hold two little-endian 12-bit coefficients.
-    for i in range(0, _MLKEM_T_BYTES, 3):
-        d = public[i] | (public[i + 1] << 8) | (public[i + 2] << 16)
-        if (d & 0xFFF) >= _MLKEM_Q or (d >> 12) >= _MLKEM_Q:
+    t = bytes(public[:_MLKEM_T_BYTES])
+    b0, b1, b2 = t[0::3], t[1::3], t[2::3]
+    if b1.translate(None, _B1_UP_TO_D) or b2.translate(None, _B2_UP_TO_D0):
+        return False  # a byte whose coefficient part alone is past q - 1
+    low = b1.translate(_LOW_NIBBLE)
+    i = low.find(0xD)
+    while i != -1:  # c1 = 0xD00 + b0
+        if b0[i]:
             return False
+        i = low.find(0xD, i + 1)
+    high = b1.translate(_HIGH_NIBBLE)
+    i = b2.find(0xD0)
+    while i != -1:  # c2 = 0xD00 + (b1 >> 4)
+        if high[i]:
+            return False
+        i = b2.find(0xD0, i + 1)
     return True
 
 

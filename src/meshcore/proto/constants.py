@@ -215,6 +215,10 @@ RELAY_RECONNECT_MAX_S: Final = 30.0
 """Longest wait between attempts to reconnect to the relay."""
 RELAY_RECONNECT_JITTER: Final = 0.5
 """Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""
+RELAY_RESTART_SPREAD_S: Final = 10.0
+"""After the relay says it is shutting down (Close SHUTDOWN: a restart, usually), the first
+reconnect waits up to this much more, uniformly: 10,000 peers come back at ~1,000/s, which a
+relay serves, instead of all within the first second (docs/relay-client.md)."""
 RELAY_HEARTBEAT_S: Final = 5.0
 """A peer pings its relay after this long without receiving anything on the connection (and
 again each time as long again passes), so that an idle connection still proves it lives."""

@@ -25,8 +25,9 @@ LaneKey = tuple[int, int]
 """(circuit id, receiving connection id): one direction of one circuit."""
 
 _BATCH_DIVISOR: Final = 4
-"""Credit is handed back in pieces of at least a quarter of the lane's limit (or at once to a
-sender left with less than one frame), so a stream of small frames does not cost a grant each."""
+"""Credit is handed back in pieces of at least a quarter of the lane's limit (or, once the
+lane's queue is empty, all of it to a sender left with less than one frame), so neither a
+stream of small frames nor a sender that waits for every byte costs a grant per frame."""
 
 
 @attrs.frozen
@@ -148,9 +149,10 @@ class CreditLedger:
         lane.limit = max(lane.limit, self.min_grant_bytes)
         out: list[CreditGrant] = []
         self._serve_starved(out)
-        # Hand back in batches; at once only when the sender may be waiting (it holds less
-        # than the largest frame), which also keeps every lane live.
-        self._top_up(key, lane, out, eager=lane.credit < self.min_grant_bytes)
+        # Hand back in batches; the rest once the queue is empty if the sender may be waiting
+        # (it holds less than the largest frame), which keeps every lane live.
+        eager = lane.queued == 0 and lane.credit < self.min_grant_bytes
+        self._top_up(key, lane, out, eager=eager)
         return out
 
     def close(self, key: LaneKey) -> list[CreditGrant]:

@@ -34,6 +34,7 @@ from meshcore.proto.constants import (
     RELAY_RECONNECT_JITTER,
     RELAY_RECONNECT_MAX_S,
     RELAY_RECONNECT_MIN_S,
+    RELAY_RESTART_SPREAD_S,
     RELAY_UNCREDITED_WINDOW_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
@@ -409,7 +410,7 @@ class RelayClientCore:
 
     def _timed_out(self, request: Request, now: float) -> list[Output]:
         if request.kind is RequestKind.OPEN:
-            return self._open_failed(request, _open_timeout(request), now)
+            return self._open_failed(request, request.open_timeout(), now)
         del self._requests[request.ticket]
         del self._by_rid[request.rid]
         error = RelayError(f"no answer from the relay within {request.timeout:g} s")
@@ -466,13 +467,15 @@ class RelayClientCore:
         out.append(RegistrationFailed(error, wait))
         return out
 
-    def _lose(self, reason: str, now: float, *, close: bool, permanent: bool) -> list[Output]:
-        """The registered connection ended: everything tied to it ends with it."""
+    def _lose(
+        self, reason: str, now: float, *, close: bool, permanent: bool, spread_s: float = 0.0
+    ) -> list[Output]:
+        """The registered connection ended, and all tied to it; wait up to `spread_s` more."""
         out: list[Output] = [CloseConnection(reason)] if close else []
         out += self._end_connection(reason)
         if permanent:
             return out + self._closed(reason)
-        wait = self._backoff.next_delay()
+        wait = self._backoff.next_delay() + spread_s * self._random.random()
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
@@ -541,7 +544,9 @@ class RelayClientCore:
             reason = f"relay closed the connection: {msg.reason or msg.code.name}"
             # another registration with our id took over: reconnecting would evict it in turn
             permanent = msg.code is wire.ErrorCode.REPLACED
-            return self._lose(reason, now, close=True, permanent=permanent)
+            herd = msg.code is wire.ErrorCode.SHUTDOWN  # every peer reconnects: spread out
+            spread = RELAY_RESTART_SPREAD_S if herd else 0.0
+            return self._lose(reason, now, close=True, permanent=permanent, spread_s=spread)
         return []  # a message only peers send, or the relay's keys again: nothing to do
 
     def _relayed(self, msg: wire.Relayed, now: float) -> list[Output]:
@@ -684,13 +689,7 @@ class RelayClientCore:
         head = self._opens[0]
         if head.deadline > now:
             return [_send(wire.CircuitOpen(0, head.peer.digest))]
-        return self._open_failed(head, _open_timeout(head), now)
-
-
-def _open_timeout(request: Request) -> RelayError:
-    return RelayError(
-        f"the relay did not open a circuit to {request.peer} within {request.timeout:g} s"
-    )
+        return self._open_failed(head, head.open_timeout(), now)
 
 
 def _send(msg: wire.ControlMessage) -> SendBytes:

@@ -7,6 +7,7 @@ import enum
 
 import attrs
 
+from meshcore.errors import RelayError
 from meshcore.proto import wire
 from meshcore.proto.identity import PeerId
 from meshcore.proto.relayclient_outputs import CreditGranted, Invited, Output, PairingCompleted
@@ -38,6 +39,12 @@ class Request:
     """Accepted on our own: the circuit is routed by its first frame, nobody waits on it."""
     fallback: bool = False
     """`reopen_circuit`: pair again if the relay does not open the circuit."""
+
+    def open_timeout(self) -> RelayError:
+        """The error of an open the relay did not answer in time."""
+        return RelayError(
+            f"the relay did not open a circuit to {self.peer} within {self.timeout:g} s"
+        )
     cancelled: bool = False
     """The driver stopped waiting, but the open is in flight and holds the one slot."""
 

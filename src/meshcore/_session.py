@@ -100,6 +100,11 @@ class SessionStatus:
     """Moves from the relay onto a direct path."""
     last_error: str | None
     """The latest path failure (failed race, fallback), or why the session ended."""
+    relay: str | None = None
+    """The relay carrying the session (its URL), None when it is direct or the relay is not
+    known by name."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
 
 
 class Session(trio.abc.Channel[bytes]):
@@ -184,6 +189,7 @@ class Session(trio.abc.Channel[bytes]):
             remote = str(address) if address is not None else None
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
+        relay = paths.relay
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
             path=self.path,
@@ -195,6 +201,8 @@ class Session(trio.abc.Channel[bytes]):
             frames_received=stats.frames_received,
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
+            relay=relay if isinstance(relay, str) else None,
+            relay_moves=paths.manager.relay_moves,
         )
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
@@ -310,7 +318,10 @@ class Session(trio.abc.Channel[bytes]):
         if self._driver is not None:
             raise RuntimeError("this session already has a path driver")
         self._paths.enable_direct(
-            controlling=controlling, settings=settings, now=trio.current_time()
+            controlling=controlling,
+            settings=settings,
+            now=trio.current_time(),
+            relay=driver.relay_of(self._relay_link.transport),
         )
         self._driver = driver
         self._changed()
@@ -452,6 +463,10 @@ class PathDriver(Protocol):
     def abort_direct(self, reason: str) -> bool:
         """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
 
+    def relay_of(self, transport: Transport) -> str | None:
+        """The relay a relay circuit runs through (its URL; None: unknown). A session keeps
+        at most one circuit per relay."""
+
 
 class PathControl:
     """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
@@ -533,11 +548,18 @@ class PathControl:
         return link
 
     def attach_relay(
-        self, transport: Transport, *, first_frame: bytes | None = None, opened_here: bool = False
+        self,
+        transport: Transport,
+        *,
+        first_frame: bytes | None = None,
+        opened_here: bool = False,
+        spare: bool = False,
     ) -> Link | None:
-        """A new relay circuit for the session: one the peer re-opened (with the
-        `first_frame` it arrived with), or one we re-opened (`opened_here`: a keepalive goes
-        out on it first, so that the peer can route it). It replaces the old circuit.
+        """A new relay circuit for the session: one the peer opened (with the `first_frame`
+        it arrived with), or one we opened (`opened_here`: a keepalive goes out on it first,
+        so that the peer can route it; `spare`: for an `OpenRelay(spare=True)`). It replaces
+        the session's circuit on the same relay (`PathDriver.relay_of`), and carries the
+        session if no other circuit does.
 
         Returns the link to run with `Session.run_link`, or None if the session has ended:
         then close `transport`.
@@ -546,13 +568,19 @@ class PathControl:
         if session._core.state is not SessionState.OPEN:
             return None
         link = Link(transport, "relay")
-        session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
+        session._paths.relay_up(
+            link,
+            trio.current_time(),
+            opened_here=opened_here,
+            relay=self._driver.relay_of(transport),
+            spare=spare,
+        )
         self._arrived(link, first_frame)
         return link
 
-    def relay_open_failed(self, reason: str) -> None:
-        """Re-opening the relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time())
+    def relay_open_failed(self, reason: str, *, spare: bool = False) -> None:
+        """Opening a relay circuit failed; the policy tries again while it is needed."""
+        self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
         self._session._changed()
 
     def detach(self) -> None:

@@ -12,6 +12,8 @@ The objects, each living inside the `async with` (or nursery) that made it:
   relay and a direct connection;
 - `connect` / `serve` / `open_peer_session`: all of that through a relay, in one call;
 - `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
+- `open_relay_network(relays)` (`RelayNetwork`) over a list or an `open_registry(source)`:
+  several relays, rendezvous by hashing, sessions that move between relays;
 - `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh.
 
 `meshcore.testing` is the test kit (strategies, in-memory and lossy networks, machines).
@@ -55,8 +57,18 @@ if TYPE_CHECKING:
     from meshcore._direct import FramedTransport, SessionRoutes, overlay_interface
     from meshcore._handshake import handshake_as_initiator, handshake_as_responder
     from meshcore._migrator import Migrator, Rendezvous, open_migrator
+    from meshcore._network import RelayConnectionStatus, RelayNetwork, open_relay_network
     from meshcore._nursery import open_hidden_nursery
     from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
+    from meshcore._registry import (
+        FileSource,
+        Registry,
+        RegistryListing,
+        RegistrySource,
+        RelayListCache,
+        StaticSource,
+        open_registry,
+    )
     from meshcore._relay import RelayConfig, RelayServer, RelayStats, serve_relay
     from meshcore._session import Session, SessionStatus, open_session
     from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
@@ -69,6 +81,8 @@ if TYPE_CHECKING:
     from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
     from meshcore.proto.handshake import HandshakeResult, Responder
     from meshcore.proto.limits import RelayLimits
+    from meshcore.proto.relaylist import RelayEntry, parse_relay_spec
+    from meshcore.proto.rendezvous import rendezvous_relays
 
 __version__ = "0.1.0"
 
@@ -102,6 +116,20 @@ _LAZY = {
     "open_peer_session": "meshcore._api",
     "open_relay_client": "meshcore._client",
     "serve": "meshcore._api",
+    # several relays: the list, its sources, the network of connections
+    "FileSource": "meshcore._registry",
+    "Registry": "meshcore._registry",
+    "RegistryListing": "meshcore._registry",
+    "RegistrySource": "meshcore._registry",
+    "RelayConnectionStatus": "meshcore._network",
+    "RelayEntry": "meshcore.proto.relaylist",
+    "RelayListCache": "meshcore._registry",
+    "RelayNetwork": "meshcore._network",
+    "StaticSource": "meshcore._registry",
+    "open_registry": "meshcore._registry",
+    "open_relay_network": "meshcore._network",
+    "parse_relay_spec": "meshcore.proto.relaylist",
+    "rendezvous_relays": "meshcore.proto.rendezvous",
     # the relay
     "RelayConfig": "meshcore._relay",
     "RelayLimits": "meshcore.proto.limits",
@@ -151,6 +179,7 @@ __all__ = [
     "Endpoint",
     "FileReceiveStream",
     "FileSendStream",
+    "FileSource",
     "FramePump",
     "FramedTransport",
     "HandshakeError",
@@ -168,11 +197,18 @@ __all__ = [
     "PeerId",
     "ProtocolError",
     "PublicBundle",
+    "Registry",
     "RegistryError",
+    "RegistryListing",
+    "RegistrySource",
     "RelayClient",
     "RelayConfig",
+    "RelayConnectionStatus",
+    "RelayEntry",
     "RelayError",
     "RelayLimits",
+    "RelayListCache",
+    "RelayNetwork",
     "RelayServer",
     "RelayState",
     "RelayStats",
@@ -186,6 +222,7 @@ __all__ = [
     "SessionSettings",
     "SessionStats",
     "SessionStatus",
+    "StaticSource",
     "TapDevice",
     "Transport",
     "TransportClosed",
@@ -201,12 +238,16 @@ __all__ = [
     "open_hidden_nursery",
     "open_migrator",
     "open_peer_session",
+    "open_registry",
     "open_relay_client",
+    "open_relay_network",
     "open_session",
     "open_transport",
     "overlay_interface",
+    "parse_relay_spec",
     "pipe_command",
     "pipe_session",
+    "rendezvous_relays",
     "run_tunnel",
     "serve",
     "serve_control",

@@ -178,9 +178,9 @@ class RelayClient:
 
     `listener` is the direct-connection listener on the shared `local_port`, if any: a
     socket listener this client serves, or a `DirectListener` several clients share (its
-    owner serves it, and its `routes` are this client's). Cancelling a request (`connect`,
-    `accept`, `open_circuit`) withdraws it from the protocol machine; an answer that arrives
-    later is undone (its circuit closed).
+    owner serves it); `routes`, a table of sessions several clients share. Cancelling a
+    request (`connect`, `accept`, `open_circuit`) withdraws it from the protocol machine; an
+    answer that arrives later is undone (its circuit closed).
     """
 
     def __init__(
@@ -191,16 +191,19 @@ class RelayClient:
         candidates: Sequence[Endpoint] = (),
         local_port: int | None = None,
         listener: trio.SocketListener | DirectListener | None = None,
+        routes: SessionRoutes | None = None,
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
     ) -> None:
         self.identity = identity
         self.url = url
-        shared = listener if isinstance(listener, DirectListener) else None
-        self.routes = shared.routes if shared is not None else SessionRoutes()
-        """Live sessions that take direct connections and re-opened circuits."""
         own = listener if isinstance(listener, trio.SocketListener) else None
+        shared = listener if isinstance(listener, DirectListener) else None
+        if routes is None:
+            routes = shared.routes if shared is not None else SessionRoutes()
+        self.routes = routes
+        """Live sessions that take direct connections and re-opened circuits."""
         self.direct = DirectListener(own, self.routes) if own is not None else shared
         """The listener on our shared port, when opened with `direct=True`."""
         self._serves_direct = own is not None

@@ -93,6 +93,9 @@ class RelayNetwork:
     (`next_invitation`, `accept`, `reject`), and is the `Rendezvous` of the sessions made
     through it: its `reopen_circuit` opens a new circuit on any relay both peers reach, so a
     session moves to another relay when the one carrying it dies or leaves the list.
+
+    Cancelling a request (`connect`, `accept`, `reopen_circuit`) withdraws it everywhere it
+    was asked; a pairing or circuit that arrives later is closed.
     """
 
     def __init__(
@@ -280,9 +283,9 @@ class RelayNetwork:
         """Connect to our rendezvous relays and keep the connections as the list changes.
 
         `await nursery.start(network.run)` returns once registered at one rendezvous relay,
-        and raises `RelayError` naming each relay and why if every first attempt failed
-        (they are retried meanwhile). On cancellation every connection closes, with its
-        circuits, and `next_invitation` raises `RelayError`.
+        or once every first attempt failed (logged; they are retried with backoff). On
+        cancellation every connection closes, with its circuits, and `next_invitation`
+        raises `RelayError`.
         """
         try:
             async with open_hidden_nursery() as nursery:
@@ -301,13 +304,15 @@ class RelayNetwork:
             self._invite_send.close()
 
     async def _first_registration(self) -> None:
+        """Until registered at one rendezvous relay, or every first attempt is over (the
+        failed ones are retried in the background: a peer may still reach others through
+        their relays, and be reached once one of its own is back)."""
         homes = [self._connections[e.url] for e in self._plan.homes if e.url in self._connections]
-        while True:
-            if any(c.connected for c in homes):
-                return
-            if all(not c.attempting and c.client is not None for c in homes):
+        while not any(c.connected for c in homes):
+            if all(not c.attempting for c in homes):
                 shown = "; ".join(f"{c.entry.label()}: {c.last_error or c.ended}" for c in homes)
-                raise RelayError(f"could not register at any rendezvous relay: {shown}")
+                log.warning("not registered at any rendezvous relay yet: %s", shown)
+                return
             await self._changed.wait()
 
     async def _follow(self, registry: Registry) -> None:
@@ -370,6 +375,7 @@ class RelayNetwork:
             candidates=self._configured,
             local_port=self._local_port,
             listener=self.direct,
+            routes=self.routes,
             timeout=self._timeout,
             reconnect_min_s=minimum,
             reconnect_max_s=maximum,
@@ -488,10 +494,12 @@ async def open_relay_network(
     without a circuit; every connection reconnects on its own with jittered backoff between
     `reconnect_min_s` and `reconnect_max_s`.
 
-    Raises `ConfigError` for a list with no usable entry or an unusable port, and
-    `RelayError` naming each rendezvous relay and why if none can be registered at. The
-    connections, the listener and their tasks live inside this `async with`; leaving it (or
-    cancelling it) closes every connection and every circuit on them.
+    The block starts once registered at one rendezvous relay, or once every first attempt
+    failed: those are retried in the background (`connections()` shows them), and `connect`
+    still reaches peers whose relays answer. Raises `ConfigError` for a list with no usable
+    entry or an unusable port. The connections, the listener and their tasks live inside
+    this `async with`; leaving it (or cancelling it) closes every connection and every
+    circuit on them.
     """
     listener: trio.SocketListener | None = None
     if direct:

@@ -46,7 +46,7 @@ from meshcore.proto.paths import DirectMode, LinkKind, PathSettings, PathStats, 
 from meshcore.proto.session import SessionSettings, SessionStats
 
 if TYPE_CHECKING:
-    from meshcore._api import connect, open_peer_session, serve
+    from meshcore._api import connect, open_meeting, open_peer_session, serve
     from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
     from meshcore._control import (
         SessionRegistry,
@@ -113,6 +113,7 @@ _LAZY = {
     "Pairing": "meshcore._client",
     "RelayClient": "meshcore._client",
     "connect": "meshcore._api",
+    "open_meeting": "meshcore._api",
     "open_peer_session": "meshcore._api",
     "open_relay_client": "meshcore._client",
     "serve": "meshcore._api",
@@ -236,6 +237,7 @@ __all__ = [
     "handshake_as_responder",
     "open_configured_tap",
     "open_hidden_nursery",
+    "open_meeting",
     "open_migrator",
     "open_peer_session",
     "open_registry",

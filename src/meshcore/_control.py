@@ -1,8 +1,9 @@
 """The local control socket of a running peer: `meshcore-peer status` and `ping` ask the
 peer process about its sessions over a UNIX socket that only its owner can open.
 
-The protocol is one JSON object per line: a request `{"cmd": "status"}` or
-`{"cmd": "ping", "peer": ID, "count": N}`, answered by one JSON object per line and a
+The protocol is one JSON object per line: a request `{"cmd": "status"}`,
+`{"cmd": "ping", "peer": ID, "count": N}` or `{"cmd": "relays"}` (the relays the peer uses,
+as its `SessionRegistry.relays` reports them), answered by one JSON object per line and a
 final `{"done": true}` (or `{"error": "..."}`).
 """
 
@@ -13,7 +14,7 @@ import json
 import logging
 import os
 import socket as stdlib_socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +55,9 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._sessions: list[_Reportable] = []
+        self.relays: Callable[[], dict[str, Any]] | None = None
+        """What the `relays` request answers: a JSON-ready report of the relays the peer
+        uses (set by whoever holds its relay connections; None: none to report)."""
 
     @contextmanager
     def registered(self, session: _Reportable) -> Iterator[None]:
@@ -115,6 +119,11 @@ async def _answer(stream: trio.SocketStream, registry: SessionRegistry) -> None:
             except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await _send(stream, {"seq": seq, "error": str(exc) or type(exc).__name__})
             await trio.sleep(float(request.get("interval", 1.0)))
+    elif cmd == "relays":
+        if registry.relays is None:
+            await _send(stream, {"error": "this peer is not connected to any relay yet"})
+            return
+        await _send(stream, registry.relays())
     else:
         await _send(stream, {"error": f"unknown command {cmd!r}"})
         return

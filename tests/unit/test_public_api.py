@@ -69,6 +69,7 @@ MESHCORE = [
     "RelayServer",
     "RelayStats",
     "connect",
+    "open_meeting",
     "open_peer_session",
     "open_relay_client",
     "serve",

@@ -95,5 +95,6 @@ def test_public_api_is_pinned() -> None:
         "ControlRequestFailed", "CryptoLibraryMissing", "DecodeError", "FrameTooLarge",
         "HandshakeError", "KeyExpired", "MeshError", "MessageTooLarge", "NoUsablePath",
         "ProtocolError", "RegistryError", "RelayError", "ReplayError", "SessionClosed",
-        "TransportClosed", "UnknownReceiverIndex", "UnsupportedVersion",
+        "TransportClosed",
+        "UnknownReceiverIndex", "UnsupportedVersion",
     ]  # fmt: skip

@@ -32,7 +32,7 @@ __all__ = [
 
 VISITOR_IDLE_S: Final = 60.0
 """A connection opened only to reach another peer's rendezvous relay closes after this long
-without a circuit (DESIGN's relay network: "closes after 60 s without a circuit")."""
+without a circuit (docs/design.md §6)."""
 
 
 class RelayRole(enum.Enum):

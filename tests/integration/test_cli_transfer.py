@@ -260,6 +260,10 @@ def test_demo_shows_every_step_and_passes() -> None:
         "fell back to the relay",
         "back on the direct path",
         "SHA-256 matches",
+        "a spare circuit via ws://127.0.0.1:",
+        "stopped the relay carrying the session",
+        "the session moved to ws://127.0.0.1:",
+        "3000 of 3000 numbered messages, every one once and in order",
         "demo passed",
     ):
         assert needle in text, f"{needle!r} missing from:\n{text}"

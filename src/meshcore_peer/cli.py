@@ -46,7 +46,12 @@ from meshcore import (
 )
 from meshcore.logs import setup_logging
 from meshcore_peer.config import PeerConfig, load_peer_config
-from meshcore_peer.relays_cmd import add_relays_parser, relays_report, run_relays
+from meshcore_peer.relays_cmd import (
+    add_relays_parser,
+    print_connections,
+    relays_report,
+    run_relays,
+)
 from meshcore_peer.relaysettings import (
     add_relay_flags,
     check_relay_source,
@@ -330,6 +335,7 @@ async def _run_status(control: Path, as_json: bool) -> int:
         return EXIT_OK
     if not rows:
         print("no sessions")
+        await print_connections(control)
         return EXIT_OK
     table = [[h for h, _ in _STATUS_COLUMNS]]
     table += [
@@ -339,6 +345,7 @@ async def _run_status(control: Path, as_json: bool) -> int:
     widths = [max(len(r[i]) for r in table) for i in range(len(_STATUS_COLUMNS))]
     for r in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    await print_connections(control)
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ from meshcore import (
 )
 from meshcore_peer.relaysettings import RelayTable, open_relays
 
-__all__ = ["add_relays_parser", "relays_report", "run_relays"]
+__all__ = ["add_relays_parser", "print_connections", "relays_report", "run_relays"]
 
 EXIT_OK = 0
 
@@ -204,6 +204,25 @@ async def run_relays(
     else:
         _print_table(report)
     return EXIT_OK
+
+
+async def print_connections(control: Path) -> None:
+    """The running peer's relay connections, one line each (for `status`); nothing if it
+    reports none."""
+    try:
+        answers = [a async for a in control_request(control, {"cmd": "relays"})]
+    except ControlRequestFailed:
+        return
+    for report in answers:
+        for relay in report.get("relays", []):
+            if relay.get("role") is None:
+                continue
+            rtt = f", rtt {relay['rtt_ms']} ms" if relay.get("rtt_ms") else ""
+            error = f": {relay['last_error']}" if relay.get("last_error") else ""
+            print(
+                f"relay {relay['url']} ({relay['role']}): {relay['state']}, "
+                f"{relay['circuits']} circuit(s){rtt}{error}"
+            )
 
 
 _COLUMNS = (

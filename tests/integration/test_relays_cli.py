@@ -87,6 +87,12 @@ def test_a_peer_on_a_relay_list_reports_its_relays_and_sessions(tmp_path: Path) 
         )  # fmt: skip
         (session,) = [json.loads(line) for line in status.stdout.splitlines()]
         assert session["path"] == "relay" and session["relay"] in urls
+        lines = subprocess.run(
+            [BIN / "meshcore-peer", "status", "--control", control],
+            capture_output=True, check=True, env=env, timeout=60,
+        ).stdout.decode()  # fmt: skip
+        assert sum(line.startswith("relay ws://") for line in lines.splitlines()) >= 2, lines
+        assert "(home): connected" in lines, lines
         table = subprocess.run(
             [BIN / "meshcore-peer", "relays", "--control", control],
             capture_output=True, check=True, env=env, timeout=60,

@@ -109,15 +109,28 @@ def test_no_spare_when_the_relay_is_unknown_or_one_circuit_is_wanted() -> None:
         assert not any(isinstance(c, OpenRelay) for c in m.take_commands())
 
 
-def test_a_spare_that_could_not_be_opened_is_tried_again_later() -> None:
+def test_a_spare_that_could_not_be_opened_is_tried_again_with_backoff() -> None:
     m = manager()
     m.handle_timer(0.0)
     m.take_commands()
-    m.relay_open_failed("no other relay", 1.0, spare=True)
-    assert m.relay_state is RelayState.OPEN  # the session is unharmed
-    assert m.get_timer() == 1.0 + SETTINGS.spare_retry_s
-    m.handle_timer(1.0 + SETTINGS.spare_retry_s)
-    assert OpenRelay(avoid=("r1",), spare=True) in m.take_commands()
+    now, waits = 1.0, []
+    for _ in range(8):
+        m.relay_open_failed("no other relay", now, spare=True)
+        assert m.relay_state is RelayState.OPEN  # the session is unharmed
+        timer = m.get_timer()
+        assert timer is not None
+        waits.append(round(timer - now, 3))
+        now = timer
+        m.handle_timer(now)
+        assert OpenRelay(avoid=("r1",), spare=True) in m.take_commands()
+    # from the re-open interval (1 s) doubling to spare_retry_s (30 s); no jitter here
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    m.relay_up("c2", now, relay="r2", spare=True)
+    m.relay_down("c2", "closed", now + 1)
+    m.handle_timer(now + 1)
+    m.take_commands()
+    m.relay_open_failed("again", now + 1, spare=True)
+    assert m.get_timer() == now + 2  # a spare that worked resets the backoff
 
 
 def test_relay_circuits_setting_is_bounded() -> None:

@@ -214,7 +214,8 @@ RELAY_PROBE_S: Final = 3.0
 """While a session has several relay circuits, each gets a PATH_CHALLENGE this often: its RTT,
 and a frame on it within the trust time (PATH_TRUST_S)."""
 RELAY_SPARE_RETRY_S: Final = 30.0
-"""A spare relay circuit that could not be opened is tried again after this long."""
+"""A spare relay circuit that could not be opened is tried again after RELAY_REOPEN_RETRY_S,
+doubling per failure up to this."""
 RELAY_SWITCH_GAIN_S: Final = 0.010
 """Another relay circuit must be at least this much faster (RTT) to carry the session ..."""
 RELAY_SWITCH_RATIO: Final = 2 / 3

@@ -203,6 +203,7 @@ class PathManager:
         # a spare waits until the first race had its chance (a direct path needs none)
         self._spare_at = now if self.mode is DirectMode.NEVER else now + settings.race_deadline_s
         self._spare_pending = False
+        self._spare_failures = 0
         self._probe_at = now
         self._silence_noted = -math.inf
         self._commands: list[PolicyCommand] = []
@@ -241,6 +242,7 @@ class PathManager:
         the session if none does (`spare`: it answers `OpenRelay(spare=True)`)."""
         if spare:
             self._spare_pending = False
+            self._spare_failures = 0
         replaced = self.circuits.add(link, relay, now)
         if replaced is not None:
             self._commands.append(CloseLink(replaced.link, "replaced by a newer relay circuit"))
@@ -343,10 +345,19 @@ class PathManager:
 
     def relay_open_failed(self, reason: str, now: float, *, spare: bool = False) -> None:
         """An `OpenRelay` failed; a needed circuit is tried again after `reopen_retry_s`, a
-        spare after `spare_retry_s`."""
+        spare after `reopen_retry_s` doubling per failure up to `spare_retry_s` (a relay
+        that just restarted is back within a second or two; one that is gone costs little)."""
         if spare:
             self._spare_pending = False
-            self._spare_at = now + self.settings.spare_retry_s
+            self._spare_failures += 1
+            s = self.settings
+            self._spare_at = now + backoff_delay(
+                self._spare_failures,
+                base_s=min(s.reopen_retry_s, s.spare_retry_s),
+                max_s=s.spare_retry_s,
+                jitter=s.retry_jitter,
+                random=self._random,
+            )
             self._log("debug", f"no spare relay circuit: {reason}")
             return
         if self.relay_state is RelayState.OPENING:

@@ -104,7 +104,8 @@ class PathSettings:
     relay_probe_s: float = attrs.field(default=C.RELAY_PROBE_S, validator=_positive)
     """Each relay circuit of a session with several gets a PATH_CHALLENGE this often."""
     spare_retry_s: float = attrs.field(default=C.RELAY_SPARE_RETRY_S, validator=_positive)
-    """A spare relay circuit that could not be opened is tried again after this long."""
+    """A spare relay circuit that could not be opened is tried again after `reopen_retry_s`,
+    doubling per failure up to this."""
 
     def __attrs_post_init__(self) -> None:
         _check_settings(self)

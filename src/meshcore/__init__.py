@@ -14,7 +14,9 @@ The objects, each living inside the `async with` (or nursery) that made it:
 - `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
 - `open_relay_network(relays)` (`RelayNetwork`) over a list or an `open_registry(source)`:
   several relays, rendezvous by hashing, sessions that move between relays;
-- `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh.
+- `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh;
+- `serve_metrics(address, [RelayCollector(server)])` or `[PeerCollector(registry)]`:
+  Prometheus metrics (the `metrics` extra).
 
 `meshcore.testing` is the test kit (strategies, in-memory and lossy networks, machines).
 """
@@ -36,6 +38,7 @@ from meshcore.errors import (
     ProtocolError,
     RegistryError,
     RelayError,
+    RelayNotVerified,
     ReplayError,
     SessionClosed,
     TransportClosed,
@@ -54,9 +57,14 @@ if TYPE_CHECKING:
         default_control_path,
         serve_control,
     )
+    from meshcore._counters import SessionCounters
     from meshcore._direct import FramedTransport, SessionRoutes, overlay_interface
     from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+    from meshcore._metrics import MetricsServer, parse_metrics_address, serve_metrics
+    from meshcore._metrics_peer import PeerCollector
+    from meshcore._metrics_relay import RelayCollector
     from meshcore._migrator import Migrator, Rendezvous, open_migrator
+    from meshcore._netcheck import netcheck
     from meshcore._network import RelayConnectionStatus, RelayNetwork, open_relay_network
     from meshcore._nursery import open_hidden_nursery
     from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
@@ -69,7 +77,7 @@ if TYPE_CHECKING:
         StaticSource,
         open_registry,
     )
-    from meshcore._relay import RelayConfig, RelayServer, RelayStats, serve_relay
+    from meshcore._relay import RelayConfig, RelayCounters, RelayServer, RelayStats, serve_relay
     from meshcore._session import Session, SessionStatus, open_session
     from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
     from meshcore._transport import (
@@ -81,6 +89,7 @@ if TYPE_CHECKING:
     from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
     from meshcore.proto.handshake import HandshakeResult, Responder
     from meshcore.proto.limits import RelayLimits
+    from meshcore.proto.netcheck import NatMapping, NetcheckReport, RelayProbe
     from meshcore.proto.relaylist import RelayEntry, parse_relay_spec
     from meshcore.proto.rendezvous import rendezvous_relays
 
@@ -158,6 +167,18 @@ _LAZY = {
     "serve_control": "meshcore._control",
     # structured concurrency
     "open_hidden_nursery": "meshcore._nursery",
+    # observability: counters, Prometheus metrics (the metrics extra), netcheck
+    "MetricsServer": "meshcore._metrics",
+    "PeerCollector": "meshcore._metrics_peer",
+    "RelayCollector": "meshcore._metrics_relay",
+    "RelayCounters": "meshcore._relay",
+    "SessionCounters": "meshcore._counters",
+    "parse_metrics_address": "meshcore._metrics",
+    "serve_metrics": "meshcore._metrics",
+    "NatMapping": "meshcore.proto.netcheck",
+    "NetcheckReport": "meshcore.proto.netcheck",
+    "RelayProbe": "meshcore.proto.netcheck",
+    "netcheck": "meshcore._netcheck",
 }
 
 
@@ -190,11 +211,15 @@ __all__ = [
     "LinkKind",
     "LinkStats",
     "MeshError",
+    "MetricsServer",
     "Migrator",
+    "NatMapping",
+    "NetcheckReport",
     "NoUsablePath",
     "Pairing",
     "PathSettings",
     "PathStats",
+    "PeerCollector",
     "PeerId",
     "ProtocolError",
     "PublicBundle",
@@ -203,13 +228,17 @@ __all__ = [
     "RegistryListing",
     "RegistrySource",
     "RelayClient",
+    "RelayCollector",
     "RelayConfig",
     "RelayConnectionStatus",
+    "RelayCounters",
     "RelayEntry",
     "RelayError",
     "RelayLimits",
     "RelayListCache",
     "RelayNetwork",
+    "RelayNotVerified",
+    "RelayProbe",
     "RelayServer",
     "RelayState",
     "RelayStats",
@@ -218,6 +247,7 @@ __all__ = [
     "Responder",
     "Session",
     "SessionClosed",
+    "SessionCounters",
     "SessionRegistry",
     "SessionRoutes",
     "SessionSettings",
@@ -235,6 +265,7 @@ __all__ = [
     "default_control_path",
     "handshake_as_initiator",
     "handshake_as_responder",
+    "netcheck",
     "open_configured_tap",
     "open_hidden_nursery",
     "open_meeting",
@@ -246,6 +277,7 @@ __all__ = [
     "open_session",
     "open_transport",
     "overlay_interface",
+    "parse_metrics_address",
     "parse_relay_spec",
     "pipe_command",
     "pipe_session",
@@ -253,6 +285,7 @@ __all__ = [
     "run_tunnel",
     "serve",
     "serve_control",
+    "serve_metrics",
     "serve_relay",
     "serve_transport",
     "validate_device_name",

@@ -134,11 +134,11 @@ class RelayConnection:
         return RelayConnectionStatus(
             url=self.url,
             relay_id=self.entry.relay_id.to_text() if self.entry.relay_id is not None else None,
-            verified=self.entry.verified and self.connected,
+            verified=client is not None and client.verified and self.connected,
             role=(role or self.role).value,
             state=self.state,
             last_error=error if self.state != ConnectionState.CONNECTED else None,
-            rtt_s=None,
+            rtt_s=client.rtt_s if client is not None and self.connected else None,
             circuits=self.circuits,
             registrations=client.registrations if client is not None else 0,
             observed=str(observed) if observed is not None else None,

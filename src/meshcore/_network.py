@@ -372,6 +372,7 @@ class RelayNetwork:
         return RelayClient(
             self.identity,
             entry.url,
+            relay_id=entry.relay_id,
             candidates=self._configured,
             local_port=self._local_port,
             listener=self.direct,

@@ -23,8 +23,9 @@ from typing import Final, Protocol, cast
 import attrs
 import trio
 
+from meshcore._counters import SessionCounters
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
-from meshcore._link import LINK_QUEUE_BYTES, Link
+from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
 from meshcore.errors import NoUsablePath, SessionClosed
@@ -34,6 +35,7 @@ from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
+    DirectMode,
     LinkKind,
     PathCommand,
     PathSettings,
@@ -100,11 +102,15 @@ class SessionStatus:
     """Moves from the relay onto a direct path."""
     last_error: str | None
     """The latest path failure (failed race, fallback), or why the session ended."""
+    age_s: float = 0.0
+    """Seconds since the session opened."""
     relay: str | None = None
-    """The relay carrying the session (its URL), None when it is direct or the relay is not
-    known by name."""
+    """The URL of the relay whose circuit carries the session, else the one it met at (None if
+    unknown)."""
     relay_moves: int = 0
     """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
+    not_direct_reason: str | None = None
+    """Why the session is not on a direct path now (None while it is)."""
 
 
 class Session(trio.abc.Channel[bytes]):
@@ -126,7 +132,10 @@ class Session(trio.abc.Channel[bytes]):
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
         self._paths = SessionPaths(self._core, now)
-        self._relay_link = Link(transport, "relay")
+        self._started = now
+        self._traffic = LinkTraffic()
+        self._relay_url = transport.relay_url
+        self._relay_link = Link(transport, "relay", self._traffic)
         self._paths.relay_up(self._relay_link, now)
         self._driver: PathDriver | None = None
         self._inbox: deque[bytes] = deque()
@@ -190,6 +199,7 @@ class Session(trio.abc.Channel[bytes]):
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
         relay = paths.relay
+        now = trio.current_time()
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
             path=self.path,
@@ -201,9 +211,57 @@ class Session(trio.abc.Channel[bytes]):
             frames_received=stats.frames_received,
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
-            relay=relay if isinstance(relay, str) else None,
+            age_s=now - self._started,
+            relay=relay if isinstance(relay, str) else self._relay_url,
             relay_moves=paths.manager.relay_moves,
+            not_direct_reason=self._not_direct(now),
         )
+
+    def counters(self) -> SessionCounters:
+        """Everything counted since the session opened (frames and bytes by path and
+        direction, messages, retransmissions, drops, rekeys, races, moves): for metrics."""
+        stats, traffic, manager = self._core.stats, self._traffic, self._paths.manager
+        return SessionCounters(
+            relay_frames_sent=traffic.relay_sent[0],
+            relay_bytes_sent=traffic.relay_sent[1],
+            relay_frames_received=traffic.relay_received[0],
+            relay_bytes_received=traffic.relay_received[1],
+            direct_frames_sent=traffic.direct_sent[0],
+            direct_bytes_sent=traffic.direct_sent[1],
+            direct_frames_received=traffic.direct_received[0],
+            direct_bytes_received=traffic.direct_received[1],
+            messages_sent=stats.messages_sent,
+            messages_received=stats.messages_received,
+            message_bytes_sent=stats.bytes_sent,
+            message_bytes_received=stats.bytes_received,
+            retransmitted=stats.retransmitted,
+            link_queue_drops=traffic.dropped,
+            replayed=stats.replayed,
+            rejected=stats.rejected,
+            rekeys=self._core.rekeys,
+            direct_attempts=manager.attempts,
+            migrations=manager.migrations,
+            fallbacks=manager.fallbacks,
+            fallbacks_silent=manager.fallbacks_silent,
+        )
+
+    def _not_direct(self, now: float) -> str | None:
+        """Why the session is not on a direct path, for status displays."""
+        if self.path == "direct":
+            return None
+        manager = self._paths.manager
+        if self._driver is None:
+            return "no path driver: this session stays on the transport it opened on"
+        if manager.mode is DirectMode.NEVER:
+            return "direct paths are off (direct='never')"
+        if manager.racing:
+            return "a direct attempt is running" + (
+                f" (the last one failed: {manager.last_error})" if manager.last_error else ""
+            )
+        reason = manager.last_error or "no direct attempt yet"
+        if manager.next_race is not None:
+            reason += f"; next attempt in {max(0.0, manager.next_race - now):.0f} s"
+        return reason
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
         """Measure the round trip on the active path: (seconds, "relay" or "direct").
@@ -541,7 +599,7 @@ class PathControl:
         running, the race is full, the session ended): then close `transport`.
         """
         session = self._session
-        link = Link(transport, "direct")
+        link = Link(transport, "direct", session._traffic)
         if not session._paths.candidate_up(link, trio.current_time()):
             return None
         self._arrived(link, first_frame)
@@ -567,7 +625,9 @@ class PathControl:
         session = self._session
         if session._core.state is not SessionState.OPEN:
             return None
-        link = Link(transport, "relay")
+        link = Link(transport, "relay", session._traffic)
+        if transport.relay_url is not None:
+            session._relay_url = transport.relay_url
         session._paths.relay_up(
             link,
             trio.current_time(),

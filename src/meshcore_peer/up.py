@@ -27,6 +27,7 @@ from meshcore import (
     Identity,
     MeshError,
     PathSettings,
+    PeerCollector,
     PeerId,
     RelayClient,
     RelayNetwork,
@@ -38,6 +39,7 @@ from meshcore import (
     overlay_interface,
     run_tunnel,
     serve_control,
+    serve_metrics,
     validate_device_name,
 )
 from meshcore.config import env_names, load_toml
@@ -48,6 +50,7 @@ from meshcore.proto.constants import (
     TAP_VNET_HEADER_BYTES,
     TUNNEL_CHUNK_HEADER_BYTES,
 )
+from meshcore_peer.config import check_metrics
 from meshcore_peer.relays_cmd import relays_report
 from meshcore_peer.relaysettings import (
     RELAY_FLAGS,
@@ -151,6 +154,8 @@ class UpConfig:
     doubling after each failure)."""
     control: str | None = None
     """Control socket for `status` and `ping` (default: the per-user path they also use)."""
+    metrics: str | None = attrs.field(default=None, validator=check_metrics)
+    """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -164,6 +169,7 @@ _FLAGS = {
     "peers": "--peer",
     "direct_retry_s": "--direct-retry",
     "control": "--control",
+    "metrics": "--metrics",
     "log_level": "--log-level",
     "log_format": "--log-format",
 }
@@ -254,12 +260,17 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
         metavar="PATH",
         help=f"control socket for status/ping (default: {default_control_path()})",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare port: 127.0.0.1)",
+    )
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = relay_overrides(args)
-    keys = ("identity", "device", "address", "mtu", "direct_retry_s", "control")
+    keys = ("identity", "device", "address", "mtu", "direct_retry_s", "control", "metrics")
     for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
@@ -318,7 +329,8 @@ async def _run(config: UpConfig, identity: Identity) -> int:
             f"peers: {identity.peer_id} is this peer's own id; list only the other peers"
         )
     names = {PeerId.from_text(p.id): p.name for p in config.peers if p.name}
-    registry = SessionRegistry()
+    registry = SessionRegistry({peer.to_text(): name for peer, name in names.items()})
+    collector = PeerCollector(registry)
     retry = config.direct_retry_s
     paths = PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
     async with open_relays(
@@ -327,6 +339,7 @@ async def _run(config: UpConfig, identity: Identity) -> int:
 
         def on_meeting(meeting: RelayClient | RelayNetwork | None) -> None:
             registry.relays = None if meeting is None else partial(relays_report, meeting)
+            collector.relay = meeting
 
         tunnel = TunnelConfig(
             relay,
@@ -337,16 +350,17 @@ async def _run(config: UpConfig, identity: Identity) -> int:
             rendezvous_k=config.rendezvous_k,
             on_meeting=on_meeting,
         )
-        return await _run_tunnel(config, identity, tunnel, registry, names)
+        return await _run_tunnel(config, identity, tunnel, collector, names)
 
 
 async def _run_tunnel(
     config: UpConfig,
     identity: Identity,
     tunnel: TunnelConfig,
-    registry: SessionRegistry,
+    collector: PeerCollector,
     names: dict[PeerId, str],
 ) -> int:
+    registry = collector.sessions
     peers = tunnel.peers
     address = ipaddress.ip_interface(config.address) if config.address else None
     control = Path(config.control) if config.control else default_control_path()
@@ -359,6 +373,8 @@ async def _run_tunnel(
                 # direct paths must never run through the tunnel they carry
                 with overlay_interface(device.name):
                     async with trio.open_nursery() as nursery:
+                        if config.metrics is not None:
+                            await nursery.start(serve_metrics, config.metrics, [collector])
                         await nursery.start(
                             partial(
                                 serve_control,
@@ -370,6 +386,7 @@ async def _run_tunnel(
                         pump = await nursery.start(
                             run_tunnel, device.fd, device.vnet_header_bytes, tunnel
                         )
+                        collector.tunnel = pump
                         log.info(
                             "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
                             device.name,

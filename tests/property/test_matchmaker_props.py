@@ -1,6 +1,8 @@
-"""The matchmaker under random connects, hellos, auths, pairings, frames, closes, garbage and
-time: tables stay within their caps, no circuit outlives a member's connection, nothing is sent
-to a closed connection, and a circuit's frames reach only its other member."""
+"""The matchmaker under random connects, relay challenges, hellos, auths, pairings, frames,
+closes, garbage and time: tables stay within their caps, no circuit outlives a member's
+connection, nothing is sent to a closed connection, a circuit's frames reach only its other
+member, every connection is told the relay's keys once, the relay proves them, and the
+counters the metrics export agree with what the machine did and never go down."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from meshcore.proto.matchmaker import (
     Output,
     Send,
 )
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.relayauth import answer_challenge, challenge_relay
 
 IDENTITIES = [Identity.generate() for _ in range(4)]
+RELAY = Identity.generate()
 ADDRESSES = [Endpoint("192.0.2.1", 1000), Endpoint("192.0.2.2", 1000), Endpoint("2001:db8::1", 9)]
 LIMITS = RelayLimits(
     max_peers=3,
@@ -55,15 +58,22 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def start(self) -> None:
         # Seeded: the model picks circuits in id order, so ids must repeat from run to run
         # for hypothesis to replay (and shrink) a run.
-        self.mm = Matchmaker(LIMITS, random=random.Random(0).randbytes)
+        self.mm = Matchmaker(LIMITS, identity=RELAY, random=random.Random(0).randbytes)
         self.now = 0.0
         self.next_conn = 0
         self.live: set[int] = set()
         self.identity_of: dict[int, Identity] = {}
         self.challenges: dict[int, wire.Challenge] = {}
+        self.told_keys: set[int] = set()  # connections told the relay's keys
+        self.proved: set[int] = set()  # connections whose RelayChallenge the relay answered
         self.invites: dict[int, list[int]] = {}  # conn -> invite request ids it was sent
         self.circuits: dict[int, frozenset[int]] = {}  # the model: circuit id -> member conns
         self.seen_circuits: list[int] = [1]
+        self.addr_of: dict[int, Endpoint] = {}
+        self.forwarded = [0, 0]  # the model's payload bytes and frames forwarded
+        self.registrations = 0
+        self.gone = 0  # connections that ended (closed by the relay or gone by themselves)
+        self.last_counts = self.mm.counters()
         # Every run starts from two registered peers with a circuit between them, and a third
         # registered peer, so that short runs exercise circuits too.
         for who, addr in enumerate(ADDRESSES):
@@ -88,6 +98,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             assert target not in closed_now, f"{out} after the connection was closed"
             assert target in self.live or target == sender, f"{out} to a closed connection"
             if isinstance(out, CloseConnection):
+                self.gone += 1
                 closed_now.add(target)
                 self.live.discard(target)
                 self.circuits = {c: m for c, m in self.circuits.items() if target not in m}
@@ -95,7 +106,10 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 members = self.circuits.get(out.circuit_id)
                 assert members is not None, "forwarded on a circuit that is not open"
                 assert sender in members and target in members and target != sender
-                assert wire.decode_control_untrusted(out.data).circuit_id == out.circuit_id
+                relayed = wire.decode_control_untrusted(out.data)
+                assert isinstance(relayed, wire.Relayed) and relayed.circuit_id == out.circuit_id
+                self.forwarded[0] += len(relayed.payload)
+                self.forwarded[1] += 1
                 event("a frame was forwarded")
             else:
                 assert isinstance(out, Send)
@@ -107,8 +121,18 @@ class MatchmakerMachine(RuleBasedStateMachine):
             self.seen_circuits.append(cid)
 
     def observe(self, target: int, msg: wire.ControlMessage, paired: dict[int, set[int]]) -> None:
-        if isinstance(msg, wire.Challenge):
+        if isinstance(msg, wire.RelayIdentity):
+            assert target not in self.told_keys, "the relay's keys were sent twice"
+            assert (msg.x25519_public, msg.kem_public) == (
+                RELAY.public.x25519_public,
+                RELAY.public.kem_public,
+            )
+            self.told_keys.add(target)
+        elif isinstance(msg, wire.Challenge):
             self.challenges[target] = msg
+        elif isinstance(msg, wire.Registered):
+            self.registrations += 1
+            assert msg.observed == self.addr_of[target]
         elif isinstance(msg, wire.Invite):
             self.invites.setdefault(target, []).append(msg.request_id)
         elif isinstance(msg, wire.Paired | wire.CircuitOpen) and msg.circuit_id:
@@ -126,6 +150,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.next_conn += 1
         conn = self.next_conn
         self.live.add(conn)
+        self.addr_of[conn] = addr
         self.feed(conn, self.mm.connection_opened(conn, addr, self.now))
 
     @rule(addr=st.sampled_from(ADDRESSES), who=ident_picks)
@@ -164,6 +189,29 @@ class MatchmakerMachine(RuleBasedStateMachine):
         cands = tuple(Endpoint("10.0.0.1", 7000 + i) for i in range(candidates))
         msg = wire.Hello(bundle.x25519_public, bundle.kem_public, cands)
         self.feed(conn, self.mm.handle_message(conn, msg, self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(index=conn_picks)
+    def relay_challenge(self, index: int) -> None:
+        """A peer that knows the relay id challenges the relay: proved once, before Hello."""
+        conn = self.pick(index)
+        first_thing = self.mm.state_of(conn) is ConnState.AWAITING_HELLO
+        first_thing = first_thing and conn not in self.proved
+        challenge, pending = challenge_relay(RELAY.public)
+        outputs = self.mm.handle_message(conn, challenge, self.now)
+        proofs = [
+            o.message
+            for o in outputs
+            if isinstance(o, Send) and isinstance(o.message, wire.RelayProof)
+        ]
+        if first_thing:
+            assert len(proofs) == 1 and pending.verify(proofs[0]), "no valid proof"
+            self.proved.add(conn)
+            event("the relay proved its id")
+        else:
+            assert proofs == [], "a proof out of turn"
+            assert any(isinstance(o, CloseConnection) for o in outputs)
+        self.feed(conn, outputs)
 
     @precondition(lambda self: self.live)
     @rule(index=conn_picks, honest=st.booleans(), impostor=ident_picks)
@@ -232,9 +280,19 @@ class MatchmakerMachine(RuleBasedStateMachine):
     @rule(index=conn_picks)
     def disconnect(self, index: int) -> None:
         conn = self.pick(index)
+        self.gone += 1
         self.live.discard(conn)
         self.circuits = {c: m for c, m in self.circuits.items() if conn not in m}
         self.feed(None, self.mm.connection_closed(conn, "gone", self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(index=conn_picks, nonce=st.integers(0, 2**64 - 1))
+    def observe_address(self, index: int, nonce: int) -> None:
+        """Netcheck's question, in whatever state the connection is."""
+        conn = self.pick(index)
+        outputs = self.mm.handle_message(conn, wire.ObserveAddress(nonce), self.now)
+        assert outputs == [Send(conn, wire.ObservedAddress(nonce, self.addr_of[conn]))]
+        self.feed(conn, outputs)
 
     @precondition(lambda self: self.live)
     @rule(index=conn_picks, data=st.binary(max_size=40))
@@ -256,8 +314,24 @@ class MatchmakerMachine(RuleBasedStateMachine):
     # --- invariants ---------------------------------------------------------------------------
 
     @invariant()
+    def counters_agree_with_the_model_and_never_go_down(self) -> None:
+        counts = self.mm.counters()
+        assert [counts.forwarded_bytes, counts.forwarded_frames] == self.forwarded
+        assert counts.registrations == self.registrations
+        assert counts.closes.total() == self.gone
+        last = self.last_counts
+        for name in ("registrations", "pairings", "reopens", "address_echoes",
+                     "forwarded_bytes", "forwarded_frames", "unknown_circuit_frames"):  # fmt: skip
+            assert getattr(counts, name) >= getattr(last, name), name
+        for table in ("refusals", "closes", "circuit_closes"):
+            now, before = getattr(counts, table), getattr(last, table)
+            assert all(now[key] >= n for key, n in before.items()), table
+        self.last_counts = counts
+
+    @invariant()
     def model_agrees_on_live_connections(self) -> None:
         assert set(self.mm.conn_ids()) == self.live
+        assert self.live <= self.told_keys, "a connection was not told the relay's keys"
 
     @invariant()
     def circuits_agree_and_reference_only_live_registered_connections(self) -> None:

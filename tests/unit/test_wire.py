@@ -32,12 +32,17 @@ from meshcore.proto.wire import (
     ErrorCode,
     Hello,
     Invite,
+    ObserveAddress,
+    ObservedAddress,
     Paired,
     Ping,
     Pong,
     Registered,
     Reject,
+    RelayChallenge,
     Relayed,
+    RelayIdentity,
+    RelayProof,
     Role,
     clip_reason,
     decode_control_untrusted,
@@ -68,6 +73,11 @@ SAMPLES: list[wire.ControlMessage] = [
     Pong(2**64 - 1),
     Error(ErrorCode.AUTH_FAILED, "wrong MAC"),
     Close(ErrorCode.SHUTDOWN, "relay restarting ✓"),
+    RelayIdentity(X, KEM),
+    RelayChallenge(b"\x66" * 32, X, b"\x77" * MLKEM768_CT_BYTES),
+    RelayProof(b"\x88" * 32),
+    ObserveAddress(3),
+    ObservedAddress(3, V6),
 ]
 IDS = [type(m).__name__ for m in SAMPLES]
 
@@ -89,12 +99,17 @@ def test_public_api_is_pinned() -> None:
             "ErrorCode",
             "Hello",
             "Invite",
+            "ObserveAddress",
+            "ObservedAddress",
             "Paired",
             "Ping",
             "Pong",
             "Registered",
             "Reject",
             "Relayed",
+            "RelayChallenge",
+            "RelayIdentity",
+            "RelayProof",
             "Role",
             "clip_reason",
             "decode_control_untrusted",
@@ -152,6 +167,13 @@ def test_ping_layout() -> None:
     assert encode_control(Ping(0x0102030405060708)) == b"\x01\x0d" + bytes(range(1, 9))
 
 
+def test_observe_address_layouts() -> None:
+    assert encode_control(ObserveAddress(5)) == b"\x01\x18" + (5).to_bytes(8, "big")
+    answer = encode_control(ObservedAddress(5, V4))
+    assert answer == b"\x01\x19" + (5).to_bytes(8, "big") + b"\x04\xc0\x00\x02\x01\x1b\x58"
+    assert len(encode_control(ObservedAddress(5, V6))) == 29
+
+
 def test_relayed_layout_is_header_length_payload() -> None:
     assert encode_control(Relayed(5, b"abc")) == b"\x01\x0c" + struct.pack(">QI", 5, 3) + b"abc"
     assert wire.RELAYED_HEADER_BYTES == 14
@@ -165,6 +187,19 @@ def test_reject_layout_has_code_and_length_prefixed_utf8_reason() -> None:
 def test_hello_layout_is_keys_then_counted_candidates() -> None:
     raw = encode_control(Hello(X, KEM, (V4,)))
     assert raw == b"\x01\x01" + X + KEM + b"\x01" + V4.encode()
+
+
+def test_relay_verification_layouts_and_type_numbers() -> None:
+    # Types 20-22: the relay's keys, the peer's challenge to them, the relay's answer.
+    assert encode_control(RelayIdentity(X, KEM)) == b"\x01\x14" + X + KEM
+    nonce, ct = b"\x66" * 32, b"\x77" * MLKEM768_CT_BYTES
+    assert encode_control(RelayChallenge(nonce, X, ct)) == b"\x01\x15" + nonce + X + ct
+    assert encode_control(RelayProof(b"\x88" * 32)) == b"\x01\x16" + b"\x88" * 32
+    assert len(encode_control(RelayIdentity(X, KEM))) == 1218
+
+
+def test_relay_proof_repr_hides_the_mac() -> None:
+    assert "88" * 4 not in repr(RelayProof(b"\x88" * 32))
 
 
 def test_paired_layout() -> None:
@@ -302,7 +337,7 @@ def test_unknown_version_is_reported_even_for_an_unknown_long_message() -> None:
         decode_control_untrusted(b"\x02\xff" + bytes(MAX_CONTROL_BYTES))
 
 
-@pytest.mark.parametrize("msg_type", [0, 17, 200, 255])
+@pytest.mark.parametrize("msg_type", [0, 17, 19, 23, 200, 255])
 def test_unknown_type_is_refused(msg_type: int) -> None:
     with pytest.raises(DecodeError, match=f"unknown control message type {msg_type}"):
         decode_control_untrusted(bytes([PROTOCOL_VERSION, msg_type]) + bytes(8))

@@ -4,8 +4,9 @@ The driver assigns each connection an int id and feeds the `Matchmaker` what hap
 connection opened, bytes or a message arrived, a connection closed, time passed); it answers
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
-the rules and the reasons. Its parts live next door: the circuit table (`circuits`), records,
-outputs and stats (`relayrecords`), limits (`limits`) and rate limits (`ratelimit`).
+the rules and the reasons. Its parts live next door: the circuit table (`circuits`), pending
+pairings (`invitations`), records, outputs, stats and counters (`relayrecords`), the
+admission rules (`admission`), limits (`limits`) and rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Literal
 
-from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
+from meshcore.errors import DecodeError, HandshakeError, MessageTooLarge, UnsupportedVersion
+from meshcore.proto.admission import Refusal, circuit_open_refusal, connection_refusal
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.identity import PublicBundle
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.invitations import Invitations
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
-from meshcore.proto.relayauth import PendingAuth, make_challenge
+from meshcore.proto.relayauth import PendingAuth, make_challenge, prove_relay
 from meshcore.proto.relayrecords import (
     CloseConnection,
     ConnRecord,
@@ -29,10 +32,12 @@ from meshcore.proto.relayrecords import (
     Forward,
     InviteRecord,
     LogEvent,
+    MatchmakerCounters,
     MatchmakerStats,
     Output,
     Send,
     TimerHeap,
+    reason_label,
 )
 from meshcore.proto.wire import (
     Accept,
@@ -46,12 +51,15 @@ from meshcore.proto.wire import (
     Error,
     ErrorCode,
     Hello,
+    ObserveAddress,
+    ObservedAddress,
     Ping,
     Pong,
     Registered,
     Reject,
+    RelayChallenge,
     Relayed,
-    Role,
+    RelayIdentity,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
@@ -66,6 +74,7 @@ __all__ = [
     "Forward",
     "LogEvent",
     "Matchmaker",
+    "MatchmakerCounters",
     "MatchmakerStats",
     "Output",
     "RelayLimits",
@@ -75,7 +84,6 @@ __all__ = [
 ]
 
 _TIMER_CONN: Final = 0
-_TIMER_INVITE: Final = 1
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -87,6 +95,9 @@ class Matchmaker:
     Every method returns the outputs to execute, in order. A protocol violation closes only
     the connection that committed it. Every table is capped by `limits`.
 
+    `identity` is the relay's static identity: every connection is first told its public keys
+    (`RelayIdentity`), and a peer that knows the relay id may challenge the relay to prove it
+    before its Hello (a fresh identity when None: the relay id then changes every run).
     `challenger` makes the KEM challenge for a Hello (tests may swap it); `random` supplies
     the circuit-id key and invitation ids.
     """
@@ -95,10 +106,15 @@ class Matchmaker:
         self,
         limits: RelayLimits | None = None,
         *,
+        identity: Identity | None = None,
         challenger: Callable[[PublicBundle], tuple[Challenge, PendingAuth]] = make_challenge,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.limits = limits or RelayLimits()
+        self.identity = identity or Identity.generate()
+        """The relay's static identity; its peer id is the relay id."""
+        public = self.identity.public
+        self._identity_msg = RelayIdentity(public.x25519_public, public.kem_public)
         self._challenger = challenger
         self._random = random
         self._conns: dict[int, ConnRecord] = {}
@@ -115,8 +131,17 @@ class Matchmaker:
         )
         self._departed: OrderedDict[bytes, None] = OrderedDict()
         self._timers = TimerHeap(self._timer_is_live)
+        self._counts = MatchmakerCounters()
+        self._invitations = Invitations(
+            self.limits,
+            self._circuits,
+            self._timers,
+            self._live,
+            random,
+            refused=lambda code: self._refused("pairing", code),
+            paired=self._count_pairing,
+        )
         self._pending = 0
-        self._invites = 0
         self._ping_nonce = 0
         self._shutting_down = False
 
@@ -129,11 +154,21 @@ class Matchmaker:
             pending=self._pending,
             peers=len(self._peers),
             circuits=len(self._circuits),
-            invites=self._invites,
+            invites=self._invitations.count,
             tracked_addresses=len(self._addr_buckets),
             departed=len(self._departed),
             timers=len(self._timers),
         )
+
+    def counters(self) -> MatchmakerCounters:
+        """Totals since the start (registrations, pairings, refusals and closes by reason,
+        bytes and frames forwarded): a copy, summed over the open circuits just now."""
+        counts = self._counts.copy()
+        circuits = self._circuits
+        counts.forwarded_bytes, counts.forwarded_frames = circuits.forwarded()
+        counts.unknown_circuit_frames = circuits.unknown_frames
+        counts.circuit_closes.update(circuits.closes)
+        return counts
 
     def circuit_stats(self) -> list[CircuitStats]:
         """A snapshot of every open circuit and its counters."""
@@ -154,6 +189,11 @@ class Matchmaker:
         c = self._circuits.get(circuit_id)
         return None if c is None else (c.a.conn_id, c.b.conn_id)
 
+    @property
+    def relay_id(self) -> PeerId:
+        """The relay id: the fingerprint of the relay's static public keys."""
+        return self.identity.peer_id
+
     def conn_ids(self) -> list[int]:
         """Ids of every live connection."""
         return list(self._conns)
@@ -165,38 +205,34 @@ class Matchmaker:
         if conn_id in self._conns:
             raise ValueError(f"connection id {conn_id} is already in use (a driver bug)")
         limits = self.limits
-        if self._shutting_down:
-            return self._refuse_new(conn_id, addr, ErrorCode.SHUTDOWN, "the relay is shutting down")
-        key = address_key(addr)
-        if not self._addr_buckets.take(key, now):
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.RATE_LIMITED,
-                f"too many connections from {key}: at most {limits.connections_per_s_per_ip:g}/s "
-                f"(burst {limits.connections_burst_per_ip}); retry later",
-            )
-        if self._pending >= limits.max_pending_connections:
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.CAPACITY,
-                "too many connections are registering right now; retry in a few seconds",
-            )
+        refusal = connection_refusal(
+            addr,
+            shutting_down=self._shutting_down,
+            buckets=self._addr_buckets,
+            pending=self._pending,
+            limits=limits,
+            now=now,
+        )
+        if refusal is not None:
+            return self._refuse_new(conn_id, addr, refusal)
         conn = ConnRecord(conn_id, addr, now, now + limits.hello_deadline_s)
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
-        return []
+        return [Send(conn_id, self._identity_msg)]
 
-    def connection_closed(self, conn_id: int, reason: str, now: float) -> list[Output]:
-        """The connection is gone (the peer left or the network broke); forget it.
+    def connection_closed(
+        self, conn_id: int, reason: str, now: float, *, cause: str = "disconnected"
+    ) -> list[Output]:
+        """The connection is gone (the peer left or the network broke); forget it. `cause`
+        is the label it is counted under ("disconnected"; the driver's own closes say why).
 
         A no-op for connections the matchmaker closed itself (or never admitted).
         """
         conn = self._conns.get(conn_id)
         if conn is None:
             return []
+        self._counts.closes[cause] += 1
         fields = self._conn_fields(conn)
         fields["reason"] = clip_reason(reason)
         out: list[Output] = [LogEvent("disconnected", fields, self._level(conn))]
@@ -254,6 +290,7 @@ class Matchmaker:
     def shutdown(self, now: float) -> list[Output]:
         """Close every circuit and connection with SHUTDOWN; refuse new connections after."""
         self._shutting_down = True
+        self._counts.closes["shutdown"] += len(self._conns)
         out: list[Output] = [
             LogEvent("shutting down", {"peers": len(self._peers), "circuits": len(self._circuits)})
         ]
@@ -283,7 +320,7 @@ class Matchmaker:
                 self._conn_timer(obj, now, out)
             else:
                 assert isinstance(obj, InviteRecord)
-                self._expire_invite(obj, out)
+                self._invitations.expire(obj, out)
         return out
 
     def _conn_timer(self, conn: ConnRecord, now: float, out: list[Output]) -> None:
@@ -323,24 +360,31 @@ class Matchmaker:
 
     def _live(self) -> int:
         """Objects with a live deadline: every connection and every pending invitation."""
-        return len(self._conns) + self._invites
+        return len(self._conns) + self._invitations.count
 
     def _timer_is_live(self, seq: int, kind: int, obj: object) -> bool:
         if kind == _TIMER_CONN:
             assert isinstance(obj, ConnRecord)
             return self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq
         assert isinstance(obj, InviteRecord)
-        return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
+        return self._invitations.is_live(seq, obj)
 
     # --- dispatch ---------------------------------------------------------------------------
 
     def _dispatch(self, conn: ConnRecord, msg: ControlMessage, now: float) -> list[Output]:
         conn.last_rx = now
         kind = type(msg)
+        if kind is ObserveAddress:  # in any state: netcheck asks without registering
+            assert isinstance(msg, ObserveAddress)
+            self._counts.address_echoes += 1
+            return [Send(conn.conn_id, ObservedAddress(msg.nonce, conn.addr))]
         if conn.state is ConnState.AWAITING_HELLO:
             if kind is Hello:
                 assert isinstance(msg, Hello)
                 return self._hello(conn, msg)
+            if kind is RelayChallenge:
+                assert isinstance(msg, RelayChallenge)
+                return self._prove(conn, msg)
             return self._violation(
                 conn, ErrorCode.BAD_MESSAGE, f"expected Hello first, got {kind.__name__}"
             )
@@ -354,11 +398,12 @@ class Matchmaker:
                 f"expected Auth (the challenge answer), got {kind.__name__}",
             )
         if isinstance(msg, Connect):
-            return self._connect(conn, msg, now)
+            target = self._peers.get(msg.target)
+            return self._invitations.request(conn, msg, target, self._departed, now)
         if isinstance(msg, Accept):
-            return self._accept(conn, msg, now)
+            return self._invitations.accept(conn, msg, now)
         if isinstance(msg, Reject):
-            return self._reject(conn, msg)
+            return self._invitations.reject(conn, msg)
         if isinstance(msg, CircuitOpen):
             return self._circuit_open(conn, msg, now)
         if isinstance(msg, CircuitClose):
@@ -375,12 +420,17 @@ class Matchmaker:
             reason = clip_reason(f"the peer {who}: {msg.reason or msg.code.name}")
             fields = self._conn_fields(conn)
             fields["reason"] = reason
+            self._counts.closes["peer_closed"] += 1
             out: list[Output] = [
                 LogEvent("disconnected", fields, self._level(conn)),
                 CloseConnection(conn.conn_id, ErrorCode.NONE, reason),
             ]
             self._forget(conn, "the other peer disconnected", out)
             return out
+        if kind is RelayChallenge:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "a RelayChallenge must come before Hello"
+            )
         return self._violation(
             conn,
             ErrorCode.BAD_MESSAGE,
@@ -388,6 +438,21 @@ class Matchmaker:
         )
 
     # --- registration -----------------------------------------------------------------------
+
+    def _prove(self, conn: ConnRecord, challenge: RelayChallenge) -> list[Output]:
+        """A peer that knows our relay id asks us to prove it, before its Hello (once)."""
+        if conn.proved:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "only one RelayChallenge per connection"
+            )
+        try:
+            proof = prove_relay(self.identity, challenge)
+        except HandshakeError:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "unusable RelayChallenge: not a valid key exchange"
+            )
+        conn.proved = True
+        return [Send(conn.conn_id, proof)]
 
     def _hello(self, conn: ConnRecord, hello: Hello) -> list[Output]:
         try:
@@ -430,6 +495,7 @@ class Matchmaker:
             fields = self._conn_fields(old)
             fields["new_addr"] = str(conn.addr)
             out.append(LogEvent("replaced", fields))
+            self._counts.closes["replaced"] += 1
             out.append(Send(old.conn_id, Close(ErrorCode.REPLACED, reason)))
             out.append(CloseConnection(old.conn_id, ErrorCode.REPLACED, reason))
             self._forget(old, "the other peer reconnected", out)
@@ -440,168 +506,22 @@ class Matchmaker:
         limits = self.limits
         conn.bucket = TokenBucket(limits.pairings_per_s, limits.pairings_burst, now)
         self._schedule_conn(conn, now + limits.ping_interval_s)
+        self._counts.registrations += 1
         out.append(Send(conn.conn_id, Registered(peer, conn.addr)))
         out.append(LogEvent("registered", {"peer": conn.peer_text, "addr": str(conn.addr)}))
         return out
 
-    # --- pairing ----------------------------------------------------------------------------
-
-    def _connect(self, conn: ConnRecord, msg: Connect, now: float) -> list[Output]:
-        rid = msg.request_id
-        limits = self.limits
-
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, Reject(rid, code, reason))]
-
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"too many pairing requests: at most {limits.pairings_per_s:g}/s "
-                f"(burst {limits.pairings_burst}); retry later",
-            )
-        if rid in conn.invites_out:
-            return refuse(
-                ErrorCode.NOT_ALLOWED, "this request id is already pending; use a new one"
-            )
-        if len(conn.invites_out) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"{limits.max_invites_per_peer} pairing requests already pending; wait for them",
-            )
-        if msg.target == conn.peer:
-            return refuse(ErrorCode.NOT_ALLOWED, "a peer cannot pair with itself")
-        target = self._peers.get(msg.target)
-        if target is None:
-            if msg.target in self._departed:
-                return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-            return refuse(ErrorCode.PEER_UNKNOWN, "no peer with that id is registered here")
-        if any(invite.target is target for invite in conn.invites_out.values()):
-            # One pending invitation per (initiator, target): a single flooder cannot fill
-            # the target's invitation slots; it needs as many registered identities.
-            return refuse(
-                ErrorCode.RATE_LIMITED, "a request to this peer is already pending; wait for it"
-            )
-        if len(target.invites_in) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"
-            )
-        full = self._circuits.capacity(conn, target)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
-        invite_id = self._new_invite_id(target)
-        invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
-        target.invites_in[invite_id] = invite
-        conn.invites_out[rid] = invite
-        self._invites += 1
-        invite.timer_seq = self._timers.push(invite.deadline, _TIMER_INVITE, invite, self._live())
-        return [
-            Send(target.conn_id, conn.as_invite(invite_id)),
-            LogEvent("invited", {"a": conn.peer_text, "b": target.peer_text}, "debug"),
-        ]
-
-    def _new_invite_id(self, target: ConnRecord) -> int:
-        while True:
-            invite_id = int.from_bytes(self._random(4), "big")
-            if invite_id and invite_id not in target.invites_in:
-                return invite_id
-
-    def _take_invite(self, target: ConnRecord, invite_id: int) -> InviteRecord | None:
-        invite = target.invites_in.pop(invite_id, None)
-        if invite is not None:
-            del invite.initiator.invites_out[invite.request_id]
-            self._invites -= 1
-            self._timers.bound(self._live())
-        return invite
-
-    def _accept(self, conn: ConnRecord, msg: Accept, now: float) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            reason = "no pending invitation with this request id (expired or withdrawn)"
-            return [Send(conn.conn_id, Reject(msg.request_id, ErrorCode.NOT_ALLOWED, reason))]
-        a, b = invite.initiator, conn
-        full = self._circuits.capacity(a, b)
-        if full:
-            return [
-                Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
-                Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
-            ]
-        circuit = self._circuits.open(a, b, now)
-        cid = circuit.circuit_id
-        for x, y in ((a, b), (b, a)):
-            x.paired[y.peer] = None
-            x.paired.move_to_end(y.peer)
-            if len(x.paired) > self.limits.max_circuits_per_peer:
-                x.paired.popitem(last=False)
-        return [
-            Send(a.conn_id, b.as_paired(invite.request_id, cid, Role.INITIATOR)),
-            Send(b.conn_id, a.as_paired(msg.request_id, cid, Role.RESPONDER)),
-            LogEvent("paired", {"a": a.peer_text, "b": b.peer_text, "circuit": circuit_text(cid)}),
-        ]
-
-    def _reject(self, conn: ConnRecord, msg: Reject) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            return []  # already expired or withdrawn: nothing to tell anyone
-        code = ErrorCode.REJECTED if msg.code is ErrorCode.NONE else msg.code
-        reason = clip_reason(f"the peer refused: {msg.reason or code.name}")
-        return [
-            Send(invite.initiator.conn_id, Reject(invite.request_id, code, reason)),
-            LogEvent(
-                "rejected",
-                {
-                    "a": invite.initiator.peer_text,
-                    "b": conn.peer_text,
-                    "code": code.name,
-                    "reason": msg.reason,
-                },
-            ),
-        ]
-
-    def _expire_invite(self, invite: InviteRecord, out: list[Output]) -> None:
-        self._take_invite(invite.target, invite.invite_id)
-        out.append(
-            Send(
-                invite.initiator.conn_id,
-                Reject(invite.request_id, ErrorCode.TIMEOUT, "the peer did not answer in time"),
-            )
-        )
-        out.append(
-            Send(
-                invite.target.conn_id,
-                Reject(invite.invite_id, ErrorCode.TIMEOUT, "invitation expired"),
-            )
-        )
-        out.append(
-            LogEvent(
-                "invitation expired",
-                {"a": invite.initiator.peer_text, "b": invite.target.peer_text},
-            )
-        )
-
     # --- circuits ---------------------------------------------------------------------------
 
     def _circuit_open(self, conn: ConnRecord, msg: CircuitOpen, now: float) -> list[Output]:
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, code, reason))]
-
-        if msg.circuit_id != 0:
-            return refuse(ErrorCode.NOT_ALLOWED, "send circuit id 0: the relay assigns circuit ids")
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(ErrorCode.RATE_LIMITED, "too many pairing requests; retry later")
         other = self._peers.get(msg.peer_id)
-        if other is None:
-            return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-        if other.peer not in conn.paired or conn.peer not in other.paired:
-            return refuse(
-                ErrorCode.NOT_ALLOWED,
-                "not paired with that peer on these connections; send Connect first",
-            )
-        full = self._circuits.capacity(conn, other)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
+        refusal = circuit_open_refusal(conn, msg, other, circuits=self._circuits, now=now)
+        if refusal is not None:
+            self._refused("circuit", refusal[0])
+            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, *refusal))]
+        assert other is not None
         cid = self._circuits.open(conn, other, now).circuit_id
+        self._counts.reopens += 1
         return [
             Send(conn.conn_id, CircuitOpen(cid, other.peer)),
             Send(other.conn_id, CircuitOpen(cid, conn.peer)),
@@ -622,9 +542,16 @@ class Matchmaker:
 
     # --- closing ----------------------------------------------------------------------------
 
-    def _refuse_new(
-        self, conn_id: int, addr: Endpoint, code: ErrorCode, reason: str
-    ) -> list[Output]:
+    def _count_pairing(self) -> None:
+        self._counts.pairings += 1
+
+    def _refused(self, request: str, code: ErrorCode) -> None:
+        self._counts.refusals[request, reason_label(code)] += 1
+
+    def _refuse_new(self, conn_id: int, addr: Endpoint, refusal: Refusal) -> list[Output]:
+        code, reason = refusal
+        self._refused("connection", code)
+        self._counts.closes[reason_label(code)] += 1
         return [
             LogEvent(
                 "refused", {"addr": str(addr), "code": code.name, "reason": reason}, "warning"
@@ -636,6 +563,7 @@ class Matchmaker:
     def _violation(self, conn: ConnRecord, code: ErrorCode, reason: str) -> list[Output]:
         """Close `conn` (only it) for breaking a rule: log, tell it why, forget it."""
         reason = clip_reason(reason)
+        self._counts.closes[reason_label(code)] += 1
         fields = self._conn_fields(conn)
         fields["code"] = code.name
         fields["reason"] = reason
@@ -665,23 +593,7 @@ class Matchmaker:
             assert circuit is not None  # a member's circuits are open
             other = circuit.b if circuit.a is conn else circuit.a
             self._circuits.close(circuit, ErrorCode.PEER_OFFLINE, why, out, tell=(other,))
-        for invite in list(conn.invites_out.values()):
-            self._take_invite(invite.target, invite.invite_id)
-            reason = "the initiator disconnected"
-            out.append(
-                Send(
-                    invite.target.conn_id, Reject(invite.invite_id, ErrorCode.PEER_OFFLINE, reason)
-                )
-            )
-        for invite in list(conn.invites_in.values()):
-            self._take_invite(conn, invite.invite_id)
-            reason = "the peer disconnected before answering"
-            out.append(
-                Send(
-                    invite.initiator.conn_id,
-                    Reject(invite.request_id, ErrorCode.PEER_OFFLINE, reason),
-                )
-            )
+        self._invitations.withdraw(conn, out)
 
     def _conn_fields(self, conn: ConnRecord) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {"addr": str(conn.addr)}

@@ -108,6 +108,10 @@ class PathStats:
     """Moves from one relay's circuit to another's."""
     relay_circuits: int = 0
     """Relay circuits the session holds now (the one carrying it and spares)."""
+    fallbacks_silent: int = 0
+    """Fallbacks because the direct path went silent for `dead_s` (not a transport error)."""
+    next_race: float | None = None
+    """When the next race starts by itself (None: not scheduled)."""
 
 
 @attrs.frozen
@@ -208,6 +212,8 @@ class SessionPaths:
             last_error=m.last_error,
             relay_moves=m.relay_moves,
             relay_circuits=len(m.circuits),
+            fallbacks_silent=m.fallbacks_silent,
+            next_race=m.next_race if m.may_race() else None,
         )
 
     @property

@@ -191,6 +191,8 @@ class SessionStats:
     duplicates: int = 0
     rejected: int = 0
     rtt_s: float | None = None
+    replayed: int = 0
+    """Frames the replay window dropped (also counted in `duplicates`)."""
 
 
 @attrs.define(slots=True)
@@ -410,6 +412,7 @@ class SessionCore:
         except ReplayError:
             # a retransmission we already have: the sender missed our ack, so ack again
             self.stats.duplicates += 1
+            self.stats.replayed += 1
             self._send_ack(now)
             return FrameResult.DROPPED
         except (AuthenticationError, DecodeError):

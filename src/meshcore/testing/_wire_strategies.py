@@ -52,6 +52,8 @@ __all__ = [
     "invites",
     "keepalives",
     "mutated_encodings",
+    "observe_addresses",
+    "observed_addresses",
     "paireds",
     "path_challenges",
     "path_responses",
@@ -61,6 +63,9 @@ __all__ = [
     "registereds",
     "rejects",
     "rekey_fragments",
+    "relay_challenges",
+    "relay_identities",
+    "relay_proofs",
     "relayeds",
 ]
 
@@ -197,6 +202,16 @@ def pongs() -> st.SearchStrategy[wire.Pong]:
     return st.builds(wire.Pong, _U64)
 
 
+def observe_addresses() -> st.SearchStrategy[wire.ObserveAddress]:
+    """ObserveAddress messages (netcheck's question)."""
+    return st.builds(wire.ObserveAddress, _U64)
+
+
+def observed_addresses() -> st.SearchStrategy[wire.ObservedAddress]:
+    """ObservedAddress messages (the relay's answer)."""
+    return st.builds(wire.ObservedAddress, _U64, endpoints())
+
+
 def error_messages() -> st.SearchStrategy[wire.Error]:
     """Error messages (wire.Error)."""
     return st.builds(wire.Error, error_codes(), reasons())
@@ -205,6 +220,26 @@ def error_messages() -> st.SearchStrategy[wire.Error]:
 def close_messages() -> st.SearchStrategy[wire.Close]:
     """Close messages (wire.Close)."""
     return st.builds(wire.Close, error_codes(), reasons())
+
+
+def relay_identities() -> st.SearchStrategy[wire.RelayIdentity]:
+    """RelayIdentity messages."""
+    return st.builds(wire.RelayIdentity, _X25519, _KEM_PK)
+
+
+def relay_challenges() -> st.SearchStrategy[wire.RelayChallenge]:
+    """RelayChallenge messages."""
+    return st.builds(
+        wire.RelayChallenge,
+        fixed_bytes(RELAY_NONCE_BYTES),
+        _X25519,
+        fixed_bytes(MLKEM768_CT_BYTES),
+    )
+
+
+def relay_proofs() -> st.SearchStrategy[wire.RelayProof]:
+    """RelayProof messages."""
+    return st.builds(wire.RelayProof, fixed_bytes(RELAY_AUTH_MAC_BYTES))
 
 
 def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
@@ -226,6 +261,11 @@ def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
         pongs(),
         error_messages(),
         close_messages(),
+        relay_identities(),
+        relay_challenges(),
+        relay_proofs(),
+        observe_addresses(),
+        observed_addresses(),
     )
 
 

@@ -257,7 +257,7 @@ class SessionCore:
         initiator: Callable[[], RekeyInitiator] | None = None,
         responder: RekeyResponder | None = None,
     ) -> None:
-        """Rekey with a fresh full handshake inside the session (CRYPTO.md §3.8).
+        """Rekey with a fresh full handshake inside the session (docs/crypto-spec.md §3.8).
 
         The session's original initiator passes `initiator` (a factory of one attempt) and
         starts a handshake when the keys reach REKEY_AFTER_S, at most one attempt per

@@ -72,6 +72,7 @@ log = logging.getLogger("meshcore.session")
 
 _FRAME: Final = int(PacketType.FRAME)
 
+
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -104,7 +105,10 @@ class SessionStatus:
     age_s: float = 0.0
     """Seconds since the session opened."""
     relay: str | None = None
-    """The URL of the relay the session met at (its circuit runs there; None if unknown)."""
+    """The URL of the relay whose circuit carries the session (None while it is direct, or if
+    unknown)."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
     not_direct_reason: str | None = None
     """Why the session is not on a direct path now (None while it is)."""
 
@@ -194,6 +198,9 @@ class Session(trio.abc.Channel[bytes]):
             remote = str(address) if address is not None else None
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
+        relay = paths.relay
+        if relay is None and self.path == "relay":
+            relay = self._relay_url  # a session without a path driver: the relay it opened on
         now = trio.current_time()
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
@@ -207,7 +214,8 @@ class Session(trio.abc.Channel[bytes]):
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
             age_s=now - self._started,
-            relay=self._relay_url,
+            relay=relay if isinstance(relay, str) else None,
+            relay_moves=paths.manager.relay_moves,
             not_direct_reason=self._not_direct(now),
         )
 
@@ -237,6 +245,7 @@ class Session(trio.abc.Channel[bytes]):
             migrations=manager.migrations,
             fallbacks=manager.fallbacks,
             fallbacks_silent=manager.fallbacks_silent,
+            relay_moves=manager.relay_moves,
         )
 
     def _not_direct(self, now: float) -> str | None:
@@ -370,7 +379,10 @@ class Session(trio.abc.Channel[bytes]):
         if self._driver is not None:
             raise RuntimeError("this session already has a path driver")
         self._paths.enable_direct(
-            controlling=controlling, settings=settings, now=trio.current_time()
+            controlling=controlling,
+            settings=settings,
+            now=trio.current_time(),
+            relay=driver.relay_of(self._relay_link.transport),
         )
         self._driver = driver
         self._changed()
@@ -512,6 +524,10 @@ class PathDriver(Protocol):
     def abort_direct(self, reason: str) -> bool:
         """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
 
+    def relay_of(self, transport: Transport) -> str | None:
+        """The relay a relay circuit runs through (its URL; None: unknown). A session keeps
+        at most one circuit per relay."""
+
 
 class PathControl:
     """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
@@ -593,11 +609,18 @@ class PathControl:
         return link
 
     def attach_relay(
-        self, transport: Transport, *, first_frame: bytes | None = None, opened_here: bool = False
+        self,
+        transport: Transport,
+        *,
+        first_frame: bytes | None = None,
+        opened_here: bool = False,
+        spare: bool = False,
     ) -> Link | None:
-        """A new relay circuit for the session: one the peer re-opened (with the
-        `first_frame` it arrived with), or one we re-opened (`opened_here`: a keepalive goes
-        out on it first, so that the peer can route it). It replaces the old circuit.
+        """A new relay circuit for the session: one the peer opened (with the `first_frame`
+        it arrived with), or one we opened (`opened_here`: a keepalive goes out on it first,
+        so that the peer can route it; `spare`: for an `OpenRelay(spare=True)`). It replaces
+        the session's circuit on the same relay (`PathDriver.relay_of`), and carries the
+        session if no other circuit does.
 
         Returns the link to run with `Session.run_link`, or None if the session has ended:
         then close `transport`.
@@ -608,13 +631,19 @@ class PathControl:
         link = Link(transport, "relay", session._traffic)
         if transport.relay_url is not None:
             session._relay_url = transport.relay_url
-        session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
+        session._paths.relay_up(
+            link,
+            trio.current_time(),
+            opened_here=opened_here,
+            relay=self._driver.relay_of(transport),
+            spare=spare,
+        )
         self._arrived(link, first_frame)
         return link
 
-    def relay_open_failed(self, reason: str) -> None:
-        """Re-opening the relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time())
+    def relay_open_failed(self, reason: str, *, spare: bool = False) -> None:
+        """Opening a relay circuit failed; the policy tries again while it is needed."""
+        self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
         self._session._changed()
 
     def detach(self) -> None:

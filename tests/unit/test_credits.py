@@ -52,12 +52,12 @@ def test_arrived_bytes_are_queued_and_credit_comes_back_when_drained() -> None:
     assert book.arrived((1, 10), FRAME) is True
     assert book.lane((1, 10)) == (FRAME, FRAME, 2 * FRAME)
     assert book.queued == FRAME
-    # the sender still had credit: the lane does not grow, the drained bytes come back
-    assert book.drained((1, 10), FRAME) == [CreditGrant(20, 1, FRAME)]
-    assert book.lane((1, 10)) == (2 * FRAME, 0, 2 * FRAME)
+    # the drained bytes come back, and the lane grows by them
+    assert book.drained((1, 10), FRAME) == [CreditGrant(20, 1, 2 * FRAME)]
+    assert book.lane((1, 10)) == (3 * FRAME, 0, 3 * FRAME)
 
 
-def test_a_lane_kept_full_grows_up_to_its_window() -> None:
+def test_a_busy_lane_grows_up_to_its_window() -> None:
     book = ledger()
     book.open((1, 10), 20)
     for _ in range(20):

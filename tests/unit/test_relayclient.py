@@ -16,11 +16,7 @@ from hypothesis import strategies as st
 
 from meshcore.errors import DecodeError, HandshakeError, ProtocolError, RelayError, TransportClosed
 from meshcore.proto import wire
-from meshcore.proto.constants import (
-    MAX_CANDIDATES,
-    RELAY_RESTART_SPREAD_S,
-    RELAY_UNCREDITED_WINDOW_BYTES,
-)
+from meshcore.proto.constants import MAX_CANDIDATES, RELAY_UNCREDITED_WINDOW_BYTES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PublicBundle
 from meshcore.proto.packet import PacketType
@@ -269,24 +265,6 @@ def test_reconnect_waits_are_jittered_by_half_either_way() -> None:
         c = Client(random=rng)
         c.register()
         assert only(c.lose(), ConnectionLost).retry_in_s == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("draw", [0.0, 0.5, 0.999])
-def test_a_relay_shutting_down_spreads_the_reconnects_of_its_peers(draw: float) -> None:
-    rng = Random()
-    rng.random = lambda: draw  # type: ignore[method-assign]
-    c = Client(random=rng)
-    c.register()
-    lost = only(c.feed(wire.Close(wire.ErrorCode.SHUTDOWN, "restarting")), ConnectionLost)
-    backoff = 0.5 * (1 + 0.5 * (2 * draw - 1))
-    assert lost.retry_in_s == pytest.approx(backoff + RELAY_RESTART_SPREAD_S * draw)
-
-
-def test_a_lost_connection_without_shutdown_is_not_spread() -> None:
-    c = Client(random=HalfRandom())
-    c.register()
-    lost = only(c.feed(wire.Close(wire.ErrorCode.NONE, "bye")), ConnectionLost)
-    assert lost.retry_in_s == 0.5
 
 
 def test_the_reconnect_is_not_dialled_before_the_wait_is_over() -> None:

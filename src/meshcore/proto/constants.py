@@ -33,7 +33,7 @@ MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + 256
 """Largest sealed transport frame: header, inner header, padding and tag on top of a message."""
 
 MAX_HANDSHAKE_BYTES: Final = 4096
-"""Largest handshake message (CRYPTO.md §3.11)."""
+"""Largest handshake message (docs/crypto-spec.md §3.11)."""
 
 MAX_CONTROL_BYTES: Final = MAX_FRAME_BYTES + 256
 """Largest relay control message: a relayed frame plus its envelope."""
@@ -47,7 +47,7 @@ MAX_REASON_BYTES: Final = 256
 REKEY_FRAGMENT_BYTES: Final = 1150
 """Rekey handshake messages travel as HANDSHAKE inner frames of at most this size (§3.8)."""
 
-# --- key lifetimes (WireGuard, CRYPTO.md §3.8) ---------------------------------------------
+# --- key lifetimes (WireGuard, docs/crypto-spec.md §3.8) ------------------------------------------
 REKEY_AFTER_S: Final = 120.0
 REJECT_AFTER_S: Final = 180.0
 REKEY_ATTEMPT_S: Final = 90.0
@@ -82,7 +82,8 @@ PATH_CHALLENGE_RETRY_S: Final = 1.0
 DIRECT_RACE_DEADLINE_S: Final = 5.0
 DIRECT_RETRY_S: Final = 60.0
 DIRECT_REDIAL_S: Final = 0.05
-"""A refused simultaneous-open dial is retried this often until the race deadline (DESIGN §5)."""
+"""A refused simultaneous-open dial is retried this often until the race deadline (docs/design.md
+§5)."""
 
 # --- session ------------------------------------------------------------------------------
 RETRANSMIT_BUFFER_FRAMES: Final = 4096
@@ -92,7 +93,7 @@ REORDER_BUFFER_FRAMES: Final = 4096
 ACK_EVERY_FRAMES: Final = 32
 ACK_DELAY_S: Final = 0.02
 
-# --- relay limits (DESIGN.md §3, CRYPTO.md §3.11) ------------------------------------------
+# --- relay limits (docs/design.md §3, docs/crypto-spec.md §3.11) ----------------------------------
 RELAY_HELLO_DEADLINE_S: Final = 5.0
 RELAY_MAX_PEERS: Final = 20000
 RELAY_MAX_CIRCUITS: Final = 20000
@@ -107,11 +108,11 @@ RELAY_IDLE_TIMEOUT_S: Final = 60.0
 
 # --- wire codec field sizes (wire.py, inner.py; docs/wire-control.md) ----------------------
 RELAY_NONCE_BYTES: Final = 32
-"""Random nonce in the relay's authentication Challenge (CRYPTO.md §3.11)."""
+"""Random nonce in the relay's authentication Challenge (docs/crypto-spec.md §3.11)."""
 RELAY_AUTH_MAC_BYTES: Final = 32
 """Full HMAC-SHA256 tag a peer answers the relay's Challenge with."""
 PATH_CHALLENGE_BYTES: Final = 16
-"""Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (CRYPTO.md §3.6)."""
+"""Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (docs/crypto-spec.md §3.6)."""
 MAX_REKEY_FRAGMENTS: Final = -(-MAX_HANDSHAKE_BYTES // REKEY_FRAGMENT_BYTES)
 """Most fragments one rekey handshake message is split into (4096 / 1150, rounded up)."""
 
@@ -215,10 +216,6 @@ RELAY_RECONNECT_MAX_S: Final = 30.0
 """Longest wait between attempts to reconnect to the relay."""
 RELAY_RECONNECT_JITTER: Final = 0.5
 """Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""
-RELAY_RESTART_SPREAD_S: Final = 10.0
-"""After the relay says it is shutting down (Close SHUTDOWN: a restart, usually), the first
-reconnect waits up to this much more, uniformly: 10,000 peers come back at ~1,000/s, which a
-relay serves, instead of all within the first second (docs/relay-client.md)."""
 RELAY_HEARTBEAT_S: Final = 5.0
 """A peer pings its relay after this long without receiving anything on the connection (and
 again each time as long again passes), so that an idle connection still proves it lives."""
@@ -226,3 +223,20 @@ RELAY_DEAD_AFTER_S: Final = 15.0
 """A relay connection on which nothing arrived for this long is dead: two pings went unanswered
 (a relay that vanished without a close or RST, docs/relay-client.md). Below the relay's own
 RELAY_IDLE_TIMEOUT_S, which the peer's pings keep from running out."""
+
+# --- sessions across several relays (docs/relay-network.md; Tailscale's DERP choice) --------
+MAX_RELAY_CIRCUITS: Final = 4
+"""Relay circuits one session keeps at once (one per relay); more from the peer are closed."""
+RELAY_CIRCUITS: Final = 2
+"""Relay circuits a relayed session keeps by default: the one carrying it and one spare on
+another relay both peers reach, so that the session moves at once when its relay dies."""
+RELAY_PROBE_S: Final = 3.0
+"""While a session has several relay circuits, each gets a PATH_CHALLENGE this often: its RTT,
+and a frame on it within the trust time (PATH_TRUST_S)."""
+RELAY_SPARE_RETRY_S: Final = 30.0
+"""A spare relay circuit that could not be opened is tried again after RELAY_REOPEN_RETRY_S,
+doubling per failure up to this."""
+RELAY_SWITCH_GAIN_S: Final = 0.010
+"""Another relay circuit must be at least this much faster (RTT) to carry the session ..."""
+RELAY_SWITCH_RATIO: Final = 2 / 3
+"""... and below this fraction of the current circuit's RTT (Tailscale: 10 ms and 2/3)."""

@@ -43,8 +43,8 @@ class CreditGrant:
 class _Lane:
     sender: int
     limit: int
-    """What this lane may hold now (credit + queued): grows while the sender uses it all,
-    up to the fair window."""
+    """What this lane may hold now (credit + queued): grows with the traffic it carries, up
+    to the fair window."""
     credit: int = 0
     queued: int = 0
 
@@ -55,7 +55,7 @@ class CreditLedger:
     `window_bytes` caps one lane; `max_buffer_bytes` caps all of them together; a lane's
     fair window is `min(window_bytes, max(min_grant_bytes, max_buffer_bytes // lanes))`.
     A new lane starts with `initial_bytes` (at most its fair window) and grows by what it
-    drains while its sender keeps it full, so an idle circuit holds only its first grant.
+    drains, so an idle circuit holds only its first grant.
     `min_grant_bytes` (the largest payload) is the least a lane is ever limited to, so
     every frame can eventually be sent.
     """
@@ -138,15 +138,12 @@ class CreditLedger:
         if lane is None:
             return []
         size = min(size, lane.queued)
-        was_full = lane.credit < self.min_grant_bytes
         lane.queued -= size
         self.held -= size
-        fair = self.fair_window()
-        if was_full:  # the sender used what it had: let the lane grow (slow start by bytes)
-            lane.limit = min(fair, lane.limit + size)
-        else:
-            lane.limit = min(fair, lane.limit)
-        lane.limit = max(lane.limit, self.min_grant_bytes)
+        # A lane that carries traffic grows by what it carried (slow start by bytes), up to
+        # its fair window. (Whether the sender waits cannot be seen from here: its credit in
+        # the ledger still counts the bytes in flight towards the relay.)
+        lane.limit = min(self.fair_window(), lane.limit + size)
         out: list[CreditGrant] = []
         self._serve_starved(out)
         # Hand back in batches; the rest once the queue is empty if the sender may be waiting

@@ -34,7 +34,6 @@ from meshcore.proto.constants import (
     RELAY_RECONNECT_JITTER,
     RELAY_RECONNECT_MAX_S,
     RELAY_RECONNECT_MIN_S,
-    RELAY_RESTART_SPREAD_S,
     RELAY_UNCREDITED_WINDOW_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
@@ -467,15 +466,13 @@ class RelayClientCore:
         out.append(RegistrationFailed(error, wait))
         return out
 
-    def _lose(
-        self, reason: str, now: float, *, close: bool, permanent: bool, spread_s: float = 0.0
-    ) -> list[Output]:
-        """The registered connection ended, and all tied to it; wait up to `spread_s` more."""
+    def _lose(self, reason: str, now: float, *, close: bool, permanent: bool) -> list[Output]:
+        """The registered connection ended: everything tied to it ends with it."""
         out: list[Output] = [CloseConnection(reason)] if close else []
         out += self._end_connection(reason)
         if permanent:
             return out + self._closed(reason)
-        wait = self._backoff.next_delay() + spread_s * self._random.random()
+        wait = self._backoff.next_delay()
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
@@ -544,9 +541,7 @@ class RelayClientCore:
             reason = f"relay closed the connection: {msg.reason or msg.code.name}"
             # another registration with our id took over: reconnecting would evict it in turn
             permanent = msg.code is wire.ErrorCode.REPLACED
-            herd = msg.code is wire.ErrorCode.SHUTDOWN  # every peer reconnects: spread out
-            spread = RELAY_RESTART_SPREAD_S if herd else 0.0
-            return self._lose(reason, now, close=True, permanent=permanent, spread_s=spread)
+            return self._lose(reason, now, close=True, permanent=permanent)
         return []  # a message only peers send, or the relay's keys again: nothing to do
 
     def _relayed(self, msg: wire.Relayed, now: float) -> list[Output]:

@@ -23,6 +23,7 @@ from typing import Final, Protocol, cast
 import attrs
 import trio
 
+from meshcore import _trace
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
@@ -153,7 +154,13 @@ class Link:
                 batch = list(queue)
                 queue.clear()
                 self._queued_bytes = 0
+                if _trace.ENABLED:
+                    for frame in batch:
+                        _trace.mark("link.take", frame)
                 await send_many(batch)
+                if _trace.ENABLED:
+                    for frame in batch:
+                        _trace.mark("sock.sent", frame)
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
             with trio.CancelScope(shield=True):
@@ -167,7 +174,11 @@ class Link:
         receive_batch = self.transport.receive_batch
         try:
             while True:
-                session._on_frames(self, await receive_batch())
+                batch = await receive_batch()
+                if _trace.ENABLED:
+                    for frame in batch:
+                        _trace.mark("sock.read", frame)
+                session._on_frames(self, batch)
         except TransportClosed as exc:
             session._link_closed(self, exc.reason)
 
@@ -333,6 +344,8 @@ class Session(trio.abc.Channel[bytes]):
                 self._check_open()
                 await self._wait_progress()
             self._check_open()
+            if _trace.ENABLED:
+                _trace.parent = _trace.key(value)
             try:
                 core.send(bytes(value), trio.current_time())
             except SessionClosed as exc:  # e.g. the keys expired this very moment
@@ -340,6 +353,7 @@ class Session(trio.abc.Channel[bytes]):
                 raise trio.BrokenResourceError(exc.reason) from exc
             self._changed()
         finally:
+            _trace.parent = 0
             lock.release()
 
     async def receive(self) -> bytes:
@@ -429,9 +443,14 @@ class Session(trio.abc.Channel[bytes]):
         receive = self._paths.receive_frame
         for data in frames:
             if data and data[0] == _FRAME:
+                if _trace.ENABLED:
+                    _trace.parent = _trace.key(data)
                 receive(data, link, now)
+                if _trace.ENABLED:
+                    _trace.mark("session.opened", data)
             # anything else: late handshake retransmissions and the like
         self._changed()
+        _trace.parent = 0
 
     def _link_closed(self, link: Link, reason: str) -> None:
         if link.closed:
@@ -446,6 +465,8 @@ class Session(trio.abc.Channel[bytes]):
     def _route(self) -> None:
         """Hand the core's frames to the links they go on."""
         for link, frame in self._paths.outbox():
+            if _trace.ENABLED:
+                _trace.mark("session.sealed", frame, parent=_trace.parent)
             cast(Link, link).push(frame)
 
     # ----------------------------------------------------------------- tasks
@@ -465,6 +486,8 @@ class Session(trio.abc.Channel[bytes]):
     def _handle_events(self, events: list[SessionEvent | PingAnswered]) -> None:
         for event in events:
             if isinstance(event, MessageReceived):
+                if _trace.ENABLED:
+                    _trace.mark("session.deliver", event.payload, parent=_trace.parent)
                 self._inbox.append(event.payload)
                 if len(self._inbox) >= self._inbox_limit and not self._core.acks_held:
                     self._core.hold_acks(True, trio.current_time())

@@ -17,6 +17,7 @@ from functools import partial
 import attrs
 import trio
 
+from meshcore import _trace
 from meshcore._api import open_peer_session, serve
 from meshcore._client import RelayClient
 from meshcore._control import SessionRegistry
@@ -149,6 +150,7 @@ class FramePump:
         switch, links = self.switch, self._links
         while True:
             await trio.lowlevel.wait_readable(fd)
+            woke = _trace.now_ns() if _trace.ENABLED else 0
             now = trio.current_time()
             for _ in range(batch):
                 try:
@@ -158,6 +160,9 @@ class FramePump:
                 except OSError as exc:
                     raise MeshError(f"reading the TAP device failed: {exc.strerror}") from None
                 self.frames_read += 1
+                if _trace.ENABLED:
+                    _trace.mark_frame("tap.wake", view[:size], at=woke)
+                    _trace.mark_frame("tap.read", view[:size])
                 for peer in switch.from_local(view[header:size], now):
                     link = links.get(peer)
                     if link is None:
@@ -184,6 +189,8 @@ class FramePump:
                 link.idle = True
                 await link.wake.wait()
                 continue
+            if _trace.ENABLED:
+                _trace.mark("pump.take", message, parent=_trace.message_parent(message))
             await channel.send(message)
             stats.messages_out += 1
 
@@ -194,6 +201,8 @@ class FramePump:
         assembler = FrameAssembler()
         while True:
             message = await channel.receive()
+            if _trace.ENABLED:
+                _trace.mark("pump.receive", message)
             stats.messages_in += 1
             try:
                 frames = assembler.decode_untrusted(message)
@@ -212,6 +221,8 @@ class FramePump:
                 except OSError:
                     stats.dropped_write += 1
                     continue
+                if _trace.ENABLED:
+                    _trace.mark_frame("tap.write", frame, parent=_trace.key(message))
                 stats.frames_in += 1
                 stats.bytes_in += len(frame)
 

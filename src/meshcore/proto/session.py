@@ -56,6 +56,7 @@ from meshcore.proto.sessiontypes import (
     SessionState,
     SessionStats,
 )
+from meshcore.proto.window import WindowSizer
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -128,7 +129,13 @@ class SessionCore:
         self._acks_held = False
         self._dup_acks = 0
         self._window_frames = self.settings.window_frames
-        self._window_bytes = self.settings.window_bytes
+        self._window_cap = self.settings.window_bytes
+        self._sizer = (
+            WindowSizer(min_bytes=self.settings.min_window_bytes)
+            if self.settings.adaptive_window
+            else None
+        )
+        self._window_bytes = self._window_now()
         self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
         self._unsent_bytes = 0
         self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
@@ -202,9 +209,26 @@ class SessionCore:
             frames, nbytes = s.direct_window_frames, s.direct_window_bytes
         else:
             frames, nbytes = s.window_frames, s.window_bytes
-        if (frames, nbytes) != (self._window_frames, self._window_bytes):
-            self._window_frames, self._window_bytes = frames, nbytes
+        if (frames, nbytes) != (self._window_frames, self._window_cap):
+            self._window_frames, self._window_cap = frames, nbytes
+            if self._sizer is not None:
+                self._sizer.reset()  # another path: measure it afresh
+            self._window_bytes = self._window_now()
             self._send_unsent(now)
+
+    @property
+    def window_bytes(self) -> int:
+        """Bytes that may be unacknowledged now (the adaptive window, or the path's cap)."""
+        return self._window_bytes
+
+    @property
+    def window_sizer(self) -> WindowSizer | None:
+        """The estimates behind the adaptive window (None when it is off)."""
+        return self._sizer
+
+    def _window_now(self) -> int:
+        sizer = self._sizer
+        return self._window_cap if sizer is None else sizer.window(self._window_cap)
 
     @property
     def all_acked(self) -> bool:
@@ -250,6 +274,8 @@ class SessionCore:
         self._next_seq = seq + 1
         waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
         frame = self._seal_data(seq, payload, now, transmit=not waiting)
+        if self._sizer is not None and not waiting:
+            self._sizer.on_sent(seq, now, idle=not self._pending)
         self._pending.append(_Pending(seq, payload, frame, now))
         self._pending_bytes += len(payload)
         if waiting:
@@ -423,9 +449,12 @@ class SessionCore:
         self._peer_acked = ack
         pending = self._pending
         sample: float | None = None
+        sizer = self._sizer
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
             self._pending_bytes -= len(entry.payload)
+            if sizer is not None:
+                sizer.on_acked(entry.seq, len(entry.payload), now)
             if self._unsent > len(pending):  # acked while waiting to be resent
                 self._unsent -= 1
                 self._unsent_bytes -= len(entry.payload)
@@ -436,6 +465,8 @@ class SessionCore:
             self.stats.rtt_s = sample if rtt is None else 0.875 * rtt + 0.125 * sample
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at = now + self._rto if pending else None
+        if sizer is not None:
+            self._window_bytes = sizer.window(self._window_cap)
         if self._unsent:
             self._send_unsent(now)
 
@@ -482,6 +513,8 @@ class SessionCore:
         if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
             entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
         entry.retransmitted = True
+        if self._sizer is not None:
+            self._sizer.forget(entry.seq)
         self._transmit(ACTIVE, entry.frame, now)
         self.stats.retransmitted += 1
 

@@ -40,13 +40,22 @@ class SessionSettings:
     """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
     ack_delay_s: float = C.ACK_DELAY_S
     ack_every_frames: int = 8
-    ack_every_bytes: int = 64 * 1024
+    ack_every_bytes: int = 16 * 1024
+    """Acknowledge at once after this many bytes: well below `min_window_bytes`, so that a
+    small window never waits for the ack delay."""
     window_frames: int = 48
     """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
-    window_bytes: int = 192 * 1024
+    window_bytes: int = 2 * 1024 * 1024
+    """Most unacknowledged bytes in flight on the relay (the cap of the adaptive window)."""
     direct_window_frames: int = 1024
     """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
     direct_window_bytes: int = 4 * 1024 * 1024
+    """Most unacknowledged bytes in flight on a direct path (the cap of the adaptive window)."""
+    adaptive_window: bool = True
+    """Size the window to twice the path's bandwidth-delay product (`proto.window`), within
+    [min_window_bytes, the path's cap], instead of always the cap: the reliable layer then
+    holds about one round trip of data, not megabytes of queue."""
+    min_window_bytes: int = 32 * 1024
     reorder_frames: int = C.REORDER_BUFFER_FRAMES
     pad_to: int = 16
 

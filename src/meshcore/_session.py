@@ -25,10 +25,10 @@ import trio
 
 from meshcore import _trace
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+from meshcore._link import LINK_QUEUE_BYTES, Link
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
-from meshcore.errors import NoUsablePath, SessionClosed, TransportClosed
-from meshcore.proto import constants as C
+from meshcore.errors import NoUsablePath, SessionClosed
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
@@ -56,6 +56,7 @@ from meshcore.proto.session import (
 )
 
 __all__ = [
+    "LINK_QUEUE_BYTES",
     "Link",
     "PathControl",
     "PathDriver",
@@ -70,11 +71,6 @@ log = logging.getLogger("meshcore.session")
 
 _FRAME: Final = int(PacketType.FRAME)
 
-LINK_QUEUE_BYTES = 8 * 1024 * 1024
-"""Bytes queued for one link of a session (with `DIRECT_LINK_QUEUE_FRAMES`): a stalled
-writer costs at most this much memory before the link drops like a lossy one."""
-
-
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -83,104 +79,6 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
         now,
     )
     return keys
-
-
-class Link:
-    """One transport carrying a session's frames, with its own send queue and writer task,
-    so that a slow or dead path never holds up another (docs/direct.md).
-
-    The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`, `LINK_QUEUE_BYTES`); beyond it frames
-    are dropped like on a lossy link, and the session retransmits them. The writer hands the
-    transport whole batches (`Transport.send_many`: one write on the direct path).
-    """
-
-    __slots__ = (
-        "_drained",
-        "_queue",
-        "_queued_bytes",
-        "_wake",
-        "closed",
-        "dropped",
-        "kind",
-        "transport",
-    )
-
-    def __init__(self, transport: Transport, kind: str) -> None:
-        self.transport = transport
-        self.kind = kind
-        self.closed = False
-        self.dropped = 0
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._wake = trio.Event()
-        self._drained = trio.Event()
-        self._drained.set()
-
-    def __repr__(self) -> str:
-        return f"<Link {self.kind} {self.transport.remote_address}>"
-
-    def push(self, frame: bytes) -> None:
-        """Queue `frame` for this link (never blocks)."""
-        if self.closed:
-            return
-        if (
-            len(self._queue) >= C.DIRECT_LINK_QUEUE_FRAMES
-            or self._queued_bytes + len(frame) > LINK_QUEUE_BYTES
-        ):
-            self.dropped += 1
-            return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._drained.is_set():
-            self._drained = trio.Event()
-        self._wake.set()
-
-    async def drain(self) -> None:
-        """Wait until everything queued has been written (or the link closed)."""
-        while not self._drained.is_set() and not self.closed:
-            await self._drained.wait()
-
-    async def run_writer(self, session: Session) -> None:
-        queue = self._queue
-        transport = self.transport
-        send_many = transport.send_many
-        try:
-            while True:
-                if not queue:
-                    self._drained.set()
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    continue
-                batch = list(queue)
-                queue.clear()
-                self._queued_bytes = 0
-                if _trace.ENABLED:
-                    for frame in batch:
-                        _trace.mark("link.take", frame)
-                await send_many(batch)
-                if _trace.ENABLED:
-                    for frame in batch:
-                        _trace.mark("sock.sent", frame)
-        except TransportClosed as exc:
-            session._link_closed(self, exc.reason)
-            with trio.CancelScope(shield=True):
-                await transport.aclose(exc.reason)
-        finally:
-            queue.clear()
-            self._queued_bytes = 0
-            self._drained.set()
-
-    async def run_reader(self, session: Session) -> None:
-        receive_batch = self.transport.receive_batch
-        try:
-            while True:
-                batch = await receive_batch()
-                if _trace.ENABLED:
-                    for frame in batch:
-                        _trace.mark("sock.read", frame)
-                session._on_frames(self, batch)
-        except TransportClosed as exc:
-            session._link_closed(self, exc.reason)
 
 
 @attrs.frozen
@@ -431,8 +329,8 @@ class Session(trio.abc.Channel[bytes]):
         self._links.add(link)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.run_writer, self)
-                await link.run_reader(self)
+                nursery.start_soon(link.run_writer, self._link_closed)
+                await link.run_reader(self._on_frames, self._link_closed)
                 nursery.cancel_scope.cancel()
         finally:
             link.closed = True

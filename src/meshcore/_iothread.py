@@ -103,6 +103,11 @@ class IoThread:
             self._remove(fd)
 
     # ----------------------------------------------------------------- lifetime
+    @property
+    def running(self) -> bool:
+        """Whether the thread is running."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

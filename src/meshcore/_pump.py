@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from functools import partial
 
 import attrs
 import trio
 
 from meshcore import _trace
+from meshcore._iothread import IoThread
+from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
 from meshcore.proto.constants import (
     TUNNEL_MAX_RECORD_BYTES,
@@ -66,14 +70,18 @@ class _Link:
     """One live session with one peer: the queue of frames towards it and its packer."""
 
     __slots__ = (
+        "again",
         "assembler",
         "channel",
         "done",
+        "draining",
         "idle",
+        "lock",
         "packer",
         "peer",
         "queue",
         "scope",
+        "session",
         "stats",
         "wake",
     )
@@ -96,6 +104,13 @@ class _Link:
         self.wake = trio.Event()
         self.idle = False
         self.done = trio.Event()
+        self.session: Session | None = None
+        """Set when the channel is a Session driven without a task (`Session.send_nowait`)."""
+        self.lock = threading.Lock()
+        """Guards the queue and the packer (the device reader and the sender may be in
+        different threads)."""
+        self.draining = False
+        self.again = False
 
     @property
     def queued_bytes(self) -> int:
@@ -103,6 +118,10 @@ class _Link:
 
     def next_message(self, now: float) -> bytes | None:
         """The next session message: frames from the queue, packed up to a full message."""
+        with self.lock:
+            return self._next_message(now)
+
+    def _next_message(self, now: float) -> bytes | None:
         packer, queue = self.packer, self.queue
         if not packer.full:
             while True:
@@ -140,8 +159,11 @@ class FramePump:
         queue_bytes: int = TUNNEL_QUEUE_BYTES,
         batch_frames: int = TUNNEL_READ_BATCH_FRAMES,
         queue: FqCodelSettings | None = None,
+        io: IoThread | None = None,
     ) -> None:
         self._fd = fd
+        self._io = io
+        self._switch_lock = threading.Lock()
         self._header = vnet_header_bytes
         self._queue = attrs.evolve(queue or FqCodelSettings(), limit_bytes=queue_bytes)
         self._batch = batch_frames
@@ -152,6 +174,8 @@ class FramePump:
         """Frames for a configured peer that had no session at the time."""
         self.frames_read = 0
         self._changed = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
 
     # ----------------------------------------------------------------- queries
     @property
@@ -177,48 +201,111 @@ class FramePump:
 
     # ----------------------------------------------------------------- device -> peers
     async def run_device_reader(self) -> None:
-        """Read frames from the device until cancelled, several per wakeup.
+        """Read frames from the device until cancelled, several per wakeup: in the data
+        path's thread when the pump has one (this task then only waits), else in this task.
 
         Raises `MeshError` if the device fails (it was removed under us).
         """
-        fd, batch = self._fd, self._batch
         buffer = bytearray(self._header + TUNNEL_MAX_RECORD_BYTES)
-        view = memoryview(buffer)
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            woke = _trace.now_ns() if _trace.ENABLED else 0
-            touched: set[_Link] = set()
-            for _ in range(batch):
-                try:
-                    size = os.readv(fd, (buffer,))
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    raise MeshError(f"reading the TAP device failed: {exc.strerror}") from None
-                if _trace.ENABLED:
-                    _trace.mark_frame("tap.wake", view[:size], at=woke)
-                    _trace.mark_frame("tap.read", view[:size])
-                self._admit(bytes(view[:size]), touched)
-            for link in touched:
-                if link.idle:
-                    link.idle = False
+        io = self._io
+        if io is None:
+            while True:
+                await trio.lowlevel.wait_readable(self._fd)
+                self._read_device(buffer)
+        failed: list[MeshError] = []
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def on_readable() -> None:
+            try:
+                self._read_device(buffer)
+            except MeshError as exc:
+                failed.append(exc)
+                io.unregister(self._fd)
+                token.run_sync_soon(done.set)
+
+        io.register(self._fd, on_readable)
+        try:
+            await done.wait()
+            raise failed[0]
+        finally:
+            io.unregister(self._fd)
+
+    def _read_device(self, buffer: bytearray) -> None:
+        """Read what the device has (up to a batch), queue it, and wake the senders."""
+        fd, view = self._fd, memoryview(buffer)
+        woke = _trace.now_ns() if _trace.ENABLED else 0
+        touched: set[_Link] = set()
+        for _ in range(self._batch):
+            try:
+                size = os.readv(fd, (buffer,))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                raise MeshError(f"reading the TAP device failed: {exc.strerror}") from None
+            if _trace.ENABLED:
+                _trace.mark_frame("tap.wake", view[:size], at=woke)
+                _trace.mark_frame("tap.read", view[:size])
+            self._admit(bytes(view[:size]), touched)
+        for link in touched:
+            if link.session is not None:
+                self._drain(link)
+            elif link.idle:
+                link.idle = False
+                if threading.get_ident() == self._trio_thread:
                     link.wake.set()
+                else:
+                    self._token.run_sync_soon(link.wake.set)
 
     def _admit(self, frame: bytes, touched: set[_Link]) -> None:
         """Switch one frame from the device and queue it for each peer it goes to."""
         self.frames_read += 1
         header = self._header
         now = _clock()
-        for peer in self.switch.from_local(memoryview(frame)[header:], now):
+        with self._switch_lock:
+            peers = self.switch.from_local(memoryview(frame)[header:], now)
+        for peer in peers:
             link = self._links.get(peer)
             if link is None:
                 self.dropped_no_session += 1
                 continue
             stats = link.stats
-            stats.dropped_queue_full += link.queue.enqueue(frame, now)
+            with link.lock:
+                stats.dropped_queue_full += link.queue.enqueue(frame, now)
             stats.frames_out += 1
             stats.bytes_out += len(frame)
             touched.add(link)
+
+    def _drain(self, link: _Link) -> None:
+        """Send `link`'s queued frames while its session's window has room (from any
+        thread: the device reader's, or the one that saw the window open)."""
+        with link.lock:
+            if link.draining:
+                link.again = True
+                return
+            link.draining = True
+        session, stats = link.session, link.stats
+        assert session is not None
+        try:
+            while True:
+                while session.ready_to_send():
+                    message = link.next_message(_clock())
+                    if message is None:
+                        break
+                    if _trace.ENABLED:
+                        _trace.mark("pump.take", message, parent=_trace.message_parent(message))
+                    session.send_nowait(message)
+                    stats.messages_out += 1
+                with link.lock:
+                    if not link.again:
+                        link.draining = False
+                        return
+                    link.again = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with link.lock:  # the session ended: its link ends too, nothing more to send
+                link.draining = False
+                link.queue.clear()
+                link.packer.clear()
 
     async def _send_loop(self, link: _Link) -> None:
         channel, stats = link.channel, link.stats
@@ -249,7 +336,9 @@ class FramePump:
         fd, header, peer, switch = self._fd, self._header, link.peer, self.switch
         now = _clock()
         for frame in frames:
-            if not switch.from_peer(peer, frame[header:], now):
+            with self._switch_lock:
+                accepted = switch.from_peer(peer, frame[header:], now)
+            if not accepted:
                 stats.dropped_invalid += 1
                 continue
             try:
@@ -270,6 +359,27 @@ class FramePump:
                 _trace.mark("pump.receive", message)
             self._deliver(link, message)
 
+    def _delivered(self, link: _Link, message: bytes) -> None:
+        if _trace.ENABLED:
+            _trace.mark("pump.receive", message)
+        self._deliver(link, message)
+
+    async def _run_session(self, link: _Link) -> None:
+        """Drive a Session without tasks: its messages come to `_deliver` as they arrive,
+        frames go out by `_drain` when queued or when its window opens; this only waits for
+        the session to end (`receive` raises then)."""
+        session = link.session
+        assert session is not None
+        if self._io is not None:
+            session.use_io_thread(self._io)
+        session.attach_receiver(partial(self._delivered, link), partial(self._drain, link))
+        try:
+            self._drain(link)
+            while True:
+                await session.receive()  # nothing arrives here while the receiver is set
+        finally:
+            session.detach_receiver()
+
     # ----------------------------------------------------------------- links
     async def run_link(self, peer: PeerId, channel: trio.abc.Channel[bytes]) -> str:
         """Carry `peer`'s frames over `channel` until it ends; returns why it ended.
@@ -283,6 +393,8 @@ class FramePump:
         if old is not None:
             old.scope.cancel()
         link = _Link(peer, channel, self.stats[peer], self._queue, self._header)
+        if isinstance(channel, Session):
+            link.session = channel
         link.stats.sessions += 1
         self._links[peer] = link
         self._notify()
@@ -301,16 +413,21 @@ class FramePump:
                             outcome.append(str(exc.__cause__ or exc) or type(exc).__name__)
                         nursery.cancel_scope.cancel()
 
-                    nursery.start_soon(guard, self._send_loop)
-                    nursery.start_soon(guard, self._receive_loop)
+                    if link.session is not None:
+                        nursery.start_soon(guard, self._run_session)
+                    else:
+                        nursery.start_soon(guard, self._send_loop)
+                        nursery.start_soon(guard, self._receive_loop)
                 if outcome:
                     reason = outcome[0]
         finally:
-            link.packer.clear()
-            link.queue.clear()
+            with link.lock:
+                link.packer.clear()
+                link.queue.clear()
             if self._links.get(peer) is link:
                 del self._links[peer]
-                self.switch.forget_port(peer)
+                with self._switch_lock:
+                    self.switch.forget_port(peer)
                 self._notify()
             link.done.set()
         return reason

@@ -18,6 +18,7 @@ import trio
 from meshcore._api import open_peer_session, serve
 from meshcore._client import RelayClient
 from meshcore._control import SessionRegistry
+from meshcore._iothread import open_io_thread
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pump import FramePump, LinkStats
 from meshcore._session import Session
@@ -95,12 +96,13 @@ async def run_tunnel(
     the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
-    pump = FramePump(fd, vnet_header_bytes, unique)
-    async with open_hidden_nursery() as nursery:
-        nursery.start_soon(pump.run_device_reader)
-        nursery.start_soon(_keep_relay, pump, config)
-        task_status.started(pump)
-        await trio.sleep_forever()
+    async with open_io_thread() as io:
+        pump = FramePump(fd, vnet_header_bytes, unique, io=io)
+        async with open_hidden_nursery() as nursery:
+            nursery.start_soon(pump.run_device_reader)
+            nursery.start_soon(_keep_relay, pump, config)
+            task_status.started(pump)
+            await trio.sleep_forever()
 
 
 async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:

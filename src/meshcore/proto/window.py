@@ -21,6 +21,8 @@ from typing import Final
 
 __all__ = ["WindowSizer"]
 
+_MIN_INTERVAL_S: Final = 1e-6
+"""A rate sample needs at least this long (no clock resolves less)."""
 _MIN_BANDWIDTH_WINDOW_S: Final = 0.05
 """The bandwidth maximum covers at least this long (and 10 round trips)."""
 
@@ -91,7 +93,8 @@ class WindowSizer:
         bandwidth = self.bandwidth
         if self._probe_until is not None or bandwidth is None or self._min_rtt is None:
             return floor
-        return max(floor, min(cap, int(self._gain * bandwidth * self._min_rtt)))
+        product = self._gain * bandwidth * self._min_rtt
+        return cap if product >= cap else max(floor, int(product))
 
     # ------------------------------------------------------------------ samples
     def reset(self) -> None:
@@ -123,7 +126,7 @@ class WindowSizer:
         self._rtt_sample(now - sent, now)
         interval = max(sent - first_sent, now - prior_time)
         min_rtt = self._min_rtt
-        if interval <= 0 or (min_rtt is not None and interval < min_rtt):
+        if interval < _MIN_INTERVAL_S or (min_rtt is not None and interval < min_rtt):
             return  # too short to tell a rate from a burst
         self._bandwidth_sample((self._delivered - prior_delivered) / interval, now)
 

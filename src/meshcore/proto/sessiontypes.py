@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
+from typing import Final
 
 import attrs
 
@@ -13,6 +14,8 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.inner import RekeyFragment
 
 __all__ = [
+    "RELAY_WINDOW_BYTES",
+    "RELAY_WINDOW_FRAMES",
     "EndpointsReceived",
     "FrameResult",
     "MessageReceived",
@@ -26,6 +29,29 @@ __all__ = [
     "SessionState",
     "SessionStats",
 ]
+
+RELAY_WINDOW_FRAMES: Final = 48
+"""Most unacknowledged messages in flight on the relay: below the relay's per-circuit queue
+of `RELAY_CIRCUIT_QUEUE_FRAMES` (64) frames, the rest left for acks, keepalives and probes."""
+
+_RELAY_FRAME_OVERHEAD_BYTES: Final = C.MAX_CONTROL_BYTES - C.MAX_MESSAGE_BYTES
+"""Most bytes a relayed frame adds to its message in the relay's queue (header, padding,
+tag and the relay's envelope)."""
+
+RELAY_WINDOW_BYTES: Final = min(
+    2 * 1024 * 1024,
+    C.RELAY_CIRCUIT_QUEUE_BYTES
+    - C.MAX_MESSAGE_BYTES
+    - C.RELAY_CIRCUIT_QUEUE_FRAMES * _RELAY_FRAME_OVERHEAD_BYTES,
+)
+"""Cap of the session window on the relay, in bytes of messages: 160 KiB. The window follows
+the path's bandwidth-delay product on the relay as on direct paths, and 2 MiB would let it
+fill a 40 ms relay path at 200 Mbit/s; but the relay has no per-circuit flow control
+(credits) yet: it queues at most `RELAY_CIRCUIT_QUEUE_BYTES` (256 KiB) per circuit and
+direction and drops the rest, and a session that lost frames there waits a retransmission
+timeout. So the cap is the smaller of 2 MiB and what always fits that queue: a full window,
+plus the one message the window admits past its edge (`MAX_MESSAGE_BYTES`), plus the
+overhead of every frame the queue holds."""
 
 
 @attrs.frozen
@@ -43,10 +69,11 @@ class SessionSettings:
     ack_every_bytes: int = 16 * 1024
     """Acknowledge at once after this many bytes: well below `min_window_bytes`, so that a
     small window never waits for the ack delay."""
-    window_frames: int = 48
+    window_frames: int = RELAY_WINDOW_FRAMES
     """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
-    window_bytes: int = 2 * 1024 * 1024
-    """Most unacknowledged bytes in flight on the relay (the cap of the adaptive window)."""
+    window_bytes: int = RELAY_WINDOW_BYTES
+    """Most unacknowledged bytes in flight on the relay (the cap of the adaptive window; it
+    must fit the relay's per-circuit queue, see `RELAY_WINDOW_BYTES`)."""
     direct_window_frames: int = 1024
     """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
     direct_window_bytes: int = 4 * 1024 * 1024

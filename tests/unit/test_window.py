@@ -112,11 +112,30 @@ def test_a_stale_minimum_drains_the_window_and_measures_again() -> None:
     assert not sizer.probing
 
 
+def test_a_minimum_rtt_of_small_messages_does_not_starve_large_ones() -> None:
+    """The RTT minimum comes from a lone small message (50 us); bulk messages of 64 KiB take
+    half a millisecond each to get through: the window still holds 1 ms at the rate seen."""
+    for floor, enough in ((0.001, True), (0.0, False)):
+        sizer = WindowSizer(min_bytes=32 * 1024, rtt_floor_s=floor)
+        sizer.on_sent(0, 0.0, idle=True)
+        sizer.on_acked(0, 100, 50e-6)
+        path = Path(sizer, rate=1e9 / 8, rtt=50e-6)
+        path.seq = 1
+        path.run(0.05, message=64 * 1024)
+        bandwidth = sizer.bandwidth
+        assert sizer.min_rtt == pytest.approx(50e-6) and bandwidth is not None
+        window = sizer.window(CAP)
+        assert (window >= 1.9 * bandwidth * 0.001) is enough
+        assert (window >= 2 * 64 * 1024) is enough  # two messages in flight: both peers busy
+
+
 def test_settings_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         WindowSizer(min_bytes=0)
     with pytest.raises(ValueError):
         WindowSizer(min_bytes=1, gain=0.5)
+    with pytest.raises(ValueError):
+        WindowSizer(min_bytes=1, rtt_floor_s=-1.0)
 
 
 def cores(settings: SessionSettings) -> tuple[SessionCore, SessionCore]:

@@ -12,6 +12,15 @@ minimum, like slow start), and at most one bandwidth-delay product waits in queu
 RTT minimum grows stale, the window drops to its minimum for `probe_s` (BBR's PROBE_RTT), so
 that queues drain and a fresh minimum is measured instead of a queue being taken for the
 path.
+
+The RTT in the product is at least `rtt_floor_s` (1 ms). A session's RTT sample is the
+time from sealing a message to its acknowledgement, which includes both peers' processing
+of it; the minimum comes from small messages (keepalives, a lone ping), while a 64 KiB
+message takes a good part of a millisecond to seal, write, read and open. A window of one
+such message leaves the two peers taking turns instead of working at once, and the rate it
+measures then holds the window where it is (BBR keeps an offload budget of a few send quanta
+in its cwnd for the same reason). With the floor, what the window may add to a queue is
+bounded in time: `gain` x `rtt_floor_s` at the rate measured, 2 ms.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class WindowSizer:
         "_probe_min",
         "_probe_s",
         "_probe_until",
+        "_rtt_floor",
         "_sent",
     )
 
@@ -54,9 +64,13 @@ class WindowSizer:
         gain: float = 2.0,
         min_rtt_window_s: float = 10.0,
         probe_s: float = 0.2,
+        rtt_floor_s: float = 0.001,
     ) -> None:
         if min_bytes < 1 or gain < 1.0 or min_rtt_window_s <= 0 or probe_s <= 0:
             raise ValueError("min_bytes >= 1, gain >= 1 and positive times required")
+        if rtt_floor_s < 0:
+            raise ValueError("rtt_floor_s must not be negative")
+        self._rtt_floor = rtt_floor_s
         self._min_bytes = min_bytes
         self._gain = gain
         self._min_rtt_window = min_rtt_window_s
@@ -88,12 +102,13 @@ class WindowSizer:
         return self._probe_until is not None
 
     def window(self, cap: int) -> int:
-        """Bytes that may be in flight: gain x bandwidth x min RTT within [min_bytes, cap]."""
+        """Bytes that may be in flight: gain x bandwidth x min RTT (at least `rtt_floor_s`),
+        within [min_bytes, cap]."""
         floor = min(self._min_bytes, cap)
         bandwidth = self.bandwidth
         if self._probe_until is not None or bandwidth is None or self._min_rtt is None:
             return floor
-        product = self._gain * bandwidth * self._min_rtt
+        product = self._gain * bandwidth * max(self._min_rtt, self._rtt_floor)
         return cap if product >= cap else max(floor, int(product))
 
     # ------------------------------------------------------------------ samples

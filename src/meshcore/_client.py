@@ -36,6 +36,7 @@ log = logging.getLogger("meshcore.client")
 _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
 _RELEASE_TIMEOUT_S = 1.0
+_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
 
 
@@ -70,6 +71,10 @@ class CircuitTransport(Transport):
     @property
     def close_reason(self) -> str | None:
         return self._close_reason
+
+    @property
+    def relay_url(self) -> str | None:
+        return self._client.url
 
     async def send(self, data: bytes) -> None:
         if self._close_reason is not None:
@@ -159,8 +164,15 @@ class _Link:
         self.close_reason: str | None = None
 
     async def send(self, data: bytes) -> None:
+        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
+        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
+        connection every circuit shares (a circuit's writer is cancelled on its release)."""
         async with self.lock:
-            await self.transport.send(data)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_SEND_SHIELD_S) as bound:
+                    await self.transport.send(data)
+        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
+            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

@@ -132,7 +132,9 @@ class PathControl:
         session = self._session
         if session._core.state is not SessionState.OPEN:
             return None
-        link = Link(transport, "relay")
+        link = session._new_link(transport, "relay")
+        if transport.relay_url is not None:
+            session._relay_url = transport.relay_url
         with session._lock:
             session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
             self._arrived(link, first_frame)

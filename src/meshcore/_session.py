@@ -21,16 +21,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
-import attrs
 import trio
 
 from meshcore import _trace
+from meshcore._counters import SessionCounters
 from meshcore._direct import FramedTransport
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
 from meshcore._iothread import IoThread
-from meshcore._link import LINK_QUEUE_BYTES, Link
+from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pathcontrol import PathControl, PathDriver
+from meshcore._sessionstatus import SessionStatus, session_counters, session_status
 from meshcore._threadlink import ThreadedLink
 from meshcore._transport import Transport
 from meshcore.errors import NoUsablePath, SessionClosed
@@ -88,27 +89,6 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     return keys
 
 
-@attrs.frozen
-class SessionStatus:
-    """A snapshot of one session for status displays (`Session.status()`)."""
-
-    peer_id: str
-    path: str
-    """"relay" or "direct": where the session's traffic goes now."""
-    remote_address: str | None
-    """The other end of the active path: the relay for "relay", the peer for "direct"."""
-    rtt_s: float | None
-    """Latest round trip on the active path (ping or validation), else the data RTT."""
-    bytes_sent: int
-    bytes_received: int
-    frames_sent: int
-    frames_received: int
-    migrations: int
-    """Moves from the relay onto a direct path."""
-    last_error: str | None
-    """The latest path failure (failed race, fallback), or why the session ended."""
-
-
 class Session(trio.abc.Channel[bytes]):
     """An end-to-end encrypted, ordered, exactly-once message session with one peer.
 
@@ -142,7 +122,10 @@ class Session(trio.abc.Channel[bytes]):
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
         self._paths = SessionPaths(self._core, now)
-        self._relay_link = Link(transport, "relay")
+        self._started = now
+        self._traffic = LinkTraffic()
+        self._relay_url = transport.relay_url
+        self._relay_link = Link(transport, "relay", self._traffic)
         self._paths.relay_up(self._relay_link, now)
         self._driver: PathDriver | None = None
         self._inbox: deque[bytes] = deque()
@@ -195,28 +178,26 @@ class Session(trio.abc.Channel[bytes]):
         return self._driver is not None and self._driver.abort_direct(reason)
 
     def status(self) -> SessionStatus:
-        """A snapshot: path, remote address, round trip, counters, migrations, last error."""
-        paths = self._paths
-        link = paths.active_link
-        remote: str | None = None
-        rtt = self._core.stats.rtt_s
-        if isinstance(link, Link):
-            address = link.transport.remote_address
-            remote = str(address) if address is not None else None
-            rtt = paths.rtt.get(link, rtt)
-        stats = self._core.stats
-        return SessionStatus(
-            peer_id=self.peer_id.to_text(),
-            path=self.path,
-            remote_address=remote,
-            rtt_s=rtt,
-            bytes_sent=stats.bytes_sent,
-            bytes_received=stats.bytes_received,
-            frames_sent=stats.frames_sent,
-            frames_received=stats.frames_received,
-            migrations=paths.manager.migrations,
-            last_error=self._core.close_reason or paths.manager.last_error,
-        )
+        """A snapshot: path, remote address, round trip, counters, migrations, last error,
+        the relay, and why the session is not direct."""
+        now = trio.current_time()
+        with self._lock:
+            return session_status(
+                self.peer_id.to_text(),
+                self._core,
+                self._paths,
+                path=self.path,
+                driven=self._driver is not None,
+                age_s=now - self._started,
+                relay=self._relay_url,
+                now=now,
+            )
+
+    def counters(self) -> SessionCounters:
+        """Everything counted since the session opened (frames and bytes by path and
+        direction, messages, retransmissions, drops, rekeys, races, moves): for metrics."""
+        with self._lock:
+            return session_counters(self._core, self._paths, self._traffic)
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
         """Measure the round trip on the active path: (seconds, "relay" or "direct").
@@ -469,8 +450,8 @@ class Session(trio.abc.Channel[bytes]):
         """A link for `transport`: one the data path's thread serves, for a direct
         connection once `use_io_thread` was called; else one of trio tasks."""
         if self._io is not None and isinstance(transport, FramedTransport):
-            return ThreadedLink(transport, kind, self._io)
-        return Link(transport, kind)
+            return ThreadedLink(transport, kind, self._io, self._traffic)
+        return Link(transport, kind, self._traffic)
 
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:

@@ -23,7 +23,7 @@ import trio
 from meshcore import _trace
 from meshcore._direct import FramedTransport
 from meshcore._iothread import IoThread
-from meshcore._link import LINK_QUEUE_BYTES, Link
+from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore.proto import constants as C
 from meshcore.proto.constants import MAX_FRAME_BYTES
 from meshcore.proto.framing import MIN_FRAME_BYTES
@@ -63,8 +63,14 @@ class ThreadedLink(Link):
         "sock",
     )
 
-    def __init__(self, transport: FramedTransport, kind: str, io: IoThread) -> None:
-        super().__init__(transport, kind)
+    def __init__(
+        self,
+        transport: FramedTransport,
+        kind: str,
+        io: IoThread,
+        traffic: LinkTraffic | None = None,
+    ) -> None:
+        super().__init__(transport, kind, traffic)
         self._io = io
         self._token = trio.lowlevel.current_trio_token()
         fileno = transport.stream.socket.fileno()
@@ -97,10 +103,14 @@ class ThreadedLink(Link):
                 or self._out_bytes + len(frame) > LINK_QUEUE_BYTES
             ):
                 self.dropped += 1
+                self.traffic.dropped += 1
                 return
             self._out.append(_LENGTH.pack(len(frame)))
             self._out.append(frame)
             self._out_bytes += 4 + len(frame)
+            sent = self._sent
+            sent[0] += 1
+            sent[1] += len(frame)
             if self._writable_wanted:
                 return  # the socket is full: the thread writes once it drains
             self._flush()
@@ -175,11 +185,20 @@ class ThreadedLink(Link):
         if frames is None:
             self._io.unregister(self._fd)
             return
-        if frames and self._frames is not None:
-            if _trace.ENABLED:
-                for frame in frames:
-                    _trace.mark("sock.read", frame)
-            self._frames(self, frames)
+        if frames:
+            self._hand(frames)
+
+    def _hand(self, frames: list[bytes]) -> None:
+        """Count the frames read and give them to the session (in the I/O thread)."""
+        if self._frames is None:
+            return
+        received = self._received
+        received[0] += len(frames)
+        received[1] += sum(map(len, frames))
+        if _trace.ENABLED:
+            for frame in frames:
+                _trace.mark("sock.read", frame)
+        self._frames(self, frames)
 
     def _take_frames(self) -> list[bytes] | None:
         """Every complete frame buffered (None: the peer broke the framing)."""
@@ -257,5 +276,5 @@ class ThreadedLink(Link):
 
     def _on_buffered(self) -> None:
         frames = self._take_frames()
-        if frames and self._frames is not None:
-            self._frames(self, frames)
+        if frames:
+            self._hand(frames)

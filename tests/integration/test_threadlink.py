@@ -104,6 +104,10 @@ async def test_a_receiver_gets_every_message_in_order_in_the_data_thread() -> No
                 await a.session.send(i.to_bytes(4, "big"))
             assert await trio.to_thread.run_sync(collector.arrived.wait, 30.0)
             b.session.detach_receiver()
+            sent, received = a.session.counters(), b.session.counters()
+    # the threaded links count what they carry like the others (the metrics read it)
+    assert sent.direct_frames_sent >= count and received.direct_frames_received >= count
+    assert sent.direct_bytes_sent >= count * 4 and received.direct_bytes_received > 0
     assert [int.from_bytes(m, "big") for m in collector.messages] == list(range(count))
     assert collector.in_io_thread == count  # all of it came over the direct path's thread
 

@@ -92,16 +92,19 @@ async def connect(
     """
     pinned = _as_peer_id(peer_id)
     paths = _path_settings(direct, path_settings)
-    async with open_relay_client(
-        relay_url,
-        identity,
-        timeout=timeout,
-        candidates=candidates,
-        local_port=local_port,
-        direct=paths.mode is not DirectMode.NEVER,
-    ) as client, open_peer_session(
-        client, pinned, settings=settings, path_settings=paths, timeout=timeout
-    ) as session:
+    async with (
+        open_relay_client(
+            relay_url,
+            identity,
+            timeout=timeout,
+            candidates=candidates,
+            local_port=local_port,
+            direct=paths.mode is not DirectMode.NEVER,
+        ) as client,
+        open_peer_session(
+            client, pinned, settings=settings, path_settings=paths, timeout=timeout
+        ) as session,
+    ):
         yield session
 
 

@@ -149,8 +149,7 @@ class FileSource(RegistrySource):
                 parsed: object = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise RegistryError(
-                    f"relay list file {self.path} is not valid JSON: {exc.msg} at line "
-                    f"{exc.lineno}"
+                    f"relay list file {self.path} is not valid JSON: {exc.msg} at line {exc.lineno}"
                 ) from None
             if isinstance(parsed, dict):
                 parsed = parsed.get("relays")
@@ -328,9 +327,7 @@ class Registry:
                 log.warning("relay list from %s: %s", listing.source, problem)
 
 
-async def _first_listing(
-    source: RegistrySource, cache: RelayListCache | None
-) -> RegistryListing:
+async def _first_listing(source: RegistrySource, cache: RelayListCache | None) -> RegistryListing:
     try:
         listing = await source.fetch()
     except RegistryError as exc:

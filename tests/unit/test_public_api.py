@@ -26,6 +26,7 @@ MESHCORE = [
     "NoUsablePath",
     "ProtocolError",
     "RelayError",
+    "RelayNotVerified",
     "ReplayError",
     "SessionClosed",
     "TransportClosed",

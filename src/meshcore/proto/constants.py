@@ -203,3 +203,10 @@ RELAY_RECONNECT_MAX_S: Final = 30.0
 """Longest wait between attempts to reconnect to the relay."""
 RELAY_RECONNECT_JITTER: Final = 0.5
 """Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""
+RELAY_HEARTBEAT_S: Final = 5.0
+"""A peer pings its relay after this long without receiving anything on the connection (and
+again each time as long again passes), so that an idle connection still proves it lives."""
+RELAY_DEAD_AFTER_S: Final = 15.0
+"""A relay connection on which nothing arrived for this long is dead: two pings went unanswered
+(a relay that vanished without a close or RST, docs/relay-client.md). Below the relay's own
+RELAY_IDLE_TIMEOUT_S, which the peer's pings keep from running out."""

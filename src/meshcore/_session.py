@@ -79,6 +79,12 @@ looks at the deadlines at least this often, so those threads need wake trio only
 is due sooner."""
 
 
+def _push_all(frames: list[tuple[Link, bytes]]) -> None:
+    """Queue frames handed over from another thread on their trio links, in order."""
+    for link, frame in frames:
+        link.push(frame)
+
+
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -438,13 +444,16 @@ class Session(trio.abc.Channel[bytes]):
         """Hand the core's frames to the links they go on (a trio link's queue is trio's:
         from another thread the frame is handed over in order through trio's token)."""
         off_trio = threading.get_ident() != self._trio_thread
+        handed: list[tuple[Link, bytes]] = []
         for link, frame in self._paths.outbox():
             if _trace.ENABLED:
                 _trace.mark("session.sealed", frame, parent=_trace.parent)
             if off_trio and not isinstance(link, ThreadedLink):
-                self._token.run_sync_soon(cast(Link, link).push, frame)
+                handed.append((cast(Link, link), frame))
             else:
                 cast(Link, link).push(frame)
+        if handed:  # one wakeup of trio for all of them
+            self._token.run_sync_soon(_push_all, handed)
 
     def _new_link(self, transport: Transport, kind: str) -> Link:
         """A link for `transport`: one the data path's thread serves, for a direct

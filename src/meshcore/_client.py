@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -85,9 +85,11 @@ class RelayClient:
 
     With `relay_id`, the relay proves that id on every connection before it learns anything
     of ours; without, it is not checked (logged once per URL).
-    `listener` is the direct-connection listener on the shared `local_port`, if any.
-    Cancelling a request (`connect`, `accept`, `open_circuit`) withdraws it from the
-    protocol machine; an answer that arrives later is undone (its circuit closed).
+    `listener` is the direct-connection listener on the shared `local_port`, if any: a
+    socket listener this client serves, or a `DirectListener` several clients share (its
+    owner serves it); `routes`, a table of sessions several clients share. Cancelling a
+    request (`connect`, `accept`, `open_circuit`) withdraws it from the protocol machine; an
+    answer that arrives later is undone (its circuit closed).
     """
 
     def __init__(
@@ -98,7 +100,8 @@ class RelayClient:
         relay_id: PeerId | None = None,
         candidates: Sequence[Endpoint] = (),
         local_port: int | None = None,
-        listener: trio.SocketListener | None = None,
+        listener: trio.SocketListener | DirectListener | None = None,
+        routes: SessionRoutes | None = None,
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
@@ -107,10 +110,15 @@ class RelayClient:
     ) -> None:
         self.identity = identity
         self.url = url
-        self.routes = SessionRoutes()
+        own = listener if isinstance(listener, trio.SocketListener) else None
+        shared = listener if isinstance(listener, DirectListener) else None
+        if routes is None:
+            routes = shared.routes if shared is not None else SessionRoutes()
+        self.routes = routes
         """Live sessions that take direct connections and re-opened circuits."""
-        self.direct = DirectListener(listener, self.routes) if listener is not None else None
+        self.direct = DirectListener(own, self.routes) if own is not None else shared
         """The listener on our shared port, when opened with `direct=True`."""
+        self._serves_direct = own is not None
         self._local_port = local_port
         self._timeout = timeout
         self._core = RelayClientCore(
@@ -213,6 +221,16 @@ class RelayClient:
         return self._core.rtt_s
 
     @property
+    def circuits(self) -> int:
+        """Circuits open on this relay connection now."""
+        return len(self._circuits)
+
+    def relay_of(self, circuit: Transport) -> str | None:
+        """This relay's URL if `circuit` is one of this client's circuits, else None."""
+        ours = isinstance(circuit, CircuitTransport) and self._circuits.get(circuit.circuit_id)
+        return self.url if ours is circuit else None
+
+    @property
     def local_port(self) -> int | None:
         """The shared local port (relay connection, direct listener, direct dials)."""
         if self._local_port is not None:
@@ -281,14 +299,19 @@ class RelayClient:
         assert isinstance(result, CircuitTransport)
         return result
 
-    async def reopen_circuit(self, peer_id: PeerId, *, timeout: float = 10.0) -> CircuitTransport:
+    async def reopen_circuit(
+        self, peer_id: PeerId, *, timeout: float = 10.0, avoid: Collection[str] = ()
+    ) -> CircuitTransport:
         """A new circuit to `peer_id` for a live session: `open_circuit` while we are paired
         on this relay connection, else (or if the relay forgot the pairing) pair again: the
         relay restarted or we reconnected, and pairings belong to connections. The peer's
         client accepts such a pairing by itself and routes the circuit by its first frame.
 
-        Raises as `open_circuit` and `connect`.
+        Raises as `open_circuit` and `connect`, and `RelayError` at once if `avoid` names
+        this relay's URL (a session wants a circuit on another relay: there is none here).
         """
+        if self.url in avoid:
+            raise RelayError(f"no relay to use but {self.url}, which the session avoids")
         result = await self._request(
             lambda t, now: self._core.reopen_circuit(t, peer_id, timeout, now)
         )
@@ -327,7 +350,7 @@ class RelayClient:
                 nursery.start_soon(self._run_timers, nursery)
                 nursery.start_soon(self._keep_connected)
                 await self._up.wait()
-                if self.direct is not None:
+                if self.direct is not None and self._serves_direct:
                     await nursery.start(self.direct.serve)
                 task_status.started()
                 await trio.sleep_forever()

@@ -234,7 +234,8 @@ class Registry:
     """The current relay list of one source (made by `open_registry`).
 
     `listing` is replaced whenever a refresh brings different entries; `changed()` waits
-    for that. A refresh that fails keeps the last good list.
+    for that. A refresh that fails keeps the last good list. Cancelling a refresh (or
+    `run`) abandons the read and keeps the current list.
     """
 
     def __init__(

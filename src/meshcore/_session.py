@@ -85,6 +85,7 @@ def _push_all(frames: list[tuple[Link, bytes]]) -> None:
         link.push(frame)
 
 
+
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -195,7 +196,7 @@ class Session(trio.abc.Channel[bytes]):
                 path=self.path,
                 driven=self._driver is not None,
                 age_s=now - self._started,
-                relay=self._relay_url,
+                opened_on=self._relay_url,
                 now=now,
             )
 
@@ -385,7 +386,10 @@ class Session(trio.abc.Channel[bytes]):
             raise RuntimeError("this session already has a path driver")
         with self._lock:
             self._paths.enable_direct(
-                controlling=controlling, settings=settings, now=trio.current_time()
+                controlling=controlling,
+                settings=settings,
+                now=trio.current_time(),
+                relay=driver.relay_of(self._relay_link.transport),
             )
             self._driver = driver
             self._changed()

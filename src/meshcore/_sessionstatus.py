@@ -38,7 +38,10 @@ class SessionStatus:
     age_s: float = 0.0
     """Seconds since the session opened."""
     relay: str | None = None
-    """The URL of the relay the session met at (its circuit runs there; None if unknown)."""
+    """The URL of the relay whose circuit carries the session (None while it is direct, or if
+    unknown)."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
     not_direct_reason: str | None = None
     """Why the session is not on a direct path now (None while it is)."""
 
@@ -51,11 +54,11 @@ def session_status(
     path: str,
     driven: bool,
     age_s: float,
-    relay: str | None,
+    opened_on: str | None,
     now: float,
 ) -> SessionStatus:
     """The status of a session with `core` and `paths`, on `path`; `driven`: a path driver
-    (a `Migrator`) is attached."""
+    (a `Migrator`) is attached; `opened_on`: the relay the session opened on."""
     link = paths.active_link
     remote: str | None = None
     stats = core.stats
@@ -64,6 +67,9 @@ def session_status(
         address = link.transport.remote_address
         remote = str(address) if address is not None else None
         rtt = paths.rtt.get(link, rtt)
+    relay = paths.relay
+    if relay is None and path == "relay":
+        relay = opened_on  # a session without a path driver: the relay it opened on
     return SessionStatus(
         peer_id=peer_id,
         path=path,
@@ -76,7 +82,8 @@ def session_status(
         migrations=paths.manager.migrations,
         last_error=core.close_reason or paths.manager.last_error,
         age_s=age_s,
-        relay=relay,
+        relay=relay if isinstance(relay, str) else None,
+        relay_moves=paths.manager.relay_moves,
         not_direct_reason=None if path == "direct" else _not_direct(paths, driven, now),
     )
 
@@ -126,4 +133,5 @@ def session_counters(
         migrations=manager.migrations,
         fallbacks=manager.fallbacks,
         fallbacks_silent=manager.fallbacks_silent,
+        relay_moves=manager.relay_moves,
     )

@@ -151,6 +151,8 @@ def move_time(times: list[float], at: float, until: float) -> float:
     for before, after in itertools.pairwise(window):
         if after > at and before <= at + STALL_STARTS_WITHIN_S and after - max(before, at) > best:
             best, end = after - max(before, at), after
+    if end is None:  # nothing arrived around the cut: the stall runs to the next arrival
+        end = next((t for t in window if t > at), None)
     if end is None:
         raise RuntimeError(f"no arrival after {at}")
     return end - at

@@ -19,6 +19,8 @@ from meshcore.proto.identity import PeerId, PublicBundle
 __all__ = ["CircuitOwner", "CircuitTransport", "Invitation", "Pairing"]
 
 _CIRCUIT_QUEUE = 512
+_CREDIT_WAIT_S = 1.0
+"""How long a send waits for credit before the relay counts as no longer granting it."""
 _RELEASE_TIMEOUT_S = 1.0
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
 
@@ -69,6 +71,7 @@ class CircuitTransport(Transport):
         self.dropped = 0
         """Frames lost because nobody read them fast enough (the session retransmits)."""
         self._credit = trio.lowlevel.ParkingLot()
+        self._stalled = False  # a wait for credit timed out, and no grant came since
 
     @property
     def local_address(self) -> Endpoint | None:
@@ -130,13 +133,24 @@ class CircuitTransport(Transport):
         except trio.ClosedResourceError:
             pass
 
-    async def wait_for_credit(self) -> None:
-        """Wait until the relay grants credit or the circuit closes (called by the client)."""
+    async def wait_for_credit(self) -> bool:
+        """Wait until the relay grants credit or the circuit closes (True), at most 1 s (called
+        by the client). False if the relay stopped granting: the frame then goes without
+        credit, as to a relay without credits, and so do the next ones, without waiting,
+        until a grant comes (a dead relay must be noticed by sending, not hidden by waits)."""
+        if self._stalled:
+            return False
         if self._close_reason is None:
-            await self._credit.park()
+            with trio.move_on_after(_CREDIT_WAIT_S):
+                await self._credit.park()
+                return True
+            self._stalled = True
+            return False
+        return True
 
     def credit_granted(self) -> None:
         """The relay granted credit (called by the client): wake the waiting senders."""
+        self._stalled = False
         self._credit.unpark_all()
 
     def mark_closed(self, reason: str) -> None:

@@ -322,11 +322,11 @@ class RelayClient:
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
         """Send `payload` on the circuit (`CircuitTransport.send`), waiting for credit if need
         be. Raises `TransportClosed` if the circuit or the connection is gone."""
-        while (data := self._core.send_relayed(circuit_id, payload)) is None:
-            circuit = self._circuits.get(circuit_id)
-            if circuit is None:
+        overdraw = False  # the relay stopped granting: send as without credits
+        while (data := self._core.send_relayed(circuit_id, payload, overdraw)) is None:
+            if (circuit := self._circuits.get(circuit_id)) is None:
                 raise TransportClosed("circuit closed")
-            await circuit.wait_for_credit()
+            overdraw = not await circuit.wait_for_credit()
         link = self._link
         assert link is not None  # an open circuit implies a registered connection
         await link.send(data)

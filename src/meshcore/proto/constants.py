@@ -152,9 +152,12 @@ RELAY_CIRCUIT_WINDOW_BYTES: Final = 4 * 1024 * 1024
 40 ms relay path (window / RTT), well past the 200 Mbit/s the relay path aims for."""
 RELAY_INITIAL_CREDIT_BYTES: Final = 256 * 1024
 """A credited circuit's first grant (the old per-circuit queue); it grows while it is used."""
-RELAY_UNCREDITED_WINDOW_BYTES: Final = 192 * 1024
-"""The window a session may use on a circuit without credits: under the relay's 256 KiB
-drop-tail circuit queue (RELAY_CIRCUIT_QUEUE_BYTES), so a relay of an older build drops nothing."""
+RELAY_UNCREDITED_WINDOW_BYTES: Final = (
+    RELAY_CIRCUIT_QUEUE_BYTES - MAX_MESSAGE_BYTES - RELAY_CIRCUIT_QUEUE_FRAMES * 512
+)
+"""The window a session may use on a circuit without credits (160 KiB): what always fits the
+relay's 256 KiB drop-tail circuit queue, less one message past the window's edge and 512 bytes
+of overhead per queued frame (as `sessiontypes.RELAY_WINDOW_BYTES`), so nothing is dropped."""
 RELAY_CREDIT_SUBPROTOCOL: Final = "meshcore-credit.1"
 """The WebSocket subprotocol that turns per-circuit credits on (docs/wire-control.md)."""
 RELAY_CONTROL_QUEUE_MESSAGES: Final = 256

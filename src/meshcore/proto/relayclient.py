@@ -332,7 +332,7 @@ class RelayClientCore:
         close = wire.CircuitClose(circuit_id, wire.ErrorCode.NONE, wire.clip_reason(reason))
         return [_send(close), CircuitClosed(circuit_id, reason)]
 
-    def send_relayed(self, circuit_id: int, payload: bytes) -> bytes | None:
+    def send_relayed(self, circuit_id: int, payload: bytes, overdraw: bool = False) -> bytes | None:
         """The bytes that carry `payload` to the peer on `circuit_id` (to send at once), or
         None on a credited connection until the circuit has that much credit (wait for
         `CreditGranted`, then ask again).
@@ -343,8 +343,8 @@ class RelayClientCore:
         circuit = self._circuits.get(circuit_id)
         if circuit is None:
             raise TransportClosed(self.close_reason or "circuit closed")
-        if self.credited and not circuit.spend(len(payload)):
-            return None
+        if self.credited and not circuit.spend(len(payload)) and not overdraw:
+            return None  # (overdraw: the relay stopped granting; send as without credits)
         return wire.encode_relayed(circuit_id, payload)
 
     def max_window(self, circuit_id: int) -> int:

@@ -37,6 +37,8 @@ _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
 _RELEASE_TIMEOUT_S = 1.0
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
+_SEND_GRACE_S = 5.0
+"""How long a message to the relay may take once started, even for a cancelled sender."""
 
 
 class CircuitTransport(Transport):
@@ -159,8 +161,17 @@ class _Link:
         self.close_reason: str | None = None
 
     async def send(self, data: bytes) -> None:
+        """Send one message. Once its turn came, the message is written whole even if the
+        caller is cancelled meanwhile (within `_SEND_GRACE_S`): a WebSocket cut mid-message
+        is lost for good, and the connection is every circuit's, not only the caller's.
+        The cancellation is raised once the message is out."""
         async with self.lock:
-            await self.transport.send(data)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _SEND_GRACE_S
+                await self.transport.send(data)
+            if scope.cancelled_caught:  # stuck for that long: the transport cut itself
+                raise TransportClosed(self.transport.close_reason or "relay connection stalled")
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

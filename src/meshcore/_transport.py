@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import math
 import socket as _stdlib_socket
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ from meshcore._nursery import open_hidden_nursery
 from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
+    TRANSPORT_CANCELLED_CLOSE_S,
     TRANSPORT_CLOSE_TIMEOUT_S,
     TRANSPORT_CONNECT_TIMEOUT_S,
     TRANSPORT_HANDSHAKE_TIMEOUT_S,
@@ -102,7 +104,9 @@ class Transport(trio.abc.AsyncResource):
     async def aclose(self, reason: str = "closed") -> None:
         """Close, telling the other side `reason`; never raises for an already closed transport.
 
-        Cancelled, it still closes, abruptly (without waiting for the other side).
+        It always closes: called when already cancelled (a program shutting down), it still
+        tells the other side within a short, shielded bound; cancelled while it waits for
+        the other side, it closes abruptly.
         """
 
     @property
@@ -231,16 +235,26 @@ class WebSocketTransport(Transport):
         """Close with a normal close frame carrying `reason` (truncated to 123 UTF-8 bytes).
 
         Waits up to `close_timeout` for the remote's close frame, then cuts the TCP
-        connection; if cancelled, cuts it at once. Messages not yet received are dropped.
+        connection. Called when already cancelled, it still sends the close frame (shielded)
+        and waits at most TRANSPORT_CANCELLED_CLOSE_S; cancelled while it waits, it cuts the
+        connection at once. Messages not yet received are dropped.
         """
         await self._close(_WS_NORMAL, reason)
 
     async def _close(self, code: int, reason: str) -> None:
-        """Close with `code` and `reason`, once; a second caller waits for the first."""
+        """Close with `code` and `reason`, once; a second caller waits for the first.
+
+        A caller that is already cancelled (a program shutting down) still sends the close
+        frame: shielded, waiting at most TRANSPORT_CANCELLED_CLOSE_S for the remote's.
+        """
         self._note_closed(None, reason, code)
         self._closed_here = True
+        timeout = self._close_timeout
+        cancelled = trio.current_effective_deadline() == -math.inf
+        if cancelled:
+            timeout = min(timeout, TRANSPORT_CANCELLED_CLOSE_S)
         try:
-            with trio.move_on_after(self._close_timeout):
+            with trio.CancelScope(shield=cancelled), trio.move_on_after(timeout):
                 if self._closing is not None:
                     await self._closing.wait()
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from meshcore._nursery import collapse_exception_group, open_hidden_nursery
 from meshcore.errors import MeshError, TransportClosed
@@ -53,6 +54,32 @@ async def test_outer_cancel_while_body_is_finishing_still_propagates() -> None:
             # The body ends normally, but the background task only stops by cancellation,
             # which the outer scope asked for: it must stay visible.
         after_block = True
+    assert scope.cancelled_caught
+    assert not after_block
+
+
+async def test_background_tasks_serve_the_body_while_it_shuts_down_after_an_outer_cancel() -> None:
+    # a body that says goodbye on its way out (a session's Close) needs the task that sends
+    send, receive = trio.open_memory_channel[str](1)
+    sent: list[str] = []
+    after_block = False
+
+    async def writer() -> None:
+        async for message in receive:
+            sent.append(message)
+
+    with trio.CancelScope() as scope:
+        async with open_hidden_nursery() as nursery:
+            nursery.start_soon(writer)
+            scope.cancel()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.fail_after(1):
+                    await send.send("goodbye")
+                    await trio.testing.wait_all_tasks_blocked()
+        after_block = True
+    assert sent == ["goodbye"]
     assert scope.cancelled_caught
     assert not after_block
 

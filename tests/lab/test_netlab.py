@@ -1,11 +1,13 @@
 """The lab harness itself: reachability, what each NAT does to source ports, DESIGN §5's
-simultaneous-open finding, the router's counters and cuts, and teardown that leaves nothing."""
+simultaneous-open finding, link shaping (rate limit, random loss, per-link delays) measured
+with real traffic, the router's counters and cuts, and teardown that leaves nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -17,14 +19,17 @@ import pytest
 from .netlab import (
     LAB_PREFIX,
     NETLAB_TOOL,
+    Direction,
     Lab,
     LabError,
     LabProcess,
+    Link,
     Nat,
     Topology,
     lab_namespaces,
     sweep_stale_labs,
 )
+from .shaping import LinkDevices, tc_commands
 
 MakeLab = Callable[[Topology], Lab]
 SIM_OPEN_PORT = 40000
@@ -156,6 +161,131 @@ def test_delayed_links_add_their_delay_to_the_round_trip(make_lab: MakeLab) -> N
     # a -> router -> b and back crosses four delayed link hops.
     rtt = ping_rtt_ms(lab, "a", lab.public("b"))
     assert 20.0 <= rtt < 60.0
+
+
+# -- shaping: rate limit, loss, per-link delays ----------------------------------------------
+
+
+def ping_times_ms(lab: Lab, node: str, target: str, count: int, interval: float) -> list[float]:
+    """RTTs of the echoes answered out of `count` sent `interval` s apart (-W 1: late = lost)."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", target]
+    out = lab.run(node, argv, check=False, timeout=count * interval + 30).stdout.decode()
+    return [float(t) for t in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def iperf_mbit_s(lab: Lab, target: str, seconds: float, *, reverse: bool = False) -> float:
+    """One iperf3 TCP stream a -> target (b -> a with `reverse`): Mbit/s received."""
+    argv = ["iperf3", "-c", target, "-t", str(seconds), "-J", *(["-R"] if reverse else [])]
+    report = json.loads(lab.run("a", argv, timeout=seconds + 30).stdout)
+    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+RATE_MBIT = 20.0
+QUEUE_MS = 20.0
+
+
+def test_rate_limited_uplink_holds_tcp_to_its_rate_and_its_queue_bounds_the_delay(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(Topology.flat(links={"a": Link(rate_mbit=RATE_MBIT, queue_ms=QUEUE_MS)}))
+    target = lab.public("b")
+    lab.popen("b", ["iperf3", "-s", "--forceflush"]).wait_for("listening", 10)
+    idle = statistics.median(ping_times_ms(lab, "a", target, 20, 0.01))
+    # cubic (Linux's usual default) fills the queue until it drops, as a bulk copy does.
+    stream = lab.popen("a", ["iperf3", "-c", target, "-t", "3", "-J", "-C", "cubic"])
+    loaded = ping_times_ms(lab, "a", target, 150, 0.01)  # 1.5 s, inside the stream
+    assert stream.wait(10) == 0, stream.output
+    report = json.loads(stream.output)
+    upload = float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+    assert 0.6 * RATE_MBIT < upload <= 1.05 * RATE_MBIT, upload
+    # The pings share the uplink's queue: they wait in it, but never longer than it holds
+    # (QUEUE_MS plus one 32 KiB burst at the rate, 13 ms), give or take a busy machine.
+    assert statistics.median(loaded) > idle + 5.0, (idle, loaded)
+    assert max(loaded) < QUEUE_MS + 13.0 + 25.0, loaded
+    # Only the uplink is shaped: the download runs at veth speed.
+    assert iperf_mbit_s(lab, target, 1, reverse=True) > 10 * RATE_MBIT
+
+
+def test_rate_limited_uplink_drops_what_overruns_it_instead_of_blocking_the_sender(
+    make_lab: MakeLab,
+) -> None:
+    # As at a modem: a UDP sender at twice the rate loses the excess at the queue. (Over a
+    # veth the router would hold the sender's own skbs, charged to its socket, and the
+    # sender would block instead: the queue would move into the sender.)
+    lab = make_lab(Topology.flat(links={"a": Link(rate_mbit=RATE_MBIT, queue_ms=QUEUE_MS)}))
+    lab.popen("b", ["iperf3", "-s", "--forceflush"]).wait_for("listening", 10)
+    argv = ["iperf3", "-c", lab.public("b"), "-u", "-b", f"{2 * RATE_MBIT:g}M", "-t", "2", "-J"]
+    report = json.loads(lab.run("a", argv, timeout=30).stdout)
+    total = report["end"]["sum"]
+    sent_mbit = float(total["bytes"]) * 8 / float(total["seconds"]) / 1e6
+    assert sent_mbit > 1.7 * RATE_MBIT, total
+    assert 30.0 < float(total["lost_percent"]) < 70.0, total
+
+
+PINGS = 500
+LOSS_PCT = 10.0
+
+
+@pytest.mark.parametrize(
+    ("direction", "expected"),
+    [(Direction.UP, LOSS_PCT / 100), (Direction.BOTH, 1 - (1 - LOSS_PCT / 100) ** 2)],
+    ids=["up", "both"],
+)
+def test_random_loss_drops_about_the_configured_fraction(
+    make_lab: MakeLab, direction: Direction, expected: float
+) -> None:
+    link = Link(loss_pct=LOSS_PCT, loss_direction=direction)
+    lab = make_lab(Topology.flat(links={"a": link}))
+    answered = len(ping_times_ms(lab, "a", lab.public("b"), PINGS, 0.002))
+    lost = PINGS - answered
+    # Binomial: within 4.5 standard deviations of the expected count (p ~ 1e-5 to fail).
+    spread = 4.5 * (PINGS * expected * (1 - expected)) ** 0.5
+    assert abs(lost - PINGS * expected) < spread, (lost, PINGS * expected)
+    # A lost echo lost exactly one packet (the request, or its reply): the rules' counters.
+    out = lab.run("inet", ["nft", "-j", "list", "table", "ip", "shape"]).stdout
+    dropped = [
+        item["rule"]["expr"][-2]["counter"]["packets"]
+        for item in json.loads(out)["nftables"]
+        if "rule" in item
+    ]
+    assert len(dropped) == (2 if direction is Direction.BOTH else 1)
+    assert sum(dropped) == lost
+
+
+def test_per_link_delays_reproduce_the_design_example_geometry(make_lab: MakeLab) -> None:
+    # Two hosts 30 ms apart (RTT), the relay 40 ms from each: 80 ms via the relay.
+    links = {"a": Link(delay_ms=7.5), "b": Link(delay_ms=7.5), "relay": Link(delay_ms=12.5)}
+    lab = make_lab(Topology.flat(links=links))
+    for src, dst, rtt in (("a", "b", 30.0), ("a", "relay", 40.0), ("b", "relay", 40.0)):
+        times = ping_times_ms(lab, src, lab.public(dst), 15, 0.05)
+        assert len(times) >= 14, (src, dst, times)
+        assert min(times) >= rtt, (src, dst, times)
+        assert statistics.median(times) < rtt + 5.0, (src, dst, times)
+
+
+def test_link_settings_are_checked() -> None:
+    with pytest.raises(LabError, match="not nodes of this topology"):
+        Topology.flat(links={"c": Link(delay_ms=1.0)})
+    with pytest.raises(LabError, match=r"loss_pct.*rate_mbit|rate_mbit.*loss_pct"):
+        Link(rate_mbit=0.0, loss_pct=101.0)
+    with pytest.raises(LabError, match="queue_ms"):
+        Link(rate_mbit=50.0, queue_ms=0.0)
+
+
+def test_netem_delay_and_the_shaper_chain_on_the_router_side() -> None:
+    # netem is missing from some kernels (this lab then delays in userspace): the commands
+    # are checked as text, so the netem path is pinned where it cannot run.
+    link = Link(rate_mbit=50.0, queue_ms=20.0, rate_direction=Direction.UP)
+    lines = tc_commands(link, LinkDevices(inside="ia", ifb="ua"), 7.5, netem=True)
+    assert lines == [
+        "qdisc add dev ia root handle 1: netem delay 7.5ms limit 100000",
+        "qdisc add dev ia handle ffff: ingress",
+        "filter add dev ia parent ffff: protocol all u32 match u32 0 0 "
+        "action mirred egress redirect dev ua",
+        "qdisc add dev ua root handle 1: netem delay 7.5ms limit 100000",
+        "qdisc add dev ua parent 1:1 handle 2: tbf rate 50000kbit burst 32768 latency 20.0ms",
+    ]
+    assert tc_commands(Link(), LinkDevices("ia", "ua"), 0.0, netem=False) == []
 
 
 # -- the router: counters and cuts ----------------------------------------------------------

@@ -94,6 +94,7 @@ def test_public_api_is_pinned() -> None:
         "AuthenticationError", "ConfigError", "ConfigProblems", "ConnectFailed",
         "ControlRequestFailed", "CryptoLibraryMissing", "DecodeError", "FrameTooLarge",
         "HandshakeError", "KeyExpired", "MeshError", "MessageTooLarge", "NoUsablePath",
-        "ProtocolError", "RegistryError", "RelayError", "ReplayError", "SessionClosed", "TransportClosed",
+        "ProtocolError", "RegistryError", "RelayError", "ReplayError", "SessionClosed",
+        "TransportClosed",
         "UnknownReceiverIndex", "UnsupportedVersion",
     ]  # fmt: skip

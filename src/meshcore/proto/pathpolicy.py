@@ -176,6 +176,9 @@ class PathManager:
         self._release_at: float | None = None
         self._reopen_at: float | None = None
         self._next_race: float | None = None if self.mode is DirectMode.NEVER else now
+        self._reopen_failures = 0
+        self.closed = False
+        """The session ended: nothing is started, retried, re-opened or logged any more."""
         self._commands: list[PolicyCommand] = []
 
     @property
@@ -197,12 +200,24 @@ class PathManager:
         out, self._commands = self._commands, []
         return out
 
+    def session_closed(self) -> None:
+        """The session ended (closed by either side, finished or failed): a closed session
+        never falls back, re-opens its circuit, races or pairs again, and its links going
+        away afterwards is no news (docs/direct.md)."""
+        self.closed = True
+        self.racing = False
+        self._release_at = self._reopen_at = self._next_race = None
+        self._commands.clear()
+
     # ----------------------------------------------------------------- relay circuit
     def relay_up(self, link: Hashable, now: float) -> None:
         """A relay circuit carries the session (the first one, or a re-opened one)."""
+        if self.closed:
+            return
         self.relay = link
         self.relay_state = RelayState.OPEN
         self._reopen_at = None
+        self._reopen_failures = 0
         if self.direct is None:
             if self.mode is not DirectMode.ONLY:
                 self._commands.append(ResendUnacked())
@@ -214,6 +229,10 @@ class PathManager:
         """The relay circuit closed without our asking (the relay or the peer closed it)."""
         if link is not self.relay:
             return  # one we released or replaced
+        if self.closed:  # nothing to do but forget it
+            self.relay = None
+            self._retarget()
+            return
         self.relay = None
         self.relay_state = RelayState.LOST
         self._release_at = None
@@ -224,11 +243,18 @@ class PathManager:
             self._log("debug", f"relay circuit closed: {reason} (the direct path carries it)")
 
     def relay_open_failed(self, reason: str, now: float) -> None:
-        """The re-open failed; it is tried again after `reopen_retry_s` while needed."""
+        """The re-open failed; it is tried again after `reopen_retry_s` while needed.
+
+        Logged once at info level, the repeats at debug: the session is not lost until its
+        dead timer says so (and then it says so once, as a warning)."""
+        if self.closed:
+            return
         if self.relay_state is RelayState.OPENING:
             self.relay_state = RelayState.LOST
         self.last_error = reason
-        self._log("warning", f"could not re-open the relay circuit: {reason}")
+        self._reopen_failures += 1
+        level: Literal["debug", "info"] = "info" if self._reopen_failures == 1 else "debug"
+        self._log(level, f"could not re-open the relay circuit: {reason}")
         self._reopen_at = now + self.settings.reopen_retry_s
 
     def _needs_relay(self) -> bool:
@@ -256,7 +282,12 @@ class PathManager:
     # ----------------------------------------------------------------- races
     def may_race(self) -> bool:
         """True if a race may start now (not one running, no direct path, mode allows it)."""
-        return self.mode is not DirectMode.NEVER and not self.racing and self.direct is None
+        return (
+            self.mode is not DirectMode.NEVER
+            and not self.racing
+            and self.direct is None
+            and not self.closed
+        )
 
     def race_started(self, now: float) -> None:
         """The driver started a race (on our timer, the peer's ENDPOINTS, or its dial)."""
@@ -266,6 +297,8 @@ class PathManager:
 
     def race_won(self, link: Hashable, rtt_s: float | None, now: float) -> None:
         """`link` won the race: the session moves onto it."""
+        if self.closed:
+            return
         self.racing = False
         self.direct = link
         self.lapsed = False
@@ -281,7 +314,7 @@ class PathManager:
 
     def race_failed(self, reason: str, now: float) -> None:
         """The race ended without a direct path."""
-        if not self.racing:
+        if not self.racing or self.closed:
             return
         self.racing = False
         self.failures += 1
@@ -313,7 +346,7 @@ class PathManager:
 
         Returns True if that decided something (`take_commands` has more).
         """
-        if link is not self.direct:
+        if link is not self.direct or self.closed:
             return False
         self._direct_rx = now
         if self.lapsed:
@@ -327,8 +360,14 @@ class PathManager:
         return bool(self._commands)
 
     def direct_down(self, link: Hashable, reason: str, now: float) -> None:
-        """The direct connection failed (a transport error, or silence): back to the relay."""
+        """The direct connection failed (a transport error, or silence): back to the relay.
+
+        Logged at info level: the relay carries the session on, nothing is lost."""
         if link is not self.direct:
+            return
+        if self.closed:  # nothing to do but forget it
+            self.direct = None
+            self._retarget()
             return
         self.direct = None
         self.lapsed = False
@@ -343,7 +382,7 @@ class PathManager:
         if self.mode is DirectMode.ONLY:
             self._commands.append(FailSession(f"the direct path failed (direct='only'): {reason}"))
             return
-        self._log("warning", f"fell back to relay: {reason}")
+        self._log("info", f"fell back to relay: {reason}")
         if self.relay is None:
             self._need_relay("it was released for the direct path")
         else:
@@ -353,6 +392,8 @@ class PathManager:
     # ----------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
         """When `handle_timer` next needs to run, or None."""
+        if self.closed:
+            return None
         deadlines = [t for t in (self._release_at, self._reopen_at) if t is not None]
         if self._next_race is not None and self.may_race():
             deadlines.append(self._next_race)
@@ -363,6 +404,8 @@ class PathManager:
 
     def handle_timer(self, now: float) -> None:
         """Run whatever is due at `now`."""
+        if self.closed:
+            return
         s = self.settings
         if self.direct is not None:
             silent = now - self._direct_rx
@@ -373,9 +416,7 @@ class PathManager:
                 self.lapsed = True
                 self._release_at = None
                 self._retarget()
-                self._log(
-                    "warning", f"direct path silent for {s.trust_s:g} s: sending on both paths"
-                )
+                self._log("info", f"direct path silent for {s.trust_s:g} s: sending on both paths")
                 if self.relay is None:
                     self._need_relay("the direct path is silent")
         if self._release_at is not None and now >= self._release_at:

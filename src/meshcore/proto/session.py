@@ -6,12 +6,17 @@ what to transmit, either on the active path (`ACTIVE`) or on the path a frame ca
 (path validation replies). Moving to a new path is `retransmit_unacked(now)`: every
 unacknowledged message is sent again, as the same sealed bytes while its key is current,
 and the receiver's replay window and sequence numbers drop whatever arrives twice.
+
+Either direction can end on its own (`send_eof`, a half-close): the Eof takes the next
+sequence number, so it arrives exactly once, after every message before it, and is
+acknowledged like one. Once both directions ended and each was acknowledged, the session
+finishes by itself: the side that completes it sends `Close(CLOSE_FINISHED)`, which also
+acknowledges the other's Eof (docs/protocol.md). Its settings, states, events and counters
+live in `meshcore.proto.sessionevents` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
-import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
@@ -27,13 +32,14 @@ from meshcore.errors import (
     SessionClosed,
 )
 from meshcore.proto import constants as C
-from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing
 from meshcore.proto.inner import (
+    CLOSE_FINISHED,
     Ack,
     Close,
     Data,
     Endpoints,
+    Eof,
     InnerMessage,
     Keepalive,
     PathChallenge,
@@ -43,12 +49,31 @@ from meshcore.proto.inner import (
     encode_data,
     encode_inner,
 )
-from meshcore.proto.rekey import RekeyInitiator, RekeyOutput, RekeyResponder, install_result
+from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
+from meshcore.proto.sessionevents import (
+    EndpointsReceived,
+    EofReceived,
+    FrameResult,
+    MessageReceived,
+    PathChallengeReceived,
+    PathResponseReceived,
+    PeerClosed,
+    RekeyFragmentReceived,
+    SessionEvent,
+    SessionFailed,
+    SessionFinished,
+    SessionSettings,
+    SessionState,
+    SessionStats,
+)
+from meshcore.proto.sessionrekey import RekeySchedule
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
     "ACTIVE",
+    "FINISHED_REASON",
     "EndpointsReceived",
+    "EofReceived",
     "FrameResult",
     "MessageReceived",
     "PathChallengeReceived",
@@ -58,6 +83,7 @@ __all__ = [
     "SessionCore",
     "SessionEvent",
     "SessionFailed",
+    "SessionFinished",
     "SessionSettings",
     "SessionState",
     "SessionStats",
@@ -66,137 +92,18 @@ __all__ = [
 ACTIVE: Final = None
 """Outbox destination meaning "whatever path is active now"."""
 
+FINISHED_REASON: Final = "finished: both directions ended"
+"""`SessionCore.close_reason` of a session that finished cleanly."""
+
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
-
-
-@attrs.frozen
-class SessionSettings:
-    """Timers and bounds of one session; every default comes from `constants`."""
-
-    keepalive_s: float = C.PATH_HEARTBEAT_S
-    """Send a keepalive after this long without sending anything."""
-    dead_after_s: float | None = C.PATH_DEAD_S
-    """Fail the session after this long without an authenticated frame (None: never)."""
-    retransmit_timeout_s: float = 1.0
-    """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
-    ack_delay_s: float = C.ACK_DELAY_S
-    ack_every_frames: int = 8
-    ack_every_bytes: int = 64 * 1024
-    window_frames: int = 48
-    """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
-    window_bytes: int = 192 * 1024
-    direct_window_frames: int = 1024
-    """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
-    direct_window_bytes: int = 4 * 1024 * 1024
-    reorder_frames: int = C.REORDER_BUFFER_FRAMES
-    pad_to: int = 16
-
-
-class FrameResult(enum.IntEnum):
-    """What `receive_frame` made of one frame (the path logic needs to tell them apart)."""
-
-    DROPPED = 0
-    """Forged, tampered, replayed, for a dead key, or the session is closed: nothing changed."""
-    PROBE = 1
-    """Authenticated PATH_CHALLENGE or PATH_RESPONSE: proves the path, moves no traffic."""
-    ACCEPTED = 2
-    """Any other authenticated, fresh frame (data, ack, keepalive, ...): the peer sends here
-    on purpose (RFC 9000 §9.3: switch paths only on a non-probing frame)."""
-
-
-class SessionState(enum.Enum):
-    """Lifecycle of a session core."""
-
-    OPEN = "open"
-    """Messages flow both ways."""
-    CLOSED = "closed"
-    """We closed it, the peer closed it, or it failed; nothing more is sent or accepted."""
-
-
-@attrs.frozen
-class MessageReceived:
-    """An application message arrived, in order, exactly once."""
-
-    payload: bytes
-
-
-@attrs.frozen
-class PeerClosed:
-    """The peer closed the session."""
-
-    code: int
-    reason: str
-
-
-@attrs.frozen
-class SessionFailed:
-    """The session cannot go on (the peer went silent or broke the protocol)."""
-
-    reason: str
-
-
-@attrs.frozen
-class PathChallengeReceived:
-    """An authenticated PATH_CHALLENGE arrived on `path`; the core already queued the reply."""
-
-    path: Hashable
-    data: bytes
-
-
-@attrs.frozen
-class PathResponseReceived:
-    """An authenticated PATH_RESPONSE arrived on `path`."""
-
-    path: Hashable
-    data: bytes
-
-
-@attrs.frozen
-class EndpointsReceived:
-    """The peer announced its direct-path candidates."""
-
-    endpoints: tuple[Endpoint, ...]
-
-
-@attrs.frozen
-class RekeyFragmentReceived:
-    """An authenticated rekey handshake fragment, for the rekey machine."""
-
-    fragment: RekeyFragment
-
-
-SessionEvent = (
-    MessageReceived
-    | PeerClosed
-    | SessionFailed
-    | PathChallengeReceived
-    | PathResponseReceived
-    | EndpointsReceived
-    | RekeyFragmentReceived
-)
-
-
-@attrs.define
-class SessionStats:
-    """Counters of one session, for status displays and tests."""
-
-    messages_sent: int = 0
-    messages_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    retransmitted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    rtt_s: float | None = None
 
 
 @attrs.define(slots=True)
 class _Pending:
     seq: int
-    payload: bytes
+    payload: bytes | None
+    """None for our Eof."""
     frame: bytes
     first_sent: float
     retransmitted: bool = False
@@ -205,8 +112,9 @@ class _Pending:
 class SessionCore:
     """Reliable, ordered, exactly-once delivery of messages over sealed frames.
 
-    Feed it frames with `receive_frame`, application messages with `send`, and the clock with
-    `handle_timer`; take what it decided from `events()` and `outbox()`.
+    Feed it frames with `receive_frame`, application messages with `send` (and the end of
+    them with `send_eof`), and the clock with `handle_timer`; take what it decided from
+    `events()` and `outbox()`.
     """
 
     def __init__(
@@ -225,7 +133,12 @@ class SessionCore:
         self._pending_bytes = 0
         self._peer_acked = 0
         self._recv_next = 0
-        self._reorder: dict[int, bytes] = {}
+        self._reorder: dict[int, bytes | None] = {}  # None: the peer's Eof
+        self._eof_seq: int | None = None  # our Eof's sequence number, once sent
+        self._peer_eof_seq: int | None = None  # the peer's, once seen (maybe out of order)
+        self.eof_received = False
+        """The peer's Eof was delivered: every message it sent has arrived."""
+        self._linger_until: float | None = None
         self._ack_sent = 0
         self._ack_owed_since: float | None = None
         self._ack_owed_frames = 0
@@ -242,11 +155,7 @@ class SessionCore:
         self._window_bytes = self.settings.window_bytes
         self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
         self._unsent_bytes = 0
-        self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
-        self._rekey_responder: RekeyResponder | None = None
-        self._rekey_attempt: RekeyInitiator | None = None
-        self._rekey_next_try = -math.inf
-        self.rekeys = 0
+        self._rekey: RekeySchedule | None = None
 
     # ------------------------------------------------------------------ rekeying
     def enable_rekey(
@@ -262,47 +171,35 @@ class SessionCore:
         REKEY_TIMEOUT_S; the other side passes `responder`. Fragments travel as sealed
         control messages; the new keys are installed once the handshake completes.
         """
-        self._rekey_initiator = initiator
-        self._rekey_responder = responder
+        self._rekey = RekeySchedule(
+            self.keys, self.queue_control, initiator=initiator, responder=responder
+        )
 
-    def _maybe_start_rekey(self, now: float) -> None:
-        factory = self._rekey_initiator
-        if factory is None or now < self._rekey_next_try or not self.keys.needs_rekey(now):
-            return
-        if self._rekey_attempt is not None:
-            self._rekey_attempt.close()
-        attempt = factory()
-        self._rekey_attempt = attempt
-        self._rekey_next_try = now + C.REKEY_TIMEOUT_S
-        self._apply_rekey(attempt.start(now), now)
-
-    def _on_rekey_fragment(self, fragment: RekeyFragment, now: float) -> None:
-        try:
-            if self._rekey_responder is not None:
-                self._apply_rekey(self._rekey_responder.receive(fragment, now), now)
-            elif self._rekey_attempt is not None:
-                self._apply_rekey(self._rekey_attempt.receive(fragment, now), now)
-        except HandshakeError:
-            # the peer is authenticated (the fragment was sealed), so this is a bug on its
-            # side or a stale attempt: drop it; the initiator retries after REKEY_TIMEOUT_S
-            self.stats.rejected += 1
-
-    def _apply_rekey(self, output: RekeyOutput, now: float) -> None:
-        for fragment in output.fragments:
-            self.queue_control(fragment, now)
-        if output.result is not None:
-            install_result(self.keys, output.result, now)
-            self.rekeys += 1
-            self._rekey_attempt = None
+    @property
+    def rekeys(self) -> int:
+        """Rekey handshakes completed in this session."""
+        return 0 if self._rekey is None else self._rekey.rekeys
 
     # ------------------------------------------------------------------ application side
     def can_send(self) -> bool:
-        """True while the send window has room for another message."""
+        """True while the send window has room for another message (or the Eof), and our
+        direction has not ended."""
         return (
             self.state is SessionState.OPEN
+            and self._eof_seq is None
             and len(self._pending) < self._window_frames
             and self._pending_bytes < self._window_bytes
         )
+
+    @property
+    def eof_sent(self) -> bool:
+        """Our direction ended (`send_eof`)."""
+        return self._eof_seq is not None
+
+    @property
+    def eof_acked(self) -> bool:
+        """The peer acknowledged our Eof, and with it every message before it."""
+        return self._eof_seq is not None and self._peer_acked > self._eof_seq
 
     def use_direct_window(self, direct: bool, now: float) -> None:
         """Size the send window for the active path: wide on a direct path, narrow enough
@@ -350,6 +247,8 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             raise SessionClosed(self.close_reason or "session closed")
+        if self._eof_seq is not None:
+            raise SessionClosed("the sending direction was ended with send_eof")
         if not self.can_send():
             raise MeshError("send window full: wait until the peer acknowledges")
         if len(payload) > C.MAX_MESSAGE_BYTES:
@@ -357,20 +256,41 @@ class SessionCore:
                 f"message of {len(payload)} bytes is larger than the "
                 f"{C.MAX_MESSAGE_BYTES}-byte limit: split it"
             )
+        self._queue_sequenced(payload, now)
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += len(payload)
+
+    def send_eof(self, now: float) -> None:
+        """End our direction (a half-close): an Eof follows every message sent so far, and
+        `send` raises from now on; the peer's messages still arrive. Idempotent.
+
+        Raises `SessionClosed` after close, and `MeshError` if the window is full (wait
+        until `can_send()`).
+        """
+        if self.state is not SessionState.OPEN:
+            raise SessionClosed(self.close_reason or "session closed")
+        if self._eof_seq is not None:
+            return
+        if not (len(self._pending) < self._window_frames):
+            raise MeshError("send window full: wait until the peer acknowledges")
+        self._eof_seq = self._next_seq
+        self._queue_sequenced(None, now)
+
+    def _queue_sequenced(self, payload: bytes | None, now: float) -> None:
+        """Seal the next sequence number (a message, or None: our Eof) and queue it."""
         seq = self._next_seq
         self._next_seq = seq + 1
         waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
-        frame = self._seal_data(seq, payload, now, transmit=not waiting)
+        frame = self._seal_sequenced(seq, payload, now, transmit=not waiting)
+        size = 0 if payload is None else len(payload)
         self._pending.append(_Pending(seq, payload, frame, now))
-        self._pending_bytes += len(payload)
+        self._pending_bytes += size
         if waiting:
             self._unsent += 1
-            self._unsent_bytes += len(payload)
+            self._unsent_bytes += size
             self._send_unsent(now)
         if self._retransmit_at is None:
             self._retransmit_at = now + self._rto
-        self.stats.messages_sent += 1
-        self.stats.bytes_sent += len(payload)
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Tell the peer we are closing (best effort) and stop; idempotent."""
@@ -404,6 +324,8 @@ class SessionCore:
         state; an authenticated but malformed message fails the session.
         """
         if self.state is not SessionState.OPEN:
+            if self._linger_until is not None:
+                self._linger_receive(frame, now)
             return FrameResult.DROPPED
         try:
             plaintext = self.keys.open(frame, now)
@@ -439,6 +361,10 @@ class SessionCore:
             self._on_ack(message.ack, now, pure=False)
             if self.state is SessionState.OPEN:
                 self._on_data(message.seq, message.payload, now)
+        elif isinstance(message, Eof):
+            self._on_ack(message.ack, now, pure=False)
+            if self.state is SessionState.OPEN:
+                self._on_peer_eof(message.seq, now)
         elif isinstance(message, Ack):
             self._on_ack(message.ack, now)
         elif isinstance(message, Keepalive):
@@ -451,16 +377,46 @@ class SessionCore:
         elif isinstance(message, Endpoints):
             self._events.append(EndpointsReceived(message.endpoints))
         elif isinstance(message, RekeyFragment):
-            if self._rekey_initiator is None and self._rekey_responder is None:
+            if self._rekey is None:
                 self._events.append(RekeyFragmentReceived(message))
-            else:
-                self._on_rekey_fragment(message, now)
+                return
+            try:
+                self._rekey.receive(message, now)
+            except HandshakeError:
+                # the peer is authenticated (the fragment was sealed), so this is a bug on
+                # its side or a stale attempt: drop it; the initiator retries later
+                self.stats.rejected += 1
         elif isinstance(message, Close):
-            self._events.append(PeerClosed(message.code, message.reason))
-            why = message.reason or "no reason given"
-            self._finish(f"closed by peer: {why}")
+            self._on_close(message, now)
 
-    def _on_data(self, seq: int, payload: bytes, now: float) -> None:
+    def _on_close(self, message: Close, now: float) -> None:
+        if message.code == CLOSE_FINISHED and self.eof_received and self._eof_seq is not None:
+            # the peer finished: it has all we sent, our Eof included (its ack may be lost);
+            # it lingers until it hears that we finished too
+            self._acknowledge_everything()
+            self._events.append(SessionFinished())
+            self._finish(FINISHED_REASON)
+            self._say_finished(now)
+            return
+        self._events.append(PeerClosed(message.code, message.reason))
+        self._finish(f"peer closed: {message.reason}" if message.reason else "peer closed")
+
+    def _on_peer_eof(self, seq: int, now: float) -> None:
+        if self._peer_eof_seq is None:
+            if seq < self._recv_next or any(k > seq for k in self._reorder):
+                self._fail(f"peer ended its stream at message {seq}, before messages it sent")
+                return
+            self._peer_eof_seq = seq
+        elif seq != self._peer_eof_seq:
+            self._fail(f"peer ended its stream twice, at messages {self._peer_eof_seq} and {seq}")
+            return
+        self._on_data(seq, None, now)
+
+    def _on_data(self, seq: int, payload: bytes | None, now: float) -> None:
+        eof = self._peer_eof_seq
+        if eof is not None and seq > eof:
+            self._fail(f"peer sent message {seq} after ending its stream at {eof}")
+            return
         if seq < self._recv_next:
             # the sender missed our ack (e.g. across a path switch): ack again at once
             self.stats.duplicates += 1
@@ -469,6 +425,7 @@ class SessionCore:
         if seq >= self._recv_next + self.settings.reorder_frames:
             self.stats.duplicates += 1
             return
+        size = 0 if payload is None else len(payload)
         if seq == self._recv_next:
             self._deliver(payload)
             nxt = self._recv_next
@@ -478,19 +435,76 @@ class SessionCore:
         elif seq not in self._reorder:
             # a gap: ack at once, so the sender learns of the loss (fast retransmit)
             self._reorder[seq] = payload
-            self._ack_owed_bytes += len(payload)
+            self._ack_owed_bytes += size
             self._owe_ack(now, urgent=True)
             return
         else:
             self.stats.duplicates += 1
-        self._ack_owed_bytes += len(payload)
-        self._owe_ack(now, urgent=False)
+        self._ack_owed_bytes += size
+        if self.eof_received and self.eof_acked:
+            self._check_finished(now)  # which acknowledges it
+        else:  # the Eof at once: the peer waits for it to know that everything arrived
+            self._owe_ack(now, urgent=self.eof_received)
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, payload: bytes | None) -> None:
         self._recv_next += 1
+        if payload is None:
+            self.eof_received = True
+            self._events.append(EofReceived())
+            return
         self.stats.messages_received += 1
         self.stats.bytes_received += len(payload)
         self._events.append(MessageReceived(payload))
+
+    def _check_finished(self, now: float) -> None:
+        """Both directions ended and our Eof was acknowledged: finish, tell the peer, and
+        linger until it says it finished too (or a little while): a peer that missed our
+        last ack resends its Eof, and is answered again."""
+        if self.state is not SessionState.OPEN or not (self.eof_received and self.eof_acked):
+            return
+        self._events.append(SessionFinished())
+        self._finish(FINISHED_REASON)
+        self._linger_until = now + 2 * self.settings.retransmit_timeout_s
+        self._say_finished(now)
+
+    def _say_finished(self, now: float) -> None:
+        """Acknowledge everything the peer sent, then Close(CLOSE_FINISHED), freshly sealed."""
+        try:
+            ack = self._seal(encode_inner(Ack(self._recv_next), self.settings.pad_to), now)
+            close = self._seal(encode_inner(Close(CLOSE_FINISHED, "finished")), now)
+        except SessionClosed:
+            return  # the keys expired this very moment: nothing more to say
+        self._mark_acked()
+        self._transmit(ACTIVE, ack, now)
+        self._transmit(ACTIVE, close, now)
+
+    def _linger_receive(self, frame: bytes, now: float) -> None:
+        """A frame for a finished session that lingers: the peer's Close(CLOSE_FINISHED)
+        ends the linger; a resent message or Eof means it missed our finish: say it again."""
+        try:
+            message = decode_inner_untrusted(self.keys.open(frame, now))
+        except ReplayError:
+            self._say_finished(now)  # our ack of it was lost
+            return
+        except MeshError:
+            return
+        if type(message) is Close:
+            if message.code == CLOSE_FINISHED:
+                self._linger_until = None
+        elif type(message) is Data or type(message) is Eof:
+            self._say_finished(now)
+
+    @property
+    def lingering(self) -> bool:
+        """Finished, and waiting (briefly) for the peer to say it finished too."""
+        return self._linger_until is not None
+
+    def _acknowledge_everything(self) -> None:
+        self._peer_acked = self._next_seq
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._unsent = self._unsent_bytes = 0
+        self._retransmit_at = None
 
     def _owe_ack(self, now: float, *, urgent: bool) -> None:
         self._ack_owed_frames += 1
@@ -504,8 +518,8 @@ class SessionCore:
         ):
             self._send_ack(now)
 
-    def _send_ack(self, now: float) -> None:
-        if self._acks_held:
+    def _send_ack(self, now: float, *, force: bool = False) -> None:
+        if self._acks_held and not force:
             return
         self._mark_acked()
         self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._recv_next)), now), now)
@@ -536,10 +550,11 @@ class SessionCore:
         sample: float | None = None
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
-            self._pending_bytes -= len(entry.payload)
+            size = 0 if entry.payload is None else len(entry.payload)
+            self._pending_bytes -= size
             if self._unsent > len(pending):  # acked while waiting to be resent
                 self._unsent -= 1
-                self._unsent_bytes -= len(entry.payload)
+                self._unsent_bytes -= size
             if not entry.retransmitted:
                 sample = now - entry.first_sent
         if sample is not None:
@@ -549,6 +564,8 @@ class SessionCore:
         self._retransmit_at = now + self._rto if pending else None
         if self._unsent:
             self._send_unsent(now)
+        if self.eof_received and self._eof_seq is not None:
+            self._check_finished(now)
 
     # ------------------------------------------------------------------ paths and timers
     def retransmit_unacked(self, now: float) -> int:
@@ -575,15 +592,15 @@ class SessionCore:
         pending = self._pending
         while self._unsent:
             entry = pending[len(pending) - self._unsent]
+            size = 0 if entry.payload is None else len(entry.payload)
             in_flight = self._pending_bytes - self._unsent_bytes
             frames_in_flight = len(pending) - self._unsent
             if frames_in_flight and (
-                in_flight + len(entry.payload) > self._window_bytes
-                or frames_in_flight >= self._window_frames
+                in_flight + size > self._window_bytes or frames_in_flight >= self._window_frames
             ):
                 break
             self._unsent -= 1
-            self._unsent_bytes -= len(entry.payload)
+            self._unsent_bytes -= size
             self._resend(entry, now)
             sent += 1
         return sent
@@ -591,7 +608,7 @@ class SessionCore:
     def _resend(self, entry: _Pending, now: float) -> None:
         send_key = self.keys.send_key
         if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
-            entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
+            entry.frame = self._seal_sequenced(entry.seq, entry.payload, now, transmit=False)
         entry.retransmitted = True
         self._transmit(ACTIVE, entry.frame, now)
         self.stats.retransmitted += 1
@@ -599,7 +616,7 @@ class SessionCore:
     def get_timer(self) -> float | None:
         """When `handle_timer` next needs to run (absolute time), or None."""
         if self.state is not SessionState.OPEN:
-            return None
+            return self._linger_until
         s = self.settings
         deadlines = [self._last_sent + s.keepalive_s]
         if s.dead_after_s is not None:
@@ -611,9 +628,9 @@ class SessionCore:
         send_key = self.keys.send_key
         if send_key is not None:
             deadlines.append(send_key.created_at + C.REJECT_AFTER_S)
-            if self._rekey_initiator is not None:
-                rekey_at = send_key.created_at + C.REKEY_AFTER_S
-                deadlines.append(max(rekey_at, self._rekey_next_try))
+        rekey_at = None if self._rekey is None else self._rekey.next_at()
+        if rekey_at is not None:
+            deadlines.append(rekey_at)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -625,6 +642,8 @@ class SessionCore:
 
     def _handle_timer(self, now: float) -> None:
         if self.state is not SessionState.OPEN:
+            if self._linger_until is not None and now >= self._linger_until:
+                self._linger_until = None
             return
         if self.keys.expired(now):
             self._fail(
@@ -646,7 +665,8 @@ class SessionCore:
             self.retransmit_unacked(now)
         if now >= self._last_sent + s.keepalive_s:
             self._transmit(ACTIVE, self._seal(encode_inner(Keepalive()), now), now)
-        self._maybe_start_rekey(now)
+        if self._rekey is not None:
+            self._rekey.maybe_start(now)
 
     @property
     def last_received(self) -> float:
@@ -669,9 +689,17 @@ class SessionCore:
         self._fail(reason)
 
     # ------------------------------------------------------------------ internals
-    def _seal_data(self, seq: int, payload: bytes, now: float, *, transmit: bool = True) -> bytes:
+    def _seal_sequenced(
+        self, seq: int, payload: bytes | None, now: float, *, transmit: bool = True
+    ) -> bytes:
+        """Seal message `seq` (None: our Eof) with the piggybacked ack."""
         ack = self._ack_sent if self._acks_held else self._recv_next
-        frame = self._seal(encode_data(seq, ack, payload, self.settings.pad_to), now)
+        pad_to = self.settings.pad_to
+        if payload is None:
+            plaintext = encode_inner(Eof(seq, ack), pad_to)
+        else:
+            plaintext = encode_data(seq, ack, payload, pad_to)
+        frame = self._seal(plaintext, now)
         if self._ack_owed_since is not None and not self._acks_held:
             self._mark_acked()
         if transmit:

@@ -1,0 +1,169 @@
+"""The session core's vocabulary: its settings and states, what `receive_frame` made of a
+frame, the events it emits and its counters (`meshcore.proto.session` re-exports them all).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+
+import attrs
+
+from meshcore.proto import constants as C
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.inner import RekeyFragment
+
+__all__ = [
+    "EndpointsReceived",
+    "EofReceived",
+    "FrameResult",
+    "MessageReceived",
+    "PathChallengeReceived",
+    "PathResponseReceived",
+    "PeerClosed",
+    "RekeyFragmentReceived",
+    "SessionEvent",
+    "SessionFailed",
+    "SessionFinished",
+    "SessionSettings",
+    "SessionState",
+    "SessionStats",
+]
+
+
+@attrs.frozen
+class SessionSettings:
+    """Timers and bounds of one session; every default comes from `constants`."""
+
+    keepalive_s: float = C.PATH_HEARTBEAT_S
+    """Send a keepalive after this long without sending anything."""
+    dead_after_s: float | None = C.PATH_DEAD_S
+    """Fail the session after this long without an authenticated frame (None: never)."""
+    retransmit_timeout_s: float = 1.0
+    """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
+    ack_delay_s: float = C.ACK_DELAY_S
+    ack_every_frames: int = 8
+    ack_every_bytes: int = 64 * 1024
+    window_frames: int = 48
+    """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
+    window_bytes: int = 192 * 1024
+    direct_window_frames: int = 1024
+    """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
+    direct_window_bytes: int = 4 * 1024 * 1024
+    reorder_frames: int = C.REORDER_BUFFER_FRAMES
+    pad_to: int = 16
+
+
+class FrameResult(enum.IntEnum):
+    """What `receive_frame` made of one frame (the path logic needs to tell them apart)."""
+
+    DROPPED = 0
+    """Forged, tampered, replayed, for a dead key, or the session is closed: nothing changed."""
+    PROBE = 1
+    """Authenticated PATH_CHALLENGE or PATH_RESPONSE: proves the path, moves no traffic."""
+    ACCEPTED = 2
+    """Any other authenticated, fresh frame (data, ack, keepalive, ...): the peer sends here
+    on purpose (RFC 9000 §9.3: switch paths only on a non-probing frame)."""
+
+
+class SessionState(enum.Enum):
+    """Lifecycle of a session core."""
+
+    OPEN = "open"
+    """Frames flow both ways (after `send_eof` only the peer's messages, and acks)."""
+    CLOSED = "closed"
+    """Finished (both directions ended), closed by either side, or failed; nothing more is
+    sent or accepted."""
+
+
+@attrs.frozen
+class MessageReceived:
+    """An application message arrived, in order, exactly once."""
+
+    payload: bytes
+
+
+@attrs.frozen
+class EofReceived:
+    """The peer ended its direction (`send_eof`): every message it sent before has arrived,
+    and no more will. Our direction stays open."""
+
+
+@attrs.frozen
+class SessionFinished:
+    """Both directions ended and each side's messages were acknowledged: the session closed
+    cleanly, with nothing lost."""
+
+
+@attrs.frozen
+class PeerClosed:
+    """The peer closed the session (a Close) before both directions had ended."""
+
+    code: int
+    reason: str
+
+
+@attrs.frozen
+class SessionFailed:
+    """The session cannot go on (the peer went silent or broke the protocol)."""
+
+    reason: str
+
+
+@attrs.frozen
+class PathChallengeReceived:
+    """An authenticated PATH_CHALLENGE arrived on `path`; the core already queued the reply."""
+
+    path: Hashable
+    data: bytes
+
+
+@attrs.frozen
+class PathResponseReceived:
+    """An authenticated PATH_RESPONSE arrived on `path`."""
+
+    path: Hashable
+    data: bytes
+
+
+@attrs.frozen
+class EndpointsReceived:
+    """The peer announced its direct-path candidates."""
+
+    endpoints: tuple[Endpoint, ...]
+
+
+@attrs.frozen
+class RekeyFragmentReceived:
+    """An authenticated rekey handshake fragment, for the rekey machine."""
+
+    fragment: RekeyFragment
+
+
+SessionEvent = (
+    MessageReceived
+    | EofReceived
+    | SessionFinished
+    | PeerClosed
+    | SessionFailed
+    | PathChallengeReceived
+    | PathResponseReceived
+    | EndpointsReceived
+    | RekeyFragmentReceived
+)
+
+
+@attrs.define
+class SessionStats:
+    """Counters of one session, for status displays and tests."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    retransmitted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rtt_s: float | None = None

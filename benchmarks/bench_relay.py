@@ -12,10 +12,14 @@ peers run in this process and speak the control protocol directly.
    echo -> client: the same two hops through one server process, the same client code, the
    same window). Rounds alternate; the best of --repeat is kept. Target: >= 0.8x the echo.
    Also the servers' CPU per MiB, which depends far less on other load on the machine.
+4. Metrics: the same circuit with the relay serving Prometheus metrics (`--metrics`) and a
+   scraper asking every --scrape-s seconds, against the relay without metrics, rounds
+   alternating. Target: >= 0.97x (the counters are read at scrape time, never on the path).
 
 Writes benchmarks/results/relay.json and prints a table.
 
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--peers 10000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_relay.py --part metrics --repeat 9
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +50,9 @@ from meshcore.proto.relayauth import answer_challenge
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
+METRICS = re.compile(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
 MESSAGE = 65536
+SCRAPE_COST_S = 3.0  # scrape back to back this long to measure one scrape's relay CPU
 WINDOW = 4  # messages in flight (256 KiB): within the relay's default circuit queue bound, so
 # a burst never meets its drop-tail (the echo server has no such bound; TCP pushes back)
 UNLIMITED = [
@@ -83,6 +90,8 @@ class RelayProcess:
                 raise RuntimeError(f"relay did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         self.url = match.group(1)
+        metrics = METRICS.search(self.log.read_text())
+        self.metrics_port = int(metrics.group(1)) if metrics else None
 
     def rss_mib(self) -> tuple[float, float]:
         """(current RSS, peak RSS) of the relay process, MiB."""
@@ -373,14 +382,102 @@ async def throughput(n: int, repeat: int, echo_url: str, echo_pid: int) -> dict[
     }
 
 
+# --- 4. metrics on and off -------------------------------------------------------------------
+
+
+async def scrape_every(port: int, interval: float, scrapes: list[int]) -> None:
+    """GET /metrics every `interval` seconds until cancelled; counts the scrapes."""
+    while True:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            body = b""
+            while chunk := await stream.receive_some(65536):
+                body += chunk
+        assert body.startswith(b"HTTP/1.1 200 OK"), body[:100]
+        scrapes[0] += 1
+        await trio.sleep(interval)
+
+
+async def metrics_round(
+    relay: RelayProcess, n: int, alice: Identity, bob: Identity, interval: float
+) -> tuple[float, float, int]:
+    """(seconds, relay CPU seconds, scrapes) of one relay round, scraped if it serves metrics."""
+    scrapes = [0]
+    async with trio.open_nursery() as nursery:
+        if relay.metrics_port is not None:
+            nursery.start_soon(scrape_every, relay.metrics_port, interval, scrapes)
+        cpu = relay.cpu_s()
+        seconds, lost = await relay_round(relay.url, n, alice, bob)
+        cpu = relay.cpu_s() - cpu
+        nursery.cancel_scope.cancel()
+    assert lost == 0, f"{lost} frames lost"
+    return seconds, cpu, scrapes[0]
+
+
+async def metrics_cost(n: int, repeat: int, interval: float) -> dict[str, Any]:
+    off, on = RelayProcess(), RelayProcess("--metrics", "0")
+    alice, bob = Identity.generate(), Identity.generate()
+    try:
+        for relay in (off, on):
+            await metrics_round(relay, max(n // 10, 10), alice, bob, interval)  # warm-up
+        runs: dict[str, list[tuple[float, float, int]]] = {"off": [], "on": []}
+        for _ in range(repeat):
+            for name, relay in (("off", off), ("on", on)):
+                runs[name].append(await metrics_round(relay, n, alice, bob, interval))
+        # what one scrape costs the relay, scrapes back to back (two peers registered)
+        assert on.metrics_port is not None
+        async with registered_peer(on.url, alice), registered_peer(on.url, bob):
+            scrapes = [0]
+            cpu = on.cpu_s()
+            with trio.move_on_after(SCRAPE_COST_S):
+                await scrape_every(on.metrics_port, 0.0, scrapes)
+            scrape_cpu_ms = (on.cpu_s() - cpu) / scrapes[0] * 1e3
+    finally:
+        off.stop()
+        on.stop()
+    mib = n * MESSAGE / 2**20
+
+    def rates(name: str) -> list[float]:
+        return [mib / seconds for seconds, _, _ in runs[name]]
+
+    def cpu(name: str) -> list[float]:
+        return [mib / cpu_s for _, cpu_s, _ in runs[name]]
+
+    best = {name: max(rates(name)) for name in runs}
+    median = {name: statistics.median(rates(name)) for name in runs}
+    cpu_median = {name: statistics.median(cpu(name)) for name in runs}
+    return {
+        "message_bytes": MESSAGE,
+        "messages": n,
+        "repeat": repeat,
+        "scrape_interval_s": interval,
+        "scrapes_per_round": [scrapes for _, _, scrapes in runs["on"]],
+        "off_mib_per_s": [round(r, 1) for r in rates("off")],
+        "on_mib_per_s": [round(r, 1) for r in rates("on")],
+        "on_vs_off_best": round(best["on"] / best["off"], 3),
+        "on_vs_off_median": round(median["on"] / median["off"], 3),
+        "off_relay_mib_per_cpu_s": round(cpu_median["off"], 1),
+        "on_relay_mib_per_cpu_s": round(cpu_median["on"], 1),
+        "on_vs_off_cpu_median": round(cpu_median["on"] / cpu_median["off"], 3),
+        "relay_cpu_ms_per_scrape": round(scrape_cpu_ms, 3),
+    }
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
-    result["pairings"] = await pairings(args.pairs)
-    result["idle_peers"] = await idle_peers(args.peers)
+    parts = ("throughput", "pairings", "idle", "metrics") if args.part == "all" else (args.part,)
+    if "throughput" in parts:
+        result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
+    if "pairings" in parts:
+        result["pairings"] = await pairings(args.pairs)
+    if "idle" in parts:
+        result["idle_peers"] = await idle_peers(args.peers)
+    if "metrics" in parts:
+        result["metrics"] = await metrics_cost(args.messages, args.repeat, args.scrape_s)
     return result
 
 
@@ -391,6 +488,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=480, help="fresh pairs to pair")
     parser.add_argument("--messages", type=int, default=2000, help="64 KiB messages per round")
     parser.add_argument("--repeat", type=int, default=5, help="throughput rounds; best kept")
+    parser.add_argument(
+        "--part",
+        choices=["all", "throughput", "pairings", "idle", "metrics"],
+        default="all",
+        help="run one part only (results go to relay-PART.json)",
+    )
+    parser.add_argument(
+        "--scrape-s", type=float, default=1.0, help="scrape interval with metrics on (1 s)"
+    )
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo:
@@ -408,33 +514,47 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         echo.terminate()
         echo.wait(timeout=10)
-    idle, pairs, tput = result["idle_peers"], result["pairings"], result["throughput"]
     print("| measurement | result | target |")
     print("|---|---:|---|")
-    print(
-        f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
-        f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 at "
-        "<= 1024 MiB |"
-    )
-    print(
-        f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
-        f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
-    )
-    print(
-        f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
-        f"{pairs['full_cycles_per_s']} "
-        f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
-    )
-    print(f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |")
-    print(
-        f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
-        f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
-        f"({tput['frames_lost']} lost) | >= 0.8x |"
-    )
-    print(
-        f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB per "
-        f"CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = {tput['relay_vs_echo_cpu']}x | |"
-    )
+    if "idle_peers" in result:
+        idle = result["idle_peers"]
+        print(
+            f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
+            f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 "
+            "at <= 1024 MiB |"
+        )
+        print(
+            f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
+            f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
+        )
+    if "pairings" in result:
+        pairs = result["pairings"]
+        print(
+            f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
+            f"{pairs['full_cycles_per_s']} "
+            f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
+        )
+        print(f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |")
+    if "throughput" in result:
+        tput = result["throughput"]
+        print(
+            f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
+            f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
+            f"({tput['frames_lost']} lost) | >= 0.8x |"
+        )
+        print(
+            f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB "
+            f"per CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = "
+            f"{tput['relay_vs_echo_cpu']}x | |"
+        )
+    if "metrics" in result:
+        m = result["metrics"]
+        print(
+            f"| one circuit with metrics on (scraped every {m['scrape_interval_s']:g} s) vs off | "
+            f"median {m['on_vs_off_median']}x, best {m['on_vs_off_best']}x; relay CPU per MiB "
+            f"{m['on_vs_off_cpu_median']}x | >= 0.97x |"
+        )
+        print(f"| relay CPU per scrape | {m['relay_cpu_ms_per_scrape']} ms | |")
     result.update(
         python=platform.python_version(),
         machine=platform.machine(),
@@ -444,9 +564,10 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         setup="loopback; relay and echo server are subprocesses; all peers in the bench process",
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    out = RESULTS if args.part == "all" else RESULTS.with_name(f"relay-{args.part}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {out}")
     return 0
 
 

@@ -12,7 +12,9 @@ The objects, each living inside the `async with` (or nursery) that made it:
   relay and a direct connection;
 - `connect` / `serve` / `open_peer_session`: all of that through a relay, in one call;
 - `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
-- `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh.
+- `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh;
+- `serve_metrics(address, [RelayCollector(server)])` or `[PeerCollector(registry)]`:
+  Prometheus metrics (the `metrics` extra).
 
 `meshcore.testing` is the test kit (strategies, in-memory and lossy networks, machines).
 """
@@ -52,12 +54,17 @@ if TYPE_CHECKING:
         default_control_path,
         serve_control,
     )
+    from meshcore._counters import SessionCounters
     from meshcore._direct import FramedTransport, SessionRoutes, overlay_interface
     from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+    from meshcore._metrics import MetricsServer, parse_metrics_address, serve_metrics
+    from meshcore._metrics_peer import PeerCollector
+    from meshcore._metrics_relay import RelayCollector
     from meshcore._migrator import Migrator, Rendezvous, open_migrator
+    from meshcore._netcheck import netcheck
     from meshcore._nursery import open_hidden_nursery
     from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
-    from meshcore._relay import RelayConfig, RelayServer, RelayStats, serve_relay
+    from meshcore._relay import RelayConfig, RelayCounters, RelayServer, RelayStats, serve_relay
     from meshcore._session import Session, SessionStatus, open_session
     from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
     from meshcore._transport import (
@@ -69,6 +76,7 @@ if TYPE_CHECKING:
     from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
     from meshcore.proto.handshake import HandshakeResult, Responder
     from meshcore.proto.limits import RelayLimits
+    from meshcore.proto.netcheck import NatMapping, NetcheckReport, RelayProbe
 
 __version__ = "0.1.0"
 
@@ -129,6 +137,18 @@ _LAZY = {
     "serve_control": "meshcore._control",
     # structured concurrency
     "open_hidden_nursery": "meshcore._nursery",
+    # observability: counters, Prometheus metrics (the metrics extra), netcheck
+    "MetricsServer": "meshcore._metrics",
+    "PeerCollector": "meshcore._metrics_peer",
+    "RelayCollector": "meshcore._metrics_relay",
+    "RelayCounters": "meshcore._relay",
+    "SessionCounters": "meshcore._counters",
+    "parse_metrics_address": "meshcore._metrics",
+    "serve_metrics": "meshcore._metrics",
+    "NatMapping": "meshcore.proto.netcheck",
+    "NetcheckReport": "meshcore.proto.netcheck",
+    "RelayProbe": "meshcore.proto.netcheck",
+    "netcheck": "meshcore._netcheck",
 }
 
 
@@ -160,19 +180,26 @@ __all__ = [
     "LinkKind",
     "LinkStats",
     "MeshError",
+    "MetricsServer",
     "Migrator",
+    "NatMapping",
+    "NetcheckReport",
     "NoUsablePath",
     "Pairing",
     "PathSettings",
     "PathStats",
+    "PeerCollector",
     "PeerId",
     "ProtocolError",
     "PublicBundle",
     "RegistryError",
     "RelayClient",
+    "RelayCollector",
     "RelayConfig",
+    "RelayCounters",
     "RelayError",
     "RelayLimits",
+    "RelayProbe",
     "RelayServer",
     "RelayState",
     "RelayStats",
@@ -181,6 +208,7 @@ __all__ = [
     "Responder",
     "Session",
     "SessionClosed",
+    "SessionCounters",
     "SessionRegistry",
     "SessionRoutes",
     "SessionSettings",
@@ -197,6 +225,7 @@ __all__ = [
     "default_control_path",
     "handshake_as_initiator",
     "handshake_as_responder",
+    "netcheck",
     "open_configured_tap",
     "open_hidden_nursery",
     "open_migrator",
@@ -205,11 +234,13 @@ __all__ = [
     "open_session",
     "open_transport",
     "overlay_interface",
+    "parse_metrics_address",
     "pipe_command",
     "pipe_session",
     "run_tunnel",
     "serve",
     "serve_control",
+    "serve_metrics",
     "serve_relay",
     "serve_transport",
     "validate_device_name",

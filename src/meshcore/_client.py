@@ -36,9 +36,8 @@ log = logging.getLogger("meshcore.client")
 _CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
 _RELEASE_TIMEOUT_S = 1.0
+_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 """How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
-_SEND_GRACE_S = 5.0
-"""How long a message to the relay may take once started, even for a cancelled sender."""
 
 
 class CircuitTransport(Transport):
@@ -72,6 +71,10 @@ class CircuitTransport(Transport):
     @property
     def close_reason(self) -> str | None:
         return self._close_reason
+
+    @property
+    def relay_url(self) -> str | None:
+        return self._client.url
 
     async def send(self, data: bytes) -> None:
         if self._close_reason is not None:
@@ -161,17 +164,15 @@ class _Link:
         self.close_reason: str | None = None
 
     async def send(self, data: bytes) -> None:
-        """Send one message. Once its turn came, the message is written whole even if the
-        caller is cancelled meanwhile (within `_SEND_GRACE_S`): a WebSocket cut mid-message
-        is lost for good, and the connection is every circuit's, not only the caller's.
-        The cancellation is raised once the message is out."""
+        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
+        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
+        connection every circuit shares (a circuit's writer is cancelled on its release)."""
         async with self.lock:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + _SEND_GRACE_S
-                await self.transport.send(data)
-            if scope.cancelled_caught:  # stuck for that long: the transport cut itself
-                raise TransportClosed(self.transport.close_reason or "relay connection stalled")
-        await trio.lowlevel.checkpoint_if_cancelled()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_SEND_SHIELD_S) as bound:
+                    await self.transport.send(data)
+        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
+            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

@@ -2,8 +2,13 @@
 peer process about its sessions over a UNIX socket that only its owner can open.
 
 The protocol is one JSON object per line: a request `{"cmd": "status"}` or
-`{"cmd": "ping", "peer": ID, "count": N}`, answered by one JSON object per line and a
-final `{"done": true}` (or `{"error": "..."}`).
+`{"cmd": "ping", "peer": ID, "count": N, "interval": S, "until_direct": B}`, answered by one
+JSON object per line and a final `{"done": true}` (or `{"error": "..."}`). A ping's answers
+are one per reply (`seq`, `rtt_ms`, `path`, `address`, `relay`, or `seq` and `error`) and a
+last `{"summary": true, "direct": B, ...}` saying where the session is now.
+
+The registry also keeps the sum of the counters of the sessions that ended, so that the
+peer's metrics (`meshcore._metrics_peer`) only ever grow.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import os
 import socket as stdlib_socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +26,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from meshcore._counters import SessionCounters
 from meshcore.errors import ConfigError, ControlRequestFailed, MeshError
 
 __all__ = [
@@ -34,10 +40,14 @@ log = logging.getLogger("meshcore.control")
 
 _MAX_LINE = 64 * 1024
 _PING_TIMEOUT_S = 5.0
+_MAX_PINGS = 1000
+_MAX_PING_INTERVAL_S = 60.0
 
 
 class _Reportable(Protocol):
     def status(self) -> Any: ...
+
+    def counters(self) -> SessionCounters: ...
 
     async def ping(self, timeout: float) -> tuple[float, str]: ...
 
@@ -50,29 +60,56 @@ def default_control_path() -> Path:
 
 
 class SessionRegistry:
-    """The sessions a peer process runs now, for the control socket."""
+    """The sessions a peer process runs now, for the control socket and the metrics.
 
-    def __init__(self) -> None:
+    `names` gives peers a label for displays (peer id text -> name, e.g. from `up`'s
+    `[[peers]]` table).
+    """
+
+    def __init__(self, names: Mapping[str, str] | None = None) -> None:
         self._sessions: list[_Reportable] = []
+        self._names = dict(names or {})
+        self._ended = SessionCounters()
 
     @contextmanager
     def registered(self, session: _Reportable) -> Iterator[None]:
-        """Make `session` visible to status and ping while the block runs."""
+        """Make `session` visible to status and ping while the block runs; when it ends,
+        its counters go into the registry's totals."""
         self._sessions.append(session)
         try:
             yield
         finally:
             self._sessions.remove(session)
+            self._ended = self._ended + session.counters()
+
+    def name_of(self, peer_id: str) -> str | None:
+        """The label configured for `peer_id` (its text form), if any."""
+        return self._names.get(peer_id)
 
     def statuses(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per session."""
-        return [_jsonable(session.status()) for session in self._sessions]
+        """One JSON-ready dict per session (its status, and `name`)."""
+        out = []
+        for session in self._sessions:
+            entry = _jsonable(session.status())
+            entry["name"] = self._names.get(str(entry.get("peer_id")))
+            out.append(entry)
+        return out
+
+    def sessions(self) -> list[_Reportable]:
+        """The live sessions (a copy)."""
+        return list(self._sessions)
+
+    def ended_counters(self) -> SessionCounters:
+        """The sum of the counters of every session that has ended."""
+        return self._ended
 
     def find(self, peer: str) -> _Reportable | None:
-        """The session with `peer` (a peer id's text form, or a unique prefix of it)."""
-        matches = [
-            s for s in self._sessions if str(_jsonable(s.status())["peer_id"]).startswith(peer)
-        ]
+        """The session with `peer`: a peer id's text form, a unique prefix of it, or a name."""
+        matches = []
+        for session in self._sessions:
+            peer_id = str(_jsonable(session.status())["peer_id"])
+            if peer_id.startswith(peer) or (peer and self._names.get(peer_id) == peer):
+                matches.append(session)
         return matches[0] if len(matches) == 1 else None
 
 
@@ -108,17 +145,56 @@ async def _answer(stream: trio.SocketStream, registry: SessionRegistry) -> None:
         if session is None:
             await _send(stream, {"error": f"no session with peer {request.get('peer')!r}"})
             return
-        for seq in range(max(1, min(int(request.get("count", 1)), 1000))):
-            try:
-                rtt, path = await session.ping(_PING_TIMEOUT_S)
-                await _send(stream, {"seq": seq, "rtt_ms": round(rtt * 1e3, 3), "path": path})
-            except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                await _send(stream, {"seq": seq, "error": str(exc) or type(exc).__name__})
-            await trio.sleep(float(request.get("interval", 1.0)))
+        try:
+            count = max(1, min(int(request.get("count", 1)), _MAX_PINGS))
+            interval = max(0.0, min(float(request.get("interval", 1.0)), _MAX_PING_INTERVAL_S))
+            until_direct = bool(request.get("until_direct", False))
+        except (TypeError, ValueError):
+            await _send(stream, {"error": "bad request: count and interval must be numbers"})
+            return
+        await _ping(stream, session, count, interval, until_direct)
     else:
         await _send(stream, {"error": f"unknown command {cmd!r}"})
         return
     await _send(stream, {"done": True})
+
+
+async def _ping(
+    stream: trio.SocketStream,
+    session: _Reportable,
+    count: int,
+    interval: float,
+    until_direct: bool,
+) -> None:
+    """Ping `session` `count` times, `interval` apart (stopping at the first reply over a
+    direct path if `until_direct`), one answer per reply, then a summary."""
+    for seq in range(count):
+        try:
+            rtt, path = await session.ping(_PING_TIMEOUT_S)
+        except (MeshError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await _send(stream, {"seq": seq, "error": str(exc) or type(exc).__name__})
+        else:
+            status = _jsonable(session.status())
+            reply = {"seq": seq, "rtt_ms": round(rtt * 1e3, 3), "path": path}
+            reply["address"] = status.get("remote_address") if path == "direct" else None
+            reply["relay"] = status.get("relay")
+            await _send(stream, reply)
+            if until_direct and path == "direct":
+                break
+        if seq + 1 < count:
+            await trio.sleep(interval)
+    status = _jsonable(session.status())
+    direct = status.get("path") == "direct"
+    await _send(
+        stream,
+        {
+            "summary": True,
+            "direct": direct,
+            "address": status.get("remote_address") if direct else None,
+            "relay": status.get("relay"),
+            "not_direct_reason": status.get("not_direct_reason"),
+        },
+    )
 
 
 async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Per connection, one task reads, decodes and feeds the matchmaker, and one task d
 bounded send queue. A slow reader never makes the relay buffer without bound: relayed frames
 beyond a circuit's, a connection's or the relay's queue bound are dropped (or the circuit is
 closed with QUEUE_OVERFLOW), and a peer that lets control messages pile up is disconnected.
-No protocol decision is made here; docs/relay.md has the rules.
+No protocol decision is made here; docs/relay.md has the rules. What it counts itself (queue
+drops by reason, the challenge's CPU time) is plain numbers, read by the metrics at scrape time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import itertools
 import json
 import logging
 import math
-from collections import deque
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
 from functools import partial
 from typing import Final
 
@@ -29,6 +32,8 @@ from meshcore.proto.constants import (
     RELAY_SHUTDOWN_GRACE_S,
 )
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.histogram import Histogram, HistogramSnapshot
+from meshcore.proto.identity import PublicBundle
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CircuitStats,
@@ -36,18 +41,24 @@ from meshcore.proto.matchmaker import (
     Forward,
     LogEvent,
     Matchmaker,
+    MatchmakerCounters,
     Output,
     Send,
 )
-from meshcore.proto.wire import encode_control
+from meshcore.proto.relayauth import PendingAuth, make_challenge
+from meshcore.proto.wire import Challenge, encode_control
 
-__all__ = ["RelayConfig", "RelayServer", "RelayStats", "serve_relay"]
+__all__ = ["RelayConfig", "RelayCounters", "RelayServer", "RelayStats", "serve_relay"]
 
 log = logging.getLogger("meshcore.relay")
 
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _CONTROL: Final = 0
 """Circuit id of queue entries that are control messages (0 is never a circuit id)."""
+CHALLENGE_CPU_BUCKETS_S: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+"""Histogram bounds of the CPU time one KEM challenge takes (~0.2 ms here; docs/relay.md)."""
 
 
 def _check_port(_inst: object, _attr: object, port: int) -> None:
@@ -80,6 +91,20 @@ class RelayStats:
     tracked_addresses: int
     queued_bytes: int
     dropped_frames: int
+
+
+@attrs.frozen
+class RelayCounters:
+    """Totals since the relay started, each only growing (docs/observability.md)."""
+
+    matchmaker: MatchmakerCounters
+    """Registrations, pairings, refusals and closes by reason, bytes and frames forwarded."""
+    dropped: Mapping[str, int]
+    """Relayed frames dropped by the relay's queues, by reason: "circuit_queue",
+    "connection_queue", "relay_queue" (its bound was reached) or "connection_closed" (the
+    receiver was gone or closing)."""
+    challenge_cpu_s: HistogramSnapshot
+    """CPU seconds each KEM challenge (made for a Hello) took."""
 
 
 class _Link:
@@ -117,14 +142,23 @@ class _Relay:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.limits = config.limits
-        self.mm = Matchmaker(config.limits)
+        self.challenge_cpu = Histogram(CHALLENGE_CPU_BUCKETS_S)
+        self.mm = Matchmaker(config.limits, challenger=self._timed_challenge)
         self.links: dict[int, _Link] = {}
         self._conn_ids = itertools.count(1)
         self._timer_scope = trio.CancelScope()
         self.queued_bytes = 0
-        self.dropped_frames = 0
+        self.dropped: Counter[str] = Counter()
+        """Relayed frames dropped, by reason (see `RelayCounters.dropped`)."""
         self._shutting_down = False
         self._all_closed = trio.Event()
+
+    def _timed_challenge(self, bundle: PublicBundle) -> tuple[Challenge, PendingAuth]:
+        start = time.thread_time()
+        try:
+            return make_challenge(bundle)
+        finally:
+            self.challenge_cpu.observe(time.thread_time() - start)
 
     # --- connections ------------------------------------------------------------------------
 
@@ -215,25 +249,24 @@ class _Relay:
     def _forward(self, out: Forward) -> None:
         link = self.links.get(out.conn_id)
         if link is None or link.closing:
-            self.dropped_frames += 1
+            self.dropped["connection_closed"] += 1
             return
         limits, size, cid = self.limits, len(out.data), out.circuit_id
         queued = link.per_circuit.get(cid)
-        if (
-            (
-                queued is not None
-                and (
-                    queued[0] >= limits.circuit_queue_frames
-                    or queued[1] + size > limits.circuit_queue_bytes
-                )
-            )
-            or (link.queued_bytes and link.queued_bytes + size > limits.connection_queue_bytes)
-            or self.queued_bytes + size > limits.total_queue_bytes
+        full = ""
+        if queued is not None and (
+            queued[0] >= limits.circuit_queue_frames
+            or queued[1] + size > limits.circuit_queue_bytes
         ):
+            full = "circuit_queue"
+        elif link.queued_bytes and link.queued_bytes + size > limits.connection_queue_bytes:
+            full = "connection_queue"
+        elif self.queued_bytes + size > limits.total_queue_bytes:
+            full = "relay_queue"
+        if full:
+            self.dropped[full] += 1
             if limits.overflow == "close":
                 self.run(self.mm.circuit_overflow(cid, trio.current_time()))
-            else:
-                self.dropped_frames += 1
             return
         if queued is None:
             link.per_circuit[cid] = [1, size]
@@ -285,7 +318,8 @@ class _Relay:
         link.close_reason = reason
         self._release(link)
         link.write_scope.cancel()
-        self.run(self.mm.connection_closed(link.conn_id, reason, trio.current_time()))
+        now = trio.current_time()
+        self.run(self.mm.connection_closed(link.conn_id, reason, now, cause="stuck"))
 
     # --- timers and shutdown ----------------------------------------------------------------
 
@@ -322,7 +356,14 @@ class _Relay:
             invites=s.invites,
             tracked_addresses=s.tracked_addresses,
             queued_bytes=self.queued_bytes,
-            dropped_frames=self.dropped_frames,
+            dropped_frames=self.dropped.total(),
+        )
+
+    def counters(self) -> RelayCounters:
+        return RelayCounters(
+            matchmaker=self.mm.counters(),
+            dropped=dict(self.dropped),
+            challenge_cpu_s=self.challenge_cpu.snapshot(),
         )
 
 
@@ -369,6 +410,11 @@ class RelayServer:
     def circuit_stats(self) -> list[CircuitStats]:
         """Every open circuit with its byte and frame counters each way."""
         return self._relay.mm.circuit_stats()
+
+    def counters(self) -> RelayCounters:
+        """Totals since the start: what the matchmaker counted, queue drops by reason and
+        the challenge CPU histogram (a snapshot; the metrics read it at each scrape)."""
+        return self._relay.counters()
 
 
 async def serve_relay(

@@ -23,17 +23,19 @@ from typing import Final, Protocol, cast
 import attrs
 import trio
 
+from meshcore._counters import SessionCounters
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._transport import Transport
-from meshcore.errors import NoUsablePath, SessionClosed, TransportClosed
-from meshcore.proto import constants as C
+from meshcore.errors import NoUsablePath, SessionClosed
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
+    DirectMode,
     LinkKind,
     PathCommand,
     PathSettings,
@@ -55,6 +57,7 @@ from meshcore.proto.session import (
 )
 
 __all__ = [
+    "LINK_QUEUE_BYTES",
     "Link",
     "PathControl",
     "PathDriver",
@@ -69,11 +72,6 @@ log = logging.getLogger("meshcore.session")
 
 _FRAME: Final = int(PacketType.FRAME)
 
-LINK_QUEUE_BYTES = 8 * 1024 * 1024
-"""Bytes queued for one link of a session (with `DIRECT_LINK_QUEUE_FRAMES`): a stalled
-writer costs at most this much memory before the link drops like a lossy one."""
-
-
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -82,94 +80,6 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
         now,
     )
     return keys
-
-
-class Link:
-    """One transport carrying a session's frames, with its own send queue and writer task,
-    so that a slow or dead path never holds up another (docs/direct.md).
-
-    The queue is bounded (`DIRECT_LINK_QUEUE_FRAMES`, `LINK_QUEUE_BYTES`); beyond it frames
-    are dropped like on a lossy link, and the session retransmits them. The writer hands the
-    transport whole batches (`Transport.send_many`: one write on the direct path).
-    """
-
-    __slots__ = (
-        "_drained",
-        "_queue",
-        "_queued_bytes",
-        "_wake",
-        "closed",
-        "dropped",
-        "kind",
-        "transport",
-    )
-
-    def __init__(self, transport: Transport, kind: str) -> None:
-        self.transport = transport
-        self.kind = kind
-        self.closed = False
-        self.dropped = 0
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._wake = trio.Event()
-        self._drained = trio.Event()
-        self._drained.set()
-
-    def __repr__(self) -> str:
-        return f"<Link {self.kind} {self.transport.remote_address}>"
-
-    def push(self, frame: bytes) -> None:
-        """Queue `frame` for this link (never blocks)."""
-        if self.closed:
-            return
-        if (
-            len(self._queue) >= C.DIRECT_LINK_QUEUE_FRAMES
-            or self._queued_bytes + len(frame) > LINK_QUEUE_BYTES
-        ):
-            self.dropped += 1
-            return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._drained.is_set():
-            self._drained = trio.Event()
-        self._wake.set()
-
-    async def drain(self) -> None:
-        """Wait until everything queued has been written (or the link closed)."""
-        while not self._drained.is_set() and not self.closed:
-            await self._drained.wait()
-
-    async def run_writer(self, session: Session) -> None:
-        queue = self._queue
-        transport = self.transport
-        send_many = transport.send_many
-        try:
-            while True:
-                if not queue:
-                    self._drained.set()
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    continue
-                batch = list(queue)
-                queue.clear()
-                self._queued_bytes = 0
-                await send_many(batch)
-        except TransportClosed as exc:
-            session._link_closed(self, exc.reason)
-            with trio.CancelScope(shield=True):
-                await transport.aclose(exc.reason)
-        finally:
-            queue.clear()
-            self._queued_bytes = 0
-            self._drained.set()
-
-    async def run_reader(self, session: Session) -> None:
-        receive_batch = self.transport.receive_batch
-        try:
-            while True:
-                session._on_frames(self, await receive_batch())
-        except TransportClosed as exc:
-            session._link_closed(self, exc.reason)
 
 
 @attrs.frozen
@@ -191,6 +101,12 @@ class SessionStatus:
     """Moves from the relay onto a direct path."""
     last_error: str | None
     """The latest path failure (failed race, fallback), or why the session ended."""
+    age_s: float = 0.0
+    """Seconds since the session opened."""
+    relay: str | None = None
+    """The URL of the relay the session met at (its circuit runs there; None if unknown)."""
+    not_direct_reason: str | None = None
+    """Why the session is not on a direct path now (None while it is)."""
 
 
 class Session(trio.abc.Channel[bytes]):
@@ -212,7 +128,10 @@ class Session(trio.abc.Channel[bytes]):
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
         self._paths = SessionPaths(self._core, now)
-        self._relay_link = Link(transport, "relay")
+        self._started = now
+        self._traffic = LinkTraffic()
+        self._relay_url = transport.relay_url
+        self._relay_link = Link(transport, "relay", self._traffic)
         self._paths.relay_up(self._relay_link, now)
         self._driver: PathDriver | None = None
         self._inbox: deque[bytes] = deque()
@@ -275,6 +194,7 @@ class Session(trio.abc.Channel[bytes]):
             remote = str(address) if address is not None else None
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
+        now = trio.current_time()
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
             path=self.path,
@@ -286,7 +206,56 @@ class Session(trio.abc.Channel[bytes]):
             frames_received=stats.frames_received,
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
+            age_s=now - self._started,
+            relay=self._relay_url,
+            not_direct_reason=self._not_direct(now),
         )
+
+    def counters(self) -> SessionCounters:
+        """Everything counted since the session opened (frames and bytes by path and
+        direction, messages, retransmissions, drops, rekeys, races, moves): for metrics."""
+        stats, traffic, manager = self._core.stats, self._traffic, self._paths.manager
+        return SessionCounters(
+            relay_frames_sent=traffic.relay_sent[0],
+            relay_bytes_sent=traffic.relay_sent[1],
+            relay_frames_received=traffic.relay_received[0],
+            relay_bytes_received=traffic.relay_received[1],
+            direct_frames_sent=traffic.direct_sent[0],
+            direct_bytes_sent=traffic.direct_sent[1],
+            direct_frames_received=traffic.direct_received[0],
+            direct_bytes_received=traffic.direct_received[1],
+            messages_sent=stats.messages_sent,
+            messages_received=stats.messages_received,
+            message_bytes_sent=stats.bytes_sent,
+            message_bytes_received=stats.bytes_received,
+            retransmitted=stats.retransmitted,
+            link_queue_drops=traffic.dropped,
+            replayed=stats.replayed,
+            rejected=stats.rejected,
+            rekeys=self._core.rekeys,
+            direct_attempts=manager.attempts,
+            migrations=manager.migrations,
+            fallbacks=manager.fallbacks,
+            fallbacks_silent=manager.fallbacks_silent,
+        )
+
+    def _not_direct(self, now: float) -> str | None:
+        """Why the session is not on a direct path, for status displays."""
+        if self.path == "direct":
+            return None
+        manager = self._paths.manager
+        if self._driver is None:
+            return "no path driver: this session stays on the transport it opened on"
+        if manager.mode is DirectMode.NEVER:
+            return "direct paths are off (direct='never')"
+        if manager.racing:
+            return "a direct attempt is running" + (
+                f" (the last one failed: {manager.last_error})" if manager.last_error else ""
+            )
+        reason = manager.last_error or "no direct attempt yet"
+        if manager.next_race is not None:
+            reason += f"; next attempt in {max(0.0, manager.next_race - now):.0f} s"
+        return reason
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
         """Measure the round trip on the active path: (seconds, "relay" or "direct").
@@ -417,8 +386,8 @@ class Session(trio.abc.Channel[bytes]):
         self._links.add(link)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.run_writer, self)
-                await link.run_reader(self)
+                nursery.start_soon(link.run_writer, self._link_closed)
+                await link.run_reader(self._on_frames, self._link_closed)
                 nursery.cancel_scope.cancel()
         finally:
             link.closed = True
@@ -617,7 +586,7 @@ class PathControl:
         running, the race is full, the session ended): then close `transport`.
         """
         session = self._session
-        link = Link(transport, "direct")
+        link = Link(transport, "direct", session._traffic)
         if not session._paths.candidate_up(link, trio.current_time()):
             return None
         self._arrived(link, first_frame)
@@ -636,7 +605,9 @@ class PathControl:
         session = self._session
         if session._core.state is not SessionState.OPEN:
             return None
-        link = Link(transport, "relay")
+        link = Link(transport, "relay", session._traffic)
+        if transport.relay_url is not None:
+            session._relay_url = transport.relay_url
         session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
         self._arrived(link, first_frame)
         return link

@@ -47,6 +47,7 @@ __all__ = [
     "open_reuseport_listener",
     "open_tcp_socket_from",
     "open_transport",
+    "parse_ws_url",
     "serve_transport",
     "wrap_stream_transport",
 ]
@@ -123,6 +124,11 @@ class Transport(trio.abc.AsyncResource):
     @abc.abstractmethod
     def close_reason(self) -> str | None:
         """Why the transport closed (our own reason, or the remote's words), or None if open."""
+
+    @property
+    def relay_url(self) -> str | None:
+        """The URL of the relay this transport runs through (a relayed circuit), else None."""
+        return None
 
 
 class WebSocketTransport(Transport):
@@ -444,7 +450,7 @@ async def open_transport(
     Raises ConfigError for a malformed URL and ConnectFailed (a TransportClosed) naming the
     URL when the connection is refused, unreachable, too slow, or the upgrade is refused.
     """
-    host, port, resource = _parse_ws_url(url)
+    host, port, resource = parse_ws_url(url)
     deadline = trio.current_time() + connect_timeout
     stream: trio.SocketStream | None = None
     with trio.move_on_at(deadline):
@@ -571,7 +577,7 @@ def wrap_stream_transport(
     )
 
 
-def _parse_ws_url(url: str) -> tuple[str, int, str]:
+def parse_ws_url(url: str) -> tuple[str, int, str]:
     """(host, port, resource) of a ws:// URL; raises ConfigError naming what is wrong."""
     example = "expected ws://HOST:PORT/PATH, e.g. ws://relay.example.net:7000/"
     try:

@@ -4,6 +4,7 @@ meshcore-peer genkey [--identity FILE]
 meshcore-peer id [--identity FILE]
 meshcore-peer connect --relay URL [--identity FILE] PEER_ID
 meshcore-peer listen --relay URL [--identity FILE] --allow PEER_ID[,...] [--exec CMD]
+meshcore-peer status [--json] | ping PEER [-c N] [--until-direct] | netcheck [--relay URL ...]
 meshcore-peer demo
 """
 
@@ -29,7 +30,9 @@ from meshcore import (
     Identity,
     MeshError,
     PathSettings,
+    PeerCollector,
     PeerId,
+    RelayClient,
     Session,
     SessionRegistry,
     connect,
@@ -40,8 +43,10 @@ from meshcore import (
     pipe_session,
     serve,
     serve_control,
+    serve_metrics,
 )
 from meshcore.logs import setup_logging
+from meshcore_peer import netcheck, show
 from meshcore_peer.config import PeerConfig, load_peer_config
 from meshcore_peer.up import add_up_parser, run_up
 
@@ -59,6 +64,8 @@ examples:
   meshcore-peer id --identity alice.key
   meshcore-peer listen --relay ws://127.0.0.1:7443 --identity bob.key --allow ALICE_ID
   meshcore-peer connect --relay ws://127.0.0.1:7443 --identity alice.key BOB_ID < file
+  meshcore-peer status; meshcore-peer ping BOB_ID
+  meshcore-peer netcheck --relay ws://relay1:7443 --relay ws://relay2:7443
   meshcore-peer demo
 
 Settings come from flags, then MESHCORE_PEER_* environment variables, then --config FILE.toml.
@@ -114,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="run CMD for each session, piping the session to its stdin and stdout",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare port: 127.0.0.1)",
+    )
 
     for name in ("connect", "listen"):
         group = sub.choices[name].add_mutually_exclusive_group()
@@ -148,9 +160,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per session")
     p.add_argument("--control", metavar="PATH", help="the running peer's control socket")
     p = sub.add_parser("ping", parents=[common], help="ping a peer through its session")
-    p.add_argument("peer", metavar="PEER_ID", help="peer id (or a unique prefix)")
-    p.add_argument("-c", "--count", type=int, default=4, help="replies to wait for (default 4)")
+    p.add_argument("peer", metavar="PEER", help="peer id (or a unique prefix), or its name")
+    p.add_argument(
+        "-c", "--count", type=int, default=10, help="pings to send at most (default 10)"
+    )
+    p.add_argument(
+        "--until-direct",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop at the first reply over a direct path (default: yes)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="between pings (1)"
+    )
     p.add_argument("--control", metavar="PATH", help="the running peer's control socket")
+    netcheck.add_parser(sub, common)
 
     p = sub.add_parser(
         "demo", parents=[common], help="run a relay and two peers on loopback and show each step"
@@ -163,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> PeerConfig:
     overrides: dict[str, object] = {}
     keys = ("identity", "relay", "log_level", "log_format", "exec_", "peer", "direct")
-    for key in (*keys, "direct_retry_s"):
+    for key in (*keys, "direct_retry_s", "metrics"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key.rstrip("_")] = value
@@ -251,65 +275,65 @@ async def _run_listen(config: PeerConfig, control: Path | None) -> int:
         log.info("session from %s done", session.peer_id)
 
     log.info("listening as %s via %s for %d allowed peer(s)", identity.peer_id, relay, len(allow))
+    collector = PeerCollector(registry)
     async with open_hidden_nursery() as nursery:
+        if config.metrics is not None:
+            await nursery.start(serve_metrics, config.metrics, [collector])
         if control is None:
             await nursery.start(
                 partial(serve_control, default_control_path(), registry, required=False)
             )
         else:
             await nursery.start(serve_control, control, registry)
-        await serve(
-            relay, identity, allow, handler, direct=config.direct, path_settings=_paths(config)
+        client: RelayClient = await nursery.start(
+            partial(
+                serve,
+                relay,
+                identity,
+                allow,
+                handler,
+                direct=config.direct,
+                path_settings=_paths(config),
+            )
         )
+        collector.relay = client
+        await trio.sleep_forever()  # serve runs until cancelled (SIGINT) or it fails
     return EXIT_OK
-
-
-_STATUS_COLUMNS = (
-    ("peer", "peer_id"),
-    ("path", "path"),
-    ("remote", "remote_address"),
-    ("rtt ms", "rtt_ms"),
-    ("sent B", "bytes_sent"),
-    ("recv B", "bytes_received"),
-    ("frames out", "frames_sent"),
-    ("frames in", "frames_received"),
-    ("migrations", "migrations"),
-    ("last error", "last_error"),
-)
 
 
 async def _run_status(control: Path, as_json: bool) -> int:
     rows = [entry async for entry in control_request(control, {"cmd": "status"})]
-    for row in rows:
-        rtt = row.get("rtt_s")
-        row["rtt_ms"] = f"{rtt * 1e3:.2f}" if isinstance(rtt, float) else "-"
     if as_json:
         for row in rows:
-            print(json.dumps(row))
-        return EXIT_OK
-    if not rows:
-        print("no sessions")
-        return EXIT_OK
-    table = [[h for h, _ in _STATUS_COLUMNS]]
-    table += [
-        [str(row.get(k) if row.get(k) is not None else "-") for _, k in _STATUS_COLUMNS]
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(_STATUS_COLUMNS))]
-    for r in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+            print(json.dumps(show.status_json(row)))
+    else:
+        for line in show.format_status(rows):
+            print(line)
     return EXIT_OK
 
 
-async def _run_ping(control: Path, peer: str, count: int) -> int:
-    failures = 0
-    async for reply in control_request(control, {"cmd": "ping", "peer": peer, "count": count}):
-        if "error" in reply:
-            failures += 1
-            print(f"seq={reply['seq']} error: {reply['error']}")
-        else:
-            print(f"seq={reply['seq']} rtt={reply['rtt_ms']:.3f} ms path={reply['path']}")
-    return EXIT_OK if failures == 0 else EXIT_FAILED
+async def _run_ping(
+    control: Path, peer: str, count: int, until_direct: bool, interval: float
+) -> int:
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1, got {count}")
+    if interval < 0:
+        raise ConfigError(f"--interval must be 0 or more seconds, got {interval:g}")
+    request = {
+        "cmd": "ping",
+        "peer": peer,
+        "count": count,
+        "until_direct": until_direct,
+        "interval": interval,
+    }
+    replies = 0
+    async for answer in control_request(control, request):
+        if answer.get("summary"):
+            print(show.format_ping_summary(answer))
+            continue
+        replies += "error" not in answer
+        print(show.format_ping_reply(answer, peer))
+    return EXIT_OK if replies else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,7 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return trio.run(_run_status, control or default_control_path(), args.json)
         if args.command == "ping":
-            return trio.run(_run_ping, control or default_control_path(), args.peer, args.count)
+            where = control or default_control_path()
+            return trio.run(
+                _run_ping, where, args.peer, args.count, args.until_direct, args.interval
+            )
+        if args.command == "netcheck":
+            return trio.run(netcheck.run_netcheck, config, args)
         if args.command == "demo":
             from meshcore_peer.demo import run_demo
 

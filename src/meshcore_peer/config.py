@@ -7,9 +7,16 @@ from typing import Literal
 
 import attrs
 
+from meshcore import parse_metrics_address
 from meshcore.config import load_toml
 
 __all__ = ["PeerConfig", "load_peer_config"]
+
+
+def check_metrics(_inst: object, _attr: object, value: str | None) -> None:
+    """A `metrics` setting is PORT or HOST:PORT (raises ValueError saying why not)."""
+    if value is not None:
+        parse_metrics_address(value)
 
 
 @attrs.frozen
@@ -30,6 +37,8 @@ class PeerConfig:
     """Direct paths: try them and fall back to the relay (auto), never, or only direct."""
     direct_retry_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     """Seconds between direct-path attempts while on the relay (jittered, with backoff)."""
+    metrics: str | None = attrs.field(default=None, validator=check_metrics)
+    """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1; listen)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -56,6 +65,7 @@ _FLAGS = {
     "exec": "--exec",
     "direct": "--no-direct/--direct-only",
     "direct_retry_s": "--direct-retry",
+    "metrics": "--metrics",
     "log_level": "--log-level",
     "log_format": "--log-format",
 }

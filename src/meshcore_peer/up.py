@@ -27,6 +27,7 @@ from meshcore import (
     Identity,
     MeshError,
     PathSettings,
+    PeerCollector,
     PeerId,
     SessionRegistry,
     TunnelConfig,
@@ -36,6 +37,7 @@ from meshcore import (
     overlay_interface,
     run_tunnel,
     serve_control,
+    serve_metrics,
     validate_device_name,
 )
 from meshcore.config import env_names, load_toml
@@ -46,6 +48,7 @@ from meshcore.proto.constants import (
     TAP_VNET_HEADER_BYTES,
     TUNNEL_CHUNK_HEADER_BYTES,
 )
+from meshcore_peer.config import check_metrics
 
 __all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
 
@@ -131,6 +134,8 @@ class UpConfig:
     doubling after each failure)."""
     control: str | None = None
     """Control socket for `status` and `ping` (default: the per-user path they also use)."""
+    metrics: str | None = attrs.field(default=None, validator=check_metrics)
+    """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -144,6 +149,7 @@ _FLAGS = {
     "peers": "--peer",
     "direct_retry_s": "--direct-retry",
     "control": "--control",
+    "metrics": "--metrics",
     "log_level": "--log-level",
     "log_format": "--log-format",
 }
@@ -231,12 +237,17 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
         metavar="PATH",
         help=f"control socket for status/ping (default: {default_control_path()})",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare port: 127.0.0.1)",
+    )
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
-    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s", "control")
+    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s", "control", "metrics")
     for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
@@ -295,7 +306,8 @@ async def _run(config: UpConfig, identity: Identity) -> int:
             f"peers: {identity.peer_id} is this peer's own id; list only the other peers"
         )
     names = {PeerId.from_text(p.id): p.name for p in config.peers if p.name}
-    registry = SessionRegistry()
+    registry = SessionRegistry({peer.to_text(): name for peer, name in names.items()})
+    collector = PeerCollector(registry)
     retry = config.direct_retry_s
     paths = PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
     tunnel = TunnelConfig(
@@ -312,6 +324,8 @@ async def _run(config: UpConfig, identity: Identity) -> int:
                 # direct paths must never run through the tunnel they carry
                 with overlay_interface(device.name):
                     async with trio.open_nursery() as nursery:
+                        if config.metrics is not None:
+                            await nursery.start(serve_metrics, config.metrics, [collector])
                         await nursery.start(
                             partial(
                                 serve_control,
@@ -323,6 +337,7 @@ async def _run(config: UpConfig, identity: Identity) -> int:
                         pump = await nursery.start(
                             run_tunnel, device.fd, device.vnet_header_bytes, tunnel
                         )
+                        collector.tunnel = pump
                         log.info(
                             "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
                             device.name,

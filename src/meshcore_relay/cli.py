@@ -20,7 +20,16 @@ import attrs
 import trio
 
 import meshcore
-from meshcore import ConfigError, MeshError, RelayLimits, open_hidden_nursery, serve_relay
+from meshcore import (
+    ConfigError,
+    MeshError,
+    RelayCollector,
+    RelayLimits,
+    RelayServer,
+    open_hidden_nursery,
+    serve_metrics,
+    serve_relay,
+)
 from meshcore.logs import setup_logging
 from meshcore_relay import chain_cli
 from meshcore_relay.config import (
@@ -44,6 +53,7 @@ examples:
   meshcore-relay --listen 0.0.0.0:7443            # reachable from other hosts (IPv4)
   meshcore-relay --listen [::]:7443 --log-format json
   meshcore-relay --config relay.toml --max-peers 50000
+  meshcore-relay --metrics 127.0.0.1:9090         # Prometheus metrics at /metrics
   meshcore-relay --print-config > relay.toml      # every setting with its value, as TOML
 
 settings, later ones win: defaults < --config FILE.toml (or {CONFIG_ENV}) <
@@ -117,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{RelaySettings().shutdown_grace_s:g})",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a bare port: 127.0.0.1; "
+        "default: off)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the effective settings as TOML and exit",
@@ -143,6 +159,7 @@ def _load(args: argparse.Namespace) -> RelaySettings:
         ("log_level", "--log-level"),
         ("log_format", "--log-format"),
         ("shutdown_grace_s", "--shutdown-grace-s"),
+        ("metrics", "--metrics"),
     ):
         value = getattr(args, key)
         if value is not None:
@@ -167,8 +184,11 @@ def settings_as_toml(settings: RelaySettings) -> str:
     """The settings as a TOML file that `--config` reads back (limits commented)."""
     lines = ["# meshcore-relay settings (meshcore-relay --print-config)"]
     for field in attrs.fields(RelaySettings):
-        if field.name != "limits":
-            lines.append(f"{field.name} = {_toml_value(getattr(settings, field.name))}")
+        value = getattr(settings, field.name)
+        if field.name == "metrics" and value is None:
+            lines.append('# metrics = "127.0.0.1:9090"  (off unless set)')
+        elif field.name != "limits":
+            lines.append(f"{field.name} = {_toml_value(value)}")
     lines.append("")
     lines.append("[limits]")
     for field in attrs.fields(RelayLimits):
@@ -179,9 +199,13 @@ def settings_as_toml(settings: RelaySettings) -> str:
 
 async def _run(settings: RelaySettings) -> int:
     config = settings.relay_config()
+    collector = RelayCollector()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_hidden_nursery() as nursery:
-            await nursery.start(serve_relay, config)
+            if settings.metrics is not None:  # first: a missing extra fails before peers come
+                await nursery.start(serve_metrics, settings.metrics, [collector])
+            server: RelayServer = await nursery.start(serve_relay, config)
+            collector.server = server
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 break

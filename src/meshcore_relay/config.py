@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
-from meshcore import RelayConfig, RelayLimits
+from meshcore import RelayConfig, RelayLimits, parse_metrics_address
 from meshcore.config import load_toml
 from meshcore.proto.constants import RELAY_DEFAULT_PORT, RELAY_SHUTDOWN_GRACE_S
 
@@ -52,6 +52,11 @@ def _check_listen(_inst: object, _attr: object, value: str) -> None:
     parse_listen(value)
 
 
+def _check_metrics(_inst: object, _attr: object, value: str | None) -> None:
+    if value is not None:
+        parse_metrics_address(value)
+
+
 def _check_positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be more than 0, got {value}")
@@ -67,6 +72,8 @@ class RelaySettings:
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_s: float = attrs.field(default=RELAY_SHUTDOWN_GRACE_S, validator=_check_positive)
     """On SIGTERM/SIGINT, how long peers get to take their Close before they are cut off."""
+    metrics: str | None = attrs.field(default=None, validator=_check_metrics)
+    """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1); off if unset."""
     limits: RelayLimits = attrs.field(factory=RelayLimits)
 
     def relay_config(self) -> RelayConfig:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -191,11 +193,13 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         wait_for_line(relay, b"listening", 30)
         listener = subprocess.Popen(
             [BIN / "meshcore-peer", "listen", "--relay", url, "--identity", keys["bob"],
-             "--allow", ids["alice"], "--control", control],
+             "--allow", ids["alice"], "--control", control, "--metrics", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )  # fmt: skip
         procs.append(listener)
-        wait_for_line(listener, b"registered", 30)
+        said = wait_for_line(listener, b"registered", 30)
+        metrics = re.search(rb"serving metrics on (http://\S+/metrics)", said)
+        assert metrics is not None, said
         connector = subprocess.Popen(
             [BIN / "meshcore-peer", "connect", "--relay", url, "--identity", keys["alice"],
              ids["bob"]],
@@ -211,18 +215,29 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         assert row["peer_id"] == ids["alice"]
         assert row["path"] in ("relay", "direct")
         ping = subprocess.run(
-            [BIN / "meshcore-peer", "ping", "--count", "2", "--control", control,
-             ids["alice"][:12]],
+            [BIN / "meshcore-peer", "ping", "--count", "2", "--no-until-direct",
+             "--interval", "0.1", "--control", control, ids["alice"][:12]],
             capture_output=True, timeout=60,
         )  # fmt: skip
         assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
-        lines = ping.stdout.decode().splitlines()
-        assert len(lines) == 2 and all("rtt=" in line and "path=" in line for line in lines)
+        *pongs, last = ping.stdout.decode().splitlines()
+        assert len(pongs) == 2, pongs
+        direct = r"\d+\.\d+\.\d+\.\d+:\d+"  # loopback, or another interface's address
+        via = rf'(relay "{url}/?"|{direct})'
+        for pong in pongs:
+            assert re.fullmatch(rf"pong from {ids['alice'][:12]} via {via} in [0-9.]+ m?s", pong)
+        assert re.fullmatch(rf"direct connection (established: {direct}|not .*)", last)
         table = subprocess.run(
             [BIN / "meshcore-peer", "status", "--control", control],
             capture_output=True, timeout=30, check=True,
         )  # fmt: skip
-        assert b"path" in table.stdout and ids["alice"].encode() in table.stdout
+        with urllib.request.urlopen(metrics.group(1).decode(), timeout=10) as response:
+            scraped = response.read().decode().splitlines()
+        assert f'meshcore_peer_relay_connected{{relay="{url}"}} 1.0' in scraped
+        assert sum(line.startswith("meshcore_peer_sessions{") for line in scraped) == 2
+        (line,) = table.stdout.decode().splitlines()
+        assert line.startswith(ids["alice"]) and "migrations" in line and "age " in line
+        assert re.search(rf'(direct {direct}|relay "{url}/?")', line), line
         assert connector.stdin is not None
         connector.stdin.close()
         assert connector.wait(timeout=60) == 0

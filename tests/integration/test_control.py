@@ -15,6 +15,7 @@ from meshcore._control import (
     control_request,
     serve_control,
 )
+from meshcore._counters import SessionCounters
 from meshcore.errors import ConfigError, ControlRequestFailed
 
 
@@ -32,6 +33,9 @@ class FakeSession:
 
     def status(self) -> FakeStatus:
         return FakeStatus(self.peer, self.path)
+
+    def counters(self) -> SessionCounters:
+        return SessionCounters(messages_sent=self.pings)
 
     async def ping(self, timeout: float) -> tuple[float, str]:
         self.pings += 1
@@ -69,11 +73,78 @@ async def test_ping_reports_rtt_and_path(tmp_path: Path) -> None:
         await nursery.start(serve_control, sock, registry)
         with registry.registered(session):
             answers = await collect(sock, {"cmd": "ping", "peer": "abc", "count": 3, "interval": 0})
-        assert [a["path"] for a in answers] == ["direct"] * 3
+        *replies, summary = answers
+        assert [a["path"] for a in replies] == ["direct"] * 3
+        assert summary == {
+            "summary": True,
+            "direct": True,
+            "address": None,
+            "relay": None,
+            "not_direct_reason": None,
+        }
         assert session.pings == 3
         with pytest.raises(ControlRequestFailed, match="no session with peer"):
             await collect(sock, {"cmd": "ping", "peer": "nobody"})
         nursery.cancel_scope.cancel()
+
+
+async def test_ping_until_direct_stops_at_the_first_direct_reply(tmp_path: Path) -> None:
+    registry = SessionRegistry()
+    sock = tmp_path / "peer.sock"
+    session = FakeSession("abcdef", "relay")
+    real_ping = session.ping
+
+    async def ping(timeout: float) -> tuple[float, str]:
+        if session.pings == 2:
+            session.path = "direct"  # the session moved after the second reply
+        return await real_ping(timeout)
+
+    session.ping = ping  # type: ignore[method-assign]
+    request = {"cmd": "ping", "peer": "abc", "count": 10, "interval": 0, "until_direct": True}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        with registry.registered(session):
+            *replies, summary = await collect(sock, request)
+        nursery.cancel_scope.cancel()
+    assert [a["path"] for a in replies] == ["relay", "relay", "direct"]
+    assert summary["direct"] is True
+
+
+async def test_a_bad_ping_request_is_an_error_for_that_request(tmp_path: Path) -> None:
+    registry = SessionRegistry()
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        with registry.registered(FakeSession("abcdef")):
+            with pytest.raises(ControlRequestFailed, match="must be numbers"):
+                await collect(sock, {"cmd": "ping", "peer": "abc", "count": "many"})
+            assert len(await collect(sock, {"cmd": "status"})) == 1  # still serving
+        nursery.cancel_scope.cancel()
+
+
+async def test_status_names_peers_and_ping_finds_them_by_name(tmp_path: Path) -> None:
+    registry = SessionRegistry(names={"abcdef": "bob"})
+    sock = tmp_path / "peer.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        with registry.registered(FakeSession("abcdef")), registry.registered(FakeSession("x")):
+            statuses = await collect(sock, {"cmd": "status"})
+            answers = await collect(sock, {"cmd": "ping", "peer": "bob", "interval": 0})
+        nursery.cancel_scope.cancel()
+    assert [(a["peer_id"], a["name"]) for a in statuses] == [("abcdef", "bob"), ("x", None)]
+    assert answers[0]["path"] == "direct"
+
+
+def test_the_registry_keeps_the_counters_of_ended_sessions() -> None:
+    registry = SessionRegistry()
+    first, second = FakeSession("a"), FakeSession("b")
+    first.pings, second.pings = 3, 4
+    with registry.registered(first):
+        with registry.registered(second):
+            assert registry.sessions() == [first, second]
+        assert registry.ended_counters().messages_sent == 4
+    assert registry.sessions() == []
+    assert registry.ended_counters().messages_sent == 7
 
 
 async def test_unknown_command_is_an_error(tmp_path: Path) -> None:

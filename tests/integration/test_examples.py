@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,36 @@ def test_embedded_relay_example_pairs_two_peers_and_stops_gracefully() -> None:
         "relay carried both ways: True",
         "relay stopped",
     ]
+
+
+def test_metrics_scrape_example_counts_what_it_sent_by_path() -> None:
+    (line,) = run_example("metrics_scrape.py")
+    out = json.loads(line)
+    sent, relay, alice, bob = out["sent"], out["relay"], out["alice"], out["bob"]
+    total = sent["messages"] * sent["message_bytes"]
+    after = sent["after_upgrade"] * sent["message_bytes"]
+
+    def path_bytes(peer: dict[str, float], path: str, direction: str) -> float:
+        return peer[f"meshcore_peer_path_bytes_total{{direction={direction},path={path}}}"]
+
+    # every message, exactly once, whichever path carried it
+    assert alice["meshcore_peer_message_bytes_total{direction=sent}"] == total
+    assert bob["meshcore_peer_message_bytes_total{direction=received}"] == total
+    # what was sent after the upgrade went direct (sealed frames are a little larger)
+    assert path_bytes(alice, "direct", "sent") >= after
+    assert path_bytes(bob, "direct", "received") >= after
+    # the relay forwarded at most what the peers sent on it, and at least what they got from it
+    on_relay_sent = path_bytes(alice, "relay", "sent") + path_bytes(bob, "relay", "sent")
+    on_relay_got = path_bytes(alice, "relay", "received") + path_bytes(bob, "relay", "received")
+    assert 0 < on_relay_got <= relay["meshcore_relay_forwarded_bytes_total"] <= on_relay_sent
+    # one migration each, and the relay released the circuit after the upgrade
+    for peer in (alice, bob):
+        assert peer["meshcore_peer_migrations_total{kind=relay_to_direct}"] == 1
+        assert peer["meshcore_peer_migrations_total{kind=direct_to_relay}"] == 0
+        assert peer["meshcore_peer_sessions{path=direct}"] == 1
+    assert relay["meshcore_relay_circuits"] == 0
+    assert relay["meshcore_relay_pairings_total"] == 1
+    assert relay["meshcore_relay_peers"] == 2
 
 
 def test_the_application_protocol_fuzz_example_passes() -> None:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,28 @@ def test_listen_address_from_the_environment(relay_proc: list[Relay]) -> None:
     relay_proc.append(relay)
     relay.wait_for(LISTENING)
     assert relay.stop() == 0
+
+
+def test_metrics_are_served_where_asked_and_count_the_relays_work(
+    relay_proc: list[Relay],
+) -> None:
+    relay = Relay(env={"MESHCORE_RELAY_METRICS": "127.0.0.1:0"})
+    relay_proc.append(relay)
+    metrics = relay.wait_for(re.compile(rb"serving metrics on (http://127\.0\.0\.1:\d+/metrics)"))
+    url = relay.wait_for(LISTENING).group(1).decode()
+    trio.run(_register, url)
+    with urllib.request.urlopen(metrics.group(1).decode(), timeout=10) as response:
+        text = response.read().decode()
+    assert "meshcore_relay_registrations_total 1.0" in text.splitlines()
+    assert "meshcore_relay_challenge_cpu_seconds_count 1.0" in text.splitlines()
+    assert relay.stop() == 0
+
+
+def test_a_bad_metrics_address_exits_2_naming_the_form() -> None:
+    result = run("--metrics", "localhost")
+    assert result.returncode == 2
+    assert "metrics: must be PORT or HOST:PORT" in result.stderr
+    assert "(from --metrics)" in result.stderr
 
 
 def test_bad_flag_value_exits_2_naming_the_setting_and_the_flag() -> None:

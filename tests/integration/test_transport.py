@@ -666,6 +666,7 @@ def test_public_api_is_pinned() -> None:
         "open_reuseport_listener",
         "open_tcp_socket_from",
         "open_transport",
+        "parse_ws_url",
         "serve_transport",
         "wrap_stream_transport",
     ]

@@ -1,6 +1,7 @@
 """The matchmaker under random connects, hellos, auths, pairings, frames, closes, garbage and
 time: tables stay within their caps, no circuit outlives a member's connection, nothing is sent
-to a closed connection, and a circuit's frames reach only its other member."""
+to a closed connection, a circuit's frames reach only its other member, and the counters the
+metrics export agree with what the machine did and never go down."""
 
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.invites: dict[int, list[int]] = {}  # conn -> invite request ids it was sent
         self.circuits: dict[int, frozenset[int]] = {}  # the model: circuit id -> member conns
         self.seen_circuits: list[int] = [1]
+        self.addr_of: dict[int, Endpoint] = {}
+        self.forwarded = [0, 0]  # the model's payload bytes and frames forwarded
+        self.registrations = 0
+        self.gone = 0  # connections that ended (closed by the relay or gone by themselves)
+        self.last_counts = self.mm.counters()
         # Every run starts from two registered peers with a circuit between them, and a third
         # registered peer, so that short runs exercise circuits too.
         for who, addr in enumerate(ADDRESSES):
@@ -88,6 +94,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
             assert target not in closed_now, f"{out} after the connection was closed"
             assert target in self.live or target == sender, f"{out} to a closed connection"
             if isinstance(out, CloseConnection):
+                self.gone += 1
                 closed_now.add(target)
                 self.live.discard(target)
                 self.circuits = {c: m for c, m in self.circuits.items() if target not in m}
@@ -95,7 +102,10 @@ class MatchmakerMachine(RuleBasedStateMachine):
                 members = self.circuits.get(out.circuit_id)
                 assert members is not None, "forwarded on a circuit that is not open"
                 assert sender in members and target in members and target != sender
-                assert wire.decode_control_untrusted(out.data).circuit_id == out.circuit_id
+                relayed = wire.decode_control_untrusted(out.data)
+                assert isinstance(relayed, wire.Relayed) and relayed.circuit_id == out.circuit_id
+                self.forwarded[0] += len(relayed.payload)
+                self.forwarded[1] += 1
                 event("a frame was forwarded")
             else:
                 assert isinstance(out, Send)
@@ -109,6 +119,9 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def observe(self, target: int, msg: wire.ControlMessage, paired: dict[int, set[int]]) -> None:
         if isinstance(msg, wire.Challenge):
             self.challenges[target] = msg
+        elif isinstance(msg, wire.Registered):
+            self.registrations += 1
+            assert msg.observed == self.addr_of[target]
         elif isinstance(msg, wire.Invite):
             self.invites.setdefault(target, []).append(msg.request_id)
         elif isinstance(msg, wire.Paired | wire.CircuitOpen) and msg.circuit_id:
@@ -126,6 +139,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.next_conn += 1
         conn = self.next_conn
         self.live.add(conn)
+        self.addr_of[conn] = addr
         self.feed(conn, self.mm.connection_opened(conn, addr, self.now))
 
     @rule(addr=st.sampled_from(ADDRESSES), who=ident_picks)
@@ -232,9 +246,19 @@ class MatchmakerMachine(RuleBasedStateMachine):
     @rule(index=conn_picks)
     def disconnect(self, index: int) -> None:
         conn = self.pick(index)
+        self.gone += 1
         self.live.discard(conn)
         self.circuits = {c: m for c, m in self.circuits.items() if conn not in m}
         self.feed(None, self.mm.connection_closed(conn, "gone", self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(index=conn_picks, nonce=st.integers(0, 2**64 - 1))
+    def observe_address(self, index: int, nonce: int) -> None:
+        """Netcheck's question, in whatever state the connection is."""
+        conn = self.pick(index)
+        outputs = self.mm.handle_message(conn, wire.ObserveAddress(nonce), self.now)
+        assert outputs == [Send(conn, wire.ObservedAddress(nonce, self.addr_of[conn]))]
+        self.feed(conn, outputs)
 
     @precondition(lambda self: self.live)
     @rule(index=conn_picks, data=st.binary(max_size=40))
@@ -254,6 +278,21 @@ class MatchmakerMachine(RuleBasedStateMachine):
         self.feed(None, self.mm.handle_timer(self.now))
 
     # --- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def counters_agree_with_the_model_and_never_go_down(self) -> None:
+        counts = self.mm.counters()
+        assert [counts.forwarded_bytes, counts.forwarded_frames] == self.forwarded
+        assert counts.registrations == self.registrations
+        assert counts.closes.total() == self.gone
+        last = self.last_counts
+        for name in ("registrations", "pairings", "reopens", "address_echoes",
+                     "forwarded_bytes", "forwarded_frames", "unknown_circuit_frames"):  # fmt: skip
+            assert getattr(counts, name) >= getattr(last, name), name
+        for table in ("refusals", "closes", "circuit_closes"):
+            now, before = getattr(counts, table), getattr(last, table)
+            assert all(now[key] >= n for key, n in before.items()), table
+        self.last_counts = counts
 
     @invariant()
     def model_agrees_on_live_connections(self) -> None:

@@ -32,6 +32,8 @@ PER_TYPE: dict[str, st.SearchStrategy[wire.ControlMessage]] = {
     "Pong": ws.pongs(),
     "Error": ws.error_messages(),
     "Close": ws.close_messages(),
+    "ObserveAddress": ws.observe_addresses(),
+    "ObservedAddress": ws.observed_addresses(),
 }
 
 

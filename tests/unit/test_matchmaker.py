@@ -689,6 +689,7 @@ def test_public_api_is_pinned() -> None:
         "Forward",
         "LogEvent",
         "Matchmaker",
+        "MatchmakerCounters",
         "MatchmakerStats",
         "Output",
         "RelayLimits",

@@ -42,3 +42,20 @@ def test_cli_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["listen", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "not valid TOML" in err
+
+
+def test_metrics_address_from_a_file_a_variable_or_a_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "peer.toml"
+    path.write_text('metrics = "127.0.0.1:9101"\n')
+    assert load_peer_config(path, {}).metrics == "127.0.0.1:9101"
+    monkeypatch.setenv("MESHCORE_PEER_METRICS", "9102")
+    assert load_peer_config(path, {}).metrics == "9102"
+    assert load_peer_config(path, {"metrics": "[::1]:9103"}).metrics == "[::1]:9103"
+
+
+def test_a_bad_metrics_address_names_the_flag_and_the_form() -> None:
+    expected = r"metrics: must be PORT or HOST:PORT.*\(from --metrics\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_peer_config(None, {"metrics": "localhost"})

@@ -92,6 +92,18 @@ MESHCORE = [
     "pipe_command",
     "pipe_session",
     "serve_control",
+    # observability
+    "MetricsServer",
+    "PeerCollector",
+    "RelayCollector",
+    "RelayCounters",
+    "SessionCounters",
+    "NatMapping",
+    "NetcheckReport",
+    "RelayProbe",
+    "netcheck",
+    "parse_metrics_address",
+    "serve_metrics",
     # structured concurrency, version
     "open_hidden_nursery",
     "__version__",

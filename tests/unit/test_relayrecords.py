@@ -97,5 +97,5 @@ def test_the_heap_stays_within_twice_the_live_deadlines_plus_64(
 def test_public_api_is_pinned() -> None:
     assert sorted(relayrecords.__all__) == [
         "CloseConnection", "ConnRecord", "ConnState", "Forward", "InviteRecord", "LogEvent",
-        "MatchmakerStats", "Output", "Send", "TimerHeap",
+        "MatchmakerCounters", "MatchmakerStats", "Output", "Send", "TimerHeap", "reason_label",
     ]  # fmt: skip

@@ -32,6 +32,8 @@ from meshcore.proto.wire import (
     ErrorCode,
     Hello,
     Invite,
+    ObserveAddress,
+    ObservedAddress,
     Paired,
     Ping,
     Pong,
@@ -68,6 +70,8 @@ SAMPLES: list[wire.ControlMessage] = [
     Pong(2**64 - 1),
     Error(ErrorCode.AUTH_FAILED, "wrong MAC"),
     Close(ErrorCode.SHUTDOWN, "relay restarting ✓"),
+    ObserveAddress(3),
+    ObservedAddress(3, V6),
 ]
 IDS = [type(m).__name__ for m in SAMPLES]
 
@@ -89,6 +93,8 @@ def test_public_api_is_pinned() -> None:
             "ErrorCode",
             "Hello",
             "Invite",
+            "ObserveAddress",
+            "ObservedAddress",
             "Paired",
             "Ping",
             "Pong",
@@ -150,6 +156,13 @@ def test_sample_round_trips_through_bytes_bytearray_and_memoryview(
 
 def test_ping_layout() -> None:
     assert encode_control(Ping(0x0102030405060708)) == b"\x01\x0d" + bytes(range(1, 9))
+
+
+def test_observe_address_layouts() -> None:
+    assert encode_control(ObserveAddress(5)) == b"\x01\x18" + (5).to_bytes(8, "big")
+    answer = encode_control(ObservedAddress(5, V4))
+    assert answer == b"\x01\x19" + (5).to_bytes(8, "big") + b"\x04\xc0\x00\x02\x01\x1b\x58"
+    assert len(encode_control(ObservedAddress(5, V6))) == 29
 
 
 def test_relayed_layout_is_header_length_payload() -> None:

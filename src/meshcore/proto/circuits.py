@@ -7,11 +7,19 @@ Part of the `Matchmaker` (sans-IO): every method returns or appends the outputs 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Final
 
 import attrs
 
-from meshcore.proto.relayrecords import ConnRecord, Forward, LogEvent, Output, Send
+from meshcore.proto.relayrecords import (
+    ConnRecord,
+    Forward,
+    LogEvent,
+    Output,
+    Send,
+    reason_label,
+)
 from meshcore.proto.wire import CircuitClose, ErrorCode
 
 __all__ = ["CircuitIds", "CircuitRecord", "CircuitStats", "CircuitTable", "circuit_text"]
@@ -88,6 +96,14 @@ class CircuitTable:
         self._circuits: dict[int, CircuitRecord] = {}
         self._max_circuits = max_circuits
         self._max_per_peer = max_per_peer
+        # Counted where the event happens anyway (a close, a foreign frame): forwarding
+        # itself only bumps the circuit's own counters, summed at scrape time.
+        self._closed_bytes = 0
+        self._closed_frames = 0
+        self.unknown_frames = 0
+        """Relayed frames dropped: the sender is not on that circuit (or it is closed)."""
+        self.closes: Counter[str] = Counter()
+        """Circuits closed, by reason (a lower-case ErrorCode name)."""
 
     def __len__(self) -> int:
         return len(self._circuits)
@@ -115,6 +131,14 @@ class CircuitTable:
             )
             for c in self._circuits.values()
         ]
+
+    def forwarded(self) -> tuple[int, int]:
+        """(payload bytes, frames) forwarded on every circuit so far, open or closed."""
+        nbytes, frames = self._closed_bytes, self._closed_frames
+        for c in self._circuits.values():
+            nbytes += c.bytes_ab + c.bytes_ba
+            frames += c.frames_ab + c.frames_ba
+        return nbytes, frames
 
     def capacity(self, a: ConnRecord, b: ConnRecord) -> str:
         """Why a new circuit between a and b is impossible, or "" if it is possible."""
@@ -146,6 +170,9 @@ class CircuitTable:
         """Close `circuit`: tell the members in `tell` (CircuitClose) and log its counters."""
         cid = circuit.circuit_id
         del self._circuits[cid]
+        self._closed_bytes += circuit.bytes_ab + circuit.bytes_ba
+        self._closed_frames += circuit.frames_ab + circuit.frames_ba
+        self.closes[reason_label(code)] += 1
         circuit.a.circuits.discard(cid)
         circuit.b.circuits.discard(cid)
         for conn in tell:
@@ -182,6 +209,7 @@ class CircuitTable:
         # Unknown, closed, or someone else's circuit: the same answer for all three (no
         # oracle), once per circuit id, and nobody else is touched. Frames still in flight
         # when a circuit closes land here, so this is not fatal.
+        self.unknown_frames += 1
         told = conn.told_unknown
         if circuit_id in told:
             return []

@@ -5,7 +5,8 @@ connection opened, bytes or a message arrived, a connection closed, time passed)
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
 the rules and the reasons. Its parts live next door: the circuit table (`circuits`), records,
-outputs and stats (`relayrecords`), limits (`limits`) and rate limits (`ratelimit`).
+outputs, stats and counters (`relayrecords`), the admission rules (`admission`), limits
+(`limits`) and rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
+from meshcore.proto.admission import (
+    Refusal,
+    circuit_open_refusal,
+    connect_refusal,
+    connection_refusal,
+)
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import PublicBundle
@@ -29,10 +36,12 @@ from meshcore.proto.relayrecords import (
     Forward,
     InviteRecord,
     LogEvent,
+    MatchmakerCounters,
     MatchmakerStats,
     Output,
     Send,
     TimerHeap,
+    reason_label,
 )
 from meshcore.proto.wire import (
     Accept,
@@ -46,6 +55,8 @@ from meshcore.proto.wire import (
     Error,
     ErrorCode,
     Hello,
+    ObserveAddress,
+    ObservedAddress,
     Ping,
     Pong,
     Registered,
@@ -66,6 +77,7 @@ __all__ = [
     "Forward",
     "LogEvent",
     "Matchmaker",
+    "MatchmakerCounters",
     "MatchmakerStats",
     "Output",
     "RelayLimits",
@@ -119,6 +131,7 @@ class Matchmaker:
         self._invites = 0
         self._ping_nonce = 0
         self._shutting_down = False
+        self._counts = MatchmakerCounters()
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -134,6 +147,16 @@ class Matchmaker:
             departed=len(self._departed),
             timers=len(self._timers),
         )
+
+    def counters(self) -> MatchmakerCounters:
+        """Totals since the start (registrations, pairings, refusals and closes by reason,
+        bytes and frames forwarded): a copy, summed over the open circuits just now."""
+        counts = self._counts.copy()
+        circuits = self._circuits
+        counts.forwarded_bytes, counts.forwarded_frames = circuits.forwarded()
+        counts.unknown_circuit_frames = circuits.unknown_frames
+        counts.circuit_closes.update(circuits.closes)
+        return counts
 
     def circuit_stats(self) -> list[CircuitStats]:
         """A snapshot of every open circuit and its counters."""
@@ -165,38 +188,34 @@ class Matchmaker:
         if conn_id in self._conns:
             raise ValueError(f"connection id {conn_id} is already in use (a driver bug)")
         limits = self.limits
-        if self._shutting_down:
-            return self._refuse_new(conn_id, addr, ErrorCode.SHUTDOWN, "the relay is shutting down")
-        key = address_key(addr)
-        if not self._addr_buckets.take(key, now):
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.RATE_LIMITED,
-                f"too many connections from {key}: at most {limits.connections_per_s_per_ip:g}/s "
-                f"(burst {limits.connections_burst_per_ip}); retry later",
-            )
-        if self._pending >= limits.max_pending_connections:
-            return self._refuse_new(
-                conn_id,
-                addr,
-                ErrorCode.CAPACITY,
-                "too many connections are registering right now; retry in a few seconds",
-            )
+        refusal = connection_refusal(
+            addr,
+            shutting_down=self._shutting_down,
+            buckets=self._addr_buckets,
+            pending=self._pending,
+            limits=limits,
+            now=now,
+        )
+        if refusal is not None:
+            return self._refuse_new(conn_id, addr, refusal)
         conn = ConnRecord(conn_id, addr, now, now + limits.hello_deadline_s)
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
         return []
 
-    def connection_closed(self, conn_id: int, reason: str, now: float) -> list[Output]:
-        """The connection is gone (the peer left or the network broke); forget it.
+    def connection_closed(
+        self, conn_id: int, reason: str, now: float, *, cause: str = "disconnected"
+    ) -> list[Output]:
+        """The connection is gone (the peer left or the network broke); forget it. `cause`
+        is the label it is counted under ("disconnected"; the driver's own closes say why).
 
         A no-op for connections the matchmaker closed itself (or never admitted).
         """
         conn = self._conns.get(conn_id)
         if conn is None:
             return []
+        self._counts.closes[cause] += 1
         fields = self._conn_fields(conn)
         fields["reason"] = clip_reason(reason)
         out: list[Output] = [LogEvent("disconnected", fields, self._level(conn))]
@@ -254,6 +273,7 @@ class Matchmaker:
     def shutdown(self, now: float) -> list[Output]:
         """Close every circuit and connection with SHUTDOWN; refuse new connections after."""
         self._shutting_down = True
+        self._counts.closes["shutdown"] += len(self._conns)
         out: list[Output] = [
             LogEvent("shutting down", {"peers": len(self._peers), "circuits": len(self._circuits)})
         ]
@@ -337,6 +357,10 @@ class Matchmaker:
     def _dispatch(self, conn: ConnRecord, msg: ControlMessage, now: float) -> list[Output]:
         conn.last_rx = now
         kind = type(msg)
+        if kind is ObserveAddress:  # in any state: netcheck asks without registering
+            assert isinstance(msg, ObserveAddress)
+            self._counts.address_echoes += 1
+            return [Send(conn.conn_id, ObservedAddress(msg.nonce, conn.addr))]
         if conn.state is ConnState.AWAITING_HELLO:
             if kind is Hello:
                 assert isinstance(msg, Hello)
@@ -375,6 +399,7 @@ class Matchmaker:
             reason = clip_reason(f"the peer {who}: {msg.reason or msg.code.name}")
             fields = self._conn_fields(conn)
             fields["reason"] = reason
+            self._counts.closes["peer_closed"] += 1
             out: list[Output] = [
                 LogEvent("disconnected", fields, self._level(conn)),
                 CloseConnection(conn.conn_id, ErrorCode.NONE, reason),
@@ -430,6 +455,7 @@ class Matchmaker:
             fields = self._conn_fields(old)
             fields["new_addr"] = str(conn.addr)
             out.append(LogEvent("replaced", fields))
+            self._counts.closes["replaced"] += 1
             out.append(Send(old.conn_id, Close(ErrorCode.REPLACED, reason)))
             out.append(CloseConnection(old.conn_id, ErrorCode.REPLACED, reason))
             self._forget(old, "the other peer reconnected", out)
@@ -440,6 +466,7 @@ class Matchmaker:
         limits = self.limits
         conn.bucket = TokenBucket(limits.pairings_per_s, limits.pairings_burst, now)
         self._schedule_conn(conn, now + limits.ping_interval_s)
+        self._counts.registrations += 1
         out.append(Send(conn.conn_id, Registered(peer, conn.addr)))
         out.append(LogEvent("registered", {"peer": conn.peer_text, "addr": str(conn.addr)}))
         return out
@@ -449,46 +476,20 @@ class Matchmaker:
     def _connect(self, conn: ConnRecord, msg: Connect, now: float) -> list[Output]:
         rid = msg.request_id
         limits = self.limits
-
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, Reject(rid, code, reason))]
-
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"too many pairing requests: at most {limits.pairings_per_s:g}/s "
-                f"(burst {limits.pairings_burst}); retry later",
-            )
-        if rid in conn.invites_out:
-            return refuse(
-                ErrorCode.NOT_ALLOWED, "this request id is already pending; use a new one"
-            )
-        if len(conn.invites_out) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.RATE_LIMITED,
-                f"{limits.max_invites_per_peer} pairing requests already pending; wait for them",
-            )
-        if msg.target == conn.peer:
-            return refuse(ErrorCode.NOT_ALLOWED, "a peer cannot pair with itself")
         target = self._peers.get(msg.target)
-        if target is None:
-            if msg.target in self._departed:
-                return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-            return refuse(ErrorCode.PEER_UNKNOWN, "no peer with that id is registered here")
-        if any(invite.target is target for invite in conn.invites_out.values()):
-            # One pending invitation per (initiator, target): a single flooder cannot fill
-            # the target's invitation slots; it needs as many registered identities.
-            return refuse(
-                ErrorCode.RATE_LIMITED, "a request to this peer is already pending; wait for it"
-            )
-        if len(target.invites_in) >= limits.max_invites_per_peer:
-            return refuse(
-                ErrorCode.CAPACITY, "the peer has too many pending invitations; retry later"
-            )
-        full = self._circuits.capacity(conn, target)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
+        refusal = connect_refusal(
+            conn,
+            msg,
+            target,
+            departed=self._departed,
+            circuits=self._circuits,
+            limits=limits,
+            now=now,
+        )
+        if refusal is not None:
+            self._refused("pairing", refusal[0])
+            return [Send(conn.conn_id, Reject(rid, *refusal))]
+        assert target is not None
         invite_id = self._new_invite_id(target)
         invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
         target.invites_in[invite_id] = invite
@@ -522,11 +523,13 @@ class Matchmaker:
         a, b = invite.initiator, conn
         full = self._circuits.capacity(a, b)
         if full:
+            self._refused("pairing", ErrorCode.CAPACITY)
             return [
                 Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
                 Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
             ]
         circuit = self._circuits.open(a, b, now)
+        self._counts.pairings += 1
         cid = circuit.circuit_id
         for x, y in ((a, b), (b, a)):
             x.paired[y.peer] = None
@@ -544,6 +547,7 @@ class Matchmaker:
         if invite is None:
             return []  # already expired or withdrawn: nothing to tell anyone
         code = ErrorCode.REJECTED if msg.code is ErrorCode.NONE else msg.code
+        self._refused("pairing", code)
         reason = clip_reason(f"the peer refused: {msg.reason or code.name}")
         return [
             Send(invite.initiator.conn_id, Reject(invite.request_id, code, reason)),
@@ -560,6 +564,7 @@ class Matchmaker:
 
     def _expire_invite(self, invite: InviteRecord, out: list[Output]) -> None:
         self._take_invite(invite.target, invite.invite_id)
+        self._refused("pairing", ErrorCode.TIMEOUT)
         out.append(
             Send(
                 invite.initiator.conn_id,
@@ -582,26 +587,14 @@ class Matchmaker:
     # --- circuits ---------------------------------------------------------------------------
 
     def _circuit_open(self, conn: ConnRecord, msg: CircuitOpen, now: float) -> list[Output]:
-        def refuse(code: ErrorCode, reason: str) -> list[Output]:
-            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, code, reason))]
-
-        if msg.circuit_id != 0:
-            return refuse(ErrorCode.NOT_ALLOWED, "send circuit id 0: the relay assigns circuit ids")
-        assert conn.bucket is not None
-        if not conn.bucket.take(now):
-            return refuse(ErrorCode.RATE_LIMITED, "too many pairing requests; retry later")
         other = self._peers.get(msg.peer_id)
-        if other is None:
-            return refuse(ErrorCode.PEER_OFFLINE, "that peer is not connected to this relay")
-        if other.peer not in conn.paired or conn.peer not in other.paired:
-            return refuse(
-                ErrorCode.NOT_ALLOWED,
-                "not paired with that peer on these connections; send Connect first",
-            )
-        full = self._circuits.capacity(conn, other)
-        if full:
-            return refuse(ErrorCode.CAPACITY, full)
+        refusal = circuit_open_refusal(conn, msg, other, circuits=self._circuits, now=now)
+        if refusal is not None:
+            self._refused("circuit", refusal[0])
+            return [Send(conn.conn_id, CircuitClose(msg.circuit_id, *refusal))]
+        assert other is not None
         cid = self._circuits.open(conn, other, now).circuit_id
+        self._counts.reopens += 1
         return [
             Send(conn.conn_id, CircuitOpen(cid, other.peer)),
             Send(other.conn_id, CircuitOpen(cid, conn.peer)),
@@ -622,9 +615,13 @@ class Matchmaker:
 
     # --- closing ----------------------------------------------------------------------------
 
-    def _refuse_new(
-        self, conn_id: int, addr: Endpoint, code: ErrorCode, reason: str
-    ) -> list[Output]:
+    def _refused(self, request: str, code: ErrorCode) -> None:
+        self._counts.refusals[request, reason_label(code)] += 1
+
+    def _refuse_new(self, conn_id: int, addr: Endpoint, refusal: Refusal) -> list[Output]:
+        code, reason = refusal
+        self._refused("connection", code)
+        self._counts.closes[reason_label(code)] += 1
         return [
             LogEvent(
                 "refused", {"addr": str(addr), "code": code.name, "reason": reason}, "warning"
@@ -636,6 +633,7 @@ class Matchmaker:
     def _violation(self, conn: ConnRecord, code: ErrorCode, reason: str) -> list[Output]:
         """Close `conn` (only it) for breaking a rule: log, tell it why, forget it."""
         reason = clip_reason(reason)
+        self._counts.closes[reason_label(code)] += 1
         fields = self._conn_fields(conn)
         fields["code"] = code.name
         fields["reason"] = reason
@@ -676,6 +674,7 @@ class Matchmaker:
         for invite in list(conn.invites_in.values()):
             self._take_invite(conn, invite.invite_id)
             reason = "the peer disconnected before answering"
+            self._refused("pairing", ErrorCode.PEER_OFFLINE)
             out.append(
                 Send(
                     invite.initiator.conn_id,

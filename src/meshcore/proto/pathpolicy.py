@@ -162,6 +162,9 @@ class PathManager:
         """Moves from the relay onto a direct path."""
         self.fallbacks = 0
         """Moves from a direct path back to the relay."""
+        self.fallbacks_silent = 0
+        """Of those, the ones because the direct path went silent for `dead_s` (the others
+        were transport errors)."""
         self.attempts = 0
         """Races started."""
         self.failures = 0
@@ -359,12 +362,12 @@ class PathManager:
             self._schedule_release(now, 0.0)
         return bool(self._commands)
 
-    def direct_down(self, link: Hashable, reason: str, now: float) -> None:
-        """The direct connection failed (a transport error, or silence): back to the relay.
-
-        Logged at info level: the relay carries the session on, nothing is lost."""
+    def direct_down(self, link: Hashable, reason: str, now: float, *, silent: bool = False) -> None:
+        """The direct connection failed (a transport error, or `silent` for `dead_s`): back
+        to the relay. Logged at info level: the relay carries the session on."""
         if link is not self.direct:
             return
+        self.fallbacks_silent += silent
         if self.closed:  # nothing to do but forget it
             self.direct = None
             self._retarget()
@@ -411,7 +414,7 @@ class PathManager:
             silent = now - self._direct_rx
             if silent >= s.dead_s:
                 why = f"no authenticated frame on the direct path for {s.dead_s:g} s"
-                self.direct_down(self.direct, why, now)
+                self.direct_down(self.direct, why, now, silent=True)
             elif silent >= s.trust_s and not self.lapsed:
                 self.lapsed = True
                 self._release_at = None

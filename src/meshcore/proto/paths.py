@@ -100,6 +100,10 @@ class PathStats:
     """Races started."""
     last_error: str | None
     """The latest path failure (a failed race, a fallback, a failed circuit re-open)."""
+    fallbacks_silent: int = 0
+    """Fallbacks because the direct path went silent for `dead_s` (not a transport error)."""
+    next_race: float | None = None
+    """When the next race starts by itself (None: not scheduled)."""
 
 
 @attrs.frozen
@@ -194,6 +198,8 @@ class SessionPaths:
             fallbacks=m.fallbacks,
             attempts=m.attempts,
             last_error=m.last_error,
+            fallbacks_silent=m.fallbacks_silent,
+            next_race=m.next_race if m.may_race() else None,
         )
 
     # ----------------------------------------------------------------- links

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -27,10 +27,12 @@ __all__ = [
     "Forward",
     "InviteRecord",
     "LogEvent",
+    "MatchmakerCounters",
     "MatchmakerStats",
     "Output",
     "Send",
     "TimerHeap",
+    "reason_label",
 ]
 
 # --- outputs --------------------------------------------------------------------------------
@@ -187,6 +189,49 @@ class MatchmakerStats:
     tracked_addresses: int
     departed: int
     timers: int
+
+
+def reason_label(code: ErrorCode) -> str:
+    """An error code as a metrics label: its lower-case name ("rate_limited")."""
+    return code.name.lower()
+
+
+@attrs.define
+class MatchmakerCounters:
+    """Totals since the matchmaker started, each only growing (what the relay's metrics
+    export; docs/observability.md). `Matchmaker.counters()` hands out a copy."""
+
+    registrations: int = 0
+    """Connections that answered the challenge and registered."""
+    pairings: int = 0
+    """Invitations accepted: each opened a circuit."""
+    reopens: int = 0
+    """Circuits re-opened with CircuitOpen."""
+    address_echoes: int = 0
+    """ObserveAddress questions answered (netcheck)."""
+    refusals: Counter[tuple[str, str]] = attrs.field(factory=Counter)
+    """(request, reason) -> requests refused; request is "connection", "pairing" or
+    "circuit", reason a lower-case ErrorCode name ("rate_limited", "rejected", ...)."""
+    closes: Counter[str] = attrs.field(factory=Counter)
+    """reason -> connections closed: an ErrorCode name for the relay's own closes
+    ("bad_message", "timeout", "replaced", "shutdown", ...), "peer_closed" when the peer
+    said goodbye, "disconnected" when the connection just went away."""
+    forwarded_bytes: int = 0
+    """Payload bytes of Relayed frames forwarded on circuits (both ways)."""
+    forwarded_frames: int = 0
+    unknown_circuit_frames: int = 0
+    """Relayed frames dropped because the sender is not on that circuit."""
+    circuit_closes: Counter[str] = attrs.field(factory=Counter)
+    """reason (lower-case ErrorCode name) -> circuits closed."""
+
+    def copy(self) -> MatchmakerCounters:
+        """An independent copy (the counters tables are copied too)."""
+        return attrs.evolve(
+            self,
+            refusals=Counter(self.refusals),
+            closes=Counter(self.closes),
+            circuit_closes=Counter(self.circuit_closes),
+        )
 
 
 class TimerHeap:

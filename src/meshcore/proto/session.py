@@ -332,6 +332,7 @@ class SessionCore:
         except ReplayError:
             # a retransmission we already have: the sender missed our ack, so ack again
             self.stats.duplicates += 1
+            self.stats.replayed += 1
             self._send_ack(now)
             return FrameResult.DROPPED
         except (AuthenticationError, DecodeError):

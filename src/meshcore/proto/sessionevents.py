@@ -167,3 +167,5 @@ class SessionStats:
     duplicates: int = 0
     rejected: int = 0
     rtt_s: float | None = None
+    replayed: int = 0
+    """Frames the replay window dropped (also counted in `duplicates`)."""

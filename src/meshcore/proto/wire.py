@@ -54,6 +54,8 @@ __all__ = [
     "ErrorCode",
     "Hello",
     "Invite",
+    "ObserveAddress",
+    "ObservedAddress",
     "Paired",
     "Ping",
     "Pong",
@@ -87,6 +89,8 @@ class ControlType(enum.IntEnum):
     PONG = 14
     ERROR = 15
     CLOSE = 16
+    OBSERVE_ADDRESS = 24
+    OBSERVED_ADDRESS = 25
 
 
 class ErrorCode(enum.IntEnum):
@@ -311,6 +315,24 @@ class Close:
     reason: str = attrs.field(**_REASON.spec)
 
 
+@attrs.frozen
+class ObserveAddress:
+    """peer -> relay, in any state (before Hello too): which address do you see me at?
+    The answer is an ObservedAddress with the same nonce (`meshcore-peer netcheck`)."""
+
+    TYPE: ClassVar = ControlType.OBSERVE_ADDRESS
+    nonce: int = attrs.field(**U64.spec)
+
+
+@attrs.frozen
+class ObservedAddress:
+    """relay -> peer: the address (IP and port, after any NAT) this connection comes from."""
+
+    TYPE: ClassVar = ControlType.OBSERVED_ADDRESS
+    nonce: int = attrs.field(**U64.spec)
+    observed: Endpoint = attrs.field(**_ENDPOINT.spec)
+
+
 ControlMessage = (
     Hello
     | Challenge
@@ -328,12 +350,15 @@ ControlMessage = (
     | Pong
     | Error
     | Close
+    | ObserveAddress
+    | ObservedAddress
 )
 """Any relay control message."""
 
 _CLASSES: Final[tuple[type[ControlMessage], ...]] = (
     Hello, Challenge, Auth, Registered, Connect, Invite, Accept, Reject, Paired,
-    CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close,
+    CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close, ObserveAddress,
+    ObservedAddress,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[ControlType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls)) for cls in _CLASSES

@@ -53,6 +53,8 @@ __all__ = [
     "invites",
     "keepalives",
     "mutated_encodings",
+    "observe_addresses",
+    "observed_addresses",
     "paireds",
     "path_challenges",
     "path_responses",
@@ -198,6 +200,16 @@ def pongs() -> st.SearchStrategy[wire.Pong]:
     return st.builds(wire.Pong, _U64)
 
 
+def observe_addresses() -> st.SearchStrategy[wire.ObserveAddress]:
+    """ObserveAddress messages (netcheck's question)."""
+    return st.builds(wire.ObserveAddress, _U64)
+
+
+def observed_addresses() -> st.SearchStrategy[wire.ObservedAddress]:
+    """ObservedAddress messages (the relay's answer)."""
+    return st.builds(wire.ObservedAddress, _U64, endpoints())
+
+
 def error_messages() -> st.SearchStrategy[wire.Error]:
     """Error messages (wire.Error)."""
     return st.builds(wire.Error, error_codes(), reasons())
@@ -227,6 +239,8 @@ def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
         pongs(),
         error_messages(),
         close_messages(),
+        observe_addresses(),
+        observed_addresses(),
     )
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from meshcore.errors import (
     AuthenticationError,
+    ClosedByPeer,
     ConfigError,
     ConnectFailed,
     ControlRequestFailed,
@@ -163,6 +164,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AuthenticationError",
+    "ClosedByPeer",
     "ConfigError",
     "ConnectFailed",
     "ControlRequestFailed",

@@ -17,6 +17,7 @@ import trio
 
 from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
 from meshcore._migrator import Migrator, open_migrator
+from meshcore._nursery import open_hidden_nursery
 from meshcore._session import (
     Session,
     handshake_as_initiator,
@@ -24,6 +25,7 @@ from meshcore._session import (
     open_session,
 )
 from meshcore.errors import HandshakeError, MeshError
+from meshcore.logs import describe_error, log_unexpected
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.handshake import Responder
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
@@ -157,7 +159,10 @@ async def serve(
     """Accept sessions from the peers in `allow`, running `handler(session)` for each.
 
     Several sessions run at once, each in its own task; a handler that fails ends only its
-    own session (logged). Peers not on the allow-list are refused through the relay.
+    own session. A session that ends as sessions do (the peer closed it or ended it, it
+    failed, the handshake failed) is logged in one line; a handler's unexpected error is
+    logged in one line too, with its traceback at debug level. Peers not on the allow-list
+    are refused through the relay.
     `direct`, `path_settings`, `candidates` and `local_port` are as for `connect` (all
     sessions share the one port and listener). `task_status.started(client)` is called once
     registered. A lost relay connection is re-established in the background (see
@@ -180,7 +185,7 @@ async def serve(
         direct=paths.mode is not DirectMode.NEVER,
     ) as client:
         task_status.started(client)
-        async with trio.open_nursery() as nursery:
+        async with open_hidden_nursery() as nursery:
             while True:
                 invitation = await client.next_invitation()
                 if invitation.initiator not in allowed:
@@ -231,10 +236,13 @@ async def _serve_one(
         log.warning("handshake with %s failed: %s", peer, exc)
     except MeshError as exc:
         log.warning("session with %s ended: %s", peer, exc)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel) as exc:
-        log.info("session with %s ended: %s", peer, exc or type(exc).__name__)
-    except Exception:
-        log.exception("session handler for %s failed", peer)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        # the session says why once, as it ends (a failure as a warning)
+        log.info("session with %s ended: %s", peer, describe_error(exc))
+    except trio.EndOfChannel:
+        log.info("session with %s ended: the handler read past the peer's end", peer)
+    except Exception as exc:
+        log_unexpected(log, f"session handler for {peer} failed", exc)
     finally:
         with trio.CancelScope(shield=True):
             await pairing.circuit.aclose("session ended")

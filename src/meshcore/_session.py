@@ -2,9 +2,13 @@
 links (a reader and a writer task per link, and a timer task, in the session's own nursery or
 its path driver's), once the handshake (`meshcore._handshake`) gave it keys.
 
-A `Session` is a `trio.abc.Channel[bytes]`: `receive` raises `trio.EndOfChannel` after the
-peer closed cleanly, `trio.ClosedResourceError` after we closed it, and
-`trio.BrokenResourceError` (with a `SessionClosed` as its cause) when the session failed.
+A `Session` is a `trio.abc.Channel[bytes]` whose directions end separately, as in trio's
+`HalfCloseableStream`: `send_eof` ends ours, and `receive` raises `trio.EndOfChannel` once the
+peer ended its own (or closed the session) and every message was read. `send` raises
+`trio.ClosedResourceError` after `send_eof` or `aclose`, and `trio.BrokenResourceError` with
+the reason as its cause once the session is over: `ClosedByPeer` when the peer closed it
+first, another `SessionClosed` when it failed. Once both directions ended and were
+acknowledged, the session finishes by itself (docs/protocol.md).
 
 A path driver (the `Migrator`) moves the session between links: it registers with
 `Session.attach_driver` and acts through the `PathControl` it gets back; the session wakes it
@@ -16,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final, Protocol, cast
+from typing import Final, cast
 
 import attrs
 import trio
@@ -27,17 +31,17 @@ from meshcore._counters import SessionCounters
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
 from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
+from meshcore._pathcontrol import PathControl, PathDriver
 from meshcore._transport import Transport
-from meshcore.errors import NoUsablePath, SessionClosed
-from meshcore.proto.endpoint import Endpoint
+from meshcore.errors import ClosedByPeer, NoUsablePath, SessionClosed
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
 from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.inner import CLOSE_APPLICATION
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
     DirectMode,
     LinkKind,
-    PathCommand,
     PathSettings,
     PathStats,
     PingAnswered,
@@ -46,13 +50,14 @@ from meshcore.proto.paths import (
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.session import (
     EndpointsReceived,
+    EofReceived,
     MessageReceived,
     PeerClosed,
     SessionCore,
     SessionEvent,
     SessionFailed,
+    SessionFinished,
     SessionSettings,
-    SessionState,
     SessionStats,
 )
 
@@ -70,7 +75,11 @@ __all__ = [
 
 log = logging.getLogger("meshcore.session")
 
+CLOSE_GRACE_S: Final = 1.0
+"""The most `Session.aclose` waits (shielded) to get its Close out, or the finish confirmed."""
+
 _FRAME: Final = int(PacketType.FRAME)
+
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
@@ -140,7 +149,10 @@ class Session(trio.abc.Channel[bytes]):
         self._timer_at = -math.inf
         self._progress = trio.Event()
         self._closed_by_us = False
-        self._eof = False
+        self._eof_sent = False
+        self._inbound_ended = False  # the peer's Eof, its Close, or the finish arrived
+        self._peer_closed: ClosedByPeer | None = None
+        self._finished = False
         self._failure: SessionClosed | None = None
         self._send_lock = trio.Lock()
         self._pings: dict[bytes, tuple[float, str] | None] = {}
@@ -159,8 +171,14 @@ class Session(trio.abc.Channel[bytes]):
 
     @property
     def close_reason(self) -> str | None:
-        """Why the session ended (None while it is open)."""
+        """Why the session ended (None while it is open): "finished: both directions
+        ended", "peer closed: ...", our own reason, or the failure."""
         return self._core.close_reason
+
+    @property
+    def finished(self) -> bool:
+        """Both directions ended and were acknowledged: the session closed cleanly."""
+        return self._finished
 
     @property
     def stats(self) -> SessionStats:
@@ -287,10 +305,30 @@ class Session(trio.abc.Channel[bytes]):
     async def send(self, value: bytes) -> None:
         """Queue one message; waits while the send window is full (back-pressure).
 
-        Raises `trio.ClosedResourceError` after `aclose`, `trio.BrokenResourceError`
-        (cause: `SessionClosed`) once the session has ended. Cancelled while it waits,
-        nothing was queued; once it returns, the message is the session's to deliver.
+        Raises `trio.ClosedResourceError` after `send_eof` or `aclose`, and
+        `trio.BrokenResourceError` (cause: `ClosedByPeer` or another `SessionClosed`) once the
+        session has ended. Cancelled while it waits, nothing was queued; once it returns,
+        the message is the session's to deliver.
         """
+        await self._send_sequenced(bytes(value))
+
+    async def send_eof(self) -> None:
+        """End our direction, as trio's `HalfCloseableStream.send_eof` does: the peer's
+        `receive` raises `trio.EndOfChannel` once it has read every message sent before, and
+        our `send` raises `trio.ClosedResourceError` from now on; messages from the peer keep
+        arriving. Idempotent.
+
+        The end of stream is sealed, sequenced and acknowledged like a message, so it arrives
+        exactly once, after everything sent before it, across path moves. Once the peer ended
+        its direction too and both were acknowledged, the session finishes by itself.
+        Raises like `send` (but not after an earlier `send_eof`). Cancelled while it waits
+        for room in the send window, nothing was sent.
+        """
+        if self._eof_sent and not self._closed_by_us:
+            return
+        await self._send_sequenced(None)
+
+    async def _send_sequenced(self, value: bytes | None) -> None:
         lock = self._send_lock
         try:  # uncontended: no trip through the scheduler (a window's worth goes out at once)
             lock.acquire_nowait()
@@ -299,11 +337,15 @@ class Session(trio.abc.Channel[bytes]):
         try:
             core = self._core
             while not core.can_send():
-                self._check_open()
+                self._check_open(sending=True)
                 await self._wait_progress()
-            self._check_open()
+            self._check_open(sending=True)
             try:
-                core.send(bytes(value), trio.current_time())
+                if value is None:
+                    core.send_eof(trio.current_time())
+                    self._eof_sent = True
+                else:
+                    core.send(value, trio.current_time())
             except SessionClosed as exc:  # e.g. the keys expired this very moment
                 self._set_failure(exc.reason)
                 raise trio.BrokenResourceError(exc.reason) from exc
@@ -314,13 +356,15 @@ class Session(trio.abc.Channel[bytes]):
     async def receive(self) -> bytes:
         """The next message from the peer, in order.
 
-        Raises `trio.EndOfChannel` once the peer closed cleanly and every message was read.
-        Cancel-safe: a cancelled receive loses no message.
+        Raises `trio.EndOfChannel` once the peer ended its direction or closed the session
+        (or both directions ended) and every message was read; `trio.ClosedResourceError`
+        after our `aclose`; `trio.BrokenResourceError` (cause: `SessionClosed`) if the
+        session failed. Cancel-safe: a cancelled receive loses no message.
         """
         while not self._inbox:
             if self._closed_by_us:
                 raise trio.ClosedResourceError("session was closed")
-            if self._eof:
+            if self._inbound_ended:
                 raise trio.EndOfChannel
             if self._failure is not None:
                 raise trio.BrokenResourceError(str(self._failure)) from self._failure
@@ -332,25 +376,43 @@ class Session(trio.abc.Channel[bytes]):
         return payload
 
     async def wait_acknowledged(self) -> None:
-        """Wait until the peer has acknowledged every message sent so far (raises like `send`
-        once the session has ended). Cancelling it only stops the waiting."""
+        """Wait until the peer has acknowledged every message (and an end of stream) sent so
+        far. Raises like `send` once the session has ended with some of it unacknowledged.
+        Cancelling it only stops the waiting."""
         while not self._core.all_acked:
+            self._check_open()
+            await self._wait_progress()
+
+    async def wait_finished(self) -> None:
+        """Wait until the session finished: both directions ended (each side's `send_eof`)
+        and were acknowledged, so nothing was lost either way.
+
+        Raises `trio.BrokenResourceError` if it ended otherwise (cause: `ClosedByPeer` when
+        the peer closed it first, another `SessionClosed` when it failed), and
+        `trio.ClosedResourceError` after our `aclose`. Cancelling it only stops the waiting.
+        """
+        while not self._finished:
             self._check_open()
             await self._wait_progress()
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close the session: tell the peer (best effort) and stop. Idempotent.
 
-        The Close goes out under a shielded scope of at most 1 s, so cancellation does not
-        cut it short.
+        A session still open sends a Close (the peer's session ends with "peer closed:
+        <reason>"); what was not acknowledged yet may then be lost, so end cleanly with
+        `send_eof` and `wait_finished` where that matters. A finished session first waits
+        for the peer to confirm the finish (about one round trip). Either happens under a
+        shielded scope of at most CLOSE_GRACE_S, so cancellation does not cut it short.
         """
         if self._closed_by_us:
             return
         self._closed_by_us = True
-        self._core.close(0, reason, trio.current_time())
-        self._route()
-        with trio.move_on_after(1.0) as scope:
+        with trio.move_on_after(CLOSE_GRACE_S) as scope:
             scope.shield = True
+            while self._core.lingering:
+                await self._wait_progress()
+            self._core.close(CLOSE_APPLICATION, reason, trio.current_time())
+            self._route()
             for link in list(self._links):
                 await link.drain()
         self._notify()
@@ -407,7 +469,8 @@ class Session(trio.abc.Channel[bytes]):
             return
         link.closed = True
         if self._driver is None:
-            self._set_failure(f"transport closed: {reason}")
+            if self._core.close_reason is None:
+                self._set_failure(f"transport closed: {reason}")
             return
         self._paths.link_down(link, reason, trio.current_time())
         self._changed()
@@ -444,9 +507,17 @@ class Session(trio.abc.Channel[bytes]):
             elif isinstance(event, EndpointsReceived):
                 if self._driver is not None:
                     self._driver.endpoints_received(event.endpoints)
+            elif isinstance(event, EofReceived):
+                log.debug("session %s: the peer ended its direction", self.peer_id)
+                self._inbound_ended = True
+            elif isinstance(event, SessionFinished):
+                log.info("session %s finished: both directions ended", self.peer_id)
+                self._finished = self._inbound_ended = True
             elif isinstance(event, PeerClosed):
-                log.info("session %s closed by peer: %s", self.peer_id, event.reason or "no reason")
-                self._eof = True
+                reason = self._core.close_reason or "peer closed"
+                log.info("session %s ended: %s", self.peer_id, reason)
+                self._peer_closed = ClosedByPeer(reason)
+                self._inbound_ended = True
             elif isinstance(event, SessionFailed):
                 self._set_failure(self._explain(event.reason))
 
@@ -460,7 +531,8 @@ class Session(trio.abc.Channel[bytes]):
         return f"{reason}; the relay circuit was lost and not re-opened in time ({why})"
 
     def _set_failure(self, reason: str) -> None:
-        if self._failure is None and not self._eof and not self._closed_by_us:
+        ended = self._finished or self._peer_closed is not None or self._closed_by_us
+        if self._failure is None and not ended:
             log.warning("session %s failed: %s", self.peer_id, reason)
             self._failure = SessionClosed(reason)
             self._core.fail(reason)
@@ -488,145 +560,19 @@ class Session(trio.abc.Channel[bytes]):
     async def _wait_progress(self) -> None:
         await self._progress.wait()
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, sending: bool = False) -> None:
+        """Raise what a call on an ended session (or direction, when `sending`) raises."""
         if self._closed_by_us:
             raise trio.ClosedResourceError("session was closed")
+        if sending and self._eof_sent:
+            raise trio.ClosedResourceError("the sending direction was ended with send_eof")
         if self._failure is not None:
             raise trio.BrokenResourceError(str(self._failure)) from self._failure
-        if self._eof or self._core.close_reason is not None:
-            reason = self._core.close_reason or "closed by peer"
+        if self._peer_closed is not None:
+            raise trio.BrokenResourceError(str(self._peer_closed)) from self._peer_closed
+        reason = self._core.close_reason
+        if reason is not None:
             raise trio.BrokenResourceError(reason) from SessionClosed(reason)
-
-
-class PathDriver(Protocol):
-    """What a Session asks of the driver that moves it between paths (a `Migrator`), which
-    registers with `Session.attach_driver`."""
-
-    def wake(self) -> None:
-        """The session's path policy has commands: take them soon with
-        `PathControl.commands()` (not from inside this call)."""
-
-    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None:
-        """The peer announced its direct-path candidates (an ENDPOINTS frame)."""
-
-    def abort_direct(self, reason: str) -> bool:
-        """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
-
-
-class PathControl:
-    """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
-    it brings, the commands of the session's path policy.
-
-    Every call that changes the path state brings the session up to date at once (events,
-    frames to send, timers). Nothing here blocks; the driver runs each link it brings with
-    `Session.run_link` in a nursery of its own.
-    """
-
-    __slots__ = ("_driver", "_session")
-
-    def __init__(self, session: Session, driver: PathDriver) -> None:
-        self._session = session
-        self._driver = driver
-
-    @property
-    def racing(self) -> bool:
-        """A race for a direct path is running."""
-        return self._session._paths.race is not None
-
-    @property
-    def may_race(self) -> bool:
-        """A race may start now: none is running, there is no direct path, the mode allows."""
-        return self._session._paths.manager.may_race()
-
-    @property
-    def direct_link(self) -> Link | None:
-        """The direct connection carrying the session, if any."""
-        direct = self._session._paths.manager.direct
-        return direct if isinstance(direct, Link) else None
-
-    def commands(self) -> list[PathCommand]:
-        """Take the I/O the path policy asks for (races, closing links, re-opening the relay
-        circuit, log lines)."""
-        return self._session._paths.commands()
-
-    def owns_receiver_index(self, receiver_index: int) -> bool:
-        """Is `receiver_index` one of this open session's (a connection's first frame names
-        the index its sender chose for us)?"""
-        core = self._session._core
-        return core.state is SessionState.OPEN and receiver_index in core.keys.receiver_indices(
-            trio.current_time()
-        )
-
-    def start_race(self, endpoints: Sequence[Endpoint]) -> bool:
-        """A race starts: `endpoints` (ours) are announced to the peer in ENDPOINTS. False if
-        a race is running already or the session has ended."""
-        session = self._session
-        paths = session._paths
-        if paths.racing or session._core.state is not SessionState.OPEN:
-            return False
-        paths.race_started(trio.current_time(), endpoints)
-        session._changed()
-        return True
-
-    def race_failed(self, reason: str) -> None:
-        """The race's deadline passed without a winner: its candidates are closed."""
-        session = self._session
-        if session._paths.race is None:
-            return
-        session._paths.race_failed(reason, trio.current_time())
-        session._changed()
-
-    def attach_candidate(
-        self, transport: Transport, *, first_frame: bytes | None = None
-    ) -> Link | None:
-        """A direct connection for the running race, dialled or accepted (with the
-        `first_frame` it arrived with): it is challenged at once.
-
-        Returns the link to run with `Session.run_link`, or None if no race takes it (none
-        running, the race is full, the session ended): then close `transport`.
-        """
-        session = self._session
-        link = Link(transport, "direct", session._traffic)
-        if not session._paths.candidate_up(link, trio.current_time()):
-            return None
-        self._arrived(link, first_frame)
-        return link
-
-    def attach_relay(
-        self, transport: Transport, *, first_frame: bytes | None = None, opened_here: bool = False
-    ) -> Link | None:
-        """A new relay circuit for the session: one the peer re-opened (with the
-        `first_frame` it arrived with), or one we re-opened (`opened_here`: a keepalive goes
-        out on it first, so that the peer can route it). It replaces the old circuit.
-
-        Returns the link to run with `Session.run_link`, or None if the session has ended:
-        then close `transport`.
-        """
-        session = self._session
-        if session._core.state is not SessionState.OPEN:
-            return None
-        link = Link(transport, "relay", session._traffic)
-        if transport.relay_url is not None:
-            session._relay_url = transport.relay_url
-        session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
-        self._arrived(link, first_frame)
-        return link
-
-    def relay_open_failed(self, reason: str) -> None:
-        """Re-opening the relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time())
-        self._session._changed()
-
-    def detach(self) -> None:
-        """The driver is done: the session no longer wakes it, and a lost link ends it."""
-        if self._session._driver is self._driver:
-            self._session._driver = None
-
-    def _arrived(self, link: Link, first_frame: bytes | None) -> None:
-        if first_frame is None:
-            self._session._changed()
-        else:
-            self._session._on_frames(link, [first_frame])
 
 
 @asynccontextmanager

@@ -339,7 +339,7 @@ async def test_each_side_announces_its_shared_port_to_the_relay() -> None:
 
 
 def test_a_link_drops_frames_beyond_its_bounds_instead_of_growing() -> None:
-    from meshcore._session import LINK_QUEUE_BYTES, Link
+    from meshcore._link import LINK_QUEUE_BYTES, Link
     from meshcore.testing.memory import memory_transport_pair
 
     link = Link(memory_transport_pair()[0], "direct")

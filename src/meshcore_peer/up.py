@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -41,7 +40,7 @@ from meshcore import (
     validate_device_name,
 )
 from meshcore.config import env_names, load_toml
-from meshcore.logs import setup_logging
+from meshcore.logs import log_unexpected, setup_logging
 from meshcore.proto.constants import (
     MAX_MESSAGE_BYTES,
     TAP_DEFAULT_MTU,
@@ -49,6 +48,7 @@ from meshcore.proto.constants import (
     TUNNEL_CHUNK_HEADER_BYTES,
 )
 from meshcore_peer.config import check_metrics
+from meshcore_peer.lifecycle import Stopping, leaf_error, run_until_signalled
 
 __all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
 
@@ -279,16 +279,26 @@ def run_up(args: argparse.Namespace) -> int:
         config = load_up_config(Path(args.config) if args.config else None, _overrides(args))
         setup_logging(config.log_level, config.log_format)
         identity = Identity.load(_identity_path(config))
-        return trio.run(_run, config, identity)
-    except ConfigError as exc:
+        ending = trio.run(partial(run_until_signalled, partial(_run, config, identity), name="up"))
+        return EXIT_OK if ending.status is None else ending.status  # a signal: a clean stop
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(leaf_error(exc))
+
+
+def _report(exc: BaseException) -> int:
+    """Say what ended `up` in one line on stderr; returns the exit status (a traceback only
+    for an unexpected error, with --log-level debug)."""
+    if isinstance(exc, ConfigError):
         print(f"meshcore-peer up: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except MeshError as exc:
-        print(f"meshcore-peer up: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):  # before the signal handler was installed
         print("meshcore-peer up: interrupted", file=sys.stderr)
         return 130
+    if isinstance(exc, MeshError | OSError):
+        print(f"meshcore-peer up: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    log_unexpected(log, "meshcore-peer up: unexpected error", exc)
+    return EXIT_FAILED
 
 
 def _identity_path(config: UpConfig) -> Path:
@@ -299,7 +309,7 @@ def _identity_path(config: UpConfig) -> Path:
     return default_identity_path()
 
 
-async def _run(config: UpConfig, identity: Identity) -> int:
+async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
     peers = tuple(PeerId.from_text(p.id) for p in config.peers)
     if identity.peer_id in peers:
         raise ConfigError(
@@ -315,45 +325,43 @@ async def _run(config: UpConfig, identity: Identity) -> int:
     )
     address = ipaddress.ip_interface(config.address) if config.address else None
     control = Path(config.control) if config.control else default_control_path()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with open_configured_tap(
-            config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
-        ) as device:
-            pump: FramePump | None = None
-            try:
-                # direct paths must never run through the tunnel they carry
-                with overlay_interface(device.name):
-                    async with trio.open_nursery() as nursery:
-                        if config.metrics is not None:
-                            await nursery.start(serve_metrics, config.metrics, [collector])
-                        await nursery.start(
-                            partial(
-                                serve_control,
-                                control,
-                                registry,
-                                required=config.control is not None,
-                            )
+    async with open_configured_tap(
+        config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
+    ) as device:
+        pump: FramePump | None = None
+        try:
+            # direct paths must never run through the tunnel they carry
+            with overlay_interface(device.name):
+                async with trio.open_nursery() as nursery:
+                    if config.metrics is not None:
+                        await nursery.start(serve_metrics, config.metrics, [collector])
+                    await nursery.start(
+                        partial(
+                            serve_control,
+                            control,
+                            registry,
+                            required=config.control is not None,
                         )
-                        pump = await nursery.start(
-                            run_tunnel, device.fd, device.vnet_header_bytes, tunnel
-                        )
-                        collector.tunnel = pump
-                        log.info(
-                            "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
-                            device.name,
-                            identity.peer_id.short(),
-                            len(peers),
-                            config.relay,
-                            len(tunnel.dials),
-                            len(tunnel.answers),
-                        )
-                        async for signum in signals:
-                            log.info("%s: removing %s", signal.Signals(signum).name, device.name)
-                            nursery.cancel_scope.cancel()
-                            break
-            finally:
-                if pump is not None:
-                    _log_summary(pump, names)
+                    )
+                    pump = await nursery.start(
+                        run_tunnel, device.fd, device.vnet_header_bytes, tunnel
+                    )
+                    collector.tunnel = pump
+                    log.info(
+                        "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
+                        device.name,
+                        identity.peer_id.short(),
+                        len(peers),
+                        config.relay,
+                        len(tunnel.dials),
+                        len(tunnel.answers),
+                    )
+                    await trio.sleep_forever()  # until a signal cancels it (lifecycle)
+        finally:
+            if stopping.reason is not None:
+                log.info("%s: removing %s", stopping.reason, device.name)
+            if pump is not None:
+                _log_summary(pump, names)
     return EXIT_OK
 
 

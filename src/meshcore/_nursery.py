@@ -38,10 +38,13 @@ async def open_hidden_nursery() -> AsyncIterator[trio.Nursery]:
     in a note, so nothing disappears silently.
     """
     body_error: BaseException | None = None
-    tasks_scope = trio.CancelScope(shield=True)
+    tasks_scope = trio.CancelScope()
     try:
         async with trio.open_nursery() as outer:
             tasks: trio.Nursery = await outer.start(_run_tasks, tasks_scope)
+            # shielded only now: a host task cancelled while starting never moves into
+            # `outer` (trio's start), and shielded it would wait there forever
+            tasks_scope.shield = True
             try:
                 yield tasks
             except BaseException as exc:
@@ -59,7 +62,8 @@ async def open_hidden_nursery() -> AsyncIterator[trio.Nursery]:
 async def _run_tasks(
     scope: trio.CancelScope, *, task_status: trio.TaskStatus[trio.Nursery]
 ) -> None:
-    """Host the background tasks under `scope` (shielded; cancelled when the body ended)."""
+    """Host the background tasks under `scope` (shielded once started; cancelled when the
+    body ended)."""
     with scope:
         async with trio.open_nursery() as tasks:
             task_status.started(tasks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 import trio.testing
@@ -163,3 +165,21 @@ def test_public_api_is_pinned() -> None:
     import meshcore._nursery as module
 
     assert sorted(module.__all__) == ["collapse_exception_group", "open_hidden_nursery"]
+
+
+def test_a_cancellation_that_comes_while_it_opens_does_not_hang_it() -> None:
+    # the hidden tasks' host is shielded; cancelled before it started, it must not be
+    # (a signal arriving while a relay client or a tunnel was starting hung the process)
+    async def open_cancelled() -> bool:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with open_hidden_nursery():
+                await trio.sleep_forever()
+        return scope.cancelled_caught
+
+    results: list[bool] = []
+    runner = threading.Thread(target=lambda: results.append(trio.run(open_cancelled)))
+    runner.daemon = True  # a hung run must not hang the test run as well
+    runner.start()
+    runner.join(10)
+    assert results == [True]

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from meshcore._transport import (
         Transport,
         open_transport,
+        parse_ws_url,
         serve_transport,
         wrap_stream_transport,
     )
@@ -145,6 +146,7 @@ _LAZY = {
     "RelayCounters": "meshcore._relay",
     "SessionCounters": "meshcore._counters",
     "parse_metrics_address": "meshcore._metrics",
+    "parse_ws_url": "meshcore._transport",
     "serve_metrics": "meshcore._metrics",
     "NatMapping": "meshcore.proto.netcheck",
     "NetcheckReport": "meshcore.proto.netcheck",
@@ -237,6 +239,7 @@ __all__ = [
     "open_transport",
     "overlay_interface",
     "parse_metrics_address",
+    "parse_ws_url",
     "pipe_command",
     "pipe_session",
     "run_tunnel",

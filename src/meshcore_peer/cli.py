@@ -39,13 +39,13 @@ from meshcore import (
     control_request,
     default_control_path,
     open_hidden_nursery,
+    parse_ws_url,
     pipe_command,
     pipe_session,
     serve,
     serve_control,
     serve_metrics,
 )
-from meshcore._transport import parse_ws_url
 from meshcore.logs import describe_error, setup_logging
 from meshcore_peer import netcheck, show
 from meshcore_peer.config import PeerConfig, load_peer_config

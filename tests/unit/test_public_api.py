@@ -104,6 +104,7 @@ MESHCORE = [
     "RelayProbe",
     "netcheck",
     "parse_metrics_address",
+    "parse_ws_url",
     "serve_metrics",
     # structured concurrency, version
     "open_hidden_nursery",

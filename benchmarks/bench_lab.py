@@ -234,8 +234,8 @@ def main() -> int:
     cells = []
     for situation_name in situations:
         for tunnel in tunnels:
-            why_not = no_up if tunnel.startswith("meshcore") else unavailable_reason(
-                tunnel, unavailable
+            why_not = (
+                no_up if tunnel.startswith("meshcore") else unavailable_reason(tunnel, unavailable)
             )
             cells.append(run_cell(SITUATIONS[situation_name], tunnel, settings, why_not))
     rel = ratios(cells)
@@ -253,8 +253,8 @@ def main() -> int:
     report = {
         "benchmark": "lab",
         "meshcore_up": " ".join(up) if up else None,
-        "settings": asdict(settings) | {"ping_interval_s": 0.01, "quick": args.quick,
-                                        "namespace_default_cc": own_cc},
+        "settings": asdict(settings)
+        | {"ping_interval_s": 0.01, "quick": args.quick, "namespace_default_cc": own_cc},
         "situations": descriptions,
         "machine": machine() | {"loadavg_before": load_before, "loadavg_after": load_after},
         "versions": versions(),

@@ -98,9 +98,7 @@ def loaded_run(lab: Lab, target: str, settings: Settings) -> dict[str, float]:
     return {"mbit_s": mbit, "loaded_avg_ms": avg, "loaded_p99_ms": p99, "loaded_lost": lost}
 
 
-def measure_cell(
-    lab: Lab, tunnel: str, situation: str, target: str, settings: Settings
-) -> Cell:
+def measure_cell(lab: Lab, tunnel: str, situation: str, target: str, settings: Settings) -> Cell:
     """Idle RTT, then `settings.runs` loaded runs through the tunnel to `target` (b)."""
     wait_reachable(lab, target)
     ping_times(lab, "a", target, 20)  # warm up ARP, peer discovery, crypto state
@@ -127,8 +125,8 @@ def measure_cell(
     for key in ("mbit_s", "loaded_avg_ms", "loaded_p99_ms", "loaded_lost"):
         setattr(cell, key, statistics.median(run[key] for run in cell.runs))
     cell.direct_mb = counters.between("a", "b").bytes / 1e6
-    cell.relayed_mb = min(
-        counters.between("a", "relay").bytes, counters.between("b", "relay").bytes
-    ) / 1e6
+    cell.relayed_mb = (
+        min(counters.between("a", "relay").bytes, counters.between("b", "relay").bytes) / 1e6
+    )
     cell.went = "direct" if cell.direct_mb > cell.relayed_mb else "relay"
     return cell

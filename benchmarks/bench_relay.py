@@ -5,6 +5,9 @@ peers run in this process and speak the control protocol directly.
 
 1. Idle peers: N peers register (full KEM challenge) and stay connected, answering pings.
    Relay RSS before and after. Target: >= 10,000 peers at RSS <= 1 GiB.
+   Registrations/s with and without verifying the relay first (its keys, our challenge, its
+   proof: one more round trip and a decapsulation at the relay), rounds alternating on one
+   relay, medians; and the CPU of the proof itself on each side.
 2. Pairings/s: fresh peer pairs connect, both register (full challenge), A asks for B, B
    accepts, both are told; 16 pairs at a time. Also pairings alone between registered peers.
 3. Throughput of one relayed circuit, 64 KiB messages (A -> relay -> B, at most 4 messages in
@@ -19,6 +22,7 @@ peers run in this process and speak the control protocol directly.
 Writes benchmarks/results/relay.json and prints a table.
 
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--peers 10000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_relay.py --part registrations [--registrations 2000]
     .venv/bin/python benchmarks/bench_relay.py --part metrics --repeat 9
 """
 
@@ -45,8 +49,10 @@ import trio_websocket
 
 from meshcore._transport import WebSocketTransport, open_transport
 from meshcore.proto import wire
-from meshcore.proto.identity import Identity
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.identity import Identity, PublicBundle
+from meshcore.proto.matchmaker import Matchmaker, RelayLimits, Send
+from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_relay
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay.json"
 LISTENING = re.compile(r"relay listening on (ws://127\.0\.0\.1:\d+/)")
@@ -76,11 +82,16 @@ class RelayProcess:
     def __init__(self, *flags: str) -> None:
         fd, name = tempfile.mkstemp(prefix="bench-relay-", suffix=".log")
         self.log = Path(name)
+        self.key_dir = tempfile.TemporaryDirectory(prefix="bench-relay-")
+        self.identity = Identity.generate()
+        key = Path(self.key_dir.name) / "relay.key"
+        self.identity.save(key)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshcore_relay", "--listen", "127.0.0.1:0", *flags],
+                [sys.executable, "-m", "meshcore_relay", "--listen", "127.0.0.1:0",
+                 "--identity", str(key), *flags],
                 stderr=fd,
-            )
+            )  # fmt: skip
         finally:
             os.close(fd)
         deadline = time.monotonic() + 30
@@ -109,6 +120,7 @@ class RelayProcess:
         self.proc.terminate()
         self.proc.wait(timeout=60)
         self.log.unlink()
+        self.key_dir.cleanup()
 
 
 async def _echo(request: trio_websocket.WebSocketRequest) -> None:
@@ -140,11 +152,27 @@ async def serve_echo() -> None:
 # --- a peer that speaks the control protocol -------------------------------------------------
 
 
-async def register(transport: WebSocketTransport, identity: Identity) -> None:
+async def register(
+    transport: WebSocketTransport, identity: Identity, relay: Identity | None = None
+) -> None:
+    """Register as `identity`; with `relay`, verify first that the relay is `relay`."""
+    keys = None
+    if relay is not None:
+        keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
+        assert isinstance(keys, wire.RelayIdentity), keys
+        presented = PublicBundle(keys.x25519_public, keys.kem_public)
+        assert presented.peer_id == relay.peer_id
+        ask, pending = challenge_relay(presented)
+        await transport.send(wire.encode_control(ask))
+        proof = wire.decode_control_untrusted(await transport.receive())
+        assert isinstance(proof, wire.RelayProof) and pending.verify(proof)
     bundle = identity.public
     await transport.send(
         wire.encode_control(wire.Hello(bundle.x25519_public, bundle.kem_public, ()))
     )
+    if keys is None:
+        keys = wire.decode_control_untrusted(await transport.receive())  # sent first, unasked
+        assert isinstance(keys, wire.RelayIdentity), keys
     challenge = wire.decode_control_untrusted(await transport.receive())
     assert isinstance(challenge, wire.Challenge), challenge
     await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
@@ -233,6 +261,103 @@ async def idle_peers(n: int) -> dict[str, Any]:
         "relay_rss_peak_mib": round(rss_peak, 1),
         "relay_kib_per_peer": round((rss_after - rss_before) * 1024 / n, 1),
         "client_process_peak_rss_mib": round(client_rss, 1),
+    }
+
+
+async def registrations(n: int, rounds: int) -> dict[str, Any]:
+    """Registrations/s, 64 at a time, plain and verifying the relay, rounds alternating."""
+    identities = [Identity.generate() for _ in range(n)]
+    relay = RelayProcess(*UNLIMITED)
+    rates: dict[str, list[float]] = {"plain": [], "verified": []}
+    cpu: dict[str, list[float]] = {"plain": [], "verified": []}
+    try:
+
+        async def peer(
+            identity: Identity, verify: bool, task_status: trio.TaskStatus[None]
+        ) -> None:
+            async with open_transport(relay.url) as transport:
+                await register(transport, identity, relay.identity if verify else None)
+                task_status.started()
+                await trio.sleep_forever()  # stays registered until the round ends
+
+        for k in range(2 * rounds + 1):
+            mode = "verified" if k % 2 else "plain"  # round 0 warms up
+            verify = mode == "verified"
+            async with trio.open_nursery() as held:
+                start, cpu_start = time.perf_counter(), relay.cpu_s()
+
+                async def starter(share: list[Identity], verify: bool = verify) -> None:
+                    for identity in share:
+                        await held.start(peer, identity, verify)
+
+                async with trio.open_nursery() as starters:
+                    for j in range(64):
+                        starters.start_soon(starter, identities[j::64])
+                seconds, cpu_s = time.perf_counter() - start, relay.cpu_s() - cpu_start
+                held.cancel_scope.cancel()
+            if k:
+                rates[mode].append(n / seconds)
+                cpu[mode].append(cpu_s * 1e3 / n)
+            await trio.sleep(1.0)  # the relay forgets the last round's peers (not timed)
+    finally:
+        relay.stop()
+    plain, verified = statistics.median(rates["plain"]), statistics.median(rates["verified"])
+    proof_cpu_us = _proof_cpu_us()
+    return {
+        "registrations": n,
+        "rounds": rounds,
+        "plain_per_s": round(plain),
+        "verified_per_s": round(verified),
+        "verified_vs_plain": round(verified / plain, 2),
+        "plain_all_per_s": [round(r) for r in rates["plain"]],
+        "verified_all_per_s": [round(r) for r in rates["verified"]],
+        "relay_cpu_ms_plain": round(statistics.median(cpu["plain"]), 2),
+        "relay_cpu_ms_verified": round(statistics.median(cpu["verified"]), 2),
+        **proof_cpu_us,
+    }
+
+
+def _proof_cpu_us(n: int = 300) -> dict[str, float]:
+    """CPU (process time, median of `n`) of the proof itself on each side, and of the relay's
+    protocol work for one registration (the Matchmaker alone: no TCP, no WebSocket), without
+    and with the relay's proof."""
+    relay = Identity.generate()
+    limits = RelayLimits(connections_burst_per_ip=10 * n, max_peers=10 * n)
+    mm = Matchmaker(limits, identity=relay)
+    peers = [Identity.generate() for _ in range(2 * n)]
+    ask, answer = [], []
+    core: dict[bool, list[float]] = {False: [], True: []}
+    for k, peer in enumerate(peers):
+        verify = bool(k % 2)
+        if verify:
+            t0 = time.process_time()
+            challenge, _ = challenge_relay(relay.public)
+            t1 = time.process_time()
+            prove_relay(relay, challenge)
+            ask.append(t1 - t0)
+            answer.append(time.process_time() - t1)
+        addr = Endpoint("10.0.0.1", 1024 + k)
+        hello = wire.encode_control(
+            wire.Hello(peer.public.x25519_public, peer.public.kem_public, ())
+        )
+        t0 = time.process_time()
+        mm.connection_opened(k, addr, 0.0)
+        if verify:
+            mm.receive_data(k, wire.encode_control(challenge), 0.0)
+        out = mm.receive_data(k, hello, 0.0)
+        spent = time.process_time() - t0
+        sent = [o.message for o in out if isinstance(o, Send)]
+        assert isinstance(sent[0], wire.Challenge)
+        auth = wire.encode_control(answer_challenge(peer, sent[0]))
+        t0 = time.process_time()
+        mm.receive_data(k, auth, 0.0)
+        core[verify].append(spent + time.process_time() - t0)
+    plain, verified = statistics.median(core[False]), statistics.median(core[True])
+    return {
+        "peer_challenge_us": round(statistics.median(ask) * 1e6),
+        "relay_proof_us": round(statistics.median(answer) * 1e6),
+        "matchmaker_registration_us_plain": round(plain * 1e6),
+        "matchmaker_registration_us_verified": round(verified * 1e6),
     }
 
 
@@ -468,17 +593,79 @@ async def metrics_cost(n: int, repeat: int, interval: float) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace, echo_url: str, echo_pid: int) -> dict[str, Any]:
+    every = ("throughput", "pairings", "idle", "registrations", "metrics")
+    parts = every if args.part == "all" else (args.part,)
     result: dict[str, Any] = {}
-    parts = ("throughput", "pairings", "idle", "metrics") if args.part == "all" else (args.part,)
     if "throughput" in parts:
         result["throughput"] = await throughput(args.messages, args.repeat, echo_url, echo_pid)
     if "pairings" in parts:
         result["pairings"] = await pairings(args.pairs)
     if "idle" in parts:
         result["idle_peers"] = await idle_peers(args.peers)
+    if "registrations" in parts:
+        result["registrations"] = await registrations(args.registrations, args.rounds)
     if "metrics" in parts:
         result["metrics"] = await metrics_cost(args.messages, args.repeat, args.scrape_s)
     return result
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The markdown table of whatever parts ran."""
+    rows = ["| measurement | result | target |", "|---|---:|---|"]
+    if (idle := result.get("idle_peers")) is not None:
+        rows.append(
+            f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
+            f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 "
+            "at <= 1024 MiB |"
+        )
+        rows.append(
+            f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
+            f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
+        )
+    if (reg := result.get("registrations")) is not None:
+        rows.append(
+            f"| registrations/s, relay not verified / verified (64 at a time, median of "
+            f"{reg['rounds']}) | {reg['plain_per_s']:,} / {reg['verified_per_s']:,} = "
+            f"{reg['verified_vs_plain']}x (relay CPU {reg['relay_cpu_ms_plain']} / "
+            f"{reg['relay_cpu_ms_verified']} ms each) | |"
+        )
+        rows.append(
+            f"| the proof's CPU: peer's challenge / relay's answer | "
+            f"{reg['peer_challenge_us']} / {reg['relay_proof_us']} µs | |"
+        )
+        rows.append(
+            f"| the relay's protocol CPU per registration (Matchmaker alone), not verified / "
+            f"verified | {reg['matchmaker_registration_us_plain']} / "
+            f"{reg['matchmaker_registration_us_verified']} µs | |"
+        )
+    if (pairs := result.get("pairings")) is not None:
+        rows.append(
+            f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
+            f"{pairs['full_cycles_per_s']} "
+            f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
+        )
+        rows.append(
+            f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |"
+        )
+    if (tput := result.get("throughput")) is not None:
+        rows.append(
+            f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
+            f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
+            f"({tput['frames_lost']} lost) | >= 0.8x |"
+        )
+        rows.append(
+            f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB "
+            f"per CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = "
+            f"{tput['relay_vs_echo_cpu']}x | |"
+        )
+    if (m := result.get("metrics")) is not None:
+        rows.append(
+            f"| one circuit with metrics on (scraped every {m['scrape_interval_s']:g} s) vs off | "
+            f"median {m['on_vs_off_median']}x, best {m['on_vs_off_best']}x; relay CPU per MiB "
+            f"{m['on_vs_off_cpu_median']}x | >= 0.97x |"
+        )
+        rows.append(f"| relay CPU per scrape | {m['relay_cpu_ms_per_scrape']} ms | |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,8 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="64 KiB messages per round")
     parser.add_argument("--repeat", type=int, default=5, help="throughput rounds; best kept")
     parser.add_argument(
+        "--registrations", type=int, default=2000, help="registrations per round (default 2000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="registration rounds per mode")
+    parser.add_argument(
         "--part",
-        choices=["all", "throughput", "pairings", "idle", "metrics"],
+        choices=["all", "throughput", "pairings", "idle", "registrations", "metrics"],
         default="all",
         help="run one part only (results go to relay-PART.json)",
     )
@@ -504,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.peers, args.pairs, args.messages, args.repeat = 500, 64, 300, 1
+        args.registrations, args.rounds = 256, 1
     echo = subprocess.Popen(
         [sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE, text=True
     )
@@ -514,47 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         echo.terminate()
         echo.wait(timeout=10)
-    print("| measurement | result | target |")
-    print("|---|---:|---|")
-    if "idle_peers" in result:
-        idle = result["idle_peers"]
-        print(
-            f"| idle registered peers | {idle['peers']:,} ({idle['failures']} failed), relay RSS "
-            f"{idle['relay_rss_mib']} MiB ({idle['relay_kib_per_peer']} KiB/peer) | >= 10,000 "
-            "at <= 1024 MiB |"
-        )
-        print(
-            f"| registrations/s (64 at a time) | {idle['registrations_per_s']:,} "
-            f"(relay CPU {idle['relay_cpu_ms_per_registration']} ms each) | |"
-        )
-    if "pairings" in result:
-        pairs = result["pairings"]
-        print(
-            f"| fresh pairs/s (2 connects + 2 challenges + pairing, 16 at a time) | "
-            f"{pairs['full_cycles_per_s']} "
-            f"(relay CPU {pairs['relay_cpu_ms_per_full_cycle']} ms each) | |"
-        )
-        print(f"| pairings/s between registered peers | {pairs['pairings_per_s_registered']} | |")
-    if "throughput" in result:
-        tput = result["throughput"]
-        print(
-            f"| one circuit, 64 KiB messages | {tput['relay_mib_per_s']} MiB/s vs echo "
-            f"{tput['echo_mib_per_s']} MiB/s = {tput['relay_vs_echo']}x "
-            f"({tput['frames_lost']} lost) | >= 0.8x |"
-        )
-        print(
-            f"| server CPU efficiency, 64 KiB | relay {tput['relay_server_mib_per_cpu_s']} MiB "
-            f"per CPU-second vs echo {tput['echo_server_mib_per_cpu_s']} = "
-            f"{tput['relay_vs_echo_cpu']}x | |"
-        )
-    if "metrics" in result:
-        m = result["metrics"]
-        print(
-            f"| one circuit with metrics on (scraped every {m['scrape_interval_s']:g} s) vs off | "
-            f"median {m['on_vs_off_median']}x, best {m['on_vs_off_best']}x; relay CPU per MiB "
-            f"{m['on_vs_off_cpu_median']}x | >= 0.97x |"
-        )
-        print(f"| relay CPU per scrape | {m['relay_cpu_ms_per_scrape']} ms | |")
+    print("\n".join(table(result)))
     result.update(
         python=platform.python_version(),
         machine=platform.machine(),

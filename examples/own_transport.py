@@ -12,7 +12,7 @@ session goes on over the new connection: nothing lost, duplicated or reordered.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import trio
 
@@ -36,8 +36,11 @@ class Rendezvous:
         self.local_port: int | None = None
         self.direct: object | None = None
 
+    def relay_of(self, circuit: meshcore.Transport) -> str | None:
+        return None  # one way to reach the peer: every new connection replaces the old one
+
     async def reopen_circuit(
-        self, peer_id: meshcore.PeerId, *, timeout: float
+        self, peer_id: meshcore.PeerId, *, timeout: float, avoid: Collection[str] = ()
     ) -> meshcore.Transport:
         if self.server is None:
             raise meshcore.TransportClosed("the peer dials again; this side waits for it")

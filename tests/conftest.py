@@ -1,7 +1,8 @@
-"""Shared test settings: one hypothesis profile for the whole suite; a private runtime
-directory, so that peers started by the tests put their default control socket there and
-never meet those of another test run on the same host; and a check that no test's logs hold
-a traceback it did not ask for."""
+"""Shared test settings: one hypothesis profile for the whole suite; private runtime and
+state directories, so that peers started by the tests put their default control socket
+there, and relays their default identity, and never meet those of another test run on the
+same host (or the user's own); and a check that no test's logs hold a traceback it did not
+ask for."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ settings.load_profile(os.environ.get("MESHCORE_HYPOTHESIS_PROFILE", "default"))
 _RUNTIME_DIR = tempfile.mkdtemp(prefix="meshcore-test-run-")
 os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR
 atexit.register(shutil.rmtree, _RUNTIME_DIR, ignore_errors=True)
+
+# Inherited by every relay process the tests start (the default identity file is there).
+_STATE_DIR = tempfile.mkdtemp(prefix="meshcore-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_DIR
+os.environ.pop("STATE_DIRECTORY", None)
+atexit.register(shutil.rmtree, _STATE_DIR, ignore_errors=True)
 
 # --- no traceback anywhere it should not be ------------------------------------------------
 #

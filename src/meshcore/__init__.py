@@ -12,6 +12,8 @@ The objects, each living inside the `async with` (or nursery) that made it:
   relay and a direct connection;
 - `connect` / `serve` / `open_peer_session`: all of that through a relay, in one call;
 - `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
+- `open_relay_network(relays)` (`RelayNetwork`) over a list or an `open_registry(source)`:
+  several relays, rendezvous by hashing, sessions that move between relays;
 - `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh;
 - `serve_metrics(address, [RelayCollector(server)])` or `[PeerCollector(registry)]`:
   Prometheus metrics (the `metrics` extra).
@@ -37,6 +39,7 @@ from meshcore.errors import (
     ProtocolError,
     RegistryError,
     RelayError,
+    RelayNotVerified,
     ReplayError,
     SessionClosed,
     TransportClosed,
@@ -47,7 +50,7 @@ from meshcore.proto.paths import DirectMode, LinkKind, PathSettings, PathStats, 
 from meshcore.proto.session import SessionSettings, SessionStats
 
 if TYPE_CHECKING:
-    from meshcore._api import connect, open_peer_session, serve
+    from meshcore._api import connect, open_meeting, open_peer_session, serve
     from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
     from meshcore._control import (
         SessionRegistry,
@@ -63,15 +66,24 @@ if TYPE_CHECKING:
     from meshcore._metrics_relay import RelayCollector
     from meshcore._migrator import Migrator, Rendezvous, open_migrator
     from meshcore._netcheck import netcheck
+    from meshcore._network import RelayConnectionStatus, RelayNetwork, open_relay_network
     from meshcore._nursery import open_hidden_nursery
     from meshcore._pipe import FileReceiveStream, FileSendStream, pipe_command, pipe_session
+    from meshcore._registry import (
+        FileSource,
+        Registry,
+        RegistryListing,
+        RegistrySource,
+        RelayListCache,
+        StaticSource,
+        open_registry,
+    )
     from meshcore._relay import RelayConfig, RelayCounters, RelayServer, RelayStats, serve_relay
     from meshcore._session import Session, SessionStatus, open_session
     from meshcore._tap import TapDevice, check_tap_access, open_configured_tap, validate_device_name
     from meshcore._transport import (
         Transport,
         open_transport,
-        parse_ws_url,
         serve_transport,
         wrap_stream_transport,
     )
@@ -79,6 +91,8 @@ if TYPE_CHECKING:
     from meshcore.proto.handshake import HandshakeResult, Responder
     from meshcore.proto.limits import RelayLimits
     from meshcore.proto.netcheck import NatMapping, NetcheckReport, RelayProbe
+    from meshcore.proto.relaylist import RelayEntry, parse_relay_spec
+    from meshcore.proto.rendezvous import rendezvous_relays
 
 __version__ = "0.1.0"
 
@@ -109,9 +123,24 @@ _LAZY = {
     "Pairing": "meshcore._client",
     "RelayClient": "meshcore._client",
     "connect": "meshcore._api",
+    "open_meeting": "meshcore._api",
     "open_peer_session": "meshcore._api",
     "open_relay_client": "meshcore._client",
     "serve": "meshcore._api",
+    # several relays: the list, its sources, the network of connections
+    "FileSource": "meshcore._registry",
+    "Registry": "meshcore._registry",
+    "RegistryListing": "meshcore._registry",
+    "RegistrySource": "meshcore._registry",
+    "RelayConnectionStatus": "meshcore._network",
+    "RelayEntry": "meshcore.proto.relaylist",
+    "RelayListCache": "meshcore._registry",
+    "RelayNetwork": "meshcore._network",
+    "StaticSource": "meshcore._registry",
+    "open_registry": "meshcore._registry",
+    "open_relay_network": "meshcore._network",
+    "parse_relay_spec": "meshcore.proto.relaylist",
+    "rendezvous_relays": "meshcore.proto.rendezvous",
     # the relay
     "RelayConfig": "meshcore._relay",
     "RelayLimits": "meshcore.proto.limits",
@@ -146,7 +175,6 @@ _LAZY = {
     "RelayCounters": "meshcore._relay",
     "SessionCounters": "meshcore._counters",
     "parse_metrics_address": "meshcore._metrics",
-    "parse_ws_url": "meshcore._transport",
     "serve_metrics": "meshcore._metrics",
     "NatMapping": "meshcore.proto.netcheck",
     "NetcheckReport": "meshcore.proto.netcheck",
@@ -175,6 +203,7 @@ __all__ = [
     "Endpoint",
     "FileReceiveStream",
     "FileSendStream",
+    "FileSource",
     "FramePump",
     "FramedTransport",
     "HandshakeError",
@@ -196,13 +225,21 @@ __all__ = [
     "PeerId",
     "ProtocolError",
     "PublicBundle",
+    "Registry",
     "RegistryError",
+    "RegistryListing",
+    "RegistrySource",
     "RelayClient",
     "RelayCollector",
     "RelayConfig",
+    "RelayConnectionStatus",
     "RelayCounters",
+    "RelayEntry",
     "RelayError",
     "RelayLimits",
+    "RelayListCache",
+    "RelayNetwork",
+    "RelayNotVerified",
     "RelayProbe",
     "RelayServer",
     "RelayState",
@@ -218,6 +255,7 @@ __all__ = [
     "SessionSettings",
     "SessionStats",
     "SessionStatus",
+    "StaticSource",
     "TapDevice",
     "Transport",
     "TransportClosed",
@@ -232,16 +270,20 @@ __all__ = [
     "netcheck",
     "open_configured_tap",
     "open_hidden_nursery",
+    "open_meeting",
     "open_migrator",
     "open_peer_session",
+    "open_registry",
     "open_relay_client",
+    "open_relay_network",
     "open_session",
     "open_transport",
     "overlay_interface",
     "parse_metrics_address",
-    "parse_ws_url",
+    "parse_relay_spec",
     "pipe_command",
     "pipe_session",
+    "rendezvous_relays",
     "run_tunnel",
     "serve",
     "serve_control",

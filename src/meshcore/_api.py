@@ -1,5 +1,6 @@
 """The small entry points for library users: `connect` to a peer through a relay, or
 `serve` the peers on an allow-list; with `direct="auto"` sessions move onto a direct path.
+The relay is one URL, a list of relays, or a registry (docs/relay-network.md).
 
     async with meshcore.connect(relay_url, identity, peer_id, direct="auto") as session:
         await session.send(b"hello")
@@ -17,6 +18,7 @@ import trio
 
 from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
 from meshcore._migrator import Migrator, open_migrator
+from meshcore._network import RelayNetwork, RelaySpec, open_relay_network
 from meshcore._nursery import open_hidden_nursery
 from meshcore._session import (
     Session,
@@ -30,9 +32,18 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.handshake import Responder
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.paths import DirectMode, PathSettings
+from meshcore.proto.rendezvous import DEFAULT_RENDEZVOUS_K
 from meshcore.proto.session import SessionSettings
 
-__all__ = ["DEFAULT_DIRECT", "connect", "open_peer_session", "serve"]
+__all__ = [
+    "DEFAULT_DIRECT",
+    "Meeting",
+    "Relays",
+    "connect",
+    "open_meeting",
+    "open_peer_session",
+    "serve",
+]
 
 log = logging.getLogger("meshcore")
 
@@ -41,13 +52,61 @@ DEFAULT_DIRECT: Final = DirectMode.AUTO
 until a direct path validates; the session moves there and falls back when it dies."""
 
 
+Relays = str | RelaySpec
+"""Where peers meet: one relay URL, a list of relays (`RelayEntry` values or `URL[#RELAY_ID]`
+texts), or a `Registry` followed as it changes."""
+
+Meeting = RelayClient | RelayNetwork
+"""Where a peer is registered: one relay connection, or a network of them."""
+
+
+@asynccontextmanager
+async def open_meeting(
+    relay: Relays,
+    identity: Identity,
+    *,
+    direct: bool = True,
+    candidates: Sequence[Endpoint] = (),
+    local_port: int | None = None,
+    timeout: float = 10.0,
+    rendezvous_k: int = DEFAULT_RENDEZVOUS_K,
+) -> AsyncIterator[Meeting]:
+    """Register at `relay`: one URL gives a `RelayClient` (`open_relay_client`), a list or a
+    registry a `RelayNetwork` (`open_relay_network`, registered at our `rendezvous_k`
+    rendezvous relays). `direct` opens the shared-port listener for direct paths.
+
+    Raises as those do; leaving the block (or cancelling it) closes every relay connection.
+    """
+    if isinstance(relay, str):
+        async with open_relay_client(
+            relay,
+            identity,
+            timeout=timeout,
+            candidates=candidates,
+            local_port=local_port,
+            direct=direct,
+        ) as client:
+            yield client
+    else:
+        async with open_relay_network(
+            relay,
+            identity,
+            rendezvous_k=rendezvous_k,
+            direct=direct,
+            local_port=local_port,
+            candidates=candidates,
+            timeout=timeout,
+        ) as network:
+            yield network
+
+
 def _path_settings(direct: DirectMode | str, path_settings: PathSettings | None) -> PathSettings:
     mode = DirectMode.parse(direct)
     return attrs.evolve(path_settings or PathSettings(), mode=mode)
 
 
 def _migrating(
-    session: Session, client: RelayClient, pairing: Pairing, settings: PathSettings
+    session: Session, client: Meeting, pairing: Pairing, settings: PathSettings
 ) -> AbstractAsyncContextManager[Migrator]:
     # also with direct="never": the migrator re-opens the relay circuit when the relay
     # restarted or the circuit was lost, so the session outlives a relay restart
@@ -61,7 +120,7 @@ def _as_peer_id(value: PeerId | str) -> PeerId:
 
 @asynccontextmanager
 async def connect(
-    relay_url: str,
+    relay: Relays,
     identity: Identity,
     peer_id: PeerId | str,
     *,
@@ -71,8 +130,11 @@ async def connect(
     path_settings: PathSettings | None = None,
     candidates: Sequence[Endpoint] = (),
     local_port: int | None = None,
+    rendezvous_k: int = DEFAULT_RENDEZVOUS_K,
 ) -> AsyncIterator[Session]:
-    """Open an end-to-end encrypted session with `peer_id` through the relay at `relay_url`.
+    """Open an end-to-end encrypted session with `peer_id` through `relay`: one relay URL,
+    or a list of relays or a registry (`Relays`), where we register at our `rendezvous_k`
+    rendezvous relays and ask for the peer at its own (docs/relay-network.md).
 
     Registers with the relay, asks it for the peer, checks the peer's keys against
     `peer_id`, runs the handshake and yields the `Session`. Traffic starts on the relay at
@@ -82,25 +144,28 @@ async def connect(
     holds the direct-path timers; `candidates` are extra addresses to announce; the relay
     connection, the direct listener and dials share `local_port` (None: a free one).
 
-    Raises `RelayError` if the relay or the peer refuses, `HandshakeError` if the peer cannot
-    be authenticated, `TransportClosed` if the relay cannot be reached, and `ConfigError` for
-    a bad `direct` or an unusable `local_port`. Leaving the block closes the session and the
-    relay connection. The session outlives a relay restart: on a direct path untouched, on
-    the relay by re-opening its circuit once the relay is back (within the session's dead
-    timer, `SessionSettings.dead_after_s`; after it the session fails and says why).
+    Raises `RelayError` if the relay or the peer refuses (with several relays: naming every
+    relay asked and what happened there), `HandshakeError` if the peer cannot be
+    authenticated, `TransportClosed` if the relay cannot be reached, and `ConfigError` for a
+    bad `direct`, an unusable `local_port` or a relay list with no usable entry. Leaving the
+    block closes the session and the relay connections. The session outlives a relay
+    restart: on a direct path untouched, on the relay by re-opening its circuit once the
+    relay is back (within the session's dead timer, `SessionSettings.dead_after_s`; after it
+    the session fails and says why), or at once on another relay both peers reach.
 
     Cancellation, like leaving the block, closes the session (the peer is told, under a
     shielded, bounded scope), then the relay connection.
     """
     pinned = _as_peer_id(peer_id)
     paths = _path_settings(direct, path_settings)
-    async with open_relay_client(
-        relay_url,
+    async with open_meeting(
+        relay,
         identity,
         timeout=timeout,
         candidates=candidates,
         local_port=local_port,
         direct=paths.mode is not DirectMode.NEVER,
+        rendezvous_k=rendezvous_k,
     ) as client, open_peer_session(
         client, pinned, settings=settings, path_settings=paths, timeout=timeout
     ) as session:
@@ -109,18 +174,18 @@ async def connect(
 
 @asynccontextmanager
 async def open_peer_session(
-    client: RelayClient,
+    client: Meeting,
     peer_id: PeerId,
     *,
     settings: SessionSettings | None = None,
     path_settings: PathSettings | None = None,
     timeout: float = 10.0,
 ) -> AsyncIterator[Session]:
-    """`connect`, on a relay connection the caller already holds: pair with `peer_id`, run
-    the handshake as initiator and yield the session, moving it between paths as
-    `path_settings.mode` says (the client must have been opened with `direct=True` for
-    direct paths). A mesh peer that both serves and dials uses this, since one peer id has
-    one registration at the relay. Cancellation, like leaving the block, closes the session
+    """`connect`, on a relay connection (or network) the caller already holds: pair with
+    `peer_id`, run the handshake as initiator and yield the session, moving it between
+    paths as `path_settings.mode` says (the client must have been opened with `direct=True`
+    for direct paths). A mesh peer that both serves and dials uses this, since one peer id
+    has one registration at a relay. Cancellation, like leaving the block, closes the session
     (the peer is told, under a shielded, bounded scope) and its circuit; the client stays.
     """
     paths = path_settings or PathSettings(mode=DEFAULT_DIRECT)
@@ -143,7 +208,7 @@ async def open_peer_session(
 
 
 async def serve(
-    relay_url: str,
+    relay: Relays,
     identity: Identity,
     allow: Iterable[PeerId | str],
     handler: Callable[[Session], Awaitable[None]],
@@ -154,7 +219,8 @@ async def serve(
     path_settings: PathSettings | None = None,
     candidates: Sequence[Endpoint] = (),
     local_port: int | None = None,
-    task_status: trio.TaskStatus[RelayClient] = trio.TASK_STATUS_IGNORED,
+    rendezvous_k: int = DEFAULT_RENDEZVOUS_K,
+    task_status: trio.TaskStatus[Meeting] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept sessions from the peers in `allow`, running `handler(session)` for each.
 
@@ -163,12 +229,14 @@ async def serve(
     failed, the handshake failed) is logged in one line; a handler's unexpected error is
     logged in one line too, with its traceback at debug level. Peers not on the allow-list
     are refused through the relay.
-    `direct`, `path_settings`, `candidates` and `local_port` are as for `connect` (all
-    sessions share the one port and listener). `task_status.started(client)` is called once
-    registered. A lost relay connection is re-established in the background (see
-    `open_relay_client`): sessions on a direct path carry on, relay-only ones re-open their
-    circuit once the relay is back (or fail when their dead timer runs out), and new
-    invitations are accepted after the reconnect. Runs until cancelled; raises `RelayError`
+    `relay`, `direct`, `path_settings`, `candidates`, `local_port` and `rendezvous_k` are as
+    for `connect` (all sessions share the one port and listener; with several relays,
+    invitations come from every relay connection). `task_status.started(client)` is called
+    once registered, with the `RelayClient` or `RelayNetwork`. A lost relay connection is
+    re-established in the background (see `open_relay_client`): sessions on a direct path
+    carry on, relay-only ones re-open their circuit once the relay is back or on another
+    relay (or fail when their dead timer runs out), and new invitations are accepted after
+    the reconnect. Runs until cancelled; raises `RelayError`
     only if another registration with our peer id replaced ours. Cancellation closes every
     session (each peer is told, under a shielded, bounded scope), then the relay connection.
     """
@@ -176,13 +244,14 @@ async def serve(
     known: dict[PeerId, PublicBundle] = {}
     responder = Responder(identity, known.get)
     paths = _path_settings(direct, path_settings)
-    async with open_relay_client(
-        relay_url,
+    async with open_meeting(
+        relay,
         identity,
         timeout=timeout,
         candidates=candidates,
         local_port=local_port,
         direct=paths.mode is not DirectMode.NEVER,
+        rendezvous_k=rendezvous_k,
     ) as client:
         task_status.started(client)
         async with open_hidden_nursery() as nursery:
@@ -206,7 +275,7 @@ async def serve(
 
 
 async def _serve_one(
-    client: RelayClient,
+    client: Meeting,
     invitation: Invitation,
     responder: Responder,
     known: dict[PeerId, PublicBundle],

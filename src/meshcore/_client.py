@@ -12,143 +12,37 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 
-import attrs
 import trio
 
+from meshcore._circuit import CircuitTransport, Invitation, Pairing
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
 from meshcore._sharedport import open_shared_port_listener
 from meshcore._transport import Transport, open_transport
-from meshcore.errors import ConfigError, MeshError, RelayError, TransportClosed
+from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified, TransportClosed
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
-from meshcore.proto.constants import RELAY_RECONNECT_MAX_S, RELAY_RECONNECT_MIN_S
+from meshcore.proto.constants import (
+    RELAY_DEAD_AFTER_S,
+    RELAY_HEARTBEAT_S,
+    RELAY_RECONNECT_MAX_S,
+    RELAY_RECONNECT_MIN_S,
+)
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.relayclient import NO_SESSION, RelayClientCore, RelayClientState
 
 __all__ = ["CircuitTransport", "Invitation", "Pairing", "RelayClient", "open_relay_client"]
 
 log = logging.getLogger("meshcore.client")
 
-_CIRCUIT_QUEUE = 512
 _INVITE_QUEUE = 64
-_RELEASE_TIMEOUT_S = 1.0
+_UNVERIFIED: set[str] = set()
+"""Relay URLs already logged as unverified in this process (logged once each)."""
 _SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
-"""How long closing a circuit may wait to tell the relay (shielded from cancellation)."""
-
-
-class CircuitTransport(Transport):
-    """One relayed circuit to a paired peer, as a message-oriented Transport.
-
-    Frames travel inside `Relayed` control messages; the relay sees only opaque bytes. A
-    circuit belongs to one relay connection: it closes when that connection is lost.
-    """
-
-    def __init__(
-        self, client: RelayClient, circuit_id: int, peer_id: PeerId, first: bytes | None = None
-    ) -> None:
-        self._client = client
-        self.circuit_id = circuit_id
-        self.peer_id = peer_id
-        self._send_q, self._recv_q = trio.open_memory_channel[bytes](_CIRCUIT_QUEUE)
-        self._close_reason: str | None = None
-        self._unread = first
-        """A frame already taken from the circuit (to route it), still to be read."""
-        self.dropped = 0
-        """Frames lost because nobody read them fast enough (the session retransmits)."""
-
-    @property
-    def local_address(self) -> Endpoint | None:
-        return self._client.transport.local_address
-
-    @property
-    def remote_address(self) -> Endpoint | None:
-        return self._client.transport.remote_address
-
-    @property
-    def close_reason(self) -> str | None:
-        return self._close_reason
-
-    @property
-    def relay_url(self) -> str | None:
-        return self._client.url
-
-    async def send(self, data: bytes) -> None:
-        if self._close_reason is not None:
-            raise TransportClosed(self._close_reason)
-        await self._client.send_relayed(self.circuit_id, data)
-
-    async def receive(self) -> bytes:
-        if self._unread is not None:
-            data, self._unread = self._unread, None
-            return data
-        try:
-            return await self._recv_q.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise TransportClosed(self._close_reason or "circuit closed") from None
-
-    async def aclose(self, reason: str = "closed") -> None:
-        """Close the circuit and tell the relay (which tells the peer); waits at most 1 s for
-        that, shielded from cancellation."""
-        if self._close_reason is not None:
-            return
-        self.mark_closed(reason)
-        with trio.move_on_after(_RELEASE_TIMEOUT_S) as scope:
-            scope.shield = True
-            await self._client.release_circuit(self.circuit_id, reason)
-
-    def deliver(self, payload: bytes) -> None:
-        """A frame arrived (called by the client). A full queue drops it, like a lossy link:
-        the session retransmits."""
-        try:
-            self._send_q.send_nowait(payload)
-        except trio.WouldBlock:
-            self.dropped += 1
-        except trio.ClosedResourceError:
-            pass
-
-    def mark_closed(self, reason: str) -> None:
-        """The circuit ended (called by the client, or by `aclose`): frames already queued
-        can still be read, then `receive` raises `TransportClosed(reason)`."""
-        if self._close_reason is None:
-            self._close_reason = reason
-            self._send_q.close()
-
-
-@attrs.frozen
-class Pairing:
-    """What the relay told us about a peer we were paired with, checked end to end."""
-
-    circuit: CircuitTransport
-    peer: PublicBundle
-    peer_observed: Endpoint
-    peer_candidates: tuple[Endpoint, ...]
-    role: wire.Role
-
-    @property
-    def peer_id(self) -> PeerId:
-        return self.peer.peer_id
-
-
-@attrs.frozen
-class Invitation:
-    """A peer asked the relay to be paired with us; accept or reject it."""
-
-    request_id: int
-    initiator: PeerId
-    bundle_x25519: bytes
-    bundle_kem: bytes
-    observed: Endpoint
-    candidates: tuple[Endpoint, ...]
-    connection: int = attrs.field(default=0, repr=False)
-    """Which relay connection of ours it came on (`RelayClient.registrations`)."""
-    accepted: Pairing | None = attrs.field(default=None, repr=False)
-    """Set when the client already accepted it (a peer we have a session with paired again
-    and opened a new session instead): `accept` returns this."""
 
 
 _Result = Pairing | CircuitTransport | Exception
@@ -187,11 +81,16 @@ class RelayClient:
 
     It stays registered across relay restarts: a lost connection is dialled again with
     jittered exponential backoff. Meanwhile requests fail with `RelayError` (or
-    `TransportClosed`) and the circuits of the lost connection are closed.
+    `TransportClosed`) and the circuits of the lost connection are closed. A connection on
+    which nothing arrives for `dead_after_s` (pinged after `heartbeat_s`) counts as lost.
 
-    `listener` is the direct-connection listener on the shared `local_port`, if any.
-    Cancelling a request (`connect`, `accept`, `open_circuit`) withdraws it from the
-    protocol machine; an answer that arrives later is undone (its circuit closed).
+    With `relay_id`, the relay proves that id on every connection before it learns anything
+    of ours; without, it is not checked (logged once per URL).
+    `listener` is the direct-connection listener on the shared `local_port`, if any: a
+    socket listener this client serves, or a `DirectListener` several clients share (its
+    owner serves it); `routes`, a table of sessions several clients share. Cancelling a
+    request (`connect`, `accept`, `open_circuit`) withdraws it from the protocol machine; an
+    answer that arrives later is undone (its circuit closed).
     """
 
     def __init__(
@@ -199,29 +98,43 @@ class RelayClient:
         identity: Identity,
         url: str,
         *,
+        relay_id: PeerId | None = None,
         candidates: Sequence[Endpoint] = (),
         local_port: int | None = None,
-        listener: trio.SocketListener | None = None,
+        listener: trio.SocketListener | DirectListener | None = None,
+        routes: SessionRoutes | None = None,
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
+        heartbeat_s: float = RELAY_HEARTBEAT_S,
+        dead_after_s: float = RELAY_DEAD_AFTER_S,
     ) -> None:
         self.identity = identity
         self.url = url
-        self.routes = SessionRoutes()
+        own = listener if isinstance(listener, trio.SocketListener) else None
+        shared = listener if isinstance(listener, DirectListener) else None
+        if routes is None:
+            routes = shared.routes if shared is not None else SessionRoutes()
+        self.routes = routes
         """Live sessions that take direct connections and re-opened circuits."""
-        self.direct = DirectListener(listener, self.routes) if listener is not None else None
+        self.direct = DirectListener(own, self.routes) if own is not None else shared
         """The listener on our shared port, when opened with `direct=True`."""
+        self._serves_direct = own is not None
         self._local_port = local_port
         self._timeout = timeout
         self._core = RelayClientCore(
             identity,
             url,
+            relay_id=relay_id,
             candidates=candidates,
             timeout=timeout,
             reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s,
+            heartbeat_s=heartbeat_s,
+            dead_after_s=dead_after_s,
         )
+        self._refusal: str | None = None
+        """The last reason a relay was refused for its identity (logged when it changes)."""
         self._link: _Link | None = None
         self._circuits: dict[int, CircuitTransport] = {}
         self._waiters: dict[int, trio.MemorySendChannel[_Result]] = {}
@@ -280,6 +193,43 @@ class RelayClient:
     def connected(self) -> bool:
         """True while registered on a live relay connection."""
         return self._core.state is RelayClientState.REGISTERED
+
+    @property
+    def state(self) -> RelayClientState:
+        """Where the relay connection is (connecting, verifying, registered, lost, ...)."""
+        return self._core.state
+
+    @property
+    def relay_id(self) -> PeerId | None:
+        """The relay id the relay must prove on every connection (None: not checked)."""
+        return self._core.relay_id
+
+    @property
+    def verified(self) -> bool:
+        """The relay proved `relay_id` on the current (or the last) connection."""
+        return self._core.verified
+
+    @property
+    def presented_relay_id(self) -> PeerId | None:
+        """The relay id the relay presented on the last connection (checked only when it
+        had to prove `relay_id`), None before it said."""
+        keys = self._core.relay_keys
+        return None if keys is None else keys.peer_id
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The latest round trip to the relay (registration, then heartbeat pings)."""
+        return self._core.rtt_s
+
+    @property
+    def circuits(self) -> int:
+        """Circuits open on this relay connection now."""
+        return len(self._circuits)
+
+    def relay_of(self, circuit: Transport) -> str | None:
+        """This relay's URL if `circuit` is one of this client's circuits, else None."""
+        ours = isinstance(circuit, CircuitTransport) and self._circuits.get(circuit.circuit_id)
+        return self.url if ours is circuit else None
 
     @property
     def local_port(self) -> int | None:
@@ -350,14 +300,19 @@ class RelayClient:
         assert isinstance(result, CircuitTransport)
         return result
 
-    async def reopen_circuit(self, peer_id: PeerId, *, timeout: float = 10.0) -> CircuitTransport:
+    async def reopen_circuit(
+        self, peer_id: PeerId, *, timeout: float = 10.0, avoid: Collection[str] = ()
+    ) -> CircuitTransport:
         """A new circuit to `peer_id` for a live session: `open_circuit` while we are paired
         on this relay connection, else (or if the relay forgot the pairing) pair again: the
         relay restarted or we reconnected, and pairings belong to connections. The peer's
         client accepts such a pairing by itself and routes the circuit by its first frame.
 
-        Raises as `open_circuit` and `connect`.
+        Raises as `open_circuit` and `connect`, and `RelayError` at once if `avoid` names
+        this relay's URL (a session wants a circuit on another relay: there is none here).
         """
+        if self.url in avoid:
+            raise RelayError(f"no relay to use but {self.url}, which the session avoids")
         result = await self._request(
             lambda t, now: self._core.reopen_circuit(t, peer_id, timeout, now)
         )
@@ -396,7 +351,7 @@ class RelayClient:
                 nursery.start_soon(self._run_timers, nursery)
                 nursery.start_soon(self._keep_connected)
                 await self._up.wait()
-                if self.direct is not None:
+                if self.direct is not None and self._serves_direct:
                     await nursery.start(self.direct.serve)
                 task_status.started()
                 await trio.sleep_forever()
@@ -414,9 +369,7 @@ class RelayClient:
                 return
             opened = False
             try:
-                async with open_transport(
-                    self.url, local_port=self._local_port
-                ) as transport:
+                async with open_transport(self.url, local_port=self._local_port) as transport:
                     opened = True
                     await self._serve_connection(transport)
             except (MeshError, OSError) as exc:
@@ -549,11 +502,18 @@ class RelayClient:
             case ev.Registered():
                 peer_id = self.identity.peer_id
                 log.info("registered at %s as %s (observed %s)", self.url, peer_id, out.observed)
+                self._refusal = None
+                self._note_verification()
                 if out.registrations > 1:
                     log.info("reconnected to relay %s (observed %s)", self.url, out.observed)
                 self._up.set()
             case ev.RegistrationFailed(error=error, retry_in_s=None):
                 self._fatal = error
+            case ev.RegistrationFailed(error=RelayNotVerified() as error, retry_in_s=wait):
+                # Each try meets the same relay: say so when what it does changes, not each time.
+                level = logging.DEBUG if str(error) == self._refusal else logging.WARNING
+                self._refusal = str(error)
+                log.log(level, "could not reconnect to relay: %s; next try in %.1f s", error, wait)
             case ev.RegistrationFailed(error=error, retry_in_s=wait):
                 why = str(error) or type(error).__name__
                 log.warning("could not reconnect to relay: %s; next try in %.1f s", why, wait)
@@ -567,6 +527,22 @@ class RelayClient:
                 self._drop_invitations()
                 self._invite_send.close()
                 self._dial.set()
+
+    def _note_verification(self) -> None:
+        if self.verified:
+            log.debug("relay at %s proved its id %s", self.url, self.relay_id)
+            return
+        if self.url in _UNVERIFIED:
+            return
+        _UNVERIFIED.add(self.url)
+        presented = self.presented_relay_id
+        says = f"; it presents relay id {presented}" if presented is not None else ""
+        log.warning(
+            "relay at %s is not verified: no relay id was given for it%s; give its id with the "
+            "URL so that a stranger at that address is refused",
+            self.url,
+            says,
+        )
 
     def _invited(self, out: ev.Invited, more: list[ev.Output]) -> None:
         if self.routes.serves_peer(out.initiator):
@@ -643,29 +619,40 @@ async def open_relay_client(
     url: str,
     identity: Identity,
     *,
+    relay_id: PeerId | None = None,
     candidates: Sequence[Endpoint] = (),
     local_port: int | None = None,
     direct: bool = False,
     timeout: float = 10.0,
     reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
     reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
+    heartbeat_s: float = RELAY_HEARTBEAT_S,
+    dead_after_s: float = RELAY_DEAD_AFTER_S,
 ) -> AsyncIterator[RelayClient]:
     """Connect to the relay at `url`, prove our identity and register.
+
+    With `relay_id` (the relay's list entry names it), the relay must first prove that it
+    holds the keys of that id, on this and every later connection, before it is sent our
+    keys or candidates; a relay that cannot is refused with `RelayNotVerified` naming `url`
+    and the id. Without it the relay is not checked (a warning says so, once per URL).
 
     With `direct`, a listener for direct connections is opened first, on `local_port` (0 or
     None: a free port), and the relay connection leaves from that same port (SO_REUSEADDR and
     SO_REUSEPORT), so that a NAT maps both alike (docs/direct.md); we announce that port on
     the address the relay connection leaves from, after `candidates`.
 
-    A relay connection lost later (the relay restarted, the network broke) is re-established
-    in the background: "relay connection lost: <reason>; reconnecting in N s", waits from
-    `reconnect_min_s` doubling to `reconnect_max_s` (±50 %), then "reconnected to relay".
-    The client ends for good only when this block is left, or when another registration
-    with our peer id replaced ours (`next_invitation` then raises `RelayError`).
+    A relay connection lost later (the relay restarted, the network broke, or nothing arrived
+    for `dead_after_s`: the relay is pinged after `heartbeat_s` without news) is
+    re-established in the background: "relay connection lost: <reason>; reconnecting in
+    N s", waits from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %), then
+    "reconnected to relay". The client ends for good only when this block is left, or when
+    another registration with our peer id replaced ours (`next_invitation` then raises
+    `RelayError`).
 
-    Raises `RelayError` if the relay refuses us, `TransportClosed` if it cannot be reached,
-    `ProtocolError` if it breaks the protocol, and `ConfigError` if the port cannot be bound
-    — for the first connection; later ones are retried. The connections, the listener and
+    Raises `RelayError` if the relay refuses us (`RelayNotVerified` if it cannot prove
+    `relay_id`), `TransportClosed` if it cannot be reached, `ProtocolError` if it breaks the
+    protocol, and `ConfigError` if the port cannot be bound — for the first connection;
+    later ones are retried. The connections, the listener and
     their tasks live inside this `async with`. Cancelling the block (or leaving it) closes
     the relay connection and every circuit on it; requests in flight raise `RelayError`.
     """
@@ -682,12 +669,15 @@ async def open_relay_client(
     client = RelayClient(
         identity,
         url,
+        relay_id=relay_id,
         candidates=candidates,
         local_port=local_port,
         listener=listener,
         timeout=timeout,
         reconnect_min_s=reconnect_min_s,
         reconnect_max_s=reconnect_max_s,
+        heartbeat_s=heartbeat_s,
+        dead_after_s=dead_after_s,
     )
     try:
         async with open_hidden_nursery() as nursery:

@@ -1,10 +1,12 @@
 """The local control socket of a running peer: `meshcore-peer status` and `ping` ask the
 peer process about its sessions over a UNIX socket that only its owner can open.
 
-The protocol is one JSON object per line: a request `{"cmd": "status"}` or
-`{"cmd": "ping", "peer": ID, "count": N, "interval": S, "until_direct": B}`, answered by one
-JSON object per line and a final `{"done": true}` (or `{"error": "..."}`). A ping's answers
-are one per reply (`seq`, `rtt_ms`, `path`, `address`, `relay`, or `seq` and `error`) and a
+The protocol is one JSON object per line: a request `{"cmd": "status"}`,
+`{"cmd": "ping", "peer": ID, "count": N, "interval": S, "until_direct": B}` or
+`{"cmd": "relays"}` (the relays the peer uses, as its `SessionRegistry.relays` reports them),
+answered by one JSON object per line and a final `{"done": true}` (or `{"error": "..."}`). A
+ping's answers are one per reply (`seq`, `rtt_ms`, `path`, `address`, `relay`, or `seq` and
+`error`) and a last `{"summary": true, "direct": B, ...}` saying where the session is now.
 last `{"summary": true, "direct": B, ...}` saying where the session is now.
 
 The registry also keeps the sum of the counters of the sessions that ended, so that the
@@ -18,7 +20,7 @@ import json
 import logging
 import os
 import socket as stdlib_socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +76,9 @@ class SessionRegistry:
 
     def __init__(self, names: Mapping[str, str] | None = None) -> None:
         self._sessions: list[_Reportable] = []
+        self.relays: Callable[[], dict[str, Any]] | None = None
+        """What the `relays` request answers: a JSON-ready report of the relays the peer
+        uses (set by whoever holds its relay connections; None: none to report)."""
         self._names = dict(names or {})
         self._ended = SessionCounters()
 
@@ -165,6 +170,11 @@ async def _answer(stream: trio.SocketStream, registry: SessionRegistry) -> None:
             await _send(stream, {"error": "bad request: count and interval must be numbers"})
             return
         await _ping(stream, session, count, interval, until_direct)
+    elif cmd == "relays":
+        if registry.relays is None:
+            await _send(stream, {"error": "this peer is not connected to any relay yet"})
+            return
+        await _send(stream, registry.relays())
     else:
         await _send(stream, {"error": f"unknown command {cmd!r}"})
         return

@@ -1,6 +1,6 @@
 """A peer's Prometheus metrics: a collector that reads, at each scrape, the sessions of a
 `SessionRegistry` (their counters, plus the sum the registry kept of the ended ones, so that
-counters only grow), the TAP tunnel's frame pump, and the relay connection if given.
+counters only grow), the TAP tunnel's frame pump, and the relay connections if given.
 docs/observability.md describes every metric (prefix `meshcore_peer_`).
 """
 
@@ -13,6 +13,7 @@ from meshcore._client import RelayClient
 from meshcore._control import SessionRegistry
 from meshcore._counters import SessionCounters
 from meshcore._metrics import build_info, counter
+from meshcore._network import RelayNetwork
 from meshcore._tunnel import FramePump
 
 if TYPE_CHECKING:
@@ -26,14 +27,14 @@ _PATHS: Final = ("relay", "direct")
 
 class PeerCollector:
     """Exports a peer's metrics from `sessions`; `tunnel` (the `up` command's `FramePump`) and
-    `relay` (a `RelayClient`) may be given now or set later."""
+    `relay` (a `RelayClient`, or a `RelayNetwork` of several) may be given now or set later."""
 
     def __init__(
         self,
         sessions: SessionRegistry,
         *,
         tunnel: FramePump | None = None,
-        relay: RelayClient | None = None,
+        relay: RelayClient | RelayNetwork | None = None,
     ) -> None:
         self.sessions = sessions
         self.tunnel = tunnel
@@ -65,19 +66,25 @@ class PeerCollector:
         yield from _session_counters(total)
         if self.tunnel is not None:
             yield from _tunnel_counters(self.tunnel)
-        if self.relay is not None:
-            relay = self.relay
+        relay = self.relay
+        if relay is not None:
+            if isinstance(relay, RelayNetwork):
+                conns = [
+                    (c.url, c.state == "connected", c.registrations) for c in relay.connections()
+                ]
+            else:
+                conns = [(relay.url, relay.connected, relay.registrations)]
             yield _labelled_gauge(
                 "relay_connected",
                 "1 while the control connection to the relay is up, else 0.",
                 ("relay",),
-                [((relay.url,), 1 if relay.connected else 0)],
+                [((url,), 1 if up else 0) for url, up, _ in conns],
             )
             yield counter(
                 _P + "relay_registrations_total",
                 "Registrations at the relay (the first, then one per reconnect).",
                 labels=("relay",),
-                samples=[((relay.url,), relay.registrations)],
+                samples=[((url,), n) for url, _, n in conns],
             )
 
 
@@ -121,7 +128,11 @@ def _session_counters(total: SessionCounters) -> Iterator[Metric]:
         _P + "migrations_total",
         "Moves of a session between paths, by kind.",
         labels=("kind",),
-        samples=[(("relay_to_direct",), t.migrations), (("direct_to_relay",), t.fallbacks)],
+        samples=[
+            (("relay_to_direct",), t.migrations),
+            (("direct_to_relay",), t.fallbacks),
+            (("relay_to_relay",), t.relay_moves),
+        ],
     )
     yield counter(
         _P + "fallbacks_total",

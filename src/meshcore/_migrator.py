@@ -14,7 +14,7 @@ rendezvous of its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final, Protocol
 
@@ -89,10 +89,18 @@ class Rendezvous(Protocol):
         circuits for its session (`Migrator.incoming_direct`, `incoming_circuit`)."""
         ...
 
-    async def reopen_circuit(self, peer_id: PeerId, *, timeout: float) -> Transport:
-        """A new relay circuit to `peer_id`, for a session that lost its own. Raises
+    async def reopen_circuit(
+        self, peer_id: PeerId, *, timeout: float, avoid: Collection[str] = ()
+    ) -> Transport:
+        """A new relay circuit to `peer_id`, for a session that lost its own or wants a
+        spare, on a relay not named in `avoid` (URLs as `relay_of` gives them). Raises
         `RelayError` or `TransportClosed` if none opens within `timeout`; cancelled, it
         leaves no circuit open."""
+        ...
+
+    def relay_of(self, circuit: Transport) -> str | None:
+        """The relay `circuit` runs through (its URL), None if unknown. A session keeps at
+        most one circuit per relay, and opens spares only on relays it can name."""
         ...
 
 
@@ -150,6 +158,10 @@ class Migrator:
     def direct_link(self) -> Link | None:
         """The direct connection carrying the session, if any."""
         return self._control.direct_link
+
+    def relay_of(self, transport: Transport) -> str | None:
+        """The relay a relay circuit of this session runs through (the rendezvous knows)."""
+        return self.rendezvous.relay_of(transport)
 
     def abort_direct(self, reason: str = "aborted") -> bool:
         """Cut the direct connection at once with a TCP reset (tests; a forced fallback).
@@ -221,7 +233,7 @@ class Migrator:
         elif isinstance(command, CloseLink):
             self._close_soon(command.link, command.reason)
         elif isinstance(command, OpenRelay):
-            self._nursery.start_soon(self._open_relay)
+            self._nursery.start_soon(self._open_relay, command)
 
     # ----------------------------------------------------------------- races
     def _start_race(self) -> None:
@@ -324,17 +336,18 @@ class Migrator:
         if isinstance(link, Link):
             self._nursery.start_soon(link.transport.aclose, reason)
 
-    async def _open_relay(self) -> None:
+    async def _open_relay(self, command: OpenRelay) -> None:
+        avoid = tuple(relay for relay in command.avoid if isinstance(relay, str))
         try:
             # after a relay restart (or our reconnect) this pairs again: pairings belong to
             # relay connections; while the relay is away it fails and is retried
             circuit = await self.rendezvous.reopen_circuit(
-                self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S
+                self.peer_id, timeout=_CIRCUIT_OPEN_TIMEOUT_S, avoid=avoid
             )
         except (RelayError, TransportClosed) as exc:
-            self._control.relay_open_failed(str(exc))
+            self._control.relay_open_failed(str(exc), spare=command.spare)
             return
-        link = self._control.attach_relay(circuit, opened_here=True)
+        link = self._control.attach_relay(circuit, opened_here=True, spare=command.spare)
         if link is None:
             await circuit.aclose("session ended")
             return

@@ -21,6 +21,7 @@ from meshcore.proto.wire import (
     ErrorCode,
     ObserveAddress,
     ObservedAddress,
+    RelayIdentity,
     decode_control_untrusted,
     encode_control,
 )
@@ -77,6 +78,8 @@ async def probe_relay_address(
                     sent = trio.current_time()
                     await transport.send(encode_control(ObserveAddress(nonce)))
                     answer = decode_control_untrusted(await transport.receive())
+                    while isinstance(answer, RelayIdentity):  # sent first on every connection
+                        answer = decode_control_untrusted(await transport.receive())
                     if isinstance(answer, Error):
                         return RelayProbe(url, relay, error=_refused(answer))
                     if not isinstance(answer, ObservedAddress) or answer.nonce != nonce:

@@ -36,6 +36,10 @@ class PathDriver(Protocol):
     def abort_direct(self, reason: str) -> bool:
         """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
 
+    def relay_of(self, transport: Transport) -> str | None:
+        """The relay a relay circuit runs through (its URL; None: unknown). A session keeps
+        at most one circuit per relay."""
+
 
 class PathControl:
     """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
@@ -117,11 +121,18 @@ class PathControl:
         return link
 
     def attach_relay(
-        self, transport: Transport, *, first_frame: bytes | None = None, opened_here: bool = False
+        self,
+        transport: Transport,
+        *,
+        first_frame: bytes | None = None,
+        opened_here: bool = False,
+        spare: bool = False,
     ) -> Link | None:
-        """A new relay circuit for the session: one the peer re-opened (with the
-        `first_frame` it arrived with), or one we re-opened (`opened_here`: a keepalive goes
-        out on it first, so that the peer can route it). It replaces the old circuit.
+        """A new relay circuit for the session: one the peer opened (with the `first_frame`
+        it arrived with), or one we opened (`opened_here`: a keepalive goes out on it first,
+        so that the peer can route it; `spare`: for an `OpenRelay(spare=True)`). It replaces
+        the session's circuit on the same relay (`PathDriver.relay_of`), and carries the
+        session if no other circuit does.
 
         Returns the link to run with `Session.run_link`, or None if the session has ended:
         then close `transport`.
@@ -132,13 +143,19 @@ class PathControl:
         link = Link(transport, "relay", session._traffic)
         if transport.relay_url is not None:
             session._relay_url = transport.relay_url
-        session._paths.relay_up(link, trio.current_time(), opened_here=opened_here)
+        session._paths.relay_up(
+            link,
+            trio.current_time(),
+            opened_here=opened_here,
+            relay=self._driver.relay_of(transport),
+            spare=spare,
+        )
         self._arrived(link, first_frame)
         return link
 
-    def relay_open_failed(self, reason: str) -> None:
-        """Re-opening the relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time())
+    def relay_open_failed(self, reason: str, *, spare: bool = False) -> None:
+        """Opening a relay circuit failed; the policy tries again while it is needed."""
+        self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
         self._session._changed()
 
     def detach(self) -> None:

@@ -149,8 +149,7 @@ class FileSource(RegistrySource):
                 parsed: object = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise RegistryError(
-                    f"relay list file {self.path} is not valid JSON: {exc.msg} at line "
-                    f"{exc.lineno}"
+                    f"relay list file {self.path} is not valid JSON: {exc.msg} at line {exc.lineno}"
                 ) from None
             if isinstance(parsed, dict):
                 parsed = parsed.get("relays")
@@ -235,7 +234,8 @@ class Registry:
     """The current relay list of one source (made by `open_registry`).
 
     `listing` is replaced whenever a refresh brings different entries; `changed()` waits
-    for that. A refresh that fails keeps the last good list.
+    for that. A refresh that fails keeps the last good list. Cancelling a refresh (or
+    `run`) abandons the read and keeps the current list.
     """
 
     def __init__(
@@ -328,9 +328,7 @@ class Registry:
                 log.warning("relay list from %s: %s", listing.source, problem)
 
 
-async def _first_listing(
-    source: RegistrySource, cache: RelayListCache | None
-) -> RegistryListing:
+async def _first_listing(source: RegistrySource, cache: RelayListCache | None) -> RegistryListing:
     try:
         listing = await source.fetch()
     except RegistryError as exc:

@@ -33,7 +33,7 @@ from meshcore.proto.constants import (
 )
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.histogram import Histogram, HistogramSnapshot
-from meshcore.proto.identity import PublicBundle
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CircuitStats,
@@ -68,10 +68,14 @@ def _check_port(_inst: object, _attr: object, port: int) -> None:
 
 @attrs.frozen
 class RelayConfig:
-    """What `serve_relay` needs: where to listen, the limits, and how long to wait on close."""
+    """What `serve_relay` needs: where to listen, the relay's identity, the limits, and how
+    long to wait on close."""
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=RELAY_DEFAULT_PORT, validator=_check_port)
+    identity: Identity | None = None
+    """The relay's static identity, whose peer id is the relay id peers verify; None makes a
+    new one for this run (fine for tests and embedded relays that hand out their id)."""
     limits: RelayLimits = attrs.field(factory=RelayLimits)
     shutdown_grace_s: float = RELAY_SHUTDOWN_GRACE_S
     """On shutdown, how long peers get to take their Close before they are cut off."""
@@ -143,7 +147,9 @@ class _Relay:
         self.config = config
         self.limits = config.limits
         self.challenge_cpu = Histogram(CHALLENGE_CPU_BUCKETS_S)
-        self.mm = Matchmaker(config.limits, challenger=self._timed_challenge)
+        self.mm = Matchmaker(
+            config.limits, identity=config.identity, challenger=self._timed_challenge
+        )
         self.links: dict[int, _Link] = {}
         self._conn_ids = itertools.count(1)
         self._timer_scope = trio.CancelScope()
@@ -403,6 +409,11 @@ class RelayServer:
             host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         return f"ws://{f'[{host}]' if ':' in host else host}:{ep.port}/"
 
+    @property
+    def relay_id(self) -> PeerId:
+        """The relay id (the fingerprint of its identity): what peers pin to verify it."""
+        return self._relay.mm.relay_id
+
     def stats(self) -> RelayStats:
         """Table sizes and queue state right now."""
         return self._relay.stats()
@@ -453,6 +464,8 @@ async def serve_relay(
     async with open_hidden_nursery() as nursery:
         endpoints: list[Endpoint] = await nursery.start(run_server)
         server = RelayServer(relay, endpoints)
+        relay_id = server.relay_id.to_text()
+        log.info("relay id %s", relay_id, extra={"relay_id": relay_id})
         log.info("relay listening on %s", " ".join(f"ws://{ep}/" for ep in endpoints))
         task_status.started(server)
         try:

@@ -113,7 +113,10 @@ class SessionStatus:
     age_s: float = 0.0
     """Seconds since the session opened."""
     relay: str | None = None
-    """The URL of the relay the session met at (its circuit runs there; None if unknown)."""
+    """The URL of the relay whose circuit carries the session (None while it is direct, or if
+    unknown)."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
     not_direct_reason: str | None = None
     """Why the session is not on a direct path now (None while it is)."""
 
@@ -212,6 +215,9 @@ class Session(trio.abc.Channel[bytes]):
             remote = str(address) if address is not None else None
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
+        relay = paths.relay
+        if relay is None and self.path == "relay":
+            relay = self._relay_url  # a session without a path driver: the relay it opened on
         now = trio.current_time()
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
@@ -225,7 +231,8 @@ class Session(trio.abc.Channel[bytes]):
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
             age_s=now - self._started,
-            relay=self._relay_url,
+            relay=relay if isinstance(relay, str) else None,
+            relay_moves=paths.manager.relay_moves,
             not_direct_reason=self._not_direct(now),
         )
 
@@ -255,6 +262,7 @@ class Session(trio.abc.Channel[bytes]):
             migrations=manager.migrations,
             fallbacks=manager.fallbacks,
             fallbacks_silent=manager.fallbacks_silent,
+            relay_moves=manager.relay_moves,
         )
 
     def _not_direct(self, now: float) -> str | None:
@@ -432,7 +440,10 @@ class Session(trio.abc.Channel[bytes]):
         if self._driver is not None:
             raise RuntimeError("this session already has a path driver")
         self._paths.enable_direct(
-            controlling=controlling, settings=settings, now=trio.current_time()
+            controlling=controlling,
+            settings=settings,
+            now=trio.current_time(),
+            relay=driver.relay_of(self._relay_link.transport),
         )
         self._driver = driver
         self._changed()

@@ -17,10 +17,10 @@ from functools import partial
 import attrs
 import trio
 
-from meshcore._api import open_peer_session, serve
-from meshcore._client import RelayClient
+from meshcore._api import Meeting, Relays, open_peer_session, serve
 from meshcore._control import SessionRegistry
 from meshcore._nursery import open_hidden_nursery
+from meshcore._registry import Registry
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
 from meshcore.proto.backoff import Backoff
@@ -33,6 +33,7 @@ from meshcore.proto.constants import (
 )
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.paths import PathSettings
+from meshcore.proto.rendezvous import DEFAULT_RENDEZVOUS_K
 from meshcore.proto.session import SessionSettings
 from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
 
@@ -264,9 +265,10 @@ class FramePump:
 
 @attrs.frozen
 class TunnelConfig:
-    """What `run_tunnel` needs: where the relay is, who we are, and the peers of the mesh."""
+    """What `run_tunnel` needs: where the peers meet, who we are, and the peers of the mesh."""
 
-    relay_url: str
+    relay: Relays
+    """One relay URL, a list of relays, or a `Registry` (docs/relay-network.md)."""
     identity: Identity = attrs.field(repr=False)
     peers: tuple[PeerId, ...]
     settings: SessionSettings | None = None
@@ -276,6 +278,21 @@ class TunnelConfig:
     """Direct paths: mode (auto by default) and timers, as for `meshcore.connect`."""
     registry: SessionRegistry | None = attrs.field(default=None, eq=False)
     """Where live sessions are listed for `meshcore-peer status` and `ping` (optional)."""
+    rendezvous_k: int = DEFAULT_RENDEZVOUS_K
+    """With several relays: how many rendezvous relays each peer registers at."""
+    on_meeting: Callable[[Meeting | None], None] | None = attrs.field(default=None, eq=False)
+    """Called with the relay connection (or network) once registered, and with None when it
+    is gone (for `meshcore-peer relays`)."""
+
+    @property
+    def relay_name(self) -> str:
+        """The relay for log lines: its URL, or what the list is."""
+        relay = self.relay
+        if isinstance(relay, str):
+            return relay
+        if isinstance(relay, Registry):
+            return f"the relays of {relay.source}"
+        return f"{len(relay)} relays"
 
     def __attrs_post_init__(self) -> None:
         me = self.identity.peer_id
@@ -337,10 +354,10 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
         try:
             async with open_hidden_nursery() as nursery:
                 handler = partial(_answered, pump, config)
-                client: RelayClient = await nursery.start(
+                client: Meeting = await nursery.start(
                     partial(
                         serve,
-                        config.relay_url,
+                        config.relay,
                         config.identity,
                         config.answers,
                         handler,
@@ -348,17 +365,23 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
                         timeout=config.timeout,
                         direct=config.path_settings.mode,
                         path_settings=config.path_settings,
+                        rendezvous_k=config.rendezvous_k,
                     )
                 )
+                if config.on_meeting is not None:
+                    config.on_meeting(client)
                 for peer in config.dials:
                     nursery.start_soon(_dial_forever, pump, config, client, peer)
                 await trio.sleep_forever()
         except (MeshError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
+        finally:
+            if config.on_meeting is not None:
+                config.on_meeting(None)
         if trio.current_time() - started > _STABLE_SESSION_S:
             backoff.reset()
         delay = backoff.next_delay()
-        log.warning("relay %s: %s; reconnecting in %.1f s", config.relay_url, reason, delay)
+        log.warning("relay %s: %s; reconnecting in %.1f s", config.relay_name, reason, delay)
         await trio.sleep(delay)
 
 
@@ -370,7 +393,7 @@ async def _answered(pump: FramePump, config: TunnelConfig, session: Session) -> 
 
 
 async def _dial_forever(
-    pump: FramePump, config: TunnelConfig, client: RelayClient, peer: PeerId
+    pump: FramePump, config: TunnelConfig, client: Meeting, peer: PeerId
 ) -> None:
     backoff = _backoff()
     failures = 0
@@ -400,7 +423,7 @@ async def _dial_forever(
         await trio.sleep(delay)
 
 
-async def _dial(pump: FramePump, config: TunnelConfig, client: RelayClient, peer: PeerId) -> str:
+async def _dial(pump: FramePump, config: TunnelConfig, client: Meeting, peer: PeerId) -> str:
     """One session with `peer`, dialled on the shared relay registration; returns when it ends.
 
     A peer id has one registration at the relay (a second one replaces the first), and a

@@ -32,6 +32,7 @@ __all__ = [
     "ProtocolError",
     "RegistryError",
     "RelayError",
+    "RelayNotVerified",
     "ReplayError",
     "SessionClosed",
     "TransportClosed",
@@ -135,6 +136,19 @@ class RelayError(MeshError):
     def __init__(self, message: str, *, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+class RelayNotVerified(RelayError):
+    """The relay could not prove that it is the relay its entry names: it presented other
+    keys, did not answer the challenge, or answered wrongly. Nothing of ours was sent to it.
+
+    `url` is the relay dialled, `expected` the relay id (text form) it had to prove.
+    """
+
+    def __init__(self, message: str, *, url: str, expected: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.expected = expected
 
 
 class TransportClosed(MeshError):

@@ -2,8 +2,9 @@
 
 meshcore-peer genkey [--identity FILE]
 meshcore-peer id [--identity FILE]
-meshcore-peer connect --relay URL [--identity FILE] PEER_ID
-meshcore-peer listen --relay URL [--identity FILE] --allow PEER_ID[,...] [--exec CMD]
+meshcore-peer connect --relay URL[#ID] [--relay ...] [--identity FILE] PEER_ID
+meshcore-peer listen --relay URL[#ID] [--relay ...] --allow PEER_ID[,...] [--exec CMD]
+meshcore-peer relays [--json]
 meshcore-peer status [--json] | ping PEER [-c N] [--until-direct] | netcheck [--relay URL ...]
 meshcore-peer demo
 """
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+import attrs
 import trio
 
 import meshcore
@@ -32,14 +34,13 @@ from meshcore import (
     PathSettings,
     PeerCollector,
     PeerId,
-    RelayClient,
     Session,
     SessionRegistry,
-    connect,
     control_request,
     default_control_path,
     open_hidden_nursery,
-    parse_ws_url,
+    open_meeting,
+    open_peer_session,
     pipe_command,
     pipe_session,
     serve,
@@ -60,6 +61,18 @@ from meshcore_peer.lifecycle import (
     leaf_error,
     run_until_signalled,
 )
+from meshcore_peer.relays_cmd import (
+    add_relays_parser,
+    print_connections,
+    relays_report,
+    run_relays,
+)
+from meshcore_peer.relaysettings import (
+    add_relay_flags,
+    check_relay_source,
+    open_relays,
+    relay_overrides,
+)
 from meshcore_peer.up import add_up_parser, run_up
 
 __all__ = ["main"]
@@ -72,6 +85,8 @@ examples:
   meshcore-peer id --identity alice.key
   meshcore-peer listen --relay ws://127.0.0.1:7443 --identity bob.key --allow ALICE_ID
   meshcore-peer connect --relay ws://127.0.0.1:7443 --identity alice.key BOB_ID < file
+  meshcore-peer listen --relays-file relays.toml --identity bob.key --allow ALICE_ID
+  meshcore-peer relays --json
   meshcore-peer status; meshcore-peer ping BOB_ID
   meshcore-peer netcheck --relay ws://relay1:7443 --relay ws://relay2:7443
   meshcore-peer demo
@@ -119,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    add_relay_flags(p)
     p.add_argument("peer", metavar="PEER_ID", nargs="?", help="the peer's id")
 
     p = sub.add_parser(
@@ -129,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="On SIGHUP, SIGTERM or SIGINT every session is closed (the peer is told), the "
         "relay connection closed and the control socket removed; the exit status is 0.",
     )
-    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    add_relay_flags(p)
     p.add_argument(
         "--allow",
         metavar="PEER_ID[,...]",
@@ -200,12 +215,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--messages", type=int, default=2000, help="messages to time (default 2000)")
     add_up_parser(sub, common)
+    add_relay_flags(add_relays_parser(sub, common))
     return parser
 
 
 def _load(args: argparse.Namespace) -> PeerConfig:
-    overrides: dict[str, object] = {}
-    keys = ("identity", "relay", "log_level", "log_format", "exec_", "peer", "direct")
+    overrides: dict[str, object] = relay_overrides(args)
+    keys = ("identity", "log_level", "log_format", "exec_", "peer", "direct")
     for key in (*keys, "direct_retry_s", "metrics"):
         value = getattr(args, key, None)
         if value is not None:
@@ -252,17 +268,27 @@ def _require(value: str | None, what: str, flag: str) -> str:
 
 
 async def _run_connect(config: PeerConfig, control: Path | None, stopping: Stopping) -> int:
-    relay = _require(config.relay, "the relay URL", "--relay URL")
-    parse_ws_url(relay)
+    check_relay_source(config.relay, config.relays, config.relays_file)
     peer = PeerId.from_text(_require(config.peer, "the peer id", "PEER_ID"))
     identity = Identity.load(_identity_path(config))
     registry = SessionRegistry()
-    async with open_hidden_nursery() as nursery:
+    paths = attrs.evolve(_paths(config), mode=config.direct)
+    async with (
+        open_relays(config.relay, config.relays, config.relays_file, config.state_dir) as relay,
+        open_hidden_nursery() as nursery,
+    ):
         if control is not None:
             await nursery.start(serve_control, control, registry)
-        async with connect(
-            relay, identity, peer, direct=config.direct, path_settings=_paths(config)
-        ) as session:
+        async with (
+            open_meeting(
+                relay,
+                identity,
+                direct=config.direct != "never",
+                rendezvous_k=config.rendezvous_k,
+            ) as meeting,
+            open_peer_session(meeting, peer, path_settings=paths) as session,
+        ):
+            registry.relays = partial(relays_report, meeting)
             with registry.registered(session):
                 try:
                     sent, received = await pipe_session(
@@ -290,8 +316,6 @@ async def _pipe_to_process(command: str, session: Session) -> None:
 
 
 async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stopping) -> int:
-    relay = _require(config.relay, "the relay URL", "--relay URL")
-    parse_ws_url(relay)  # before announcing it
     if not config.allow:
         raise ConfigError("no peer is allowed: pass --allow PEER_ID[,...] or set allow = [...]")
     allow = [PeerId.from_text(p) for p in config.allow]
@@ -313,9 +337,11 @@ async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stoppi
                 await _close_if_stopping(session, stopping)
         log.info("session from %s done", session.peer_id)
 
-    log.info("listening as %s via %s for %d allowed peer(s)", identity.peer_id, relay, len(allow))
     collector = PeerCollector(registry)
-    async with open_hidden_nursery() as nursery:
+    async with (
+        open_relays(config.relay, config.relays, config.relays_file, config.state_dir) as relay,
+        open_hidden_nursery() as nursery,
+    ):
         if config.metrics is not None:
             await nursery.start(serve_metrics, config.metrics, [collector])
         if control is None:
@@ -324,7 +350,7 @@ async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stoppi
             )
         else:
             await nursery.start(serve_control, control, registry)
-        client: RelayClient = await nursery.start(
+        meeting = await nursery.start(
             partial(
                 serve,
                 relay,
@@ -333,9 +359,15 @@ async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stoppi
                 handler,
                 direct=config.direct,
                 path_settings=_paths(config),
+                rendezvous_k=config.rendezvous_k,
             )
         )
-        collector.relay = client
+        collector.relay = meeting
+        registry.relays = partial(relays_report, meeting)
+        shown = relay if isinstance(relay, str) else f"the relays of {relay.source}"
+        log.info(
+            "listening as %s via %s for %d allowed peer(s)", identity.peer_id, shown, len(allow)
+        )
         await trio.sleep_forever()  # serve runs until a signal cancels it, or it fails
     return EXIT_OK
 
@@ -348,6 +380,7 @@ async def _run_status(control: Path, as_json: bool) -> int:
     else:
         for line in show.format_status(rows):
             print(line)
+        await print_connections(control)
     return EXIT_OK
 
 
@@ -401,6 +434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "netcheck":
             return trio.run(netcheck.run_netcheck, config, args)
+        if args.command == "relays":
+            return trio.run(
+                partial(
+                    run_relays,
+                    control=control,
+                    as_json=args.json,
+                    relay=config.relay,
+                    relays=config.relays,
+                    relays_file=config.relays_file,
+                    state_dir=config.state_dir,
+                    rendezvous_k=config.rendezvous_k,
+                    identity_path=_identity_path(config),
+                )
+            )
         if args.command == "demo":
             from meshcore_peer.demo import run_demo
 

@@ -9,6 +9,7 @@ import attrs
 
 from meshcore import parse_metrics_address
 from meshcore.config import load_toml
+from meshcore_peer.relaysettings import RELAY_FLAGS, RelayTable, check_rendezvous_k
 
 __all__ = ["PeerConfig", "load_peer_config"]
 
@@ -24,7 +25,16 @@ class PeerConfig:
     """Everything `meshcore-peer` can be told; every field has a flag and a TOML key."""
 
     relay: str | None = None
-    """Relay WebSocket URL, e.g. ws://relay.example:7443."""
+    """One relay: its WebSocket URL, e.g. ws://relay.example:7443 (`#RELAY_ID` verifies it)."""
+    relays: list[RelayTable] = attrs.field(factory=list)
+    """A relay list: `[[relays]]` tables with url, id and region."""
+    relays_file: str | None = None
+    """A relay-list file ([[relays]] tables), re-read when it changes."""
+    rendezvous_k: int = attrs.field(default=2, validator=check_rendezvous_k)
+    """With several relays: how many rendezvous relays this peer registers at."""
+    state_dir: str | None = None
+    """Where the last good relay list is kept (default: $STATE_DIRECTORY,
+    $XDG_STATE_HOME/meshcore or ~/.local/state/meshcore)."""
     identity: str | None = None
     """Identity key file (default: ~/.config/meshcore/identity.key)."""
     peer: str | None = None
@@ -58,7 +68,7 @@ def load_peer_config(path: Path | None, overrides: dict[str, object]) -> PeerCon
 
 
 _FLAGS = {
-    "relay": "--relay",
+    **RELAY_FLAGS,
     "identity": "--identity",
     "peer": "PEER_ID",
     "allow": "--allow",

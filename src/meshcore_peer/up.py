@@ -28,6 +28,8 @@ from meshcore import (
     PathSettings,
     PeerCollector,
     PeerId,
+    RelayClient,
+    RelayNetwork,
     SessionRegistry,
     TunnelConfig,
     check_tap_access,
@@ -49,6 +51,15 @@ from meshcore.proto.constants import (
 )
 from meshcore_peer.config import check_metrics
 from meshcore_peer.lifecycle import Stopping, leaf_error, run_until_signalled
+from meshcore_peer.relays_cmd import relays_report
+from meshcore_peer.relaysettings import (
+    RELAY_FLAGS,
+    RelayTable,
+    add_relay_flags,
+    check_rendezvous_k,
+    open_relays,
+    relay_overrides,
+)
 
 __all__ = ["PeerEntry", "UpConfig", "add_up_parser", "load_up_config", "main", "run_up"]
 
@@ -116,7 +127,16 @@ class UpConfig:
     """Settings of `meshcore-peer up`; every field has a TOML key and most a flag."""
 
     relay: str | None = None
-    """Relay WebSocket URL, e.g. ws://relay.example:7443."""
+    """One relay: its WebSocket URL, e.g. ws://relay.example:7443 (`#RELAY_ID` verifies it)."""
+    relays: list[RelayTable] = attrs.field(factory=list)
+    """A relay list: `[[relays]]` tables with url, id and region."""
+    relays_file: str | None = None
+    """A relay-list file ([[relays]] tables), re-read when it changes."""
+    rendezvous_k: int = attrs.field(default=2, validator=check_rendezvous_k)
+    """With several relays: how many rendezvous relays this peer registers at."""
+    state_dir: str | None = None
+    """Where the last good relay list is kept (default: $STATE_DIRECTORY,
+    $XDG_STATE_HOME/meshcore or ~/.local/state/meshcore)."""
     identity: str | None = None
     """Identity key file (default: ~/.config/meshcore/identity.key)."""
     device: str = attrs.field(default="mesh0", validator=_check_device)
@@ -141,7 +161,7 @@ class UpConfig:
 
 
 _FLAGS = {
-    "relay": "--relay",
+    **RELAY_FLAGS,
     "identity": "--identity",
     "device": "--device",
     "address": "--address",
@@ -181,8 +201,11 @@ def load_up_config(path: Path | None, overrides: dict[str, object]) -> UpConfig:
         reserved_env=_reserved_env(),
     )
     problems = []
-    if not config.relay:
-        problems.append("relay: the relay URL is missing: pass --relay URL or set relay = ...")
+    if not (config.relay or config.relays or config.relays_file):
+        problems.append(
+            "relay: the relay is missing: pass --relay URL[#RELAY_ID] (repeat it for a list) "
+            "or --relays-file FILE, or set relay, [[relays]] or relays_file"
+        )
     if not config.peers:
         problems.append('peers: no peer given: pass --peer PEER_ID or set peers = [{ id = "..." }]')
     seen: set[str] = set()
@@ -214,7 +237,7 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
             "peers. Needs root or CAP_NET_ADMIN and /dev/net/tun. The device is removed on exit."
         ),
     )
-    p.add_argument("--relay", metavar="URL", help="relay WebSocket URL, e.g. ws://host:7443")
+    add_relay_flags(p)
     p.add_argument("--device", metavar="NAME", help="TAP device name (default: mesh0)")
     p.add_argument("--address", metavar="CIDR", help="device address, e.g. 10.77.0.1/24")
     p.add_argument("--mtu", metavar="BYTES", help=f"device MTU (default: {TAP_DEFAULT_MTU})")
@@ -246,8 +269,8 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    out: dict[str, object] = {}
-    keys = ("relay", "identity", "device", "address", "mtu", "direct_retry_s", "control", "metrics")
+    out: dict[str, object] = relay_overrides(args)
+    keys = ("identity", "device", "address", "mtu", "direct_retry_s", "control", "metrics")
     for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
@@ -320,9 +343,36 @@ async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
     collector = PeerCollector(registry)
     retry = config.direct_retry_s
     paths = PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
-    tunnel = TunnelConfig(
-        config.relay or "", identity, peers, path_settings=paths, registry=registry
-    )
+    async with open_relays(
+        config.relay, config.relays, config.relays_file, config.state_dir
+    ) as relay:
+
+        def on_meeting(meeting: RelayClient | RelayNetwork | None) -> None:
+            registry.relays = None if meeting is None else partial(relays_report, meeting)
+            collector.relay = meeting
+
+        tunnel = TunnelConfig(
+            relay,
+            identity,
+            peers,
+            path_settings=paths,
+            registry=registry,
+            rendezvous_k=config.rendezvous_k,
+            on_meeting=on_meeting,
+        )
+        return await _run_tunnel(config, identity, tunnel, collector, names, stopping)
+
+
+async def _run_tunnel(
+    config: UpConfig,
+    identity: Identity,
+    tunnel: TunnelConfig,
+    collector: PeerCollector,
+    names: dict[PeerId, str],
+    stopping: Stopping,
+) -> int:
+    registry = collector.sessions
+    peers = tunnel.peers
     address = ipaddress.ip_interface(config.address) if config.address else None
     control = Path(config.control) if config.control else default_control_path()
     async with open_configured_tap(
@@ -352,7 +402,7 @@ async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
                         device.name,
                         identity.peer_id.short(),
                         len(peers),
-                        config.relay,
+                        tunnel.relay_name,
                         len(tunnel.dials),
                         len(tunnel.answers),
                     )

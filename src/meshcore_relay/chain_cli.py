@@ -3,7 +3,7 @@ registry. Deploy and name a registry, put this relay's entry in it, take it out,
 
     meshcore-relay registry deploy --rpc URL --account-key FILE [--name NAME] [--ens ADDRESS]
     meshcore-relay register --rpc URL --registry ADDRESS|NAME --account-key FILE
-                            --identity RELAY_KEY --url URL [--region R]
+                            [--identity RELAY_KEY] --url URL [--region R]
     meshcore-relay deregister --rpc URL --registry ADDRESS|NAME --account-key FILE
 """
 
@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _common(register, registry=True, key=True)
     register.add_argument(
-        "--identity", required=True, metavar="RELAY_KEY", help="the relay's identity file"
+        "--identity",
+        metavar="RELAY_KEY",
+        help="the relay's identity file (default: the relay's own, as `meshcore-relay id`)",
     )
     register.add_argument(
         "--url", required=True, metavar="URL", help="where peers reach the relay (ws:// or wss://)"
@@ -173,7 +175,8 @@ def _run(args: argparse.Namespace) -> int:
         register_relay,
         remove_relay,
     )
-    from meshcore.proto.identity import Identity, PeerId
+    from meshcore.proto.identity import PeerId
+    from meshcore_relay.identity import configured_identity_path, load_relay_identity
 
     require_web3()
     ens = parse_address(args.ens, what="--ens") if args.ens else None
@@ -206,7 +209,8 @@ def _run(args: argparse.Namespace) -> int:
     url = ""
     if args.command == "register":  # check every local input before touching the network
         url = _relay_url(args.url)
-        relay_id = Identity.load(args.identity).peer_id.digest
+        path = configured_identity_path(args.identity)
+        relay_id = load_relay_identity(path).peer_id.digest
         check_entry_fields(url, relay_id, args.region)
     if args.command == "registry" and args.action == "remove":
         relay_id = PeerId.from_text(args.relay_id).digest

@@ -1,7 +1,8 @@
 """`meshcore-relay`: accept peers, check who they are, pair them on the target's consent, and
 forward their encrypted circuits. Runs until SIGTERM or SIGINT, then shuts down gracefully.
 
-    meshcore-relay [--listen HOST:PORT] [--config FILE.toml] [--LIMIT VALUE ...]
+    meshcore-relay [--listen HOST:PORT] [--identity FILE] [--config FILE.toml] [--LIMIT VALUE]
+    meshcore-relay genkey|id ...                      (the relay's identity: identity.py)
     meshcore-relay registry|register|deregister ...   (the on-chain registry: chain_cli.py)
 """
 
@@ -22,6 +23,7 @@ import trio
 import meshcore
 from meshcore import (
     ConfigError,
+    Identity,
     MeshError,
     RelayCollector,
     RelayLimits,
@@ -31,7 +33,7 @@ from meshcore import (
     serve_relay,
 )
 from meshcore.logs import setup_logging
-from meshcore_relay import chain_cli
+from meshcore_relay import chain_cli, identity
 from meshcore_relay.config import (
     CONFIG_ENV,
     DEFAULT_LISTEN,
@@ -53,20 +55,31 @@ examples:
   meshcore-relay --listen 0.0.0.0:7443            # reachable from other hosts (IPv4)
   meshcore-relay --listen [::]:7443 --log-format json
   meshcore-relay --config relay.toml --max-peers 50000
+  meshcore-relay --identity /etc/meshcore/relay.key
   meshcore-relay --metrics 127.0.0.1:9090         # Prometheus metrics at /metrics
   meshcore-relay --print-config > relay.toml      # every setting with its value, as TOML
+
+commands (each with --help):
+  meshcore-relay genkey [--identity FILE]         # create the relay's identity (mode 0600)
+  meshcore-relay id [--identity FILE]             # print the relay id, for peers' relay lists
+  meshcore-relay registry deploy|list|remove      # the on-chain relay registry
+  meshcore-relay register --url wss://HOST/ ...    # put this relay's entry in it
+  meshcore-relay deregister ...                   # take it out
+
+The relay's identity (its relay id, which peers check) is in --identity FILE, by default
+{identity.default_identity_path()}
+(systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/meshcore); it is created on the first
+start. The relay logs its id at start.
 
 settings, later ones win: defaults < --config FILE.toml (or {CONFIG_ENV}) <
 MESHCORE_RELAY_* environment variables < flags. Every setting has all three forms:
   --listen 0.0.0.0:7443    MESHCORE_RELAY_LISTEN=0.0.0.0:7443     listen = "0.0.0.0:7443"
   --max-peers 50000        MESHCORE_RELAY_LIMITS_MAX_PEERS=50000  [limits] max_peers = 50000
 
-The on-chain relay registry: meshcore-relay registry deploy|list|remove, meshcore-relay
-register, meshcore-relay deregister (each with --help; docs/registry-chain.md).
-
-Peers connect to ws://HOST:PORT/ (meshcore-peer --relay ws://HOST:PORT). SIGTERM or SIGINT
-tells every peer the relay is shutting down, closes every circuit and exits 0. A bad flag or
-setting exits 2 with a message naming it. docs/relay.md explains every limit.
+Peers connect to ws://HOST:PORT/ (meshcore-peer --relay ws://HOST:PORT); given the relay id
+as well, they check it on every connection. SIGTERM or SIGINT tells every peer the relay is
+shutting down, closes every circuit and exits 0. A bad flag or setting exits 2 with a
+message naming it. docs/relay.md explains every limit, docs/registry-chain.md the registry.
 """
 
 
@@ -93,7 +106,8 @@ def _limit_flags() -> list[tuple[str, str, attrs.Attribute[Any]]]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshcore-relay",
-        usage="%(prog)s [--listen HOST:PORT] [--config FILE.toml] [options]",
+        usage="%(prog)s [--listen HOST:PORT] [--identity FILE] [--config FILE.toml] [options]\n"
+        "       %(prog)s {genkey,id,registry,register,deregister} ...",
         description="The meshcore relay: peers register with a post-quantum key challenge, "
         "pair only when the target accepts, and talk through opaque end-to-end encrypted "
         "circuits until they go direct.",
@@ -110,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         metavar="HOST:PORT",
         help=f"address to accept peers on (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--identity",
+        metavar="FILE",
+        help="the relay's identity file, created on the first start (default: "
+        f"{identity.default_identity_path()})",
     )
     parser.add_argument(
         "--config", metavar="FILE.toml", help=f"read settings from a TOML file (or ${CONFIG_ENV})"
@@ -156,6 +176,7 @@ def _load(args: argparse.Namespace) -> RelaySettings:
     names: dict[str, str] = {}
     for key, flag in (
         ("listen", "--listen"),
+        ("identity", "--identity"),
         ("log_level", "--log-level"),
         ("log_format", "--log-format"),
         ("shutdown_grace_s", "--shutdown-grace-s"),
@@ -197,8 +218,17 @@ def settings_as_toml(settings: RelaySettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _run(settings: RelaySettings) -> int:
-    config = settings.relay_config()
+def _identity(settings: RelaySettings) -> Identity:
+    """The relay's identity, created (and logged) on the first start."""
+    path = identity.relay_identity_path(settings.identity)
+    relay, created = identity.load_or_create_identity(path)
+    if created:
+        log.info("created relay identity %s; relay id %s", path, relay.peer_id)
+    return relay
+
+
+async def _run(settings: RelaySettings, relay: Identity) -> int:
+    config = settings.relay_config(relay)
     collector = RelayCollector()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_hidden_nursery() as nursery:
@@ -218,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments and arguments[0] in chain_cli.COMMANDS:
         return chain_cli.main(arguments)
+    if arguments and arguments[0] in identity.COMMANDS:
+        return identity.main(arguments)
     args = _parser().parse_args(arguments)
     try:
         settings = _load(args)
@@ -225,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(settings_as_toml(settings))
             return EXIT_OK
         setup_logging(settings.log_level, settings.log_format)
-        return trio.run(_run, settings)
+        return trio.run(_run, settings, _identity(settings))
     except ConfigError as exc:
         print(f"meshcore-relay: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
-from meshcore import RelayConfig, RelayLimits, parse_metrics_address
+from meshcore import Identity, RelayConfig, RelayLimits, parse_metrics_address
 from meshcore.config import load_toml
 from meshcore.proto.constants import RELAY_DEFAULT_PORT, RELAY_SHUTDOWN_GRACE_S
 
@@ -68,6 +68,9 @@ class RelaySettings:
 
     listen: str = attrs.field(default=DEFAULT_LISTEN, validator=_check_listen)
     """Address and port to accept peers on."""
+    identity: str = ""
+    """The relay's identity file (created on the first start); empty: the default path in
+    the state directory (meshcore_relay.identity.default_identity_path)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_s: float = attrs.field(default=RELAY_SHUTDOWN_GRACE_S, validator=_check_positive)
@@ -76,11 +79,15 @@ class RelaySettings:
     """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1); off if unset."""
     limits: RelayLimits = attrs.field(factory=RelayLimits)
 
-    def relay_config(self) -> RelayConfig:
-        """What `serve_relay` needs."""
+    def relay_config(self, identity: Identity | None = None) -> RelayConfig:
+        """What `serve_relay` needs, with the relay's `identity` (loaded from `identity`)."""
         host, port = parse_listen(self.listen)
         return RelayConfig(
-            host=host, port=port, limits=self.limits, shutdown_grace_s=self.shutdown_grace_s
+            host=host,
+            port=port,
+            identity=identity,
+            limits=self.limits,
+            shutdown_grace_s=self.shutdown_grace_s,
         )
 
 

@@ -202,8 +202,10 @@ async def test_a_peer_that_loses_the_race_for_the_socket_carries_on_without_it(
         # the second peer checked before the first one bound: it sees no socket, then its
         # bind finds the address taken
         monkeypatch.setattr(Path, "exists", lambda self: False)
-        assert await nursery.start(partial(serve_control, required=False), sock,
-                                   SessionRegistry()) is None
+        assert (
+            await nursery.start(partial(serve_control, required=False), sock, SessionRegistry())
+            is None
+        )
         with pytest.raises(ConfigError, match="in use by another running peer"):
             await serve_control(sock, SessionRegistry())
         monkeypatch.undo()

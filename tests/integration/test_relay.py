@@ -34,16 +34,22 @@ class ControlClient:
     def __init__(self, transport: WebSocketTransport) -> None:
         self.transport = transport
         self.answer_pings = True
+        self.relay_keys: wire.RelayIdentity | None = None
+        """The relay's keys, which it sends first on every connection (taken aside)."""
 
     async def send(self, msg: wire.ControlMessage) -> None:
         await self.transport.send(wire.encode_control(msg))
 
     async def receive(self) -> wire.ControlMessage:
-        """The next message that is not a Ping (Pings are answered unless told otherwise)."""
+        """The next message that is neither a Ping (answered unless told otherwise) nor the
+        relay's keys (kept in `relay_keys`)."""
         while True:
             msg = wire.decode_control_untrusted(await self.transport.receive())
             if isinstance(msg, wire.Ping) and self.answer_pings:
                 await self.send(wire.Pong(msg.nonce))
+                continue
+            if isinstance(msg, wire.RelayIdentity) and self.relay_keys is None:
+                self.relay_keys = msg
                 continue
             return msg
 

@@ -28,12 +28,12 @@ ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("MESHCORE_RELAY_")}
 
 
-def relay(*args: str) -> subprocess.CompletedProcess[str]:
+def relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshcore_relay", *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, **(env or {})},
         timeout=120,
     )
 
@@ -124,6 +124,21 @@ def test_register_update_and_deregister_a_relay(anvil: Any, tmp_path: Path) -> N
         f"meshcore-relay: registry via {anvil.url}: the contract refused deregister: "
         "registry: no entry for this account"
     )
+
+
+def test_register_defaults_to_the_relays_own_identity(anvil: Any, tmp_path: Path) -> None:
+    accounts = Accounts(anvil, tmp_path, 2)
+    registry = deploy_registry(Writer(anvil.url, accounts.keys[0]))
+    state = tmp_path / "state"
+    own = Identity.generate()
+    (state / "meshcore").mkdir(parents=True)
+    own.save(state / "meshcore" / "relay.key")  # where `meshcore-relay` keeps it
+    result = relay(
+        "register", "--rpc", anvil.url, "--registry", registry, "--account-key",
+        accounts.files[1], "--url", "wss://own.example/", env={"XDG_STATE_HOME": str(state)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"registered: relay {own.peer_id} at wss://own.example/" in result.stdout
 
 
 def test_a_relay_id_already_registered_is_one_line_with_the_contracts_reason(

@@ -226,6 +226,9 @@ class Driver:
     def abort_direct(self, reason: str) -> bool:
         return False
 
+    def relay_of(self, transport: object) -> str | None:
+        return None  # one unnamed relay: a new circuit replaces the old one
+
 
 async def test_a_driven_session_outlives_its_relay_link_on_a_circuit_the_driver_brings() -> None:
     ta, tb = memory_transport_pair(1024)

@@ -122,7 +122,7 @@ def test_relay_and_peers_are_required(
 ) -> None:
     code, err = run(["--identity", str(key)], capsys)
     assert code == up.EXIT_USAGE
-    assert "relay: the relay URL is missing" in err
+    assert "relay: the relay is missing" in err
     assert "peers: no peer given" in err
 
 

@@ -1,7 +1,8 @@
-"""The matchmaker under random connects, hellos, auths, pairings, frames, closes, garbage and
-time: tables stay within their caps, no circuit outlives a member's connection, nothing is sent
-to a closed connection, a circuit's frames reach only its other member, and the counters the
-metrics export agree with what the machine did and never go down."""
+"""The matchmaker under random connects, relay challenges, hellos, auths, pairings, frames,
+closes, garbage and time: tables stay within their caps, no circuit outlives a member's
+connection, nothing is sent to a closed connection, a circuit's frames reach only its other
+member, every connection is told the relay's keys once, the relay proves them, and the
+counters the metrics export agree with what the machine did and never go down."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from meshcore.proto.matchmaker import (
     Output,
     Send,
 )
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.relayauth import answer_challenge, challenge_relay
 
 IDENTITIES = [Identity.generate() for _ in range(4)]
+RELAY = Identity.generate()
 ADDRESSES = [Endpoint("192.0.2.1", 1000), Endpoint("192.0.2.2", 1000), Endpoint("2001:db8::1", 9)]
 LIMITS = RelayLimits(
     max_peers=3,
@@ -56,12 +58,14 @@ class MatchmakerMachine(RuleBasedStateMachine):
     def start(self) -> None:
         # Seeded: the model picks circuits in id order, so ids must repeat from run to run
         # for hypothesis to replay (and shrink) a run.
-        self.mm = Matchmaker(LIMITS, random=random.Random(0).randbytes)
+        self.mm = Matchmaker(LIMITS, identity=RELAY, random=random.Random(0).randbytes)
         self.now = 0.0
         self.next_conn = 0
         self.live: set[int] = set()
         self.identity_of: dict[int, Identity] = {}
         self.challenges: dict[int, wire.Challenge] = {}
+        self.told_keys: set[int] = set()  # connections told the relay's keys
+        self.proved: set[int] = set()  # connections whose RelayChallenge the relay answered
         self.invites: dict[int, list[int]] = {}  # conn -> invite request ids it was sent
         self.circuits: dict[int, frozenset[int]] = {}  # the model: circuit id -> member conns
         self.seen_circuits: list[int] = [1]
@@ -117,7 +121,14 @@ class MatchmakerMachine(RuleBasedStateMachine):
             self.seen_circuits.append(cid)
 
     def observe(self, target: int, msg: wire.ControlMessage, paired: dict[int, set[int]]) -> None:
-        if isinstance(msg, wire.Challenge):
+        if isinstance(msg, wire.RelayIdentity):
+            assert target not in self.told_keys, "the relay's keys were sent twice"
+            assert (msg.x25519_public, msg.kem_public) == (
+                RELAY.public.x25519_public,
+                RELAY.public.kem_public,
+            )
+            self.told_keys.add(target)
+        elif isinstance(msg, wire.Challenge):
             self.challenges[target] = msg
         elif isinstance(msg, wire.Registered):
             self.registrations += 1
@@ -178,6 +189,29 @@ class MatchmakerMachine(RuleBasedStateMachine):
         cands = tuple(Endpoint("10.0.0.1", 7000 + i) for i in range(candidates))
         msg = wire.Hello(bundle.x25519_public, bundle.kem_public, cands)
         self.feed(conn, self.mm.handle_message(conn, msg, self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(index=conn_picks)
+    def relay_challenge(self, index: int) -> None:
+        """A peer that knows the relay id challenges the relay: proved once, before Hello."""
+        conn = self.pick(index)
+        first_thing = self.mm.state_of(conn) is ConnState.AWAITING_HELLO
+        first_thing = first_thing and conn not in self.proved
+        challenge, pending = challenge_relay(RELAY.public)
+        outputs = self.mm.handle_message(conn, challenge, self.now)
+        proofs = [
+            o.message
+            for o in outputs
+            if isinstance(o, Send) and isinstance(o.message, wire.RelayProof)
+        ]
+        if first_thing:
+            assert len(proofs) == 1 and pending.verify(proofs[0]), "no valid proof"
+            self.proved.add(conn)
+            event("the relay proved its id")
+        else:
+            assert proofs == [], "a proof out of turn"
+            assert any(isinstance(o, CloseConnection) for o in outputs)
+        self.feed(conn, outputs)
 
     @precondition(lambda self: self.live)
     @rule(index=conn_picks, honest=st.booleans(), impostor=ident_picks)
@@ -297,6 +331,7 @@ class MatchmakerMachine(RuleBasedStateMachine):
     @invariant()
     def model_agrees_on_live_connections(self) -> None:
         assert set(self.mm.conn_ids()) == self.live
+        assert self.live <= self.told_keys, "a connection was not told the relay's keys"
 
     @invariant()
     def circuits_agree_and_reference_only_live_registered_connections(self) -> None:

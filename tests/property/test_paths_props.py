@@ -7,6 +7,10 @@ buffer stays within its bound; and once the network behaves, everything sent arr
 
 from __future__ import annotations
 
-from meshcore.testing.machines import SessionPathsMachine
+from meshcore.testing.machines import SessionPathsMachine, SessionRelaysMachine
 
 TestPaths = SessionPathsMachine.TestCase
+
+TestRelays = SessionRelaysMachine.TestCase
+"""The same over three relays that die, come back and close circuits: a spare on another
+relay, moves between relays, probes; still exactly once, in order, with bounded buffers."""

@@ -1,11 +1,14 @@
 """Three relay-client machines against the real `Matchmaker`, all in memory: random
-registrations, pairings, invitations, circuits, frames, cut connections, garbage and time.
+registrations, pairings, invitations, circuits, frames, cut connections, garbage, time, and
+connections hijacked by an impostor relay.
 
-Messages travel in per-connection FIFOs that the rules drain one message at a time, so that
-messages cross (a close and a frame, two opens). Checked throughout: no request waits past
-its deadline and each is answered once, no client stays registering past its timeout, frames
-reach the other member of their circuit in order, and nothing raises; whenever nothing is in
-flight, every client's circuit table is exactly the relay's view of it.
+Two clients know the relay's id and verify it on every connection; the third does not. Messages
+travel in per-connection FIFOs that the rules drain one message at a time, so that messages
+cross (a close and a frame, two opens). Checked throughout: no request waits past its deadline
+and each is answered once, no client stays registering past its timeout, frames reach the
+other member of their circuit in order, a verifying client sends its Hello only after the
+relay's proof and never to the impostor, and nothing raises; whenever nothing is in flight,
+every client's circuit table is exactly the relay's view of it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from meshcore.errors import RelayNotVerified
 from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity
@@ -56,6 +60,9 @@ from meshcore.proto.relayclient_outputs import (
 
 PEERS = 3
 IDENTITIES = [Identity.generate() for _ in range(PEERS)]
+RELAY, IMPOSTOR = Identity.generate(), Identity.generate()
+VERIFYING = (0, 1)
+"""The clients that know the relay's id."""
 ADDRESSES = [Endpoint(f"192.0.2.{i + 1}", 4000 + i) for i in range(PEERS)]
 REGISTER_TIMEOUT_S = 4.0
 LIMITS = RelayLimits(
@@ -79,9 +86,11 @@ class Peer:
     def __init__(self, index: int, seed: int) -> None:
         self.index = index
         self.identity = IDENTITIES[index]
+        self.verifies = index in VERIFYING
         self.core = RelayClientCore(
             self.identity,
             "ws://relay.test/",
+            relay_id=RELAY.peer_id if self.verifies else None,
             timeout=REGISTER_TIMEOUT_S,
             reconnect_min_s=0.5,
             reconnect_max_s=8.0,
@@ -89,6 +98,9 @@ class Peer:
             random=Random(seed),
         )
         self.conn: int | None = None
+        self.mm: Matchmaker | None = None
+        """The relay the current connection reached (the impostor, when hijacked)."""
+        self.hijack_next = False
         self.opened_at = 0.0
         self.to_relay: deque[bytes] = deque()
         self.to_client: deque[bytes | None] = deque()
@@ -107,7 +119,8 @@ class Peer:
 class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
     @initialize(seed=st.integers(min_value=0, max_value=2**32 - 1))
     def start(self, seed: int) -> None:
-        self.mm = Matchmaker(LIMITS)
+        self.mm = Matchmaker(LIMITS, identity=RELAY)
+        self.impostor = Matchmaker(LIMITS, identity=IMPOSTOR)
         self.now = 0.0
         self.next_conn = 0
         self.next_ticket = 0
@@ -133,10 +146,12 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
         self.next_conn += 1
         conn = self.next_conn
         peer.conn, peer.opened_at = conn, self.now
+        peer.mm = self.impostor if peer.hijack_next else self.mm
+        peer.hijack_next = False
         peer.to_relay.clear()
         peer.to_client.clear()
         self.by_conn[conn] = peer
-        self.relay(self.mm.connection_opened(conn, ADDRESSES[peer.index], self.now))
+        self.relay(peer.mm.connection_opened(conn, ADDRESSES[peer.index], self.now))
         self.client(peer, peer.core.connection_opened([], self.now))
 
     def drop_connection(self, peer: Peer) -> None:
@@ -164,19 +179,28 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
         """Execute one client's outputs as its driver would, checking each against the model."""
         for out in outputs:
             if isinstance(out, SendBytes):
+                if isinstance(wire.decode_control_untrusted(out.data), wire.Hello):
+                    assert not peer.verifies or peer.core.verified, "Hello before the proof"
                 if peer.conn is not None:
                     peer.to_relay.append(out.data)
             elif isinstance(out, CloseConnection):
                 assert out.reason, "a close without a reason"
-                conn = peer.conn
+                conn, mm = peer.conn, peer.mm
                 self.drop_connection(peer)
-                if conn is not None:
-                    self.relay(self.mm.connection_closed(conn, out.reason, self.now))
+                if conn is not None and mm is not None:
+                    self.relay(mm.connection_closed(conn, out.reason, self.now))
             elif isinstance(out, Reconnect):
                 event("reconnected")
                 self.dial(peer)
             elif isinstance(out, RegistrationFailed):
                 assert out.retry_in_s is not None, "a later attempt was not retried"
+                if isinstance(out.error, RelayNotVerified):
+                    assert peer.verifies, "a client that knows no relay id refused the relay"
+                    if peer.mm is self.mm:  # garbage, or messages that did not come in time
+                        why = str(out.error)
+                        assert "malformed" in why or "within" in why, "the real relay refused"
+                    else:
+                        event("an impostor relay was refused")
             elif isinstance(
                 out, PairingCompleted | PairingFailed | CircuitOpened | CircuitOpenFailed
             ):
@@ -227,8 +251,11 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
                 self.client(peer, peer.core.receive_data(data, self.now))
         else:
             data = peer.to_relay.popleft()
-            assert peer.conn is not None
-            self.relay(self.mm.receive_data(peer.conn, data, self.now))
+            assert peer.conn is not None and peer.mm is not None
+            if peer.mm is self.impostor:
+                sent = wire.decode_control_untrusted(data)
+                assert not isinstance(sent, wire.Hello) or not peer.verifies, "Hello to impostor"
+            self.relay(peer.mm.receive_data(peer.conn, data, self.now))
 
     def settle(self) -> None:
         for _ in range(10_000):
@@ -362,14 +389,25 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
         if garbage is not None:
             self.client(peer, peer.core.receive_data(b"\x01\xee" + garbage, self.now))
             return
+        mm = peer.mm
+        assert mm is not None
         self.drop_connection(peer)
-        self.relay(self.mm.connection_closed(conn, "network broke", self.now))
+        self.relay(mm.connection_closed(conn, "network broke", self.now))
         self.client(peer, peer.core.connection_lost("network broke", self.now))
+
+    @rule(i=peer_picks)
+    def hijack(self, i: int) -> None:
+        """The next connection of a verifying client reaches an impostor relay (DNS or the
+        network sends it elsewhere); the connection it has now is cut."""
+        peer = self.peers[VERIFYING[i % len(VERIFYING)]]
+        peer.hijack_next = True
+        self.trouble(peer.index, None)
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 3.0, 6.0, 25.0]))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
         self.relay(self.mm.handle_timer(self.now))
+        self.relay(self.impostor.handle_timer(self.now))
         for peer in self.peers:
             self.client(peer, peer.core.handle_timer(self.now))
 
@@ -387,8 +425,16 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
             state = peer.core.state
             assert state is not RelayClientState.CLOSED, "a client closed for good"
             assert state is not RelayClientState.CONNECTING, "a Reconnect was not dialled"
-            if state in (RelayClientState.HELLO_SENT, RelayClientState.AUTHENTICATING):
+            registering = (
+                RelayClientState.VERIFYING,
+                RelayClientState.HELLO_SENT,
+                RelayClientState.AUTHENTICATING,
+            )
+            if state in registering:
                 assert self.now < peer.opened_at + REGISTER_TIMEOUT_S
+            if state is RelayClientState.REGISTERED:
+                assert peer.core.verified == peer.verifies
+                assert peer.mm is self.mm, "registered at the impostor"
             if state is RelayClientState.LOST:
                 assert peer.core.get_timer() is not None, "lost, and no reconnect scheduled"
 
@@ -412,7 +458,9 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
             ours = {cid: p.digest for cid, p in peer.core.circuit_peers().items()}
             assert ours == relay_view[peer.index], f"peer {peer.index}: {ours} != relay's"
             registered = (
-                peer.conn is not None and self.mm.state_of(peer.conn) is ConnState.REGISTERED
+                peer.conn is not None
+                and peer.mm is self.mm
+                and self.mm.state_of(peer.conn) is ConnState.REGISTERED
             )
             assert (peer.core.state is RelayClientState.REGISTERED) == registered
             if ours:

@@ -32,6 +32,9 @@ PER_TYPE: dict[str, st.SearchStrategy[wire.ControlMessage]] = {
     "Pong": ws.pongs(),
     "Error": ws.error_messages(),
     "Close": ws.close_messages(),
+    "RelayIdentity": ws.relay_identities(),
+    "RelayChallenge": ws.relay_challenges(),
+    "RelayProof": ws.relay_proofs(),
     "ObserveAddress": ws.observe_addresses(),
     "ObservedAddress": ws.observed_addresses(),
 }

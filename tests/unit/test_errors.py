@@ -16,6 +16,8 @@ from meshcore.errors import (
     DecodeError,
     MeshError,
     MessageTooLarge,
+    RelayError,
+    RelayNotVerified,
     TransportClosed,
     UnsupportedVersion,
 )
@@ -70,6 +72,12 @@ def test_specific_conditions_derive_from_their_category() -> None:
     assert issubclass(CryptoLibraryMissing, ConfigError)
     assert issubclass(CryptoLibraryMissing, ImportError)
     assert issubclass(ConnectFailed, TransportClosed)
+    assert issubclass(RelayNotVerified, RelayError)
+
+
+def test_relay_not_verified_keeps_the_url_and_the_expected_id() -> None:
+    exc = RelayNotVerified("not that relay", url="ws://192.0.2.1:7443/", expected="abc")
+    assert (exc.url, exc.expected, exc.code) == ("ws://192.0.2.1:7443/", "abc", 0)
 
 
 def test_unsupported_version_names_both_versions_and_the_fix() -> None:
@@ -94,7 +102,6 @@ def test_public_api_is_pinned() -> None:
         "AuthenticationError", "ClosedByPeer", "ConfigError", "ConfigProblems", "ConnectFailed",
         "ControlRequestFailed", "CryptoLibraryMissing", "DecodeError", "FrameTooLarge",
         "HandshakeError", "KeyExpired", "MeshError", "MessageTooLarge", "NoUsablePath",
-        "ProtocolError", "RegistryError", "RelayError", "ReplayError", "SessionClosed",
-        "TransportClosed",
-        "UnknownReceiverIndex", "UnsupportedVersion",
+        "ProtocolError", "RegistryError", "RelayError", "RelayNotVerified", "ReplayError",
+        "SessionClosed", "TransportClosed", "UnknownReceiverIndex", "UnsupportedVersion",
     ]  # fmt: skip

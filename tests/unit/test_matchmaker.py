@@ -8,9 +8,9 @@ from typing import TypeVar
 import pytest
 
 from meshcore.proto import wire
-from meshcore.proto.constants import PROTOCOL_VERSION
+from meshcore.proto.constants import PROTOCOL_VERSION, RELAY_HEARTBEAT_S
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.identity import Identity
+from meshcore.proto.identity import Identity, PublicBundle
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CloseConnection,
@@ -23,12 +23,13 @@ from meshcore.proto.matchmaker import (
     address_key,
 )
 from meshcore.proto.ratelimit import TokenBucket
-from meshcore.proto.relayauth import answer_challenge
+from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_relay
 
 M = TypeVar("M")
 
 IDENTITIES = [Identity.generate() for _ in range(4)]
 ALICE, BOB, CAROL, MALLORY = IDENTITIES
+RELAY = Identity.generate()
 CANDIDATES = (Endpoint("10.0.0.2", 7000), Endpoint("fd00::2", 7000))
 
 
@@ -36,7 +37,7 @@ class Relay:
     """A matchmaker with a hand-driven clock and helpers that speak for the peers."""
 
     def __init__(self, limits: RelayLimits | None = None) -> None:
-        self.mm = Matchmaker(limits)
+        self.mm = Matchmaker(limits, identity=RELAY)
         self.now = 1000.0
         self._next_conn = 0
         self._next_addr = 0
@@ -59,7 +60,7 @@ class Relay:
 
     def register(self, identity: Identity, addr: Endpoint | None = None) -> int:
         conn, out = self.open(addr)
-        assert out == []
+        assert sent(out, conn) == [wire.RelayIdentity(*_keys(RELAY))]
         challenge = self.hello(conn, identity)
         out = self.send(conn, answer_challenge(identity, challenge))
         registered = only(sent(out, conn), wire.Registered)
@@ -76,6 +77,10 @@ class Relay:
     def advance(self, seconds: float) -> list[Output]:
         self.now += seconds
         return self.mm.handle_timer(self.now)
+
+
+def _keys(identity: Identity) -> tuple[bytes, bytes]:
+    return identity.public.x25519_public, identity.public.kem_public
 
 
 def sent(outputs: Sequence[Output], conn: int) -> list[wire.ControlMessage]:
@@ -146,6 +151,86 @@ def test_a_failed_impostor_does_not_disturb_the_registered_peer(relay: Relay) ->
     assert closed(out) == {conn: wire.ErrorCode.AUTH_FAILED}
     assert sent(out, alice) == []
     assert relay.mm.peer_of(alice) == ALICE.peer_id.digest
+
+
+# --- the relay proves its identity ------------------------------------------------------------
+
+
+def test_every_connection_is_first_told_the_relays_keys(relay: Relay) -> None:
+    conn, out = relay.open()
+    (identity,) = sent(out, conn)
+    assert isinstance(identity, wire.RelayIdentity)
+    bundle = PublicBundle(identity.x25519_public, identity.kem_public)
+    assert bundle.peer_id == relay.mm.relay_id == RELAY.peer_id
+
+
+def test_relay_challenge_before_hello_is_answered_with_a_proof(relay: Relay) -> None:
+    conn, _ = relay.open()
+    challenge, pending = challenge_relay(RELAY.public)
+    proof = only(sent(relay.send(conn, challenge), conn), wire.RelayProof)
+    assert pending.verify(proof)
+    assert relay.mm.state_of(conn) is ConnState.AWAITING_HELLO
+    out = relay.send(conn, answer_challenge(ALICE, relay.hello(conn, ALICE)))
+    assert only(sent(out, conn), wire.Registered).peer_id == ALICE.peer_id.digest
+
+
+def test_the_proof_is_the_relays_own_answer(relay: Relay) -> None:
+    conn, _ = relay.open()
+    challenge, _ = challenge_relay(RELAY.public)
+    proof = only(sent(relay.send(conn, challenge), conn), wire.RelayProof)
+    assert proof == prove_relay(RELAY, challenge)
+
+
+def test_a_relay_with_another_identity_gives_a_proof_that_does_not_verify() -> None:
+    impostor = Relay()
+    impostor.mm = Matchmaker(identity=MALLORY)
+    conn, _ = impostor.open()
+    challenge, pending = challenge_relay(RELAY.public)  # the peer expects RELAY
+    assert not pending.verify(only(sent(impostor.send(conn, challenge), conn), wire.RelayProof))
+
+
+def test_a_second_relay_challenge_is_a_violation(relay: Relay) -> None:
+    conn, _ = relay.open()
+    relay.send(conn, challenge_relay(RELAY.public)[0])
+    out = relay.send(conn, challenge_relay(RELAY.public)[0])
+    assert closed(out) == {conn: wire.ErrorCode.BAD_MESSAGE}
+    assert "only one RelayChallenge" in only(sent(out, conn), wire.Error).reason
+
+
+def test_a_relay_challenge_after_hello_is_a_violation(relay: Relay) -> None:
+    conn, _ = relay.open()
+    relay.hello(conn, ALICE)
+    assert closed(relay.send(conn, challenge_relay(RELAY.public)[0])) == {
+        conn: wire.ErrorCode.BAD_MESSAGE
+    }
+    registered = relay.register(BOB)
+    out = relay.send(registered, challenge_relay(RELAY.public)[0])
+    assert "must come before Hello" in only(sent(out, registered), wire.Error).reason
+
+
+def test_a_relay_challenge_with_a_small_order_point_closes(relay: Relay) -> None:
+    conn, _ = relay.open()
+    challenge, _ = challenge_relay(RELAY.public)
+    bad = wire.RelayChallenge(challenge.nonce, bytes(32), challenge.kem_ciphertext)
+    out = relay.send(conn, bad)
+    assert closed(out) == {conn: wire.ErrorCode.BAD_MESSAGE}
+    assert relay.mm.stats().pending == 0
+
+
+def test_relay_challenge_counts_against_the_hello_deadline(relay: Relay) -> None:
+    conn, _ = relay.open()
+    relay.send(conn, challenge_relay(RELAY.public)[0])
+    out = relay.advance(RelayLimits().hello_deadline_s)
+    assert closed(out) == {conn: wire.ErrorCode.TIMEOUT}
+
+
+def test_a_matchmaker_without_an_identity_makes_one() -> None:
+    first, second = Matchmaker(), Matchmaker()
+    assert first.relay_id != second.relay_id
+    assert first.identity.peer_id == first.relay_id
+
+
+# --- registration, continued -----------------------------------------------------------------
 
 
 def test_message_before_hello_closes_the_connection(relay: Relay) -> None:
@@ -495,10 +580,10 @@ def test_connections_are_rate_limited_per_address(relay: Relay) -> None:
     addr = Endpoint("192.0.2.7", 1000)
     burst = RelayLimits().connections_burst_per_ip
     for _ in range(burst):
-        assert relay.open(addr)[1] == []
+        assert closed(relay.open(addr)[1]) == {}
     conn, out = relay.open(Endpoint("192.0.2.7", 1001))
     assert closed(out) == {conn: wire.ErrorCode.RATE_LIMITED}
-    assert relay.open(Endpoint("192.0.2.8", 1000))[1] == []  # other addresses unaffected
+    assert closed(relay.open(Endpoint("192.0.2.8", 1000))[1]) == {}  # others unaffected
 
 
 def test_ipv6_rate_limits_key_on_the_slash_64() -> None:
@@ -638,6 +723,18 @@ def test_answered_pings_keep_a_peer(relay: Relay) -> None:
     assert relay.mm.state_of(conn) is ConnState.REGISTERED
 
 
+def test_a_peers_heartbeat_keeps_its_connection_without_the_relays_pings(relay: Relay) -> None:
+    # A peer pings after RELAY_HEARTBEAT_S without news: the relay, whose own ping comes
+    # only after ping_interval_s of silence, never needs to ping it, nor drops it.
+    conn = relay.register(ALICE)
+    for nonce in range(1, 60):
+        out = relay.advance(RELAY_HEARTBEAT_S)
+        assert sent(out, conn) == [] and closed(out) == {}
+        assert sent(relay.send(conn, wire.Ping(nonce)), conn) == [wire.Pong(nonce)]
+    assert relay.now - 1000.0 > 4 * RelayLimits().idle_timeout_s
+    assert relay.mm.state_of(conn) is ConnState.REGISTERED
+
+
 def test_ping_from_a_peer_is_answered(relay: Relay) -> None:
     conn = relay.register(ALICE)
     assert sent(relay.send(conn, wire.Ping(42)), conn) == [wire.Pong(42)]
@@ -666,6 +763,12 @@ def test_connections_are_refused_after_shutdown(relay: Relay) -> None:
     relay.mm.shutdown(relay.now)
     conn, out = relay.open()
     assert closed(out) == {conn: wire.ErrorCode.SHUTDOWN}
+
+
+def test_connections_refused_are_not_told_the_relays_keys(relay: Relay) -> None:
+    relay.mm.shutdown(relay.now)
+    conn, out = relay.open()
+    assert not any(isinstance(m, wire.RelayIdentity) for m in sent(out, conn))
 
 
 def test_reusing_a_live_connection_id_is_a_driver_bug(relay: Relay) -> None:

@@ -1,4 +1,6 @@
-"""The relay's KEM challenge (CRYPTO.md §3.11): only the key holder can answer for its peer id."""
+"""The KEM challenges of the control connection: only the key holder can answer for its peer
+id (the relay's challenge to a peer), and only the relay holding its keys can prove its relay
+id (a peer's challenge to the relay)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,14 @@ from meshcore.errors import HandshakeError
 from meshcore.proto.constants import RELAY_AUTH_MAC_BYTES
 from meshcore.proto.handshake import Initiator, Responder, decode_handshake_init_untrusted
 from meshcore.proto.identity import Identity
-from meshcore.proto.relayauth import PendingAuth, answer_challenge, make_challenge
-from meshcore.proto.wire import Auth, Challenge
+from meshcore.proto.relayauth import (
+    PendingAuth,
+    answer_challenge,
+    challenge_relay,
+    make_challenge,
+    prove_relay,
+)
+from meshcore.proto.wire import Auth, Challenge, RelayChallenge, RelayProof
 from meshcore.testing._handshake_strategies import (
     PROTOCOL_LABELS,
     low_order_x25519_points,
@@ -24,6 +32,8 @@ from meshcore.testing._handshake_strategies import (
 ALICE = Identity.generate()
 BOB = Identity.generate()
 MALLORY = Identity.generate()
+RELAY = Identity.generate()
+OTHER_RELAY = Identity.generate()
 
 
 def test_key_holder_answers_the_challenge() -> None:
@@ -139,6 +149,109 @@ def test_make_challenge_uses_the_injected_randomness_for_the_nonce() -> None:
     assert challenge.nonce == b"\x5a" * 32
 
 
+# --- a peer verifies the relay ---------------------------------------------------------------
+
+
+def test_relay_holding_its_keys_proves_its_identity() -> None:
+    challenge, pending = challenge_relay(RELAY.public)
+    proof = prove_relay(RELAY, challenge)
+    assert isinstance(proof, RelayProof) and len(proof.mac) == RELAY_AUTH_MAC_BYTES
+    assert pending.peer_id == RELAY.peer_id
+    assert pending.verify(proof)
+
+
+def test_a_relay_with_another_identity_cannot_prove_this_one() -> None:
+    # A stranger on the relay's address presents the real relay's (public) keys.
+    challenge, pending = challenge_relay(RELAY.public)
+    assert not pending.verify(prove_relay(OTHER_RELAY, challenge))
+
+
+def test_a_proof_replayed_from_another_connection_fails() -> None:
+    # A man in the middle recorded the relay's proof for an earlier challenge.
+    earlier, _ = challenge_relay(RELAY.public)
+    recorded = prove_relay(RELAY, earlier)
+    _, pending = challenge_relay(RELAY.public)
+    assert not pending.verify(recorded)
+
+
+def test_a_proof_answers_only_the_challenge_it_was_made_for() -> None:
+    # Another relay's proof of a challenge made out to it does not verify for this relay.
+    theirs, _ = challenge_relay(OTHER_RELAY.public)
+    _, pending = challenge_relay(RELAY.public)
+    assert not pending.verify(prove_relay(OTHER_RELAY, theirs))
+
+
+@pytest.mark.parametrize("known", ["x25519", "mlkem"])
+def test_relay_proof_needs_both_static_secrets(known: str) -> None:
+    x = RELAY.x25519_secret if known == "x25519" else MALLORY.x25519_secret
+    kem = RELAY.kem_secret if known == "mlkem" else MALLORY.kem_secret
+    half = Identity(x25519_secret=x, kem_secret=kem, public=RELAY.public)
+    challenge, pending = challenge_relay(RELAY.public)
+    assert not pending.verify(prove_relay(half, challenge))
+
+
+def test_proofs_and_peer_answers_do_not_stand_for_each_other() -> None:
+    # The same key holder answering the same values in the two directions gives two MACs:
+    # the transcript contexts differ, so a reflected answer is useless either way.
+    challenge, pending = make_challenge(RELAY.public)
+    as_relay = RelayChallenge(challenge.nonce, challenge.ephemeral_x25519, challenge.kem_ciphertext)
+    assert not pending.verify(RelayProof(prove_relay(RELAY, as_relay).mac))
+    relay_challenge, relay_pending = challenge_relay(RELAY.public)
+    as_peer = Challenge(
+        relay_challenge.nonce, relay_challenge.ephemeral_x25519, relay_challenge.kem_ciphertext
+    )
+    assert not relay_pending.verify(RelayProof(answer_challenge(RELAY, as_peer).mac))
+
+
+@given(st.sampled_from(["nonce", "ephemeral_x25519", "kem_ciphertext"]), st.data())
+def test_a_tampered_relay_challenge_gives_a_proof_that_does_not_verify(
+    field: str, data: st.DataObject
+) -> None:
+    # Transcript binding: every bit of the challenge is covered by the proof.
+    challenge, pending = challenge_relay(RELAY.public)
+    value = bytearray(getattr(challenge, field))
+    pos = data.draw(st.integers(0, len(value) - 1))
+    value[pos] ^= 1 << data.draw(st.integers(0, 7))
+    fields = {"nonce": challenge.nonce, "ephemeral_x25519": challenge.ephemeral_x25519,
+              "kem_ciphertext": challenge.kem_ciphertext, field: bytes(value)}  # fmt: skip
+    try:
+        proof = prove_relay(RELAY, RelayChallenge(**fields))
+    except HandshakeError:
+        return  # an invalid point: refused outright
+    assert not pending.verify(proof)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_no_guessed_proof_verifies(mac: bytes) -> None:
+    _, pending = challenge_relay(RELAY.public)
+    assert not pending.verify(RelayProof(mac))
+
+
+def test_a_relay_proof_admits_one_attempt_only() -> None:
+    challenge, pending = challenge_relay(RELAY.public)
+    proof = prove_relay(RELAY, challenge)
+    assert pending.verify(RelayProof(bytes(32))) is False
+    assert pending.verify(proof) is False
+
+
+@given(low_order_x25519_points())
+def test_low_order_ephemeral_in_a_relay_challenge_is_a_handshake_error(point: bytes) -> None:
+    challenge, _ = challenge_relay(RELAY.public)
+    with pytest.raises(HandshakeError):
+        prove_relay(RELAY, RelayChallenge(challenge.nonce, point, challenge.kem_ciphertext))
+
+
+def test_prove_relay_refuses_a_peer_challenge() -> None:
+    challenge, _ = make_challenge(RELAY.public)
+    with pytest.raises(HandshakeError):
+        prove_relay(RELAY, challenge)  # type: ignore[arg-type]
+
+
+def test_challenge_relay_uses_the_injected_randomness_for_the_nonce() -> None:
+    challenge, _ = challenge_relay(RELAY.public, random=lambda n: b"\x5a" * n)
+    assert challenge.nonce == b"\x5a" * 32
+
+
 # --- row 20: cross-protocol key reuse -------------------------------------------------------
 
 
@@ -180,7 +293,8 @@ def test_public_api_is_pinned() -> None:
     from meshcore.proto import relayauth
 
     assert sorted(relayauth.__all__) == [
-        "LABEL_RELAY_AUTH_KEY", "LABEL_RELAY_AUTH_MAC", "PendingAuth", "RELAY_AUTH_PROTOCOL",
-        "answer_challenge", "make_challenge",
+        "LABEL_RELAY_AUTH_KEY", "LABEL_RELAY_AUTH_MAC", "LABEL_RELAY_PROOF", "PendingAuth",
+        "RELAY_AUTH_PROTOCOL", "answer_challenge", "challenge_relay", "make_challenge",
+        "prove_relay",
     ]  # fmt: skip
     assert all(hasattr(relayauth, name) for name in relayauth.__all__)

@@ -167,8 +167,8 @@ def test_answering_the_challenge_and_being_registered_registers_the_client() -> 
     assert out == [Registered(OBSERVED, (Endpoint("10.0.0.1", 7000),), 1)]
     assert c.core.state is RelayClientState.REGISTERED
     assert (c.core.registrations, c.core.observed) == (1, OBSERVED)
-    assert c.core.get_timer() is not None  # the registration deadline, now stale
-    assert c.advance(60.0) == []
+    assert c.core.get_timer() is not None  # the registration deadline (stale), the heartbeat
+    assert c.advance(4.9) == []
 
 
 def test_being_registered_under_another_peer_id_fails_the_first_attempt_for_good() -> None:
@@ -538,7 +538,7 @@ def test_a_circuit_the_peer_opened_is_routed_by_its_first_frame(client: Client) 
 
 
 def test_a_circuit_the_peer_opened_is_closed_if_its_first_frame_is_late(client: Client) -> None:
-    c = Client(route_timeout_s=5.0)
+    c = Client(route_timeout_s=5.0, heartbeat_s=30.0, dead_after_s=60.0)
     c.register()
     c.feed(wire.CircuitOpen(94, BOB.peer_id.digest))
     assert c.advance(4.9) == []

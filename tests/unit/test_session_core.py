@@ -79,7 +79,7 @@ def test_out_of_order_frames_are_reordered() -> None:
 def test_duplicate_frames_are_delivered_once() -> None:
     a, b = make_pair()
     a.send(b"x", 0.0)
-    (_, frame), = a.outbox()
+    ((_, frame),) = a.outbox()
     b.receive_frame(frame, 0.0)
     b.receive_frame(frame, 0.0)
     assert received(b) == [b"x"]
@@ -179,7 +179,7 @@ def test_close_reaches_the_peer() -> None:
 def test_tampered_frame_is_dropped_and_genuine_still_accepted() -> None:
     a, b = make_pair()
     a.send(b"genuine", 0.0)
-    (_, frame), = a.outbox()
+    ((_, frame),) = a.outbox()
     bad = bytearray(frame)
     bad[-1] ^= 1
     b.receive_frame(bytes(bad), 0.0)
@@ -201,7 +201,7 @@ def test_path_challenge_is_answered_on_the_same_path() -> None:
     a, b = make_pair()
     frame = a.seal_control(PathChallenge(b"c" * 16), 0.0)
     b.receive_frame(frame, 0.0, path="direct")
-    (path, reply), = b.outbox()
+    ((path, reply),) = b.outbox()
     assert path == "direct"
     assert b.events() == [PathChallengeReceived("direct", b"c" * 16)]
     a.receive_frame(reply, 0.0, path="direct")

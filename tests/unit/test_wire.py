@@ -39,7 +39,10 @@ from meshcore.proto.wire import (
     Pong,
     Registered,
     Reject,
+    RelayChallenge,
     Relayed,
+    RelayIdentity,
+    RelayProof,
     Role,
     clip_reason,
     decode_control_untrusted,
@@ -70,6 +73,9 @@ SAMPLES: list[wire.ControlMessage] = [
     Pong(2**64 - 1),
     Error(ErrorCode.AUTH_FAILED, "wrong MAC"),
     Close(ErrorCode.SHUTDOWN, "relay restarting ✓"),
+    RelayIdentity(X, KEM),
+    RelayChallenge(b"\x66" * 32, X, b"\x77" * MLKEM768_CT_BYTES),
+    RelayProof(b"\x88" * 32),
     ObserveAddress(3),
     ObservedAddress(3, V6),
 ]
@@ -101,6 +107,9 @@ def test_public_api_is_pinned() -> None:
             "Registered",
             "Reject",
             "Relayed",
+            "RelayChallenge",
+            "RelayIdentity",
+            "RelayProof",
             "Role",
             "clip_reason",
             "decode_control_untrusted",
@@ -178,6 +187,19 @@ def test_reject_layout_has_code_and_length_prefixed_utf8_reason() -> None:
 def test_hello_layout_is_keys_then_counted_candidates() -> None:
     raw = encode_control(Hello(X, KEM, (V4,)))
     assert raw == b"\x01\x01" + X + KEM + b"\x01" + V4.encode()
+
+
+def test_relay_verification_layouts_and_type_numbers() -> None:
+    # Types 20-22: the relay's keys, the peer's challenge to them, the relay's answer.
+    assert encode_control(RelayIdentity(X, KEM)) == b"\x01\x14" + X + KEM
+    nonce, ct = b"\x66" * 32, b"\x77" * MLKEM768_CT_BYTES
+    assert encode_control(RelayChallenge(nonce, X, ct)) == b"\x01\x15" + nonce + X + ct
+    assert encode_control(RelayProof(b"\x88" * 32)) == b"\x01\x16" + b"\x88" * 32
+    assert len(encode_control(RelayIdentity(X, KEM))) == 1218
+
+
+def test_relay_proof_repr_hides_the_mac() -> None:
+    assert "88" * 4 not in repr(RelayProof(b"\x88" * 32))
 
 
 def test_paired_layout() -> None:
@@ -315,7 +337,7 @@ def test_unknown_version_is_reported_even_for_an_unknown_long_message() -> None:
         decode_control_untrusted(b"\x02\xff" + bytes(MAX_CONTROL_BYTES))
 
 
-@pytest.mark.parametrize("msg_type", [0, 17, 200, 255])
+@pytest.mark.parametrize("msg_type", [0, 17, 19, 23, 200, 255])
 def test_unknown_type_is_refused(msg_type: int) -> None:
     with pytest.raises(DecodeError, match=f"unknown control message type {msg_type}"):
         decode_control_untrusted(bytes([PROTOCOL_VERSION, msg_type]) + bytes(8))

@@ -206,3 +206,27 @@ RELAY_RECONNECT_MAX_S: Final = 30.0
 """Longest wait between attempts to reconnect to the relay."""
 RELAY_RECONNECT_JITTER: Final = 0.5
 """Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""
+RELAY_HEARTBEAT_S: Final = 5.0
+"""A peer pings its relay after this long without receiving anything on the connection (and
+again each time as long again passes), so that an idle connection still proves it lives."""
+RELAY_DEAD_AFTER_S: Final = 15.0
+"""A relay connection on which nothing arrived for this long is dead: two pings went unanswered
+(a relay that vanished without a close or RST, docs/relay-client.md). Below the relay's own
+RELAY_IDLE_TIMEOUT_S, which the peer's pings keep from running out."""
+
+# --- sessions across several relays (docs/relay-network.md; Tailscale's DERP choice) --------
+MAX_RELAY_CIRCUITS: Final = 4
+"""Relay circuits one session keeps at once (one per relay); more from the peer are closed."""
+RELAY_CIRCUITS: Final = 2
+"""Relay circuits a relayed session keeps by default: the one carrying it and one spare on
+another relay both peers reach, so that the session moves at once when its relay dies."""
+RELAY_PROBE_S: Final = 3.0
+"""While a session has several relay circuits, each gets a PATH_CHALLENGE this often: its RTT,
+and a frame on it within the trust time (PATH_TRUST_S)."""
+RELAY_SPARE_RETRY_S: Final = 30.0
+"""A spare relay circuit that could not be opened is tried again after RELAY_REOPEN_RETRY_S,
+doubling per failure up to this."""
+RELAY_SWITCH_GAIN_S: Final = 0.010
+"""Another relay circuit must be at least this much faster (RTT) to carry the session ..."""
+RELAY_SWITCH_RATIO: Final = 2 / 3
+"""... and below this fraction of the current circuit's RTT (Tailscale: 10 ms and 2/3)."""

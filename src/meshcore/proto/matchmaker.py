@@ -4,9 +4,9 @@ The driver assigns each connection an int id and feeds the `Matchmaker` what hap
 connection opened, bytes or a message arrived, a connection closed, time passed); it answers
 with outputs to execute: `Send`, `Forward`, `CloseConnection` and `LogEvent`. No sockets, no
 clock reads; timers follow aioquic (`get_timer()` / `handle_timer(now)`). docs/relay.md has
-the rules and the reasons. Its parts live next door: the circuit table (`circuits`), records,
-outputs, stats and counters (`relayrecords`), the admission rules (`admission`), limits
-(`limits`) and rate limits (`ratelimit`).
+the rules and the reasons. Its parts live next door: the circuit table (`circuits`), pending
+pairings (`invitations`), records, outputs, stats and counters (`relayrecords`), the
+admission rules (`admission`), limits (`limits`) and rate limits (`ratelimit`).
 """
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Literal
 
-from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
-from meshcore.proto.admission import (
-    Refusal,
-    circuit_open_refusal,
-    connect_refusal,
-    connection_refusal,
-)
+from meshcore.errors import DecodeError, HandshakeError, MessageTooLarge, UnsupportedVersion
+from meshcore.proto.admission import Refusal, circuit_open_refusal, connection_refusal
 from meshcore.proto.circuits import CircuitStats, CircuitTable, circuit_text
 from meshcore.proto.endpoint import Endpoint
-from meshcore.proto.identity import PublicBundle
+from meshcore.proto.identity import Identity, PeerId, PublicBundle
+from meshcore.proto.invitations import Invitations
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
-from meshcore.proto.relayauth import PendingAuth, make_challenge
+from meshcore.proto.relayauth import PendingAuth, make_challenge, prove_relay
 from meshcore.proto.relayrecords import (
     CloseConnection,
     ConnRecord,
@@ -61,8 +57,9 @@ from meshcore.proto.wire import (
     Pong,
     Registered,
     Reject,
+    RelayChallenge,
     Relayed,
-    Role,
+    RelayIdentity,
     clip_reason,
     decode_control_untrusted,
     encode_relayed,
@@ -87,7 +84,6 @@ __all__ = [
 ]
 
 _TIMER_CONN: Final = 0
-_TIMER_INVITE: Final = 1
 
 
 # --- the machine ----------------------------------------------------------------------------
@@ -99,6 +95,9 @@ class Matchmaker:
     Every method returns the outputs to execute, in order. A protocol violation closes only
     the connection that committed it. Every table is capped by `limits`.
 
+    `identity` is the relay's static identity: every connection is first told its public keys
+    (`RelayIdentity`), and a peer that knows the relay id may challenge the relay to prove it
+    before its Hello (a fresh identity when None: the relay id then changes every run).
     `challenger` makes the KEM challenge for a Hello (tests may swap it); `random` supplies
     the circuit-id key and invitation ids.
     """
@@ -107,10 +106,15 @@ class Matchmaker:
         self,
         limits: RelayLimits | None = None,
         *,
+        identity: Identity | None = None,
         challenger: Callable[[PublicBundle], tuple[Challenge, PendingAuth]] = make_challenge,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.limits = limits or RelayLimits()
+        self.identity = identity or Identity.generate()
+        """The relay's static identity; its peer id is the relay id."""
+        public = self.identity.public
+        self._identity_msg = RelayIdentity(public.x25519_public, public.kem_public)
         self._challenger = challenger
         self._random = random
         self._conns: dict[int, ConnRecord] = {}
@@ -127,11 +131,19 @@ class Matchmaker:
         )
         self._departed: OrderedDict[bytes, None] = OrderedDict()
         self._timers = TimerHeap(self._timer_is_live)
+        self._counts = MatchmakerCounters()
+        self._invitations = Invitations(
+            self.limits,
+            self._circuits,
+            self._timers,
+            self._live,
+            random,
+            refused=lambda code: self._refused("pairing", code),
+            paired=self._count_pairing,
+        )
         self._pending = 0
-        self._invites = 0
         self._ping_nonce = 0
         self._shutting_down = False
-        self._counts = MatchmakerCounters()
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -142,7 +154,7 @@ class Matchmaker:
             pending=self._pending,
             peers=len(self._peers),
             circuits=len(self._circuits),
-            invites=self._invites,
+            invites=self._invitations.count,
             tracked_addresses=len(self._addr_buckets),
             departed=len(self._departed),
             timers=len(self._timers),
@@ -177,6 +189,11 @@ class Matchmaker:
         c = self._circuits.get(circuit_id)
         return None if c is None else (c.a.conn_id, c.b.conn_id)
 
+    @property
+    def relay_id(self) -> PeerId:
+        """The relay id: the fingerprint of the relay's static public keys."""
+        return self.identity.peer_id
+
     def conn_ids(self) -> list[int]:
         """Ids of every live connection."""
         return list(self._conns)
@@ -202,7 +219,7 @@ class Matchmaker:
         self._conns[conn_id] = conn
         self._pending += 1
         self._schedule_conn(conn, conn.deadline)
-        return []
+        return [Send(conn_id, self._identity_msg)]
 
     def connection_closed(
         self, conn_id: int, reason: str, now: float, *, cause: str = "disconnected"
@@ -303,7 +320,7 @@ class Matchmaker:
                 self._conn_timer(obj, now, out)
             else:
                 assert isinstance(obj, InviteRecord)
-                self._expire_invite(obj, out)
+                self._invitations.expire(obj, out)
         return out
 
     def _conn_timer(self, conn: ConnRecord, now: float, out: list[Output]) -> None:
@@ -343,14 +360,14 @@ class Matchmaker:
 
     def _live(self) -> int:
         """Objects with a live deadline: every connection and every pending invitation."""
-        return len(self._conns) + self._invites
+        return len(self._conns) + self._invitations.count
 
     def _timer_is_live(self, seq: int, kind: int, obj: object) -> bool:
         if kind == _TIMER_CONN:
             assert isinstance(obj, ConnRecord)
             return self._conns.get(obj.conn_id) is obj and obj.timer_seq == seq
         assert isinstance(obj, InviteRecord)
-        return obj.timer_seq == seq and obj.target.invites_in.get(obj.invite_id) is obj
+        return self._invitations.is_live(seq, obj)
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -365,6 +382,9 @@ class Matchmaker:
             if kind is Hello:
                 assert isinstance(msg, Hello)
                 return self._hello(conn, msg)
+            if kind is RelayChallenge:
+                assert isinstance(msg, RelayChallenge)
+                return self._prove(conn, msg)
             return self._violation(
                 conn, ErrorCode.BAD_MESSAGE, f"expected Hello first, got {kind.__name__}"
             )
@@ -378,11 +398,12 @@ class Matchmaker:
                 f"expected Auth (the challenge answer), got {kind.__name__}",
             )
         if isinstance(msg, Connect):
-            return self._connect(conn, msg, now)
+            target = self._peers.get(msg.target)
+            return self._invitations.request(conn, msg, target, self._departed, now)
         if isinstance(msg, Accept):
-            return self._accept(conn, msg, now)
+            return self._invitations.accept(conn, msg, now)
         if isinstance(msg, Reject):
-            return self._reject(conn, msg)
+            return self._invitations.reject(conn, msg)
         if isinstance(msg, CircuitOpen):
             return self._circuit_open(conn, msg, now)
         if isinstance(msg, CircuitClose):
@@ -406,6 +427,10 @@ class Matchmaker:
             ]
             self._forget(conn, "the other peer disconnected", out)
             return out
+        if kind is RelayChallenge:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "a RelayChallenge must come before Hello"
+            )
         return self._violation(
             conn,
             ErrorCode.BAD_MESSAGE,
@@ -413,6 +438,21 @@ class Matchmaker:
         )
 
     # --- registration -----------------------------------------------------------------------
+
+    def _prove(self, conn: ConnRecord, challenge: RelayChallenge) -> list[Output]:
+        """A peer that knows our relay id asks us to prove it, before its Hello (once)."""
+        if conn.proved:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "only one RelayChallenge per connection"
+            )
+        try:
+            proof = prove_relay(self.identity, challenge)
+        except HandshakeError:
+            return self._violation(
+                conn, ErrorCode.BAD_MESSAGE, "unusable RelayChallenge: not a valid key exchange"
+            )
+        conn.proved = True
+        return [Send(conn.conn_id, proof)]
 
     def _hello(self, conn: ConnRecord, hello: Hello) -> list[Output]:
         try:
@@ -471,119 +511,6 @@ class Matchmaker:
         out.append(LogEvent("registered", {"peer": conn.peer_text, "addr": str(conn.addr)}))
         return out
 
-    # --- pairing ----------------------------------------------------------------------------
-
-    def _connect(self, conn: ConnRecord, msg: Connect, now: float) -> list[Output]:
-        rid = msg.request_id
-        limits = self.limits
-        target = self._peers.get(msg.target)
-        refusal = connect_refusal(
-            conn,
-            msg,
-            target,
-            departed=self._departed,
-            circuits=self._circuits,
-            limits=limits,
-            now=now,
-        )
-        if refusal is not None:
-            self._refused("pairing", refusal[0])
-            return [Send(conn.conn_id, Reject(rid, *refusal))]
-        assert target is not None
-        invite_id = self._new_invite_id(target)
-        invite = InviteRecord(invite_id, conn, rid, target, now + limits.invite_timeout_s)
-        target.invites_in[invite_id] = invite
-        conn.invites_out[rid] = invite
-        self._invites += 1
-        invite.timer_seq = self._timers.push(invite.deadline, _TIMER_INVITE, invite, self._live())
-        return [
-            Send(target.conn_id, conn.as_invite(invite_id)),
-            LogEvent("invited", {"a": conn.peer_text, "b": target.peer_text}, "debug"),
-        ]
-
-    def _new_invite_id(self, target: ConnRecord) -> int:
-        while True:
-            invite_id = int.from_bytes(self._random(4), "big")
-            if invite_id and invite_id not in target.invites_in:
-                return invite_id
-
-    def _take_invite(self, target: ConnRecord, invite_id: int) -> InviteRecord | None:
-        invite = target.invites_in.pop(invite_id, None)
-        if invite is not None:
-            del invite.initiator.invites_out[invite.request_id]
-            self._invites -= 1
-            self._timers.bound(self._live())
-        return invite
-
-    def _accept(self, conn: ConnRecord, msg: Accept, now: float) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            reason = "no pending invitation with this request id (expired or withdrawn)"
-            return [Send(conn.conn_id, Reject(msg.request_id, ErrorCode.NOT_ALLOWED, reason))]
-        a, b = invite.initiator, conn
-        full = self._circuits.capacity(a, b)
-        if full:
-            self._refused("pairing", ErrorCode.CAPACITY)
-            return [
-                Send(a.conn_id, Reject(invite.request_id, ErrorCode.CAPACITY, full)),
-                Send(b.conn_id, Reject(msg.request_id, ErrorCode.CAPACITY, full)),
-            ]
-        circuit = self._circuits.open(a, b, now)
-        self._counts.pairings += 1
-        cid = circuit.circuit_id
-        for x, y in ((a, b), (b, a)):
-            x.paired[y.peer] = None
-            x.paired.move_to_end(y.peer)
-            if len(x.paired) > self.limits.max_circuits_per_peer:
-                x.paired.popitem(last=False)
-        return [
-            Send(a.conn_id, b.as_paired(invite.request_id, cid, Role.INITIATOR)),
-            Send(b.conn_id, a.as_paired(msg.request_id, cid, Role.RESPONDER)),
-            LogEvent("paired", {"a": a.peer_text, "b": b.peer_text, "circuit": circuit_text(cid)}),
-        ]
-
-    def _reject(self, conn: ConnRecord, msg: Reject) -> list[Output]:
-        invite = self._take_invite(conn, msg.request_id)
-        if invite is None:
-            return []  # already expired or withdrawn: nothing to tell anyone
-        code = ErrorCode.REJECTED if msg.code is ErrorCode.NONE else msg.code
-        self._refused("pairing", code)
-        reason = clip_reason(f"the peer refused: {msg.reason or code.name}")
-        return [
-            Send(invite.initiator.conn_id, Reject(invite.request_id, code, reason)),
-            LogEvent(
-                "rejected",
-                {
-                    "a": invite.initiator.peer_text,
-                    "b": conn.peer_text,
-                    "code": code.name,
-                    "reason": msg.reason,
-                },
-            ),
-        ]
-
-    def _expire_invite(self, invite: InviteRecord, out: list[Output]) -> None:
-        self._take_invite(invite.target, invite.invite_id)
-        self._refused("pairing", ErrorCode.TIMEOUT)
-        out.append(
-            Send(
-                invite.initiator.conn_id,
-                Reject(invite.request_id, ErrorCode.TIMEOUT, "the peer did not answer in time"),
-            )
-        )
-        out.append(
-            Send(
-                invite.target.conn_id,
-                Reject(invite.invite_id, ErrorCode.TIMEOUT, "invitation expired"),
-            )
-        )
-        out.append(
-            LogEvent(
-                "invitation expired",
-                {"a": invite.initiator.peer_text, "b": invite.target.peer_text},
-            )
-        )
-
     # --- circuits ---------------------------------------------------------------------------
 
     def _circuit_open(self, conn: ConnRecord, msg: CircuitOpen, now: float) -> list[Output]:
@@ -614,6 +541,9 @@ class Matchmaker:
         return out
 
     # --- closing ----------------------------------------------------------------------------
+
+    def _count_pairing(self) -> None:
+        self._counts.pairings += 1
 
     def _refused(self, request: str, code: ErrorCode) -> None:
         self._counts.refusals[request, reason_label(code)] += 1
@@ -663,24 +593,7 @@ class Matchmaker:
             assert circuit is not None  # a member's circuits are open
             other = circuit.b if circuit.a is conn else circuit.a
             self._circuits.close(circuit, ErrorCode.PEER_OFFLINE, why, out, tell=(other,))
-        for invite in list(conn.invites_out.values()):
-            self._take_invite(invite.target, invite.invite_id)
-            reason = "the initiator disconnected"
-            out.append(
-                Send(
-                    invite.target.conn_id, Reject(invite.invite_id, ErrorCode.PEER_OFFLINE, reason)
-                )
-            )
-        for invite in list(conn.invites_in.values()):
-            self._take_invite(conn, invite.invite_id)
-            reason = "the peer disconnected before answering"
-            self._refused("pairing", ErrorCode.PEER_OFFLINE)
-            out.append(
-                Send(
-                    invite.initiator.conn_id,
-                    Reject(invite.request_id, ErrorCode.PEER_OFFLINE, reason),
-                )
-            )
+        self._invitations.withdraw(conn, out)
 
     def _conn_fields(self, conn: ConnRecord) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {"addr": str(conn.addr)}

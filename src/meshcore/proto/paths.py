@@ -34,6 +34,7 @@ from meshcore.proto.pathpolicy import (
     PathCommand,
     PathLog,
     PathManager,
+    ProbeRelays,
     RaceOver,
     RelayState,
     ResendUnacked,
@@ -56,6 +57,7 @@ from meshcore.proto.session import (
 
 __all__ = [
     "MAX_PINGS",
+    "MAX_PROBES",
     "MAX_RACE_LINKS",
     "CloseLink",
     "DirectMode",
@@ -76,6 +78,8 @@ __all__ = [
 
 MAX_PINGS: Final = 16
 """Unanswered pings remembered per session; the oldest is forgotten first."""
+MAX_PROBES: Final = 16
+"""Unanswered relay-circuit probes remembered per session; the oldest is forgotten first."""
 
 
 @attrs.frozen
@@ -100,6 +104,10 @@ class PathStats:
     """Races started."""
     last_error: str | None
     """The latest path failure (a failed race, a fallback, a failed circuit re-open)."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's."""
+    relay_circuits: int = 0
+    """Relay circuits the session holds now (the one carrying it and spares)."""
     fallbacks_silent: int = 0
     """Fallbacks because the direct path went silent for `dead_s` (not a transport error)."""
     next_race: float | None = None
@@ -148,20 +156,24 @@ class SessionPaths:
         self.rtt: dict[Hashable, float] = {}
         """Latest measured round trip per link (validation or ping)."""
         self._pings: OrderedDict[bytes, float] = OrderedDict()
+        self._probes: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
         self._announce: bytes | None = None
         self._events: list[SessionEvent | PingAnswered] = []
         self._commands: list[PathCommand] = []
 
-    def enable_direct(self, *, controlling: bool, settings: PathSettings, now: float) -> None:
-        """Switch the direct-path policy on (the driver calls this once, before any race)."""
-        relay = self.manager.relay
+    def enable_direct(
+        self, *, controlling: bool, settings: PathSettings, now: float, relay: Hashable = None
+    ) -> None:
+        """Switch the path policy on (the driver calls this once, before any race); `relay`
+        is the relay the session's first circuit runs through."""
+        link = self.manager.relay
         self.settings = settings
         self.controlling = controlling
         self.manager = PathManager(
             controlling=controlling, settings=settings, now=now, random=self._random
         )
-        if relay is not None:
-            self.manager.relay_up(relay, now)
+        if link is not None:
+            self.manager.relay_up(link, now, relay=relay)
             self._run(now)
 
     # ----------------------------------------------------------------- queries
@@ -198,26 +210,41 @@ class SessionPaths:
             fallbacks=m.fallbacks,
             attempts=m.attempts,
             last_error=m.last_error,
+            relay_moves=m.relay_moves,
+            relay_circuits=len(m.circuits),
             fallbacks_silent=m.fallbacks_silent,
             next_race=m.next_race if m.may_race() else None,
         )
 
+    @property
+    def relay(self) -> Hashable:
+        """The relay carrying the session (the key `relay_up` was given), None when the
+        session is direct or has no relay circuit."""
+        m = self.manager
+        return m.relay_key if m.direct is None or m.lapsed else None
+
     # ----------------------------------------------------------------- links
-    def relay_up(self, link: Hashable, now: float, *, opened_here: bool = False) -> None:
-        """`link` is the session's relay circuit. `opened_here`: we re-opened it, so a frame
-        goes out on it at once (the peer routes the new circuit by that frame's index)."""
-        old = self.manager.relay
-        if old is not None and old is not link:
-            self.kinds.pop(old, None)
-            self._commands.append(CloseLink(old, "replaced by a newer relay circuit"))
+    def relay_up(
+        self,
+        link: Hashable,
+        now: float,
+        *,
+        opened_here: bool = False,
+        relay: Hashable = None,
+        spare: bool = False,
+    ) -> None:
+        """`link` is a relay circuit of the session, through `relay` (it replaces the one
+        on the same relay). `opened_here`: we opened it, so a frame goes out on it at once
+        (the peer routes the new circuit by that frame's index); `spare`: it answers an
+        `OpenRelay(spare=True)`."""
         self.kinds[link] = LinkKind.RELAY
-        self.manager.relay_up(link, now)
-        if opened_here:
+        self.manager.relay_up(link, now, relay=relay, spare=spare)
+        if opened_here and link in self.manager.circuits:
             self.manager.keepalive_on(link)
         self._run(now)
 
-    def relay_open_failed(self, reason: str, now: float) -> None:
-        self.manager.relay_open_failed(reason, now)
+    def relay_open_failed(self, reason: str, now: float, *, spare: bool = False) -> None:
+        self.manager.relay_open_failed(reason, now, spare=spare)
         self._run(now)
 
     def candidate_up(self, link: Hashable, now: float) -> bool:
@@ -304,6 +331,8 @@ class SessionPaths:
             if link is manager.direct:
                 if manager.frame_received(link, result is FrameResult.ACCEPTED, now):
                     self._run(now)
+            elif link in manager.circuits:
+                manager.circuits.seen(link, now)
             elif (
                 result is FrameResult.ACCEPTED
                 and self.race is not None
@@ -386,8 +415,15 @@ class SessionPaths:
 
     # ----------------------------------------------------------------- internals
     def _on_response(self, event: PathResponseReceived, now: float) -> None:
-        sent = self._pings.pop(event.data, None)
         link = event.path
+        probe = self._probes.get(event.data)
+        if probe is not None and probe[0] is link:
+            del self._probes[event.data]
+            self.rtt[link] = now - probe[1]
+            self.manager.relay_rtt(link, now - probe[1], now)
+            self._run(now)
+            return
+        sent = self._pings.pop(event.data, None)
         if sent is not None:
             rtt = now - sent
             self.rtt[link] = rtt
@@ -404,6 +440,16 @@ class SessionPaths:
             self._won(link, now)
         elif race is not None and link in race.rtt:
             self.rtt[link] = race.rtt[link]
+
+    def _probe(self, links: tuple[Hashable, ...], now: float) -> None:
+        for link in links:
+            if link not in self.kinds:
+                continue
+            token = self._random_bytes(C.PATH_CHALLENGE_BYTES)
+            self._probes[token] = (link, now)
+            self.core.queue_control(PathChallenge(token), now, link)
+        while len(self._probes) > MAX_PROBES:
+            self._probes.popitem(last=False)
 
     def _run(self, now: float) -> None:
         closed = self.core.state is not SessionState.OPEN
@@ -424,6 +470,10 @@ class SessionPaths:
             elif kind is FailSession:
                 assert isinstance(command, FailSession)
                 self.core.fail(command.reason)
+            elif kind is ProbeRelays:
+                assert isinstance(command, ProbeRelays)
+                if not closed:
+                    self._probe(command.links, now)
             elif isinstance(command, StartRace | RaceOver | OpenRelay | CloseLink | PathLog):
                 if closed and kind is not CloseLink and kind is not RaceOver:
                     continue  # a closed session starts nothing new

@@ -53,6 +53,11 @@ def _fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise ConfigError(f"{attribute.name} must be in [0, 1), got {value}")
 
 
+def _circuits(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= C.MAX_RELAY_CIRCUITS:
+        raise ConfigError(f"{attribute.name} must be 1..{C.MAX_RELAY_CIRCUITS}, got {value}")
+
+
 def _check_settings(inst: PathSettings) -> None:
     if inst.dead_s <= inst.trust_s:
         raise ConfigError(
@@ -93,6 +98,14 @@ class PathSettings:
         default=C.DIRECT_NOMINATE_MARGIN_S, validator=attrs.validators.ge(0)
     )
     """The controlling side nominates nothing this close to the race deadline."""
+    relay_circuits: int = attrs.field(default=C.RELAY_CIRCUITS, validator=_circuits)
+    """Relay circuits (one per relay) a relayed session keeps: the one carrying it and
+    spares, opened by the controlling side on other relays both peers reach (1: no spare)."""
+    relay_probe_s: float = attrs.field(default=C.RELAY_PROBE_S, validator=_positive)
+    """Each relay circuit of a session with several gets a PATH_CHALLENGE this often."""
+    spare_retry_s: float = attrs.field(default=C.RELAY_SPARE_RETRY_S, validator=_positive)
+    """A spare relay circuit that could not be opened is tried again after `reopen_retry_s`,
+    doubling per failure up to this."""
 
     def __attrs_post_init__(self) -> None:
         _check_settings(self)

@@ -10,29 +10,35 @@ relay's `Matchmaker` is driven. docs/relay-client.md has the states, the rules a
 
 from __future__ import annotations
 
-import enum
 import heapq
 from collections import deque
 from collections.abc import Sequence
 from random import Random, SystemRandom
 from typing import Final
 
-import attrs
-
-from meshcore.errors import DecodeError, HandshakeError, ProtocolError, RelayError, TransportClosed
+from meshcore.errors import (
+    DecodeError,
+    HandshakeError,
+    MeshError,
+    ProtocolError,
+    RelayError,
+    TransportClosed,
+)
 from meshcore.proto import wire
 from meshcore.proto.backoff import Backoff
 from meshcore.proto.constants import (
     DIRECT_ROUTE_TIMEOUT_S,
     MAX_CANDIDATES,
+    RELAY_DEAD_AFTER_S,
+    RELAY_HEARTBEAT_S,
     RELAY_RECONNECT_JITTER,
     RELAY_RECONNECT_MAX_S,
     RELAY_RECONNECT_MIN_S,
 )
 from meshcore.proto.endpoint import Endpoint
+from meshcore.proto.heartbeat import Heartbeat
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.packet import PacketType, packet_type_of
-from meshcore.proto.relayauth import answer_challenge
 from meshcore.proto.relayclient_outputs import (
     CircuitClosed,
     CircuitOpened,
@@ -52,6 +58,8 @@ from meshcore.proto.relayclient_outputs import (
     RelayedReceived,
     SendBytes,
 )
+from meshcore.proto.relayclient_records import ClientCircuit, Request, RequestKind
+from meshcore.proto.relayregistration import Registration, RelayClientState
 
 __all__ = ["NO_SESSION", "RelayClientCore", "RelayClientState"]
 
@@ -60,68 +68,21 @@ NO_SESSION: Final = "no session for this circuit"
 _NOBODY_ASKED: Final = "nobody waits for this circuit"
 
 
-class RelayClientState(enum.Enum):
-    """Where the client is with its relay connection."""
-
-    CONNECTING = "connecting"
-    """The driver is dialling the relay (the first connection, or after `Reconnect`)."""
-    HELLO_SENT = "hello sent"
-    """Connected; Hello (our public keys, our candidates) sent, the Challenge awaited."""
-    AUTHENTICATING = "authenticating"
-    """The Challenge answered with Auth; Registered awaited, within the registration timeout."""
-    REGISTERED = "registered"
-    """Reachable under our peer id: pairing, invitations and circuits work."""
-    LOST = "lost"
-    """The connection, or an attempt at one, failed; waiting out the backoff."""
-    CLOSED = "closed"
-    """For good (replaced by another registration, closed, or the first attempt failed)."""
-
-
 _CONNECTED: Final = frozenset(
-    (RelayClientState.HELLO_SENT, RelayClientState.AUTHENTICATING, RelayClientState.REGISTERED)
+    (
+        RelayClientState.VERIFYING,
+        RelayClientState.HELLO_SENT,
+        RelayClientState.AUTHENTICATING,
+        RelayClientState.REGISTERED,
+    )
 )
-
-
-class _Kind(enum.Enum):
-    CONNECT = "connect"
-    ACCEPT = "accept"
-    OPEN = "open"
-
-
-@attrs.define(eq=False)
-class _Request:
-    """One request the driver waits on, under its ticket."""
-
-    ticket: int
-    kind: _Kind
-    peer: PeerId
-    timeout: float
-    deadline: float
-    rid: int = 0
-    """The wire request id: ours (Connect) or the invitation's (Accept)."""
-    invited: Invited | None = None
-    route: bool = False
-    """Accepted on our own: the circuit is routed by its first frame, nobody waits on it."""
-    fallback: bool = False
-    """`reopen_circuit`: pair again if the relay does not open the circuit."""
-    cancelled: bool = False
-    """The driver stopped waiting, but the open is in flight and holds the one slot."""
-
-
-@attrs.define(eq=False)
-class _Circuit:
-    circuit_id: int
-    peer: PeerId
-    route_deadline: float | None = None
-    """Set while a circuit the peer opened waits for the first frame that routes it."""
-    pairing: PairingCompleted | None = None
-    invited: Invited | None = None
-    """Both set when we paired again on our own (`accept(..., route=True)`)."""
+_REGISTERING: Final = _CONNECTED - {RelayClientState.REGISTERED}
 
 
 _T_PHASE: Final = 0  # the registration deadline, or the end of the reconnect wait
 _T_REQUEST: Final = 1
 _T_ROUTE: Final = 2
+_T_HEARTBEAT: Final = 3
 
 
 class RelayClientCore:
@@ -131,10 +92,12 @@ class RelayClientCore:
     returns the bytes to send). Bad input from the relay ends only the connection it came on
     (`CloseConnection` with the reason, then a reconnect); nothing else raises.
 
-    `relay` names the relay in messages; `candidates` are announced before the local ones the
-    driver passes to `connection_opened`; `timeout` bounds registration; reconnect waits go
-    from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %); `random` supplies request
-    ids and the jitter (tests pass a seeded `random.Random`).
+    `relay` names the relay in messages; with `relay_id` the relay must prove that id before
+    anything of ours is sent (else it is not checked); `candidates` are announced before the
+    local ones the driver passes to `connection_opened`; `timeout` bounds registration;
+    reconnect waits go from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %); the
+    relay is pinged after `heartbeat_s` without news and given up after `dead_after_s`;
+    `random` supplies request ids and the jitter (tests pass a seeded `random.Random`).
     """
 
     def __init__(
@@ -142,15 +105,22 @@ class RelayClientCore:
         identity: Identity,
         relay: str,
         *,
+        relay_id: PeerId | None = None,
         candidates: Sequence[Endpoint] = (),
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
         route_timeout_s: float = DIRECT_ROUTE_TIMEOUT_S,
+        heartbeat_s: float = RELAY_HEARTBEAT_S,
+        dead_after_s: float = RELAY_DEAD_AFTER_S,
         random: Random | None = None,
     ) -> None:
         self._identity = identity
         self._relay = relay
+        self.relay_id = relay_id
+        """The relay id the relay must prove on every connection (None: not checked)."""
+        self._heartbeat = Heartbeat(heartbeat_s, dead_after_s)
+        self._attempt: Registration | None = None
         self._extra = tuple(candidates)
         self._timeout = timeout
         self._route_timeout_s = route_timeout_s
@@ -170,13 +140,16 @@ class RelayClientCore:
         """Why the last connection was lost (None while registered, and before any loss)."""
         self.close_reason: str | None = None
         """Why the machine ended for good (None until CLOSED)."""
-        self._announcing: tuple[Endpoint, ...] = ()
+        self.verified = False
+        """The relay proved `relay_id` on the current (or the last) connection."""
+        self.relay_keys: PublicBundle | None = None
+        """The keys the relay presented on the last connection (checked only with `relay_id`)."""
         self._phase_deadline: float | None = None
-        self._requests: dict[int, _Request] = {}
-        self._by_rid: dict[int, _Request] = {}
-        self._opens: deque[_Request] = deque()
+        self._requests: dict[int, Request] = {}
+        self._by_rid: dict[int, Request] = {}
+        self._opens: deque[Request] = deque()
         """CircuitOpen requests; the first is in flight (the relay's answers carry no id)."""
-        self._circuits: dict[int, _Circuit] = {}
+        self._circuits: dict[int, ClientCircuit] = {}
         self._paired: set[bytes] = set()
         """Peers paired on this connection: only they can be sent CircuitOpen."""
         self._timers: list[tuple[float, int, int, object]] = []
@@ -187,6 +160,11 @@ class RelayClientCore:
     def circuit_peers(self) -> dict[int, PeerId]:
         """Every open circuit (including those waiting to be routed) and its peer."""
         return {cid: circuit.peer for cid, circuit in self._circuits.items()}
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The latest round trip to the relay (registration, then pings), None before any."""
+        return self._heartbeat.rtt_s
 
     def is_paired(self, peer_id: PeerId) -> bool:
         """Were we paired with `peer_id` on the current connection (so CircuitOpen may work)?"""
@@ -201,13 +179,15 @@ class RelayClientCore:
             return [CloseConnection(self.close_reason or "closed")]
         if self.state is not RelayClientState.CONNECTING:
             raise ValueError(f"connection_opened while {self.state.value} (a driver bug)")
-        announced = dict.fromkeys((*self._extra, *local_candidates))
-        self._announcing = tuple(announced)[:MAX_CANDIDATES]
-        self.state = RelayClientState.HELLO_SENT
+        announced = tuple(dict.fromkeys((*self._extra, *local_candidates)))[:MAX_CANDIDATES]
+        attempt = self._attempt = Registration(
+            self._identity, self._relay, self.relay_id, announced
+        )
+        self.state = attempt.state
+        self.verified = False
         self._phase_deadline = now + self._timeout
         self._push_timer(self._phase_deadline, _T_PHASE, None)
-        bundle = self._identity.public
-        return [_send(wire.Hello(bundle.x25519_public, bundle.kem_public, self._announcing))]
+        return [_send(msg) for msg in attempt.start()]
 
     def connection_failed(self, error: Exception, now: float) -> list[Output]:
         """The dial failed (refused, unreachable, upgrade refused): `error` says why."""
@@ -236,6 +216,7 @@ class RelayClientCore:
         """Decode one message from the relay's untrusted bytes and handle it."""
         state = self.state
         if state is RelayClientState.REGISTERED:
+            self._heartbeat.last_rx = now  # any message is a sign of life (inlined: hot path)
             try:
                 msg = wire.decode_control_untrusted(data)
             except DecodeError as exc:
@@ -244,7 +225,7 @@ class RelayClientCore:
             if type(msg) is wire.Relayed:
                 return self._relayed(msg, now)
             return self._dispatch(msg, now)
-        if state is RelayClientState.HELLO_SENT or state is RelayClientState.AUTHENTICATING:
+        if state in _REGISTERING:
             return self._registering(data, now)
         return []  # bytes from a connection the machine already gave up
 
@@ -257,7 +238,7 @@ class RelayClientCore:
         down = self._down()
         if down is not None:
             return [PairingFailed(ticket, peer_id, down)]
-        return self._send_connect(_Request(ticket, _Kind.CONNECT, peer_id, timeout, 0.0), now)
+        return self._send_connect(Request(ticket, RequestKind.CONNECT, peer_id, timeout, 0.0), now)
 
     def accept(
         self, ticket: int, invitation: Invited, timeout: float, now: float, *, route: bool = False
@@ -283,8 +264,8 @@ class RelayClientCore:
         if rid in self._by_rid:
             error = RelayError(f"pairing with {peer} failed: that invitation is being accepted")
             return [PairingFailed(ticket, peer, error)]
-        request = _Request(
-            ticket, _Kind.ACCEPT, peer, timeout, now + timeout, rid, invitation, route=route
+        request = Request(
+            ticket, RequestKind.ACCEPT, peer, timeout, now + timeout, rid, invitation, route=route
         )
         self._add_request(request)
         self._by_rid[rid] = request
@@ -305,7 +286,7 @@ class RelayClientCore:
         request = self._requests.pop(ticket, None)
         if request is None:
             return []
-        if request.kind is not _Kind.OPEN:
+        if request.kind is not RequestKind.OPEN:
             del self._by_rid[request.rid]
         elif self._opens[0] is request:
             request.cancelled = True  # in flight: its answer, with no id, must not match another
@@ -326,7 +307,9 @@ class RelayClientCore:
         down = self._down()
         if down is not None:
             return [CircuitOpenFailed(ticket, peer_id, down)]
-        request = _Request(ticket, _Kind.OPEN, peer_id, timeout, now + timeout, fallback=fallback)
+        request = Request(
+            ticket, RequestKind.OPEN, peer_id, timeout, now + timeout, fallback=fallback
+        )
         self._add_request(request)
         self._opens.append(request)
         if len(self._opens) == 1:
@@ -378,31 +361,43 @@ class RelayClientCore:
                 if self._phase_deadline is not None and self._phase_deadline <= now:
                     out += self._phase_over(now)
             elif kind == _T_REQUEST:
-                assert isinstance(obj, _Request)
+                assert isinstance(obj, Request)
                 live = self._requests.get(obj.ticket) is obj or (
                     bool(self._opens) and self._opens[0] is obj
                 )
                 if live and obj.deadline <= now:
                     out += self._timed_out(obj, now)
+            elif kind == _T_HEARTBEAT:
+                live = obj == self.registrations and self.state is RelayClientState.REGISTERED
+                if live:
+                    out += self._heartbeat_due(now)
             else:
-                assert isinstance(obj, _Circuit)
+                assert isinstance(obj, ClientCircuit)
                 due = obj.route_deadline is not None and obj.route_deadline <= now
                 if due and self._circuits.get(obj.circuit_id) is obj:
                     out += self.close_circuit(obj.circuit_id, NO_SESSION)
         return out
+
+    def _heartbeat_due(self, now: float) -> list[Output]:
+        beat = self._heartbeat
+        if beat.is_dead(now):
+            reason = f"no answer from the relay for {beat.dead_after_s:g} s"
+            return self._lose(reason, now, close=True, permanent=False)
+        nonce = beat.ping_due(now)
+        self._push_timer(beat.next_check(), _T_HEARTBEAT, self.registrations)
+        return [] if nonce is None else [_send(wire.Ping(nonce))]
 
     def _phase_over(self, now: float) -> list[Output]:
         self._phase_deadline = None
         if self.state is RelayClientState.LOST:
             self.state = RelayClientState.CONNECTING
             return [Reconnect()]
-        error = RelayError(
-            f"relay at {self._relay} did not complete registration in {self._timeout:g} s"
-        )
+        assert self._attempt is not None
+        error = self._attempt.timed_out(self._timeout)
         return self._fail_attempt(error, now, close=str(error))
 
-    def _timed_out(self, request: _Request, now: float) -> list[Output]:
-        if request.kind is _Kind.OPEN:
+    def _timed_out(self, request: Request, now: float) -> list[Output]:
+        if request.kind is RequestKind.OPEN:
             return self._open_failed(request, _open_timeout(request), now)
         del self._requests[request.ticket]
         del self._by_rid[request.rid]
@@ -416,40 +411,32 @@ class RelayClientCore:
     # --- registration -----------------------------------------------------------------------
 
     def _registering(self, data: bytes, now: float) -> list[Output]:
+        attempt = self._attempt
+        assert attempt is not None
         try:
-            msg = wire.decode_control_untrusted(data)
-        except DecodeError as exc:
-            return self._fail_attempt(exc, now, close=f"relay sent a malformed message: {exc}")
-        hello_sent = self.state is RelayClientState.HELLO_SENT
-        error: Exception
-        if isinstance(msg, wire.Error | wire.Close):
-            whom = "us" if hello_sent else "our registration"
-            error = RelayError(f"relay refused {whom}: {msg.reason}", code=int(msg.code))
-        elif hello_sent:
-            if not isinstance(msg, wire.Challenge):
-                error = ProtocolError(f"relay sent {type(msg).__name__} instead of a challenge")
-            else:
-                try:
-                    auth = answer_challenge(self._identity, msg)
-                except HandshakeError as exc:
-                    error = exc
-                else:
-                    self.state = RelayClientState.AUTHENTICATING
-                    return [_send(auth)]
-        elif not isinstance(msg, wire.Registered):
-            error = ProtocolError(f"relay sent {type(msg).__name__} instead of registered")
-        elif msg.peer_id != self._identity.peer_id.digest:
-            error = ProtocolError("relay registered us under another peer id")
-        else:
-            self.state = RelayClientState.REGISTERED
-            self._phase_deadline = None
-            self.registrations += 1
-            self.observed = msg.observed
-            self.candidates = self._announcing
-            self.lost_reason = None
-            self._backoff.reset()
-            return [Registered(msg.observed, self.candidates, self.registrations)]
-        return self._fail_attempt(error, now, close=str(error) or type(error).__name__)
+            sends = attempt.receive_data(data, now)
+        except MeshError as exc:
+            self.relay_keys = attempt.relay_keys
+            why = str(exc) or type(exc).__name__
+            if isinstance(exc, DecodeError):
+                why = f"relay sent a malformed message: {why}"
+            return self._fail_attempt(exc, now, close=why)
+        self.state = attempt.state
+        self.verified = attempt.verified
+        self.relay_keys = attempt.relay_keys
+        out: list[Output] = [_send(msg) for msg in sends]
+        registered = attempt.registered
+        if registered is None:
+            return out
+        self._phase_deadline = None
+        self.registrations += 1
+        self.observed = registered.observed
+        self.candidates = attempt.candidates
+        self.lost_reason = None
+        self._backoff.reset()
+        self._heartbeat.start(now, attempt.rtt_s)
+        self._push_timer(self._heartbeat.next_check(), _T_HEARTBEAT, self.registrations)
+        return [*out, Registered(registered.observed, self.candidates, self.registrations)]
 
     def _fail_attempt(self, error: Exception, now: float, *, close: str | None) -> list[Output]:
         """An attempt ended before registering: retry after the backoff, unless it was the
@@ -492,7 +479,7 @@ class RelayClientCore:
         out: list[Output] = [CircuitClosed(cid, why) for cid in self._circuits]
         for request in self._requests.values():
             error = RelayError(why)
-            if request.kind is _Kind.OPEN:
+            if request.kind is RequestKind.OPEN:
                 out.append(CircuitOpenFailed(request.ticket, request.peer, error))
             else:
                 out.append(PairingFailed(request.ticket, request.peer, error))
@@ -533,12 +520,15 @@ class RelayClientCore:
             return self._circuit_close_msg(msg, now)
         if isinstance(msg, wire.Ping):
             return [_send(wire.Pong(msg.nonce))]
+        if isinstance(msg, wire.Pong):
+            self._heartbeat.pong(msg.nonce, now)
+            return []
         if isinstance(msg, wire.Error | wire.Close):
             reason = f"relay closed the connection: {msg.reason or msg.code.name}"
             # another registration with our id took over: reconnecting would evict it in turn
             permanent = msg.code is wire.ErrorCode.REPLACED
             return self._lose(reason, now, close=True, permanent=permanent)
-        return []  # Pong, or a message only peers send: nothing to do
+        return []  # a message only peers send, or the relay's keys again: nothing to do
 
     def _relayed(self, msg: wire.Relayed, now: float) -> list[Output]:
         circuit = self._circuits.get(msg.circuit_id)
@@ -579,9 +569,9 @@ class RelayClientCore:
             request.ticket, cid, bundle, msg.observed, msg.candidates, msg.role
         )
         if not request.route:
-            self._circuits[cid] = _Circuit(cid, peer)
+            self._circuits[cid] = ClientCircuit(cid, peer)
             return [pairing]
-        circuit = _Circuit(cid, peer, now + self._route_timeout_s, pairing, request.invited)
+        circuit = ClientCircuit(cid, peer, now + self._route_timeout_s, pairing, request.invited)
         self._circuits[cid] = circuit
         self._push_timer(now + self._route_timeout_s, _T_ROUTE, circuit)
         return []
@@ -592,7 +582,7 @@ class RelayClientCore:
             return []  # an invitation withdrawn before we answered, or a stale answer
         del self._requests[request.ticket]
         peer = request.peer
-        if request.kind is _Kind.CONNECT:
+        if request.kind is RequestKind.CONNECT:
             why = msg.reason or msg.code.name
             error = RelayError(f"pairing with {peer} refused: {why}", code=int(msg.code))
         else:
@@ -613,11 +603,11 @@ class RelayClientCore:
                 out = [_send(close)]
             else:
                 del self._requests[head.ticket]
-                self._circuits[cid] = _Circuit(cid, peer)
+                self._circuits[cid] = ClientCircuit(cid, peer)
                 out = [CircuitOpened(head.ticket, cid, peer)]
             return out + self._next_open(now)
         # the peer re-opened it: its first frame says which of our sessions it is for
-        circuit = _Circuit(cid, peer, now + self._route_timeout_s)
+        circuit = ClientCircuit(cid, peer, now + self._route_timeout_s)
         self._circuits[cid] = circuit
         self._push_timer(now + self._route_timeout_s, _T_ROUTE, circuit)
         return []
@@ -640,23 +630,23 @@ class RelayClientCore:
         if ticket in self._requests:
             raise ValueError(f"ticket {ticket} is already in use (a driver bug)")
 
-    def _add_request(self, request: _Request) -> None:
+    def _add_request(self, request: Request) -> None:
         self._requests[request.ticket] = request
         self._push_timer(request.deadline, _T_REQUEST, request)
 
-    def _send_connect(self, request: _Request, now: float) -> list[Output]:
+    def _send_connect(self, request: Request, now: float) -> list[Output]:
         while True:
             rid = self._random.getrandbits(32)
             if rid not in self._by_rid:
                 break
-        request.kind = _Kind.CONNECT
+        request.kind = RequestKind.CONNECT
         request.rid = rid
         request.deadline = now + request.timeout
         self._add_request(request)
         self._by_rid[rid] = request
         return [_send(wire.Connect(rid, request.peer.digest))]
 
-    def _open_failed(self, request: _Request, error: Exception, now: float) -> list[Output]:
+    def _open_failed(self, request: Request, error: Exception, now: float) -> list[Output]:
         """An open was refused or timed out (in flight or still waiting its turn)."""
         in_flight = self._opens[0] is request
         self._opens.remove(request)
@@ -683,7 +673,7 @@ class RelayClientCore:
         return self._open_failed(head, _open_timeout(head), now)
 
 
-def _open_timeout(request: _Request) -> RelayError:
+def _open_timeout(request: Request) -> RelayError:
     return RelayError(
         f"the relay did not open a circuit to {request.peer} within {request.timeout:g} s"
     )

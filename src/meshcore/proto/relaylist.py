@@ -158,7 +158,7 @@ def _entry(raw: object, where: str) -> RelayEntry:
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; an entry has url, id, region")
     if "url" not in raw:
-        raise ValueError(f"{where}: no url; every entry needs url = \"ws://HOST:PORT\"")
+        raise ValueError(f'{where}: no url; every entry needs url = "ws://HOST:PORT"')
     try:
         url = normalize_relay_url(raw["url"])
     except ValueError as exc:
@@ -172,8 +172,9 @@ def _entry(raw: object, where: str) -> RelayEntry:
             relay_id = PeerId.from_text(text)
         except ConfigError as exc:
             raise ValueError(
-                f"{where} ({url}): {str(exc).replace('peer id', 'relay id')}"
-                .replace("`meshcore-peer id` prints it", "`meshcore-relay id` prints it")
+                f"{where} ({url}): {str(exc).replace('peer id', 'relay id')}".replace(
+                    "`meshcore-peer id` prints it", "`meshcore-relay id` prints it"
+                )
             ) from None
     region = raw.get("region", "")
     if not isinstance(region, str):

@@ -92,7 +92,8 @@ class ConnState(enum.Enum):
     """Where a connection is in registration."""
 
     AWAITING_HELLO = "awaiting hello"
-    """Connected; the peer must send Hello (its public keys) before the deadline."""
+    """Connected and told the relay's keys; the peer must send Hello (its public keys) before
+    the deadline, after challenging the relay to prove its id if it wants to."""
     AWAITING_AUTH = "awaiting auth"
     """Challenge sent; the peer must answer with Auth before the same deadline."""
     REGISTERED = "registered"
@@ -118,6 +119,7 @@ class ConnRecord:
         "peer_text",
         "pending",
         "ping_nonce",
+        "proved",
         "state",
         "timer_seq",
         "told_unknown",
@@ -139,6 +141,8 @@ class ConnRecord:
         self.candidates: tuple[Endpoint, ...] = ()
         self.bucket: TokenBucket | None = None
         self.ping_nonce: int | None = None
+        self.proved = False
+        """The relay answered this connection's RelayChallenge (one per connection)."""
         self.circuits: set[int] = set()
         self.invites_in: dict[int, InviteRecord] = {}
         self.invites_out: dict[int, InviteRecord] = {}

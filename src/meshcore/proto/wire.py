@@ -61,6 +61,9 @@ __all__ = [
     "Pong",
     "Registered",
     "Reject",
+    "RelayChallenge",
+    "RelayIdentity",
+    "RelayProof",
     "Relayed",
     "Role",
     "clip_reason",
@@ -89,6 +92,9 @@ class ControlType(enum.IntEnum):
     PONG = 14
     ERROR = 15
     CLOSE = 16
+    RELAY_IDENTITY = 20
+    RELAY_CHALLENGE = 21
+    RELAY_PROOF = 22
     OBSERVE_ADDRESS = 24
     OBSERVED_ADDRESS = 25
 
@@ -316,6 +322,35 @@ class Close:
 
 
 @attrs.frozen
+class RelayIdentity:
+    """relay -> peer, the first message on every connection: the relay's static public keys,
+    whose fingerprint is its relay id (a peer that knows the id checks it, then challenges)."""
+
+    TYPE: ClassVar = ControlType.RELAY_IDENTITY
+    x25519_public: bytes = attrs.field(**_X25519.spec)
+    kem_public: bytes = attrs.field(**_KEM_PK.spec)
+
+
+@attrs.frozen
+class RelayChallenge:
+    """peer -> relay, before Hello: prove you hold the keys of RelayIdentity (an encapsulation
+    to them + a nonce), the relay's Challenge the other way round."""
+
+    TYPE: ClassVar = ControlType.RELAY_CHALLENGE
+    nonce: bytes = attrs.field(**_NONCE.spec)
+    ephemeral_x25519: bytes = attrs.field(**_X25519.spec)
+    kem_ciphertext: bytes = attrs.field(**_KEM_CT.spec)
+
+
+@attrs.frozen
+class RelayProof:
+    """relay -> peer: the MAC answering the RelayChallenge."""
+
+    TYPE: ClassVar = ControlType.RELAY_PROOF
+    mac: bytes = attrs.field(**_MAC.spec)
+
+
+@attrs.frozen
 class ObserveAddress:
     """peer -> relay, in any state (before Hello too): which address do you see me at?
     The answer is an ObservedAddress with the same nonce (`meshcore-peer netcheck`)."""
@@ -350,6 +385,9 @@ ControlMessage = (
     | Pong
     | Error
     | Close
+    | RelayIdentity
+    | RelayChallenge
+    | RelayProof
     | ObserveAddress
     | ObservedAddress
 )
@@ -358,7 +396,7 @@ ControlMessage = (
 _CLASSES: Final[tuple[type[ControlMessage], ...]] = (
     Hello, Challenge, Auth, Registered, Connect, Invite, Accept, Reject, Paired,
     CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close, ObserveAddress,
-    ObservedAddress,
+    ObservedAddress, RelayIdentity, RelayChallenge, RelayProof,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[ControlType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls)) for cls in _CLASSES

@@ -5,8 +5,8 @@
 - `memory_transport_pair`: two connected in-memory Transports with a hook (`MessageFilter`)
   for the middle; `LossyNetwork` is a middle that loses, duplicates and reorders frames.
 - `open_session_pair`: two live Sessions over such a pair, the real handshake included.
-- `SessionCoreMachine`, `SessionPathsMachine`: the stateful machines meshcore's own
-  properties run, to subclass.
+- `SessionCoreMachine`, `SessionPathsMachine`, `SessionRelaysMachine`: the stateful
+  machines meshcore's own properties run, to subclass.
 
 Every name loads on first use: importing this package imports neither hypothesis nor trio.
 """
@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from meshcore.testing import strategies
-    from meshcore.testing.machines import SessionCoreMachine, SessionPathsMachine
+    from meshcore.testing.machines import (
+        SessionCoreMachine,
+        SessionPathsMachine,
+        SessionRelaysMachine,
+    )
     from meshcore.testing.memory import (
         Direction,
         LossyNetwork,
@@ -35,6 +39,7 @@ _LAZY = {
     "MessageFilter": "meshcore.testing.memory",
     "SessionCoreMachine": "meshcore.testing.machines",
     "SessionPathsMachine": "meshcore.testing.machines",
+    "SessionRelaysMachine": "meshcore.testing.machines",
     "memory_transport_pair": "meshcore.testing.memory",
     "open_session_pair": "meshcore.testing.sessions",
 }
@@ -58,6 +63,7 @@ __all__ = [
     "MessageFilter",
     "SessionCoreMachine",
     "SessionPathsMachine",
+    "SessionRelaysMachine",
     "memory_transport_pair",
     "open_session_pair",
     "strategies",

@@ -89,6 +89,7 @@ PROTOCOL_LABELS: Final[dict[str, bytes]] = {
     "relayauth.RELAY_AUTH_PROTOCOL": relayauth.RELAY_AUTH_PROTOCOL,
     "relayauth.LABEL_RELAY_AUTH_KEY": relayauth.LABEL_RELAY_AUTH_KEY,
     "relayauth.LABEL_RELAY_AUTH_MAC": relayauth.LABEL_RELAY_AUTH_MAC,
+    "relayauth.LABEL_RELAY_PROOF": relayauth.LABEL_RELAY_PROOF,
 }
 """Every domain-separation string of the identity, handshake and relay-auth protocols."""
 

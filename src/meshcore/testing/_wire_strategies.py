@@ -64,6 +64,9 @@ __all__ = [
     "registereds",
     "rejects",
     "rekey_fragments",
+    "relay_challenges",
+    "relay_identities",
+    "relay_proofs",
     "relayeds",
 ]
 
@@ -220,6 +223,26 @@ def close_messages() -> st.SearchStrategy[wire.Close]:
     return st.builds(wire.Close, error_codes(), reasons())
 
 
+def relay_identities() -> st.SearchStrategy[wire.RelayIdentity]:
+    """RelayIdentity messages."""
+    return st.builds(wire.RelayIdentity, _X25519, _KEM_PK)
+
+
+def relay_challenges() -> st.SearchStrategy[wire.RelayChallenge]:
+    """RelayChallenge messages."""
+    return st.builds(
+        wire.RelayChallenge,
+        fixed_bytes(RELAY_NONCE_BYTES),
+        _X25519,
+        fixed_bytes(MLKEM768_CT_BYTES),
+    )
+
+
+def relay_proofs() -> st.SearchStrategy[wire.RelayProof]:
+    """RelayProof messages."""
+    return st.builds(wire.RelayProof, fixed_bytes(RELAY_AUTH_MAC_BYTES))
+
+
 def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
     """Any relay control message."""
     return st.one_of(
@@ -239,6 +262,9 @@ def control_messages() -> st.SearchStrategy[wire.ControlMessage]:
         pongs(),
         error_messages(),
         close_messages(),
+        relay_identities(),
+        relay_challenges(),
+        relay_proofs(),
         observe_addresses(),
         observed_addresses(),
     )

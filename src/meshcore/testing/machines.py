@@ -4,8 +4,10 @@ for anyone who changes or extends them: subclass one to add rules or change its 
 - `SessionCoreMachine`: two session cores over a lossy, duplicating, reordering network.
 - `SessionPathsMachine`: two sessions' path machines over relay circuits and direct
   connections that come and go, races and fallbacks included.
+- `SessionRelaysMachine`: the same over several named relays that die, come back and close
+  circuits: spares, moves between relays, probes.
 
-Both let either side end its direction (`send_eof`) at any moment: the Eof must arrive
+Each lets either side end its direction (`send_eof`) at any moment: the Eof must arrive
 exactly once, after everything sent before it, and the session finish once both ended.
 
 Importing this module imports hypothesis.
@@ -18,6 +20,7 @@ import random
 from collections.abc import Hashable
 from typing import ClassVar, Final, TypeAlias
 
+import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -25,6 +28,7 @@ from meshcore.errors import MeshError
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.paths import (
     MAX_PINGS,
+    MAX_PROBES,
     MAX_RACE_LINKS,
     CloseLink,
     OpenRelay,
@@ -34,6 +38,7 @@ from meshcore.proto.paths import (
     SessionPaths,
     StartRace,
 )
+from meshcore.proto.relaypaths import MAX_RELAY_CIRCUITS
 from meshcore.proto.session import (
     FINISHED_REASON,
     EofReceived,
@@ -44,7 +49,7 @@ from meshcore.proto.session import (
     SessionState,
 )
 
-__all__ = ["SessionCoreMachine", "SessionPathsMachine"]
+__all__ = ["SessionCoreMachine", "SessionPathsMachine", "SessionRelaysMachine"]
 
 CORE_SETTINGS: Final = SessionSettings(
     window_frames=8,
@@ -77,6 +82,9 @@ PATHS_SETTINGS: Final = PathSettings(
     stable_s=3.0,
     reopen_retry_s=0.5,
     nominate_margin_s=0.1,
+)
+RELAYS_SETTINGS: Final = attrs.evolve(
+    PATHS_SETTINGS, relay_circuits=2, relay_probe_s=0.5, spare_retry_s=2.0
 )
 SIDES: Final = ("a", "b")
 SimLink: TypeAlias = tuple[str, int]
@@ -261,10 +269,15 @@ class SessionPathsMachine(RuleBasedStateMachine):
 
     core_settings: ClassVar[SessionSettings] = PATHS_CORE_SETTINGS
     path_settings: ClassVar[PathSettings] = PATHS_SETTINGS
+    relays: ClassVar[tuple[str, ...]] = ()
+    """Named relays circuits run through (none: every circuit is on one unnamed relay)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
+        self.circuit_relay: dict[SimLink, str | None] = {}
+        """The relay each relay circuit runs through."""
+        self.alive_relays: set[str] = set(self.relays)
         k1, k2 = os.urandom(32), os.urandom(32)
         ra, rb = KeyRing(), KeyRing()
         ra.install(SendKey(k1, 2, 0.0), ReceiveKey(k2, 1, 0.0), 0.0)
@@ -290,18 +303,36 @@ class SessionPathsMachine(RuleBasedStateMachine):
         self.eofs: dict[str, int] = {"a": 0, "b": 0}
         self.finished: dict[str, bool] = {"a": False, "b": False}
         self.counter = 0
-        relay = self._new_link("relay")
+        first = self.relays[0] if self.relays else None
+        relay = self._new_link("relay", first)
         for side in SIDES:
-            self.paths[side].relay_up(relay, 0.0)
+            self.paths[side].relay_up(relay, 0.0, relay=first)
             self.paths[side].handle_timer(0.0)  # the first race starts with the session
         self._settle()
 
     # ----------------------------------------------------------------- the simulated driver
-    def _new_link(self, kind: str) -> SimLink:
+    def _new_link(self, kind: str, relay: str | None = None) -> SimLink:
         self.ids += 1
         link = (kind, self.ids)
         self.live.add(link)
+        if kind == "relay":
+            self.circuit_relay[link] = relay
         return link
+
+    def _open_relay(self, side: str, command: OpenRelay) -> None:
+        """A circuit on the first live relay not avoided (any, with unnamed relays)."""
+        paths = self.paths[side]
+        if not self.relays:
+            paths.relay_up(self._new_link("relay"), self.now, opened_here=True)
+            return
+        where = next(
+            (r for r in self.relays if r in self.alive_relays and r not in command.avoid), None
+        )
+        if where is None:
+            paths.relay_open_failed("no relay to open a circuit on", self.now, spare=command.spare)
+            return
+        link = self._new_link("relay", where)
+        paths.relay_up(link, self.now, opened_here=True, relay=where, spare=command.spare)
 
     def _close(self, link: Hashable, reason: str) -> None:
         if link not in self.live:
@@ -348,7 +379,7 @@ class SessionPathsMachine(RuleBasedStateMachine):
             elif isinstance(command, CloseLink):
                 self._close(command.link, command.reason)
             elif isinstance(command, OpenRelay):
-                paths.relay_up(self._new_link("relay"), self.now, opened_here=True)
+                self._open_relay(side, command)
             else:
                 assert isinstance(command, PathLog)
         return busy
@@ -366,7 +397,8 @@ class SessionPathsMachine(RuleBasedStateMachine):
         if link not in paths.kinds:
             if link[0] != "relay":
                 return  # a connection this side already gave up on
-            paths.relay_up(link, self.now)  # a circuit the peer re-opened, routed by frame
+            # a circuit the peer opened, routed by its frame
+            paths.relay_up(link, self.now, relay=self.circuit_relay.get(link))
         paths.receive_frame(frame, link, self.now)
         self._settle()
 
@@ -514,3 +546,65 @@ class SessionPathsMachine(RuleBasedStateMachine):
         for side, other in (("a", "b"), ("b", "a")):
             assert self.got[side] == self.sent[other], "messages did not all arrive once healed"
             assert self.eofs[side] == int(self.paths[other].core.eof_sent)
+
+
+class SessionRelaysMachine(SessionPathsMachine):
+    """`SessionPathsMachine` over three named relays: the controlling side keeps a spare
+    circuit on another relay, relays die (every circuit on them closes), come back and close
+    single circuits, and the session moves between them.
+
+    Extra invariants: at most one circuit per relay and `MAX_RELAY_CIRCUITS` in all, every
+    tracked circuit live, probes bounded. Messages still arrive exactly once, in order.
+    """
+
+    path_settings: ClassVar[PathSettings] = RELAYS_SETTINGS
+    relays: ClassVar[tuple[str, ...]] = ("r1", "r2", "r3")
+
+    def _relay_links(self, relay: str | None = None) -> list[SimLink]:
+        return sorted(
+            (
+                x
+                for x in self.live
+                if x[0] == "relay" and (relay is None or self.circuit_relay.get(x) == relay)
+            ),
+            key=repr,
+        )
+
+    @precondition(lambda self: len(self.alive_relays) > 0)
+    @rule(data=st.data())
+    def relay_dies(self, data: st.DataObject) -> None:
+        """A relay dies (SIGKILL, or removed from the list): every circuit on it closes."""
+        relay = data.draw(st.sampled_from(sorted(self.alive_relays)), label="relay")
+        self.alive_relays.discard(relay)
+        for link in self._relay_links(relay):
+            self._close(link, f"relay connection lost: {relay} died")
+        self._settle()
+
+    @precondition(lambda self: len(self.alive_relays) < len(self.relays))
+    @rule(data=st.data())
+    def relay_returns(self, data: st.DataObject) -> None:
+        dead = sorted(set(self.relays) - self.alive_relays)
+        self.alive_relays.add(data.draw(st.sampled_from(dead), label="relay"))
+
+    @precondition(lambda self: any(x[0] == "relay" for x in self.live))
+    @rule(data=st.data())
+    def relay_closes_a_circuit(self, data: st.DataObject) -> None:
+        self._close(data.draw(st.sampled_from(self._relay_links()), label="circuit"), "closed")
+        self._settle()
+
+    @invariant()
+    def one_circuit_per_relay(self) -> None:
+        for side in SIDES:
+            paths = self.paths[side]
+            circuits = list(paths.manager.circuits)
+            relays = [c.relay for c in circuits]
+            assert len(relays) == len(set(relays)), "two circuits on one relay"
+            assert len(circuits) <= MAX_RELAY_CIRCUITS
+            assert all(c.link in self.live for c in circuits)
+            assert len(paths._probes) <= MAX_PROBES  # white-box
+            relay = paths.manager.relay
+            assert relay is None or relay in paths.manager.circuits
+
+    def teardown(self) -> None:
+        self.alive_relays = set(self.relays)
+        super().teardown()

@@ -50,7 +50,10 @@ from meshcore.proto.inner import (
     encode_inner,
 )
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
+from meshcore.proto.sessionend import linger_answer
 from meshcore.proto.sessionevents import (
+    ACTIVE,
+    FINISHED_REASON,
     EndpointsReceived,
     EofReceived,
     FrameResult,
@@ -88,12 +91,6 @@ __all__ = [
     "SessionState",
     "SessionStats",
 ]
-
-ACTIVE: Final = None
-"""Outbox destination meaning "whatever path is active now"."""
-
-FINISHED_REASON: Final = "finished: both directions ended"
-"""`SessionCore.close_reason` of a session that finished cleanly."""
 
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
@@ -480,20 +477,8 @@ class SessionCore:
         self._transmit(ACTIVE, close, now)
 
     def _linger_receive(self, frame: bytes, now: float) -> None:
-        """A frame for a finished session that lingers: the peer's Close(CLOSE_FINISHED)
-        ends the linger; a resent message or Eof means it missed our finish: say it again."""
-        try:
-            message = decode_inner_untrusted(self.keys.open(frame, now))
-        except ReplayError:
-            self._say_finished(now)  # our ack of it was lost
-            return
-        except MeshError:
-            return
-        if type(message) is Close:
-            if message.code == CLOSE_FINISHED:
-                self._linger_until = None
-        elif type(message) is Data or type(message) is Eof:
-            self._say_finished(now)
+        if not linger_answer(self.keys, frame, now, self._say_finished):
+            self._linger_until = None
 
     @property
     def lingering(self) -> bool:

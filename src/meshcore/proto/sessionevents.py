@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
+from typing import Final
 
 import attrs
 
@@ -14,6 +15,8 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.inner import RekeyFragment
 
 __all__ = [
+    "ACTIVE",
+    "FINISHED_REASON",
     "EndpointsReceived",
     "EofReceived",
     "FrameResult",
@@ -29,6 +32,13 @@ __all__ = [
     "SessionState",
     "SessionStats",
 ]
+
+
+ACTIVE: Final = None
+"""Outbox destination meaning "whatever path is active now"."""
+
+FINISHED_REASON: Final = "finished: both directions ended"
+"""`SessionCore.close_reason` of a session that finished cleanly."""
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ import trio
 from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
 from meshcore._migrator import Migrator, open_migrator
 from meshcore._network import RelayNetwork, RelaySpec, open_relay_network
-from meshcore._nursery import open_hidden_nursery
+from meshcore._nursery import collapse_exception_group, open_hidden_nursery
 from meshcore._session import (
     Session,
     handshake_as_initiator,
@@ -300,7 +300,10 @@ async def _serve_one(
             ) as session,
             _migrating(session, client, pairing, paths),
         ):
-            await handler(session)
+            try:
+                await handler(session)
+            except BaseExceptionGroup as group:  # from the handler's own nursery
+                raise collapse_exception_group(group)  # noqa: B904 - its leaf says why
     except HandshakeError as exc:
         log.warning("handshake with %s failed: %s", peer, exc)
     except MeshError as exc:

@@ -85,13 +85,21 @@ class Procs:
         return self.start(name, BIN / "meshcore-peer", *args, **io)
 
     def start_relay(self) -> str:
+        """Start a relay with an identity of its own; returns its URL with its relay id
+        (URL#RELAY_ID), so that the peers verify it."""
+        key = self.workdir / "relay.key"
+        made = subprocess.run(
+            [BIN / "meshcore-relay", "genkey", "--identity", key],
+            capture_output=True, check=True, env=ENV, timeout=60,
+        )  # fmt: skip
+        relay_id = made.stdout.decode().strip()
         port, self.metrics_port = free_port(), free_port()
         self.start(
             "relay", BIN / "meshcore-relay", "--listen", f"127.0.0.1:{port}",
-            "--metrics", f"127.0.0.1:{self.metrics_port}",
+            "--identity", key, "--metrics", f"127.0.0.1:{self.metrics_port}",
         )  # fmt: skip
         self.wait_log("relay", "relay listening")
-        self.url = f"ws://127.0.0.1:{port}"
+        self.url = f"ws://127.0.0.1:{port}#{relay_id}"
         return self.url
 
     def wait_log(self, name: str, text: str, times: int = 1, timeout: float = 30) -> float:

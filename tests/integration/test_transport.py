@@ -407,6 +407,7 @@ async def test_many_concurrent_connections(nursery: trio.Nursery) -> None:
                 clients.start_soon(client, i)
 
 
+@pytest.mark.allow_traceback  # an unexpected error is logged with its traceback
 async def test_crashing_handler_closes_only_its_own_connection(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -329,4 +329,5 @@ def test_sigterm_closes_the_sessions_so_the_other_peer_ends_its_own_at_once(
         stopped, survivor = mesh.log(0).read_text(), mesh.log(1).read_text()
     assert "removing mesh0" in stopped
     for log in (stopped, survivor):
-        assert "WARNING" not in log and "Traceback" not in log, log
+        warnings = [w for w in log.splitlines() if "WARNING" in w and "is not verified" not in w]
+        assert not warnings and "Traceback" not in log, log  # (the mesh's relay has no id)

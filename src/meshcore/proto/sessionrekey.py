@@ -1,4 +1,4 @@
-"""When a live session rekeys, and where its rekey fragments go (CRYPTO.md §3.8), for the
+"""When a live session rekeys, and where its rekey fragments go (docs/crypto-spec.md §3.8), for the
 session's `SessionCore`, which sends the fragments as sealed control messages.
 
 The session's original initiator starts a fresh handshake once its send key reaches

@@ -129,6 +129,23 @@ class FramedTransport(Transport):
                 return frames
             await self._read()
 
+    async def send_eof(self) -> None:
+        """Send a TCP FIN after what was written (the peer reads the last frames, then an
+        end); reading goes on. Never raises; a no-op on a stream that cannot half-close."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await stream.send_eof()
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            await trio.lowlevel.checkpoint()
+
     async def aclose(self, reason: str = "closed") -> None:
         self._note_closed(reason)
         await trio.aclose_forcefully(self.stream)

@@ -423,7 +423,18 @@ class Session(trio.abc.Channel[bytes]):
             self._route()
             for link in list(self._links):
                 await link.drain()
+            await self._end_direct_links()
         self._notify()
+
+    async def _end_direct_links(self) -> None:
+        """Half-close each direct connection after the Close and read on until the peer ends
+        its side: a TCP socket closed with unread data sends a reset, and the reset would
+        take the Close (still in flight, or unread at the peer) with it."""
+        direct = [link for link in self._links if link.kind != "relay" and not link.closed]
+        for link in direct:
+            await link.transport.send_eof()
+        while any(not link.closed for link in direct):
+            await self._wait_progress()
 
     # ----------------------------------------------------------------- path driver
     def attach_driver(
@@ -482,6 +493,7 @@ class Session(trio.abc.Channel[bytes]):
         if self._driver is None:
             if self._core.close_reason is None:
                 self._set_failure(f"transport closed: {reason}")
+            self._notify()
             return
         self._paths.link_down(link, reason, trio.current_time())
         self._changed()

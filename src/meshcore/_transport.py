@@ -107,6 +107,12 @@ class Transport(trio.abc.AsyncResource):
         """
         return [await self.receive()]
 
+    async def send_eof(self) -> None:
+        """End our sending side after what was sent, where the carrier can (a TCP half-close);
+        receiving goes on. A no-op by default (a WebSocket or a relay circuit has no such
+        thing); never raises."""
+        await trio.lowlevel.checkpoint()
+
     @abc.abstractmethod
     async def aclose(self, reason: str = "closed") -> None:
         """Close, telling the other side `reason`; never raises for an already closed transport.

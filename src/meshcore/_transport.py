@@ -110,7 +110,7 @@ class Transport(trio.abc.AsyncResource):
     async def send_eof(self) -> None:
         """End our sending side after what was sent, where the carrier can (a TCP half-close);
         receiving goes on. A no-op by default (a WebSocket or a relay circuit has no such
-        thing); never raises."""
+        thing); never raises. Cancellation leaves the sending side as it was."""
         await trio.lowlevel.checkpoint()
 
     @abc.abstractmethod

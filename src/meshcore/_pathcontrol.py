@@ -1,7 +1,6 @@
-"""How a path driver (the `Migrator`) acts on a `Session`: the session wakes it through the
-small `PathDriver` protocol, and it acts through the `PathControl` that
-`Session.attach_driver` gives back (races, the links it brings, the path policy's commands).
-"""
+"""A path driver's handle on a session (`PathControl`, from `Session.attach_driver`) and what
+the session asks of the driver (`PathDriver`): the races, the links the driver brings, the
+commands of the session's path policy (docs/direct.md)."""
 
 from __future__ import annotations
 
@@ -75,7 +74,8 @@ class PathControl:
     def commands(self) -> list[PathCommand]:
         """Take the I/O the path policy asks for (races, closing links, re-opening the relay
         circuit, log lines)."""
-        return self._session._paths.commands()
+        with self._session._lock:
+            return self._session._paths.commands()
 
     def owns_receiver_index(self, receiver_index: int) -> bool:
         """Is `receiver_index` one of this open session's (a connection's first frame names
@@ -90,19 +90,21 @@ class PathControl:
         a race is running already or the session has ended."""
         session = self._session
         paths = session._paths
-        if paths.racing or session._core.state is not SessionState.OPEN:
-            return False
-        paths.race_started(trio.current_time(), endpoints)
-        session._changed()
+        with session._lock:
+            if paths.racing or session._core.state is not SessionState.OPEN:
+                return False
+            paths.race_started(trio.current_time(), endpoints)
+            session._changed()
         return True
 
     def race_failed(self, reason: str) -> None:
         """The race's deadline passed without a winner: its candidates are closed."""
         session = self._session
-        if session._paths.race is None:
-            return
-        session._paths.race_failed(reason, trio.current_time())
-        session._changed()
+        with session._lock:
+            if session._paths.race is None:
+                return
+            session._paths.race_failed(reason, trio.current_time())
+            session._changed()
 
     def attach_candidate(
         self, transport: Transport, *, first_frame: bytes | None = None
@@ -114,10 +116,11 @@ class PathControl:
         running, the race is full, the session ended): then close `transport`.
         """
         session = self._session
-        link = Link(transport, "direct", session._traffic)
-        if not session._paths.candidate_up(link, trio.current_time()):
-            return None
-        self._arrived(link, first_frame)
+        link = session._new_link(transport, "direct")
+        with session._lock:
+            if not session._paths.candidate_up(link, trio.current_time()):
+                return None
+            self._arrived(link, first_frame)
         return link
 
     def attach_relay(
@@ -140,23 +143,25 @@ class PathControl:
         session = self._session
         if session._core.state is not SessionState.OPEN:
             return None
-        link = Link(transport, "relay", session._traffic)
+        link = session._new_link(transport, "relay")
         if transport.relay_url is not None:
             session._relay_url = transport.relay_url
-        session._paths.relay_up(
-            link,
-            trio.current_time(),
-            opened_here=opened_here,
-            relay=self._driver.relay_of(transport),
-            spare=spare,
-        )
-        self._arrived(link, first_frame)
+        with session._lock:
+            session._paths.relay_up(
+                link,
+                trio.current_time(),
+                opened_here=opened_here,
+                relay=self._driver.relay_of(transport),
+                spare=spare,
+            )
+            self._arrived(link, first_frame)
         return link
 
     def relay_open_failed(self, reason: str, *, spare: bool = False) -> None:
         """Opening a relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
-        self._session._changed()
+        with self._session._lock:
+            self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
+            self._session._changed()
 
     def detach(self) -> None:
         """The driver is done: the session no longer wakes it, and a lost link ends it."""

@@ -19,19 +19,25 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
-import attrs
 import trio
 
+from meshcore import _trace
 from meshcore._counters import SessionCounters
+from meshcore._direct import FramedTransport
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+from meshcore._iothread import IoThread
 from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pathcontrol import PathControl, PathDriver
+from meshcore._sessiondatapath import SessionDataPath
+from meshcore._sessionstatus import SessionStatus, session_counters, session_status
+from meshcore._threadlink import ThreadedLink
 from meshcore._transport import Transport
 from meshcore.errors import ClosedByPeer, NoUsablePath, SessionClosed
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
@@ -40,7 +46,6 @@ from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.inner import CLOSE_APPLICATION
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
-    DirectMode,
     LinkKind,
     PathSettings,
     PathStats,
@@ -79,6 +84,17 @@ CLOSE_GRACE_S: Final = 1.0
 """The most `Session.aclose` waits (shielded) to get its Close out, or the finish confirmed."""
 
 _FRAME: Final = int(PacketType.FRAME)
+_THREADED_TIMER_TICK_S: Final = 0.02
+"""While other threads drive the session (`send_nowait`, threaded links), the timer task
+looks at the deadlines at least this often, so those threads need wake trio only for what
+is due sooner."""
+
+
+def _push_all(frames: list[tuple[Link, bytes]]) -> None:
+    """Queue frames handed over from another thread on their trio links, in order."""
+    for link, frame in frames:
+        link.push(frame)
+
 
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
@@ -91,37 +107,7 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     return keys
 
 
-@attrs.frozen
-class SessionStatus:
-    """A snapshot of one session for status displays (`Session.status()`)."""
-
-    peer_id: str
-    path: str
-    """"relay" or "direct": where the session's traffic goes now."""
-    remote_address: str | None
-    """The other end of the active path: the relay for "relay", the peer for "direct"."""
-    rtt_s: float | None
-    """Latest round trip on the active path (ping or validation), else the data RTT."""
-    bytes_sent: int
-    bytes_received: int
-    frames_sent: int
-    frames_received: int
-    migrations: int
-    """Moves from the relay onto a direct path."""
-    last_error: str | None
-    """The latest path failure (failed race, fallback), or why the session ended."""
-    age_s: float = 0.0
-    """Seconds since the session opened."""
-    relay: str | None = None
-    """The URL of the relay whose circuit carries the session (None while it is direct, or if
-    unknown)."""
-    relay_moves: int = 0
-    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
-    not_direct_reason: str | None = None
-    """Why the session is not on a direct path now (None while it is)."""
-
-
-class Session(trio.abc.Channel[bytes]):
+class Session(SessionDataPath, trio.abc.Channel[bytes]):
     """An end-to-end encrypted, ordered, exactly-once message session with one peer.
 
     Create it with `open_session`; it lives inside that `async with`. Its frames travel over
@@ -136,6 +122,20 @@ class Session(trio.abc.Channel[bytes]):
         inbox_limit: int,
     ) -> None:
         now = trio.current_time()
+        self._lock = threading.RLock()
+        """Held by whichever thread touches the core and the paths (trio's, or the data
+        path's): every call into them and the handling of what they return."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._clock = trio.lowlevel.current_clock()
+        self._trio_thread = threading.get_ident()
+        self._io: IoThread | None = None
+        self._receiver: Callable[[bytes], None] | None = None
+        self._window_open: Callable[[], None] | None = None
+        self._window_blocked = False
+        self._stashed: list[SessionEvent | PingAnswered] = []
+        self._kick_pending = False
+        self._waiters = 0
+        self._threaded = 0
         self._handshake = result
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
@@ -205,83 +205,26 @@ class Session(trio.abc.Channel[bytes]):
         return self._driver is not None and self._driver.abort_direct(reason)
 
     def status(self) -> SessionStatus:
-        """A snapshot: path, remote address, round trip, counters, migrations, last error."""
-        paths = self._paths
-        link = paths.active_link
-        remote: str | None = None
-        rtt = self._core.stats.rtt_s
-        if isinstance(link, Link):
-            address = link.transport.remote_address
-            remote = str(address) if address is not None else None
-            rtt = paths.rtt.get(link, rtt)
-        stats = self._core.stats
-        relay = paths.relay
-        if relay is None and self.path == "relay":
-            relay = self._relay_url  # a session without a path driver: the relay it opened on
+        """A snapshot: path, remote address, round trip, counters, migrations, last error,
+        the relay, and why the session is not direct."""
         now = trio.current_time()
-        return SessionStatus(
-            peer_id=self.peer_id.to_text(),
-            path=self.path,
-            remote_address=remote,
-            rtt_s=rtt,
-            bytes_sent=stats.bytes_sent,
-            bytes_received=stats.bytes_received,
-            frames_sent=stats.frames_sent,
-            frames_received=stats.frames_received,
-            migrations=paths.manager.migrations,
-            last_error=self._core.close_reason or paths.manager.last_error,
-            age_s=now - self._started,
-            relay=relay if isinstance(relay, str) else None,
-            relay_moves=paths.manager.relay_moves,
-            not_direct_reason=self._not_direct(now),
-        )
+        with self._lock:
+            return session_status(
+                self.peer_id.to_text(),
+                self._core,
+                self._paths,
+                path=self.path,
+                driven=self._driver is not None,
+                age_s=now - self._started,
+                opened_on=self._relay_url,
+                now=now,
+            )
 
     def counters(self) -> SessionCounters:
         """Everything counted since the session opened (frames and bytes by path and
         direction, messages, retransmissions, drops, rekeys, races, moves): for metrics."""
-        stats, traffic, manager = self._core.stats, self._traffic, self._paths.manager
-        return SessionCounters(
-            relay_frames_sent=traffic.relay_sent[0],
-            relay_bytes_sent=traffic.relay_sent[1],
-            relay_frames_received=traffic.relay_received[0],
-            relay_bytes_received=traffic.relay_received[1],
-            direct_frames_sent=traffic.direct_sent[0],
-            direct_bytes_sent=traffic.direct_sent[1],
-            direct_frames_received=traffic.direct_received[0],
-            direct_bytes_received=traffic.direct_received[1],
-            messages_sent=stats.messages_sent,
-            messages_received=stats.messages_received,
-            message_bytes_sent=stats.bytes_sent,
-            message_bytes_received=stats.bytes_received,
-            retransmitted=stats.retransmitted,
-            link_queue_drops=traffic.dropped,
-            replayed=stats.replayed,
-            rejected=stats.rejected,
-            rekeys=self._core.rekeys,
-            direct_attempts=manager.attempts,
-            migrations=manager.migrations,
-            fallbacks=manager.fallbacks,
-            fallbacks_silent=manager.fallbacks_silent,
-            relay_moves=manager.relay_moves,
-        )
-
-    def _not_direct(self, now: float) -> str | None:
-        """Why the session is not on a direct path, for status displays."""
-        if self.path == "direct":
-            return None
-        manager = self._paths.manager
-        if self._driver is None:
-            return "no path driver: this session stays on the transport it opened on"
-        if manager.mode is DirectMode.NEVER:
-            return "direct paths are off (direct='never')"
-        if manager.racing:
-            return "a direct attempt is running" + (
-                f" (the last one failed: {manager.last_error})" if manager.last_error else ""
-            )
-        reason = manager.last_error or "no direct attempt yet"
-        if manager.next_race is not None:
-            reason += f"; next attempt in {max(0.0, manager.next_race - now):.0f} s"
-        return reason
+        with self._lock:
+            return session_counters(self._core, self._paths, self._traffic)
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
         """Measure the round trip on the active path: (seconds, "relay" or "direct").
@@ -292,9 +235,10 @@ class Session(trio.abc.Channel[bytes]):
         answer is ignored).
         """
         self._check_open()
-        token = self._paths.ping(trio.current_time())
-        self._pings[token] = None
-        self._changed()
+        with self._lock:
+            token = self._paths.ping(trio.current_time())
+            self._pings[token] = None
+            self._changed()
         try:
             with trio.move_on_after(timeout):
                 while self._pings[token] is None:
@@ -346,19 +290,23 @@ class Session(trio.abc.Channel[bytes]):
             core = self._core
             while not core.can_send():
                 self._check_open(sending=True)
-                await self._wait_progress()
+                await self._wait_progress(counted=True)
             self._check_open(sending=True)
-            try:
-                if value is None:
-                    core.send_eof(trio.current_time())
-                    self._eof_sent = True
-                else:
-                    core.send(value, trio.current_time())
-            except SessionClosed as exc:  # e.g. the keys expired this very moment
-                self._set_failure(exc.reason)
-                raise trio.BrokenResourceError(exc.reason) from exc
-            self._changed()
+            if _trace.ENABLED and value is not None:
+                _trace.parent = _trace.key(value)
+            with self._lock:
+                try:
+                    if value is None:
+                        core.send_eof(trio.current_time())
+                        self._eof_sent = True
+                    else:
+                        core.send(value, trio.current_time())
+                except SessionClosed as exc:  # e.g. the keys expired this very moment
+                    self._set_failure(exc.reason)
+                    raise trio.BrokenResourceError(exc.reason) from exc
+                self._changed()
         finally:
+            _trace.parent = 0
             lock.release()
 
     async def receive(self) -> bytes:
@@ -379,8 +327,9 @@ class Session(trio.abc.Channel[bytes]):
             await self._wait_progress()
         payload = self._inbox.popleft()
         if len(self._inbox) <= self._inbox_limit // 2 and self._core.acks_held:
-            self._core.hold_acks(False, trio.current_time())
-            self._changed()
+            with self._lock:
+                self._core.hold_acks(False, trio.current_time())
+                self._changed()
         return payload
 
     async def wait_acknowledged(self) -> None:
@@ -389,7 +338,7 @@ class Session(trio.abc.Channel[bytes]):
         Cancelling it only stops the waiting."""
         while not self._core.all_acked:
             self._check_open()
-            await self._wait_progress()
+            await self._wait_progress(counted=True)
 
     async def wait_finished(self) -> None:
         """Wait until the session finished: both directions ended (each side's `send_eof`)
@@ -401,7 +350,7 @@ class Session(trio.abc.Channel[bytes]):
         """
         while not self._finished:
             self._check_open()
-            await self._wait_progress()
+            await self._wait_progress(counted=True)
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close the session: tell the peer (best effort) and stop. Idempotent.
@@ -418,9 +367,10 @@ class Session(trio.abc.Channel[bytes]):
         with trio.move_on_after(CLOSE_GRACE_S) as scope:
             scope.shield = True
             while self._core.lingering:
-                await self._wait_progress()
-            self._core.close(CLOSE_APPLICATION, reason, trio.current_time())
-            self._route()
+                await self._wait_progress(counted=True)
+            with self._lock:
+                self._core.close(CLOSE_APPLICATION, reason, trio.current_time())
+                self._route()
             for link in list(self._links):
                 await link.drain()
             await self._end_direct_links()
@@ -450,14 +400,15 @@ class Session(trio.abc.Channel[bytes]):
         """
         if self._driver is not None:
             raise RuntimeError("this session already has a path driver")
-        self._paths.enable_direct(
-            controlling=controlling,
-            settings=settings,
-            now=trio.current_time(),
-            relay=driver.relay_of(self._relay_link.transport),
-        )
-        self._driver = driver
-        self._changed()
+        with self._lock:
+            self._paths.enable_direct(
+                controlling=controlling,
+                settings=settings,
+                now=trio.current_time(),
+                relay=driver.relay_of(self._relay_link.transport),
+            )
+            self._driver = driver
+            self._changed()
         return PathControl(self, driver)
 
     # ----------------------------------------------------------------- links
@@ -468,6 +419,10 @@ class Session(trio.abc.Channel[bytes]):
         transport. Cancellation stops both tasks.
         """
         self._links.add(link)
+        threaded = isinstance(link, ThreadedLink)
+        self._threaded += threaded
+        if threaded:
+            self._wake_timer.set()  # its deadlines now come from another thread too
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run_writer, self._link_closed)
@@ -476,50 +431,87 @@ class Session(trio.abc.Channel[bytes]):
         finally:
             link.closed = True
             self._links.discard(link)
+            self._threaded -= threaded
 
     def _on_frames(self, link: Link, frames: list[bytes]) -> None:
-        now = trio.current_time()
-        receive = self._paths.receive_frame
-        for data in frames:
-            if data and data[0] == _FRAME:
-                receive(data, link, now)
-            # anything else: late handshake retransmissions and the like
-        self._changed()
+        """Frames arrived on `link` (from its reader: trio's, or the data path's thread)."""
+        with self._lock:
+            now = self._clock.current_time()
+            receive = self._paths.receive_frame
+            for data in frames:
+                if data and data[0] == _FRAME:
+                    if _trace.ENABLED:
+                        _trace.parent = _trace.key(data)
+                    receive(data, link, now)
+                    if _trace.ENABLED:
+                        _trace.mark("session.opened", data)
+                # anything else: late handshake retransmissions and the like
+            self._changed()
+        _trace.parent = 0
 
     def _link_closed(self, link: Link, reason: str) -> None:
         if link.closed:
             return
         link.closed = True
         if self._driver is None:
-            if self._core.close_reason is None:
-                self._set_failure(f"transport closed: {reason}")
+            with self._lock:
+                if self._core.close_reason is None:
+                    self._set_failure(f"transport closed: {reason}")
             self._notify()
             return
-        self._paths.link_down(link, reason, trio.current_time())
-        self._changed()
+        with self._lock:
+            self._paths.link_down(link, reason, trio.current_time())
+            self._changed()
 
     def _route(self) -> None:
-        """Hand the core's frames to the links they go on."""
+        """Hand the core's frames to the links they go on (a trio link's queue is trio's:
+        from another thread the frame is handed over in order through trio's token)."""
+        off_trio = threading.get_ident() != self._trio_thread
+        handed: list[tuple[Link, bytes]] = []
         for link, frame in self._paths.outbox():
-            cast(Link, link).push(frame)
+            if _trace.ENABLED:
+                _trace.mark("session.sealed", frame, parent=_trace.parent)
+            if off_trio and not isinstance(link, ThreadedLink):
+                handed.append((cast(Link, link), frame))
+            else:
+                cast(Link, link).push(frame)
+        if handed:  # one wakeup of trio for all of them
+            self._token.run_sync_soon(_push_all, handed)
+
+    def _new_link(self, transport: Transport, kind: str) -> Link:
+        """A link for `transport`: one the data path's thread serves, for a direct
+        connection once `use_io_thread` was called; else one of trio tasks."""
+        if self._io is not None and isinstance(transport, FramedTransport):
+            return ThreadedLink(transport, kind, self._io, self._traffic)
+        return Link(transport, kind, self._traffic)
 
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            deadline = self._paths.get_timer()
-            self._timer_at = deadline if deadline is not None else math.inf
-            with trio.move_on_at(self._timer_at):
+            with self._lock:
+                deadline = self._paths.get_timer()
+            at = deadline if deadline is not None else math.inf
+            if self._threaded or self._receiver is not None:
+                at = min(at, trio.current_time() + _THREADED_TIMER_TICK_S)
+            self._timer_at = at
+            with trio.move_on_at(at):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
             now = trio.current_time()
             if deadline is not None and now >= deadline:
-                self._paths.handle_timer(now)
-                self._changed()
+                with self._lock:
+                    self._paths.handle_timer(now)
+                    self._changed()
 
     # ----------------------------------------------------------------- helpers
     def _handle_events(self, events: list[SessionEvent | PingAnswered]) -> None:
         for event in events:
             if isinstance(event, MessageReceived):
+                if _trace.ENABLED:
+                    _trace.mark("session.deliver", event.payload, parent=_trace.parent)
+                if self._receiver is not None:
+                    self._receiver(event.payload)
+                    continue
                 self._inbox.append(event.payload)
                 if len(self._inbox) >= self._inbox_limit and not self._core.acks_held:
                     self._core.hold_acks(True, trio.current_time())
@@ -562,26 +554,57 @@ class Session(trio.abc.Channel[bytes]):
         self._notify()
 
     def _changed(self) -> None:
-        paths = self._paths
-        events = paths.events(trio.current_time())
-        if events:
-            self._handle_events(events)
-        self._route()
-        if paths.has_commands and self._driver is not None:
-            self._driver.wake()
-        # most changes only push timers later; wake the timer task when one moved earlier
-        deadline = paths.get_timer()
-        if deadline is None or deadline < self._timer_at:
-            self._wake_timer.set()
-        self._notify()
+        """Bring everything up to date after the core or the paths changed: events handled,
+        frames routed, the driver and the timer woken, waiters notified. From another
+        thread, only messages for the receiver are handled there; the rest waits for trio,
+        which is woken if anything needs it."""
+        on_trio = threading.get_ident() == self._trio_thread
+        wake_trio = False
+        with self._lock:
+            paths = self._paths
+            events = paths.events(self._clock.current_time())
+            if on_trio:
+                if self._stashed:
+                    events, self._stashed = self._stashed + events, []
+                if events:
+                    self._handle_events(events)
+            elif events:
+                wake_trio = self._deliver_off_trio(events)
+            self._route()
+            commands = paths.has_commands
+            # most changes only push timers later; wake the timer task when one moved earlier
+            deadline = paths.get_timer()
+            window_open = self._window_open
+            if window_open is None or not self._window_blocked or not self._core.can_send():
+                window_open = None
+            else:
+                self._window_blocked = False
+        if on_trio:
+            if commands and self._driver is not None:
+                self._driver.wake()
+            if deadline is None or deadline < self._timer_at:
+                self._wake_timer.set()
+            self._notify()
+        else:
+            timer_sooner = deadline is None or deadline < self._timer_at
+            if wake_trio or commands or self._waiters or timer_sooner:
+                self._wake_trio()
+        if window_open is not None:
+            window_open()
 
     def _notify(self) -> None:
         # every waiter waits on the same event; a fresh one is made for the next round
         self._progress.set()
         self._progress = trio.Event()
 
-    async def _wait_progress(self) -> None:
-        await self._progress.wait()
+    async def _wait_progress(self, *, counted: bool = False) -> None:
+        """Wait for the next change; `counted`: for room in the window or acks, which other
+        threads then wake trio for."""
+        self._waiters += counted
+        try:
+            await self._progress.wait()
+        finally:
+            self._waiters -= counted
 
     def _check_open(self, *, sending: bool = False) -> None:
         """Raise what a call on an ended session (or direction, when `sending`) raises."""

@@ -12,7 +12,7 @@ sequence number, so it arrives exactly once, after every message before it, and 
 acknowledged like one. Once both directions ended and each was acknowledged, the session
 finishes by itself: the side that completes it sends `Close(CLOSE_FINISHED)`, which also
 acknowledges the other's Eof (docs/protocol.md). Its settings, states, events and counters
-live in `meshcore.proto.sessionevents` and are re-exported here.
+live in `meshcore.proto.sessiontypes` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ from meshcore.proto.inner import (
 )
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.sessionend import linger_answer
-from meshcore.proto.sessionevents import (
+from meshcore.proto.sessionrecv import Arrival, Inbound
+from meshcore.proto.sessionrekey import RekeySchedule
+from meshcore.proto.sessiontypes import (
     ACTIVE,
     FINISHED_REASON,
     EndpointsReceived,
@@ -69,7 +71,7 @@ from meshcore.proto.sessionevents import (
     SessionState,
     SessionStats,
 )
-from meshcore.proto.sessionrekey import RekeySchedule
+from meshcore.proto.window import WindowSizer
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -129,27 +131,24 @@ class SessionCore:
         self._pending: deque[_Pending] = deque()
         self._pending_bytes = 0
         self._peer_acked = 0
-        self._recv_next = 0
-        self._reorder: dict[int, bytes | None] = {}  # None: the peer's Eof
+        self._in = Inbound(self.settings.reorder_frames)
         self._eof_seq: int | None = None  # our Eof's sequence number, once sent
-        self._peer_eof_seq: int | None = None  # the peer's, once seen (maybe out of order)
-        self.eof_received = False
-        """The peer's Eof was delivered: every message it sent has arrived."""
         self._linger_until: float | None = None
-        self._ack_sent = 0
-        self._ack_owed_since: float | None = None
-        self._ack_owed_frames = 0
-        self._ack_owed_bytes = 0
         self._last_sent = now
         self._last_received = now
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at: float | None = None
         self._events: list[SessionEvent] = []
         self._outbox: list[tuple[Hashable, bytes]] = []
-        self._acks_held = False
         self._dup_acks = 0
         self._window_frames = self.settings.window_frames
-        self._window_bytes = self.settings.window_bytes
+        self._window_cap = self.settings.window_bytes
+        self._sizer = (
+            WindowSizer(min_bytes=self.settings.min_window_bytes)
+            if self.settings.adaptive_window
+            else None
+        )
+        self._window_bytes = self._window_now()
         self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
         self._unsent_bytes = 0
         self._rekey: RekeySchedule | None = None
@@ -194,6 +193,11 @@ class SessionCore:
         return self._eof_seq is not None
 
     @property
+    def eof_received(self) -> bool:
+        """The peer's Eof was delivered: every message it sent has arrived."""
+        return self._in.eof_delivered
+
+    @property
     def eof_acked(self) -> bool:
         """The peer acknowledged our Eof, and with it every message before it."""
         return self._eof_seq is not None and self._peer_acked > self._eof_seq
@@ -207,9 +211,26 @@ class SessionCore:
             frames, nbytes = s.direct_window_frames, s.direct_window_bytes
         else:
             frames, nbytes = s.window_frames, s.window_bytes
-        if (frames, nbytes) != (self._window_frames, self._window_bytes):
-            self._window_frames, self._window_bytes = frames, nbytes
+        if (frames, nbytes) != (self._window_frames, self._window_cap):
+            self._window_frames, self._window_cap = frames, nbytes
+            if self._sizer is not None:
+                self._sizer.reset()  # another path: measure it afresh
+            self._window_bytes = self._window_now()
             self._send_unsent(now)
+
+    @property
+    def window_bytes(self) -> int:
+        """Bytes that may be unacknowledged now (the adaptive window, or the path's cap)."""
+        return self._window_bytes
+
+    @property
+    def window_sizer(self) -> WindowSizer | None:
+        """The estimates behind the adaptive window (None when it is off)."""
+        return self._sizer
+
+    def _window_now(self) -> int:
+        sizer = self._sizer
+        return self._window_cap if sizer is None else sizer.window(self._window_cap)
 
     @property
     def all_acked(self) -> bool:
@@ -224,7 +245,7 @@ class SessionCore:
     @property
     def acks_held(self) -> bool:
         """True while acknowledgements are withheld (the application is not reading)."""
-        return self._acks_held
+        return self._in.held
 
     def hold_acks(self, held: bool, now: float) -> None:
         """Withhold acks while the application's inbox is full; release sends one at once.
@@ -232,8 +253,8 @@ class SessionCore:
         This is the receiver's flow control: the peer's send window fills and its `send`
         waits, while keepalives keep flowing so the path never looks dead.
         """
-        self._acks_held = held
-        if not held and self._ack_owed_since is not None:
+        self._in.held = held
+        if not held and self._in.owed_since is not None:
             self._send_ack(now)
 
     def send(self, payload: bytes, now: float) -> None:
@@ -280,6 +301,8 @@ class SessionCore:
         waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
         frame = self._seal_sequenced(seq, payload, now, transmit=not waiting)
         size = 0 if payload is None else len(payload)
+        if self._sizer is not None and not waiting:
+            self._sizer.on_sent(seq, now, idle=not self._pending)
         self._pending.append(_Pending(seq, payload, frame, now))
         self._pending_bytes += size
         if waiting:
@@ -400,54 +423,37 @@ class SessionCore:
         self._finish(f"peer closed: {message.reason}" if message.reason else "peer closed")
 
     def _on_peer_eof(self, seq: int, now: float) -> None:
-        if self._peer_eof_seq is None:
-            if seq < self._recv_next or any(k > seq for k in self._reorder):
-                self._fail(f"peer ended its stream at message {seq}, before messages it sent")
-                return
-            self._peer_eof_seq = seq
-        elif seq != self._peer_eof_seq:
-            self._fail(f"peer ended its stream twice, at messages {self._peer_eof_seq} and {seq}")
+        problem = self._in.end_at(seq)
+        if problem is not None:
+            self._fail(problem)
             return
         self._on_data(seq, None, now)
 
     def _on_data(self, seq: int, payload: bytes | None, now: float) -> None:
-        eof = self._peer_eof_seq
+        eof = self._in.eof_seq
         if eof is not None and seq > eof:
             self._fail(f"peer sent message {seq} after ending its stream at {eof}")
             return
-        if seq < self._recv_next:
-            # the sender missed our ack (e.g. across a path switch): ack again at once
+        arrival = self._in.accept(seq, payload, self._deliver)
+        if arrival is Arrival.OLD or arrival is Arrival.BEYOND:
             self.stats.duplicates += 1
-            self._owe_ack(now, urgent=True)
-            return
-        if seq >= self._recv_next + self.settings.reorder_frames:
-            self.stats.duplicates += 1
+            if arrival is Arrival.OLD:  # the sender missed our ack (e.g. across a path switch)
+                self._owe_ack(now, urgent=True)
             return
         size = 0 if payload is None else len(payload)
-        if seq == self._recv_next:
-            self._deliver(payload)
-            nxt = self._recv_next
-            while nxt in self._reorder:
-                self._deliver(self._reorder.pop(nxt))
-                nxt = self._recv_next
-        elif seq not in self._reorder:
+        if arrival is Arrival.EARLY:
             # a gap: ack at once, so the sender learns of the loss (fast retransmit)
-            self._reorder[seq] = payload
-            self._ack_owed_bytes += size
-            self._owe_ack(now, urgent=True)
+            self._owe_ack(now, urgent=True, nbytes=size)
             return
-        else:
+        if arrival is Arrival.REPEAT:
             self.stats.duplicates += 1
-        self._ack_owed_bytes += size
         if self.eof_received and self.eof_acked:
             self._check_finished(now)  # which acknowledges it
         else:  # the Eof at once: the peer waits for it to know that everything arrived
-            self._owe_ack(now, urgent=self.eof_received)
+            self._owe_ack(now, urgent=self.eof_received, nbytes=size)
 
     def _deliver(self, payload: bytes | None) -> None:
-        self._recv_next += 1
         if payload is None:
-            self.eof_received = True
             self._events.append(EofReceived())
             return
         self.stats.messages_received += 1
@@ -468,7 +474,7 @@ class SessionCore:
     def _say_finished(self, now: float) -> None:
         """Acknowledge everything the peer sent, then Close(CLOSE_FINISHED), freshly sealed."""
         try:
-            ack = self._seal(encode_inner(Ack(self._recv_next), self.settings.pad_to), now)
+            ack = self._seal(encode_inner(Ack(self._in.next_seq), self.settings.pad_to), now)
             close = self._seal(encode_inner(Close(CLOSE_FINISHED, "finished")), now)
         except SessionClosed:
             return  # the keys expired this very moment: nothing more to say
@@ -492,29 +498,25 @@ class SessionCore:
         self._unsent = self._unsent_bytes = 0
         self._retransmit_at = None
 
-    def _owe_ack(self, now: float, *, urgent: bool) -> None:
-        self._ack_owed_frames += 1
-        if self._ack_owed_since is None:
-            self._ack_owed_since = now
+    def _owe_ack(self, now: float, *, urgent: bool, nbytes: int = 0) -> None:
+        inbound = self._in
+        inbound.owe(now, nbytes)
         s = self.settings
         if (
             urgent
-            or self._ack_owed_frames >= s.ack_every_frames
-            or self._ack_owed_bytes >= s.ack_every_bytes
+            or inbound.owed_frames >= s.ack_every_frames
+            or inbound.owed_bytes >= s.ack_every_bytes
         ):
             self._send_ack(now)
 
-    def _send_ack(self, now: float, *, force: bool = False) -> None:
-        if self._acks_held and not force:
+    def _send_ack(self, now: float) -> None:
+        if self._in.held:
             return
         self._mark_acked()
-        self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._recv_next)), now), now)
+        self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._in.next_seq)), now), now)
 
     def _mark_acked(self) -> None:
-        self._ack_sent = self._recv_next
-        self._ack_owed_since = None
-        self._ack_owed_frames = 0
-        self._ack_owed_bytes = 0
+        self._in.mark_acked()
 
     def _on_ack(self, ack: int, now: float, *, pure: bool = True) -> None:
         if ack < self._peer_acked:
@@ -534,10 +536,13 @@ class SessionCore:
         self._peer_acked = ack
         pending = self._pending
         sample: float | None = None
+        sizer = self._sizer
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
             size = 0 if entry.payload is None else len(entry.payload)
             self._pending_bytes -= size
+            if sizer is not None:
+                sizer.on_acked(entry.seq, size, now)
             if self._unsent > len(pending):  # acked while waiting to be resent
                 self._unsent -= 1
                 self._unsent_bytes -= size
@@ -548,6 +553,8 @@ class SessionCore:
             self.stats.rtt_s = sample if rtt is None else 0.875 * rtt + 0.125 * sample
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at = now + self._rto if pending else None
+        if sizer is not None:
+            self._window_bytes = sizer.window(self._window_cap)
         if self._unsent:
             self._send_unsent(now)
         if self.eof_received and self._eof_seq is not None:
@@ -566,7 +573,7 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             return 0
-        if self._recv_next:
+        if self._in.next_seq:
             self._send_ack(now)
         self._unsent = len(self._pending)
         self._unsent_bytes = self._pending_bytes
@@ -600,6 +607,8 @@ class SessionCore:
         if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
             entry.frame = self._seal_sequenced(entry.seq, entry.payload, now, transmit=False)
         entry.retransmitted = True
+        if self._sizer is not None:
+            self._sizer.forget(entry.seq)
         self._transmit(ACTIVE, entry.frame, now)
         self.stats.retransmitted += 1
 
@@ -611,8 +620,9 @@ class SessionCore:
         deadlines = [self._last_sent + s.keepalive_s]
         if s.dead_after_s is not None:
             deadlines.append(self._last_received + s.dead_after_s)
-        if self._ack_owed_since is not None and not self._acks_held:
-            deadlines.append(self._ack_owed_since + s.ack_delay_s)
+        ack_at = self._in.ack_due_at(s.ack_delay_s)
+        if ack_at is not None:
+            deadlines.append(ack_at)
         if self._retransmit_at is not None:
             deadlines.append(self._retransmit_at)
         send_key = self.keys.send_key
@@ -644,11 +654,8 @@ class SessionCore:
         if s.dead_after_s is not None and now >= self._last_received + s.dead_after_s:
             self._fail(f"no authenticated frame from the peer for {s.dead_after_s:g} s")
             return
-        if (
-            self._ack_owed_since is not None
-            and not self._acks_held
-            and now >= self._ack_owed_since + s.ack_delay_s
-        ):
+        ack_at = self._in.ack_due_at(s.ack_delay_s)
+        if ack_at is not None and now >= ack_at:
             self._send_ack(now)
         if self._retransmit_at is not None and now >= self._retransmit_at:
             self._rto = min(self._rto * 2, _MAX_RTO_S)
@@ -683,14 +690,14 @@ class SessionCore:
         self, seq: int, payload: bytes | None, now: float, *, transmit: bool = True
     ) -> bytes:
         """Seal message `seq` (None: our Eof) with the piggybacked ack."""
-        ack = self._ack_sent if self._acks_held else self._recv_next
+        ack = self._in.ack
         pad_to = self.settings.pad_to
         if payload is None:
             plaintext = encode_inner(Eof(seq, ack), pad_to)
         else:
             plaintext = encode_data(seq, ack, payload, pad_to)
         frame = self._seal(plaintext, now)
-        if self._ack_owed_since is not None and not self._acks_held:
+        if self._in.ack_owed:
             self._mark_acked()
         if transmit:
             self._transmit(ACTIVE, frame, now)
@@ -716,7 +723,7 @@ class SessionCore:
     def _finish(self, reason: str) -> None:
         self.state = SessionState.CLOSED
         self.close_reason = reason
-        self._reorder.clear()
+        self._in.buffered.clear()
 
 
 def _receiver_index(frame: bytes) -> int:

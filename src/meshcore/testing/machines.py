@@ -228,7 +228,7 @@ class SessionCoreMachine(RuleBasedStateMachine):
             assert core.unacked <= self.settings.direct_window_frames
             in_flight = core.unacked - core._unsent
             assert in_flight <= max(core._window_frames, 1)
-            assert len(core._reorder) <= self.settings.reorder_frames
+            assert len(core._in.buffered) <= self.settings.reorder_frames
 
     def teardown(self) -> None:
         # a clean network from here on: everything sent must arrive
@@ -501,7 +501,7 @@ class SessionPathsMachine(RuleBasedStateMachine):
             # direct window stay in flight after a fall back until they are acknowledged
             settings = self.core_settings
             assert core.unacked <= max(settings.window_frames, settings.direct_window_frames)
-            assert len(core._reorder) <= settings.reorder_frames  # white-box
+            assert len(core._in.buffered) <= settings.reorder_frames  # white-box
             assert len(paths._pings) <= MAX_PINGS
             if paths.race is not None:
                 assert len(paths.race.links) <= MAX_RACE_LINKS

@@ -1,6 +1,5 @@
-"""The session core's vocabulary: its settings and states, what `receive_frame` made of a
-frame, the events it emits and its counters (`meshcore.proto.session` re-exports them all).
-"""
+"""The data of a session core (`proto.session`): its settings, states, the events it reports
+and its counters. The names are importable from `meshcore.proto.session` as well."""
 
 from __future__ import annotations
 
@@ -17,6 +16,8 @@ from meshcore.proto.inner import RekeyFragment
 __all__ = [
     "ACTIVE",
     "FINISHED_REASON",
+    "RELAY_WINDOW_BYTES",
+    "RELAY_WINDOW_FRAMES",
     "EndpointsReceived",
     "EofReceived",
     "FrameResult",
@@ -33,12 +34,34 @@ __all__ = [
     "SessionStats",
 ]
 
-
 ACTIVE: Final = None
 """Outbox destination meaning "whatever path is active now"."""
 
 FINISHED_REASON: Final = "finished: both directions ended"
 """`SessionCore.close_reason` of a session that finished cleanly."""
+
+RELAY_WINDOW_FRAMES: Final = 48
+"""Most unacknowledged messages in flight on the relay: below the relay's per-circuit queue
+of `RELAY_CIRCUIT_QUEUE_FRAMES` (64) frames, the rest left for acks, keepalives and probes."""
+
+_RELAY_FRAME_OVERHEAD_BYTES: Final = C.MAX_CONTROL_BYTES - C.MAX_MESSAGE_BYTES
+"""Most bytes a relayed frame adds to its message in the relay's queue (header, padding,
+tag and the relay's envelope)."""
+
+RELAY_WINDOW_BYTES: Final = min(
+    2 * 1024 * 1024,
+    C.RELAY_CIRCUIT_QUEUE_BYTES
+    - C.MAX_MESSAGE_BYTES
+    - C.RELAY_CIRCUIT_QUEUE_FRAMES * _RELAY_FRAME_OVERHEAD_BYTES,
+)
+"""Cap of the session window on the relay, in bytes of messages: 160 KiB. The window follows
+the path's bandwidth-delay product on the relay as on direct paths, and 2 MiB would let it
+fill a 40 ms relay path at 200 Mbit/s; but the relay has no per-circuit flow control
+(credits) yet: it queues at most `RELAY_CIRCUIT_QUEUE_BYTES` (256 KiB) per circuit and
+direction and drops the rest, and a session that lost frames there waits a retransmission
+timeout. So the cap is the smaller of 2 MiB and what always fits that queue: a full window,
+plus the one message the window admits past its edge (`MAX_MESSAGE_BYTES`), plus the
+overhead of every frame the queue holds."""
 
 
 @attrs.frozen
@@ -53,13 +76,23 @@ class SessionSettings:
     """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
     ack_delay_s: float = C.ACK_DELAY_S
     ack_every_frames: int = 8
-    ack_every_bytes: int = 64 * 1024
-    window_frames: int = 48
+    ack_every_bytes: int = 16 * 1024
+    """Acknowledge at once after this many bytes: well below `min_window_bytes`, so that a
+    small window never waits for the ack delay."""
+    window_frames: int = RELAY_WINDOW_FRAMES
     """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
-    window_bytes: int = 192 * 1024
+    window_bytes: int = RELAY_WINDOW_BYTES
+    """Most unacknowledged bytes in flight on the relay (the cap of the adaptive window; it
+    must fit the relay's per-circuit queue, see `RELAY_WINDOW_BYTES`)."""
     direct_window_frames: int = 1024
     """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
     direct_window_bytes: int = 4 * 1024 * 1024
+    """Most unacknowledged bytes in flight on a direct path (the cap of the adaptive window)."""
+    adaptive_window: bool = True
+    """Size the window to twice the path's bandwidth-delay product (`proto.window`), within
+    [min_window_bytes, the path's cap], instead of always the cap: the reliable layer then
+    holds about one round trip of data, not megabytes of queue."""
+    min_window_bytes: int = 32 * 1024
     reorder_frames: int = C.REORDER_BUFFER_FRAMES
     pad_to: int = 16
 
@@ -152,14 +185,14 @@ class RekeyFragmentReceived:
 
 SessionEvent = (
     MessageReceived
-    | EofReceived
-    | SessionFinished
     | PeerClosed
     | SessionFailed
     | PathChallengeReceived
     | PathResponseReceived
     | EndpointsReceived
     | RekeyFragmentReceived
+    | EofReceived
+    | SessionFinished
 )
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from meshcore.errors import (
     AuthenticationError,
+    ClosedByPeer,
     ConfigError,
     ConnectFailed,
     ControlRequestFailed,
@@ -193,6 +194,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AuthenticationError",
+    "ClosedByPeer",
     "ConfigError",
     "ConnectFailed",
     "ControlRequestFailed",

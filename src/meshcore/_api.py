@@ -19,6 +19,7 @@ import trio
 from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
 from meshcore._migrator import Migrator, open_migrator
 from meshcore._network import RelayNetwork, RelaySpec, open_relay_network
+from meshcore._nursery import collapse_exception_group, open_hidden_nursery
 from meshcore._session import (
     Session,
     handshake_as_initiator,
@@ -26,6 +27,7 @@ from meshcore._session import (
     open_session,
 )
 from meshcore.errors import HandshakeError, MeshError
+from meshcore.logs import describe_error, log_unexpected
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.handshake import Responder
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
@@ -223,7 +225,10 @@ async def serve(
     """Accept sessions from the peers in `allow`, running `handler(session)` for each.
 
     Several sessions run at once, each in its own task; a handler that fails ends only its
-    own session (logged). Peers not on the allow-list are refused through the relay.
+    own session. A session that ends as sessions do (the peer closed it or ended it, it
+    failed, the handshake failed) is logged in one line; a handler's unexpected error is
+    logged in one line too, with its traceback at debug level. Peers not on the allow-list
+    are refused through the relay.
     `relay`, `direct`, `path_settings`, `candidates`, `local_port` and `rendezvous_k` are as
     for `connect` (all sessions share the one port and listener; with several relays,
     invitations come from every relay connection). `task_status.started(client)` is called
@@ -249,7 +254,7 @@ async def serve(
         rendezvous_k=rendezvous_k,
     ) as client:
         task_status.started(client)
-        async with trio.open_nursery() as nursery:
+        async with open_hidden_nursery() as nursery:
             while True:
                 invitation = await client.next_invitation()
                 if invitation.initiator not in allowed:
@@ -295,15 +300,21 @@ async def _serve_one(
             ) as session,
             _migrating(session, client, pairing, paths),
         ):
-            await handler(session)
+            try:
+                await handler(session)
+            except BaseExceptionGroup as group:  # from the handler's own nursery
+                raise collapse_exception_group(group)  # noqa: B904 - its leaf says why
     except HandshakeError as exc:
         log.warning("handshake with %s failed: %s", peer, exc)
     except MeshError as exc:
         log.warning("session with %s ended: %s", peer, exc)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel) as exc:
-        log.info("session with %s ended: %s", peer, exc or type(exc).__name__)
-    except Exception:
-        log.exception("session handler for %s failed", peer)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        # the session says why once, as it ends (a failure as a warning)
+        log.info("session with %s ended: %s", peer, describe_error(exc))
+    except trio.EndOfChannel:
+        log.info("session with %s ended: the handler read past the peer's end", peer)
+    except Exception as exc:
+        log_unexpected(log, f"session handler for {peer} failed", exc)
     finally:
         with trio.CancelScope(shield=True):
             await pairing.circuit.aclose("session ended")

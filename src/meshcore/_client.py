@@ -20,7 +20,8 @@ import trio
 from meshcore._circuit import CircuitTransport, Invitation, Pairing
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
-from meshcore._transport import Transport, open_reuseport_listener, open_transport
+from meshcore._sharedport import open_shared_port_listener
+from meshcore._transport import Transport, open_transport
 from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified, TransportClosed
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
@@ -669,7 +670,7 @@ async def open_relay_client(
     listener: trio.SocketListener | None = None
     if direct:
         try:
-            listener = await open_reuseport_listener("0.0.0.0", local_port or 0)
+            listener = await open_shared_port_listener(local_port or 0)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for direct connections on port {local_port or 0}: "

@@ -47,6 +47,9 @@ _MAX_PING_INTERVAL_S = 60.0
 
 
 class _Reportable(Protocol):
+    @property
+    def close_reason(self) -> str | None: ...
+
     def status(self) -> Any: ...
 
     def counters(self) -> SessionCounters: ...
@@ -64,6 +67,9 @@ def default_control_path() -> Path:
 class SessionRegistry:
     """The sessions a peer process runs now, for the control socket and the metrics.
 
+    A session that ended (closed by either side, finished or failed) is no longer listed,
+    even while the code that registered it is still winding down (a command stopping).
+
     `names` gives peers a label for displays (peer id text -> name, e.g. from `up`'s
     `[[peers]]` table).
     """
@@ -78,8 +84,8 @@ class SessionRegistry:
 
     @contextmanager
     def registered(self, session: _Reportable) -> Iterator[None]:
-        """Make `session` visible to status and ping while the block runs; when it ends,
-        its counters go into the registry's totals."""
+        """Make `session` visible to status and ping while the block runs and it is open;
+        when the block ends, its counters go into the registry's totals."""
         self._sessions.append(session)
         try:
             yield
@@ -91,17 +97,22 @@ class SessionRegistry:
         """The label configured for `peer_id` (its text form), if any."""
         return self._names.get(peer_id)
 
+    def live(self) -> list[_Reportable]:
+        """The registered sessions that have not ended."""
+        return [s for s in self._sessions if s.close_reason is None]
+
     def statuses(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per session (its status, and `name`)."""
+        """One JSON-ready dict per live session (its status, and `name`)."""
         out = []
-        for session in self._sessions:
+        for session in self.live():
             entry = _jsonable(session.status())
             entry["name"] = self._names.get(str(entry.get("peer_id")))
             out.append(entry)
         return out
 
     def sessions(self) -> list[_Reportable]:
-        """The live sessions (a copy)."""
+        """Every registered session (a copy), including ones that ended and are winding
+        down: their counters count until they leave (the metrics' totals only grow)."""
         return list(self._sessions)
 
     def ended_counters(self) -> SessionCounters:
@@ -109,9 +120,10 @@ class SessionRegistry:
         return self._ended
 
     def find(self, peer: str) -> _Reportable | None:
-        """The session with `peer`: a peer id's text form, a unique prefix of it, or a name."""
+        """The live session with `peer`: a peer id's text form, a unique prefix of it, or a
+        name."""
         matches = []
-        for session in self._sessions:
+        for session in self.live():
             peer_id = str(_jsonable(session.status())["peer_id"])
             if peer_id.startswith(peer) or (peer and self._names.get(peer_id) == peer):
                 matches.append(session)

@@ -130,6 +130,23 @@ class FramedTransport(Transport):
                 return frames
             await self._read()
 
+    async def send_eof(self) -> None:
+        """Send a TCP FIN after what was written (the peer reads the last frames, then an
+        end); reading goes on. Never raises; a no-op on a stream that cannot half-close."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await stream.send_eof()
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            await trio.lowlevel.checkpoint()
+
     async def aclose(self, reason: str = "closed") -> None:
         self._note_closed(reason)
         self._run_close_hooks()
@@ -394,7 +411,8 @@ def _short(exc: ConnectFailed) -> str:
 
 def local_candidates(relay_local: Endpoint | None, port: int) -> list[Endpoint]:
     """Our candidates on the shared `port`: the address our relay connection leaves from
-    first (the interface that routes), then the IPv4 address of every other interface.
+    first (the interface that routes), then the IPv4 address of every other interface, then
+    their global IPv6 addresses (the shared-port listener is dual-stack).
 
     Loopback is offered only when the relay itself is reached over loopback, link-local
     addresses never, and the addresses of overlay interfaces (our own tunnel devices, see
@@ -405,7 +423,7 @@ def local_candidates(relay_local: Endpoint | None, port: int) -> list[Endpoint]:
     if relay_ip is not None and not relay_ip.is_unspecified and not is_overlay_address(relay_ip):
         hosts.append(relay_ip.compressed)
     loopback_ok = relay_local is not None and relay_local.ip.is_loopback
-    for name, host, _mask in _interface_addresses():
+    for name, host, _mask in [*_interface_addresses(), *_interface_addresses_v6()]:
         ip = Endpoint(host, port).ip
         if ip.is_link_local or ip.is_unspecified or (ip.is_loopback and not loopback_ok):
             continue
@@ -468,4 +486,32 @@ def _interface_addresses() -> list[tuple[str, str, str]]:
                 out.append((name, host, _stdlib_socket.inet_ntoa(mask[20:24])))
     except OSError:
         return out
+    return out
+
+
+_IF_INET6: Final = "/proc/net/if_inet6"
+_IFA_F_TENTATIVE: Final = 0x40  # duplicate address detection still running: not usable yet
+
+
+def _interface_addresses_v6() -> list[tuple[str, str, str]]:
+    """(name, IPv6 address, prefix length) of each interface's usable addresses (Linux's
+    /proc/net/if_inet6); [] where unreadable. Link-local ones are filtered by the caller."""
+    try:
+        with open(_IF_INET6, encoding="ascii") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return []
+    out: list[tuple[str, str, str]] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 6:
+            continue
+        raw, _index, prefix, _scope, flags, name = fields
+        try:
+            if int(flags, 16) & _IFA_F_TENTATIVE:
+                continue
+            address = ipaddress.IPv6Address(bytes.fromhex(raw))
+        except ValueError:
+            continue
+        out.append((name, address.compressed, str(int(prefix, 16))))
     return out

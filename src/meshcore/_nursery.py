@@ -21,30 +21,53 @@ __all__ = ["collapse_exception_group", "open_hidden_nursery"]
 async def open_hidden_nursery() -> AsyncIterator[trio.Nursery]:
     """Open a nursery for background tasks that serve the body and never outlive it.
 
-    When the body ends, normally or not, the background tasks are cancelled (shut them down
-    gracefully inside the body first if they need it). What escapes is never an exception
-    group but one exception, chosen by `collapse_exception_group`:
+    The background tasks run until the body has ended, its own `finally` clauses included,
+    even when an outer cancel scope cancelled the body: so a body that shuts down gracefully
+    on its way out (a session sending its Close, a transport its close frame, each under a
+    shielded, bounded scope) still has the tasks that do the sending. Then they are
+    cancelled. What escapes is never an exception group but one exception, chosen by
+    `collapse_exception_group`:
 
     - a `KeyboardInterrupt` (or other non-`Exception` such as `SystemExit`) from anywhere;
     - else the body's own exception (the user's error, or the `trio.Cancelled` of an outer
       cancel scope, which is never swallowed);
     - else the background task's failure, a `MeshError` in preference to anything else.
 
-    Background failures that lose this choice are kept as the winner's `__context__` (when
-    it has none) and are named in a note, so nothing disappears silently.
+    A background failure cancels the body at once, as in any nursery. Failures that lose
+    the choice above are kept as the winner's `__context__` (when it has none) and are named
+    in a note, so nothing disappears silently.
     """
     body_error: BaseException | None = None
+    tasks_scope = trio.CancelScope()
     try:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as outer:
+            tasks: trio.Nursery = await outer.start(_run_tasks, tasks_scope)
+            # shielded only now: a host task cancelled while starting never moves into
+            # `outer` (trio's start), and shielded it would wait there forever
+            tasks_scope.shield = True
             try:
-                yield nursery
+                yield tasks
             except BaseException as exc:
                 body_error = exc
                 raise
             finally:
-                nursery.cancel_scope.cancel()
+                tasks_scope.cancel()
     except BaseExceptionGroup as group:
         _reraise(collapse_exception_group(group, body_error))
+    # the tasks were shielded: an outer cancellation that reached nothing else must still
+    # be seen by the code after the block
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
+async def _run_tasks(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
+    """Host the background tasks under `scope` (shielded once started; cancelled when the
+    body ended)."""
+    with scope:
+        async with trio.open_nursery() as tasks:
+            task_status.started(tasks)
+            await trio.sleep_forever()
 
 
 def collapse_exception_group(

@@ -2,9 +2,13 @@
 links (a reader and a writer task per link, and a timer task, in the session's own nursery or
 its path driver's), once the handshake (`meshcore._handshake`) gave it keys.
 
-A `Session` is a `trio.abc.Channel[bytes]`: `receive` raises `trio.EndOfChannel` after the
-peer closed cleanly, `trio.ClosedResourceError` after we closed it, and
-`trio.BrokenResourceError` (with a `SessionClosed` as its cause) when the session failed.
+A `Session` is a `trio.abc.Channel[bytes]` whose directions end separately, as in trio's
+`HalfCloseableStream`: `send_eof` ends ours, and `receive` raises `trio.EndOfChannel` once the
+peer ended its own (or closed the session) and every message was read. `send` raises
+`trio.ClosedResourceError` after `send_eof` or `aclose`, and `trio.BrokenResourceError` with
+the reason as its cause once the session is over: `ClosedByPeer` when the peer closed it
+first, another `SessionClosed` when it failed. Once both directions ended and were
+acknowledged, the session finishes by itself (docs/protocol.md).
 
 A path driver (the `Migrator`) moves the session between links: it registers with
 `Session.attach_driver` and acts through the `PathControl` it gets back; the session wakes it
@@ -31,13 +35,15 @@ from meshcore._iothread import IoThread
 from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pathcontrol import PathControl, PathDriver
+from meshcore._sessiondatapath import SessionDataPath
 from meshcore._sessionstatus import SessionStatus, session_counters, session_status
 from meshcore._threadlink import ThreadedLink
 from meshcore._transport import Transport
-from meshcore.errors import NoUsablePath, SessionClosed
+from meshcore.errors import ClosedByPeer, NoUsablePath, SessionClosed
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
 from meshcore.proto.identity import Identity, PeerId
+from meshcore.proto.inner import CLOSE_APPLICATION
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
     LinkKind,
@@ -49,11 +55,13 @@ from meshcore.proto.paths import (
 from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
 from meshcore.proto.session import (
     EndpointsReceived,
+    EofReceived,
     MessageReceived,
     PeerClosed,
     SessionCore,
     SessionEvent,
     SessionFailed,
+    SessionFinished,
     SessionSettings,
     SessionStats,
 )
@@ -71,6 +79,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("meshcore.session")
+
+CLOSE_GRACE_S: Final = 1.0
+"""The most `Session.aclose` waits (shielded) to get its Close out, or the finish confirmed."""
 
 _FRAME: Final = int(PacketType.FRAME)
 _THREADED_TIMER_TICK_S: Final = 0.02
@@ -96,7 +107,7 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     return keys
 
 
-class Session(trio.abc.Channel[bytes]):
+class Session(SessionDataPath, trio.abc.Channel[bytes]):
     """An end-to-end encrypted, ordered, exactly-once message session with one peer.
 
     Create it with `open_session`; it lives inside that `async with`. Its frames travel over
@@ -141,7 +152,10 @@ class Session(trio.abc.Channel[bytes]):
         self._timer_at = -math.inf
         self._progress = trio.Event()
         self._closed_by_us = False
-        self._eof = False
+        self._eof_sent = False
+        self._inbound_ended = False  # the peer's Eof, its Close, or the finish arrived
+        self._peer_closed: ClosedByPeer | None = None
+        self._finished = False
         self._failure: SessionClosed | None = None
         self._send_lock = trio.Lock()
         self._pings: dict[bytes, tuple[float, str] | None] = {}
@@ -160,8 +174,14 @@ class Session(trio.abc.Channel[bytes]):
 
     @property
     def close_reason(self) -> str | None:
-        """Why the session ended (None while it is open)."""
+        """Why the session ended (None while it is open): "finished: both directions
+        ended", "peer closed: ...", our own reason, or the failure."""
         return self._core.close_reason
+
+    @property
+    def finished(self) -> bool:
+        """Both directions ended and were acknowledged: the session closed cleanly."""
+        return self._finished
 
     @property
     def stats(self) -> SessionStats:
@@ -237,10 +257,30 @@ class Session(trio.abc.Channel[bytes]):
     async def send(self, value: bytes) -> None:
         """Queue one message; waits while the send window is full (back-pressure).
 
-        Raises `trio.ClosedResourceError` after `aclose`, `trio.BrokenResourceError`
-        (cause: `SessionClosed`) once the session has ended. Cancelled while it waits,
-        nothing was queued; once it returns, the message is the session's to deliver.
+        Raises `trio.ClosedResourceError` after `send_eof` or `aclose`, and
+        `trio.BrokenResourceError` (cause: `ClosedByPeer` or another `SessionClosed`) once the
+        session has ended. Cancelled while it waits, nothing was queued; once it returns,
+        the message is the session's to deliver.
         """
+        await self._send_sequenced(bytes(value))
+
+    async def send_eof(self) -> None:
+        """End our direction, as trio's `HalfCloseableStream.send_eof` does: the peer's
+        `receive` raises `trio.EndOfChannel` once it has read every message sent before, and
+        our `send` raises `trio.ClosedResourceError` from now on; messages from the peer keep
+        arriving. Idempotent.
+
+        The end of stream is sealed, sequenced and acknowledged like a message, so it arrives
+        exactly once, after everything sent before it, across path moves. Once the peer ended
+        its direction too and both were acknowledged, the session finishes by itself.
+        Raises like `send` (but not after an earlier `send_eof`). Cancelled while it waits
+        for room in the send window, nothing was sent.
+        """
+        if self._eof_sent and not self._closed_by_us:
+            return
+        await self._send_sequenced(None)
+
+    async def _send_sequenced(self, value: bytes | None) -> None:
         lock = self._send_lock
         try:  # uncontended: no trip through the scheduler (a window's worth goes out at once)
             lock.acquire_nowait()
@@ -249,14 +289,18 @@ class Session(trio.abc.Channel[bytes]):
         try:
             core = self._core
             while not core.can_send():
-                self._check_open()
+                self._check_open(sending=True)
                 await self._wait_progress(counted=True)
-            self._check_open()
-            if _trace.ENABLED:
+            self._check_open(sending=True)
+            if _trace.ENABLED and value is not None:
                 _trace.parent = _trace.key(value)
             with self._lock:
                 try:
-                    core.send(bytes(value), trio.current_time())
+                    if value is None:
+                        core.send_eof(trio.current_time())
+                        self._eof_sent = True
+                    else:
+                        core.send(value, trio.current_time())
                 except SessionClosed as exc:  # e.g. the keys expired this very moment
                     self._set_failure(exc.reason)
                     raise trio.BrokenResourceError(exc.reason) from exc
@@ -268,13 +312,15 @@ class Session(trio.abc.Channel[bytes]):
     async def receive(self) -> bytes:
         """The next message from the peer, in order.
 
-        Raises `trio.EndOfChannel` once the peer closed cleanly and every message was read.
-        Cancel-safe: a cancelled receive loses no message.
+        Raises `trio.EndOfChannel` once the peer ended its direction or closed the session
+        (or both directions ended) and every message was read; `trio.ClosedResourceError`
+        after our `aclose`; `trio.BrokenResourceError` (cause: `SessionClosed`) if the
+        session failed. Cancel-safe: a cancelled receive loses no message.
         """
         while not self._inbox:
             if self._closed_by_us:
                 raise trio.ClosedResourceError("session was closed")
-            if self._eof:
+            if self._inbound_ended:
                 raise trio.EndOfChannel
             if self._failure is not None:
                 raise trio.BrokenResourceError(str(self._failure)) from self._failure
@@ -287,88 +333,58 @@ class Session(trio.abc.Channel[bytes]):
         return payload
 
     async def wait_acknowledged(self) -> None:
-        """Wait until the peer has acknowledged every message sent so far (raises like `send`
-        once the session has ended). Cancelling it only stops the waiting."""
+        """Wait until the peer has acknowledged every message (and an end of stream) sent so
+        far. Raises like `send` once the session has ended with some of it unacknowledged.
+        Cancelling it only stops the waiting."""
         while not self._core.all_acked:
             self._check_open()
             await self._wait_progress(counted=True)
 
-    # ----------------------------------------------------------------- the data path
-    def use_io_thread(self, io: IoThread) -> None:
-        """Let the data path's thread serve this session's direct connections from now on:
-        their frames are read, opened, sealed and written there (docs/tap.md)."""
-        self._io = io
+    async def wait_finished(self) -> None:
+        """Wait until the session finished: both directions ended (each side's `send_eof`)
+        and were acknowledged, so nothing was lost either way.
 
-    def attach_receiver(
-        self, deliver: Callable[[bytes], None], window_open: Callable[[], None]
-    ) -> None:
-        """Hand each message to `deliver(payload)` as it arrives, in order, instead of
-        queueing it for `receive` (which then only reports the end of the session), and call
-        `window_open()` once `send_nowait` may succeed again after `ready_to_send` said no.
-
-        Both run in whichever thread handled the frames (trio's, or the data path's);
-        `deliver` under the session's lock, so it must not block and must not call into
-        the session; `window_open` outside it.
+        Raises `trio.BrokenResourceError` if it ended otherwise (cause: `ClosedByPeer` when
+        the peer closed it first, another `SessionClosed` when it failed), and
+        `trio.ClosedResourceError` after our `aclose`. Cancelling it only stops the waiting.
         """
-        self._receiver = deliver
-        self._window_open = window_open
-        self._wake_timer.set()
-
-    def detach_receiver(self) -> None:
-        """Undo `attach_receiver`: messages queue for `receive` again."""
-        with self._lock:
-            self._receiver = None
-            self._window_open = None
-
-    def ready_to_send(self) -> bool:
-        """Whether `send_nowait` would take a message now; if not, the `window_open`
-        callback of `attach_receiver` is called once it would. Thread-safe."""
-        with self._lock:
-            if self._core.can_send():
-                return True
-            self._window_blocked = True
-            return False
-
-    def send_nowait(self, value: bytes) -> bool:
-        """Seal and send one message now if the window has room (False if not: see
-        `ready_to_send`). Thread-safe, never blocks.
-
-        Raises like `send` once the session is closed or has failed.
-        """
-        with self._lock:
+        while not self._finished:
             self._check_open()
-            core = self._core
-            if not core.can_send():
-                self._window_blocked = True
-                return False
-            if _trace.ENABLED:
-                _trace.parent = _trace.key(value)
-            try:
-                core.send(value, self._clock.current_time())
-            except SessionClosed as exc:  # the keys expired this very moment
-                self._changed()
-                raise trio.BrokenResourceError(exc.reason) from exc
-            self._changed()
-        _trace.parent = 0
-        return True
+            await self._wait_progress(counted=True)
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close the session: tell the peer (best effort) and stop. Idempotent.
 
-        The Close goes out under a shielded scope of at most 1 s, so cancellation does not
-        cut it short.
+        A session still open sends a Close (the peer's session ends with "peer closed:
+        <reason>"); what was not acknowledged yet may then be lost, so end cleanly with
+        `send_eof` and `wait_finished` where that matters. A finished session first waits
+        for the peer to confirm the finish (about one round trip). Either happens under a
+        shielded scope of at most CLOSE_GRACE_S, so cancellation does not cut it short.
         """
         if self._closed_by_us:
             return
         self._closed_by_us = True
-        with self._lock:
-            self._core.close(0, reason, trio.current_time())
-            self._route()
-        with trio.move_on_after(1.0) as scope:
+        with trio.move_on_after(CLOSE_GRACE_S) as scope:
             scope.shield = True
+            while self._core.lingering:
+                await self._wait_progress(counted=True)
+            with self._lock:
+                self._core.close(CLOSE_APPLICATION, reason, trio.current_time())
+                self._route()
             for link in list(self._links):
                 await link.drain()
+            await self._end_direct_links()
         self._notify()
+
+    async def _end_direct_links(self) -> None:
+        """Half-close each direct connection after the Close and read on until the peer ends
+        its side: a TCP socket closed with unread data sends a reset, and the reset would
+        take the Close (still in flight, or unread at the peer) with it."""
+        direct = [link for link in self._links if link.kind != "relay" and not link.closed]
+        for link in direct:
+            await link.transport.send_eof()
+        while any(not link.closed for link in direct):
+            await self._wait_progress()
 
     # ----------------------------------------------------------------- path driver
     def attach_driver(
@@ -438,7 +454,10 @@ class Session(trio.abc.Channel[bytes]):
             return
         link.closed = True
         if self._driver is None:
-            self._set_failure(f"transport closed: {reason}")
+            with self._lock:
+                if self._core.close_reason is None:
+                    self._set_failure(f"transport closed: {reason}")
+            self._notify()
             return
         with self._lock:
             self._paths.link_down(link, reason, trio.current_time())
@@ -503,9 +522,17 @@ class Session(trio.abc.Channel[bytes]):
             elif isinstance(event, EndpointsReceived):
                 if self._driver is not None:
                     self._driver.endpoints_received(event.endpoints)
+            elif isinstance(event, EofReceived):
+                log.debug("session %s: the peer ended its direction", self.peer_id)
+                self._inbound_ended = True
+            elif isinstance(event, SessionFinished):
+                log.info("session %s finished: both directions ended", self.peer_id)
+                self._finished = self._inbound_ended = True
             elif isinstance(event, PeerClosed):
-                log.info("session %s closed by peer: %s", self.peer_id, event.reason or "no reason")
-                self._eof = True
+                reason = self._core.close_reason or "peer closed"
+                log.info("session %s ended: %s", self.peer_id, reason)
+                self._peer_closed = ClosedByPeer(reason)
+                self._inbound_ended = True
             elif isinstance(event, SessionFailed):
                 self._set_failure(self._explain(event.reason))
 
@@ -519,7 +546,8 @@ class Session(trio.abc.Channel[bytes]):
         return f"{reason}; the relay circuit was lost and not re-opened in time ({why})"
 
     def _set_failure(self, reason: str) -> None:
-        if self._failure is None and not self._eof and not self._closed_by_us:
+        ended = self._finished or self._peer_closed is not None or self._closed_by_us
+        if self._failure is None and not ended:
             log.warning("session %s failed: %s", self.peer_id, reason)
             self._failure = SessionClosed(reason)
             self._core.fail(reason)
@@ -564,33 +592,6 @@ class Session(trio.abc.Channel[bytes]):
         if window_open is not None:
             window_open()
 
-    def _deliver_off_trio(self, events: list[SessionEvent | PingAnswered]) -> bool:
-        """Hand messages to the receiver; keep everything else for trio (True if any)."""
-        receiver = self._receiver
-        kept = False
-        for event in events:
-            if receiver is not None and type(event) is MessageReceived:
-                if _trace.ENABLED:
-                    _trace.mark("session.deliver", event.payload, parent=_trace.parent)
-                receiver(event.payload)
-            else:
-                self._stashed.append(event)
-                kept = True
-        return kept
-
-    def _wake_trio(self) -> None:
-        if self._kick_pending:
-            return
-        self._kick_pending = True
-        try:
-            self._token.run_sync_soon(self._woken)
-        except trio.RunFinishedError:
-            pass
-
-    def _woken(self) -> None:
-        self._kick_pending = False
-        self._changed()
-
     def _notify(self) -> None:
         # every waiter waits on the same event; a fresh one is made for the next round
         self._progress.set()
@@ -605,13 +606,18 @@ class Session(trio.abc.Channel[bytes]):
         finally:
             self._waiters -= counted
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, sending: bool = False) -> None:
+        """Raise what a call on an ended session (or direction, when `sending`) raises."""
         if self._closed_by_us:
             raise trio.ClosedResourceError("session was closed")
+        if sending and self._eof_sent:
+            raise trio.ClosedResourceError("the sending direction was ended with send_eof")
         if self._failure is not None:
             raise trio.BrokenResourceError(str(self._failure)) from self._failure
-        if self._eof or self._core.close_reason is not None:
-            reason = self._core.close_reason or "closed by peer"
+        if self._peer_closed is not None:
+            raise trio.BrokenResourceError(str(self._peer_closed)) from self._peer_closed
+        reason = self._core.close_reason
+        if reason is not None:
             raise trio.BrokenResourceError(reason) from SessionClosed(reason)
 
 

@@ -1,5 +1,6 @@
-"""Transports: message-oriented connections (WebSocket over TCP via trio-websocket) and the
-shared-port TCP sockets that direct paths are dialled from.
+"""Transports: message-oriented connections (WebSocket over TCP via trio-websocket); the
+shared-port TCP sockets that direct paths are dialled from live in `meshcore._sharedport`
+(re-exported here).
 
 Rule for every Transport: once it is closed, for whatever reason and by whichever side,
 `send()` and `receive()` raise `TransportClosed` carrying `close_reason`. Messages that had
@@ -12,6 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import math
 import socket as _stdlib_socket
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,9 +31,15 @@ from trio_websocket import (
 )
 
 from meshcore._nursery import open_hidden_nursery
+from meshcore._sharedport import (
+    connect_from,
+    open_reuseport_listener,
+    open_tcp_socket_from,
+)
 from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
+    TRANSPORT_CANCELLED_CLOSE_S,
     TRANSPORT_CLOSE_TIMEOUT_S,
     TRANSPORT_CONNECT_TIMEOUT_S,
     TRANSPORT_HANDSHAKE_TIMEOUT_S,
@@ -99,11 +107,19 @@ class Transport(trio.abc.AsyncResource):
         """
         return [await self.receive()]
 
+    async def send_eof(self) -> None:
+        """End our sending side after what was sent, where the carrier can (a TCP half-close);
+        receiving goes on. A no-op by default (a WebSocket or a relay circuit has no such
+        thing); never raises. Cancellation leaves the sending side as it was."""
+        await trio.lowlevel.checkpoint()
+
     @abc.abstractmethod
     async def aclose(self, reason: str = "closed") -> None:
         """Close, telling the other side `reason`; never raises for an already closed transport.
 
-        Cancelled, it still closes, abruptly (without waiting for the other side).
+        It always closes: called when already cancelled (a program shutting down), it still
+        tells the other side within a short, shielded bound; cancelled while it waits for
+        the other side, it closes abruptly.
         """
 
     @property
@@ -242,16 +258,26 @@ class WebSocketTransport(Transport):
         """Close with a normal close frame carrying `reason` (truncated to 123 UTF-8 bytes).
 
         Waits up to `close_timeout` for the remote's close frame, then cuts the TCP
-        connection; if cancelled, cuts it at once. Messages not yet received are dropped.
+        connection. Called when already cancelled, it still sends the close frame (shielded)
+        and waits at most TRANSPORT_CANCELLED_CLOSE_S; cancelled while it waits, it cuts the
+        connection at once. Messages not yet received are dropped.
         """
         await self._close(_WS_NORMAL, reason)
 
     async def _close(self, code: int, reason: str) -> None:
-        """Close with `code` and `reason`, once; a second caller waits for the first."""
+        """Close with `code` and `reason`, once; a second caller waits for the first.
+
+        A caller that is already cancelled (a program shutting down) still sends the close
+        frame: shielded, waiting at most TRANSPORT_CANCELLED_CLOSE_S for the remote's.
+        """
         self._note_closed(None, reason, code)
         self._closed_here = True
+        timeout = self._close_timeout
+        cancelled = trio.current_effective_deadline() == -math.inf
+        if cancelled:
+            timeout = min(timeout, TRANSPORT_CANCELLED_CLOSE_S)
         try:
-            with trio.move_on_after(self._close_timeout):
+            with trio.CancelScope(shield=cancelled), trio.move_on_after(timeout):
                 if self._closing is not None:
                     await self._closing.wait()
                 else:
@@ -609,7 +635,7 @@ async def _connect(url: str, host: str, port: int, local_port: int | None) -> tr
         last: OSError = OSError(f"{host} has no address")
         for *_, sockaddr in infos:
             try:
-                return await _connect_from(local_port, Endpoint.from_sockaddr(sockaddr))
+                return await connect_from(local_port, Endpoint.from_sockaddr(sockaddr))
             except OSError as exc:
                 last = exc
         raise last
@@ -628,71 +654,3 @@ def _first_os_error(exc: OSError) -> OSError:
     while isinstance(cause, BaseExceptionGroup):
         cause = cause.exceptions[0]
     return cause if isinstance(cause, OSError) and exc.errno is None else exc
-
-
-# --- shared-port TCP sockets for direct paths ----------------------------------------------
-
-
-def _reuse_socket(family: int) -> trio.socket.SocketType:
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _connect_from(local_port: int, remote: Endpoint) -> trio.SocketStream:
-    """Connect to `remote` from a socket bound to `local_port`; raises OSError."""
-    family = trio.socket.AF_INET6 if remote.family == 6 else trio.socket.AF_INET
-    sock = _reuse_socket(family)
-    try:
-        await sock.bind(("::" if remote.family == 6 else "0.0.0.0", local_port))
-        await sock.connect((remote.host, remote.port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
-
-
-async def open_tcp_socket_from(local_port: int, remote: Endpoint) -> trio.SocketStream:
-    """Connect to `remote` from local port `local_port`, shared via SO_REUSEADDR|SO_REUSEPORT.
-
-    Several such sockets, and a listener from `open_reuseport_listener`, can use the same
-    local port at once (as long as their remote ends differ): that is what lets two peers'
-    SYNs cross their NATs (TCP simultaneous open). Raises ConnectFailed with `errno` set
-    (ECONNREFUSED is expected while the far NAT has no mapping yet: re-dial).
-    """
-    try:
-        return await _connect_from(local_port, remote)
-    except OSError as exc:
-        raise ConnectFailed(
-            f"TCP connect from local port {local_port} to {remote} failed: {exc.strerror or exc}",
-            errno=exc.errno,
-        ) from None
-
-
-async def open_reuseport_listener(
-    host: str, port: int, *, backlog: int = 128
-) -> trio.SocketListener:
-    """Listen on `host:port` with SO_REUSEADDR|SO_REUSEPORT so dials can share the port.
-
-    `port` 0 picks a free port (read it from `listener.socket.getsockname()`). Raises
-    OSError if the address cannot be bound.
-    """
-    infos = await trio.socket.getaddrinfo(
-        host or None, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
-    )
-    family, *_, sockaddr = infos[0]
-    sock = _reuse_socket(family)
-    try:
-        if family == trio.socket.AF_INET6:
-            sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
-        await sock.bind(sockaddr)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)

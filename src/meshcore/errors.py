@@ -16,6 +16,7 @@ from meshcore.proto.constants import PROTOCOL_VERSION
 
 __all__ = [
     "AuthenticationError",
+    "ClosedByPeer",
     "ConfigError",
     "ConfigProblems",
     "ConnectFailed",
@@ -176,6 +177,11 @@ class SessionClosed(MeshError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ClosedByPeer(SessionClosed):
+    """The peer closed the session (a Close frame) before both directions had ended: a clean
+    end on its side, not a failure, but what we were still sending will not arrive."""
 
 
 class NoUsablePath(MeshError):

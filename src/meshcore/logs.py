@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "describe_error", "log_unexpected", "setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,3 +43,19 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error: its message, or its class name when it has none; for a
+    trio resource error, the meshcore error it stands for (its cause)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(cause)
+    return text if text else type(cause).__name__
+
+
+def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log an error nobody expected as one line at error level ("<what>: <type>: <text>");
+    its traceback follows only when debug logging is on (`--log-level debug`)."""
+    logger.error("%s: %s: %s", what, type(exc).__name__, describe_error(exc))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("traceback of the error above", exc_info=exc)

@@ -47,9 +47,20 @@ from meshcore import (
     serve_control,
     serve_metrics,
 )
-from meshcore.logs import setup_logging
+from meshcore.logs import describe_error, setup_logging
 from meshcore_peer import netcheck, show
 from meshcore_peer.config import PeerConfig, load_peer_config
+from meshcore_peer.lifecycle import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    Stopping,
+    connect_status,
+    interrupted_status,
+    leaf_error,
+    run_until_signalled,
+)
 from meshcore_peer.relays_cmd import (
     add_relays_parser,
     print_connections,
@@ -67,10 +78,6 @@ from meshcore_peer.up import add_up_parser, run_up
 __all__ = ["main"]
 
 log = logging.getLogger("meshcore.peer")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 _EPILOG = """\
 examples:
@@ -118,12 +125,25 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("id", parents=[common], help="print this identity's peer id to share")
 
     p = sub.add_parser(
-        "connect", parents=[common], help="pipe stdin/stdout through a session with a peer"
+        "connect",
+        parents=[common],
+        help="pipe stdin/stdout through a session with a peer",
+        description="Pipe stdin to the peer and the peer to stdout, with half-close: when "
+        "stdin ends the peer sees its end, and connect exits once the peer's answer ended "
+        "too (as nc -N or socat). Works as an ssh ProxyCommand.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_relay_flags(p)
     p.add_argument("peer", metavar="PEER_ID", nargs="?", help="the peer's id")
 
-    p = sub.add_parser("listen", parents=[common], help="serve sessions from allowed peers")
+    p = sub.add_parser(
+        "listen",
+        parents=[common],
+        help="serve sessions from allowed peers",
+        epilog="On SIGHUP, SIGTERM or SIGINT every session is closed (the peer is told), the "
+        "relay connection closed and the control socket removed; the exit status is 0.",
+    )
     add_relay_flags(p)
     p.add_argument(
         "--allow",
@@ -177,9 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH", help="the running peer's control socket")
     p = sub.add_parser("ping", parents=[common], help="ping a peer through its session")
     p.add_argument("peer", metavar="PEER", help="peer id (or a unique prefix), or its name")
-    p.add_argument(
-        "-c", "--count", type=int, default=10, help="pings to send at most (default 10)"
-    )
+    p.add_argument("-c", "--count", type=int, default=10, help="pings to send at most (default 10)")
     p.add_argument(
         "--until-direct",
         action=argparse.BooleanOptionalAction,
@@ -220,6 +238,11 @@ def _identity_path(config: PeerConfig) -> Path:
 
 def _cmd_genkey(config: PeerConfig, force: bool) -> int:
     path = _identity_path(config)
+    if path.exists() and not force:
+        raise ConfigError(
+            f"identity file {path} already exists; refusing to overwrite it (a new key "
+            "changes your peer id); delete it first or pass --force"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     identity = Identity.generate()
     identity.save(path, overwrite=force)
@@ -244,7 +267,7 @@ def _require(value: str | None, what: str, flag: str) -> str:
     return value
 
 
-async def _run_connect(config: PeerConfig, control: Path | None) -> int:
+async def _run_connect(config: PeerConfig, control: Path | None, stopping: Stopping) -> int:
     check_relay_source(config.relay, config.relays, config.relays_file)
     peer = PeerId.from_text(_require(config.peer, "the peer id", "PEER_ID"))
     identity = Identity.load(_identity_path(config))
@@ -267,14 +290,24 @@ async def _run_connect(config: PeerConfig, control: Path | None) -> int:
         ):
             registry.relays = partial(relays_report, meeting)
             with registry.registered(session):
-                sent, received = await pipe_session(
-                    session,
-                    FileReceiveStream(sys.stdin.buffer),
-                    FileSendStream(sys.stdout.buffer),
-                )
+                try:
+                    sent, received = await pipe_session(
+                        session,
+                        FileReceiveStream(sys.stdin.buffer),
+                        FileSendStream(sys.stdout.buffer),
+                    )
+                finally:
+                    await _close_if_stopping(session, stopping)
         nursery.cancel_scope.cancel()
     log.info("done: sent %d bytes (all acknowledged), received %d bytes", sent, received)
     return EXIT_OK
+
+
+async def _close_if_stopping(session: Session, stopping: Stopping) -> None:
+    """Close `session` telling the peer why, once a signal stopped the command (bounded,
+    and shielded by `Session.aclose` itself)."""
+    if stopping.reason is not None:
+        await session.aclose(stopping.reason)
 
 
 async def _pipe_to_process(command: str, session: Session) -> None:
@@ -282,7 +315,7 @@ async def _pipe_to_process(command: str, session: Session) -> None:
     log.info("command %r for session with %s exited with %d", command, session.peer_id, code)
 
 
-async def _run_listen(config: PeerConfig, control: Path | None) -> int:
+async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stopping) -> int:
     if not config.allow:
         raise ConfigError("no peer is allowed: pass --allow PEER_ID[,...] or set allow = [...]")
     allow = [PeerId.from_text(p) for p in config.allow]
@@ -295,10 +328,13 @@ async def _run_listen(config: PeerConfig, control: Path | None) -> int:
     async def handler(session: Session) -> None:
         log.info("session from %s", session.peer_id)
         with registry.registered(session):
-            if command:
-                await _pipe_to_process(command, session)
-            else:
-                await pipe_session(session, None, sink)
+            try:
+                if command:
+                    await _pipe_to_process(command, session)
+                else:
+                    await pipe_session(session, None, sink)
+            finally:
+                await _close_if_stopping(session, stopping)
         log.info("session from %s done", session.peer_id)
 
     collector = PeerCollector(registry)
@@ -332,7 +368,7 @@ async def _run_listen(config: PeerConfig, control: Path | None) -> int:
         log.info(
             "listening as %s via %s for %d allowed peer(s)", identity.peer_id, shown, len(allow)
         )
-        await trio.sleep_forever()  # serve runs until cancelled (SIGINT) or it fails
+        await trio.sleep_forever()  # serve runs until a signal cancels it, or it fails
     return EXIT_OK
 
 
@@ -387,10 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "id":
             return _cmd_id(config)
         control = Path(args.control) if getattr(args, "control", None) else None
-        if args.command == "connect":
-            return trio.run(_run_connect, config, control)
-        if args.command == "listen":
-            return trio.run(_run_listen, config, control)
+        if args.command in ("connect", "listen"):
+            return _run_signalled(args.command, config, control)
         if args.command == "status":
             return trio.run(_run_status, control or default_control_path(), args.json)
         if args.command == "ping":
@@ -418,21 +452,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshcore_peer.demo import run_demo
 
             return trio.run(run_demo, args.messages)
-    except ConfigError as exc:
-        print(f"meshcore-peer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except MeshError as exc:
-        print(f"meshcore-peer: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        cause = exc.__cause__ or exc
-        print(f"meshcore-peer: session failed: {cause}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("meshcore-peer: interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:  # every error: one line and a status
+        return _report(args.command, leaf_error(exc))
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover
+
+
+def _run_signalled(command: str, config: PeerConfig, control: Path | None) -> int:
+    """Run connect or listen until done or a signal (`meshcore_peer.lifecycle`)."""
+    work = partial(_run_connect if command == "connect" else _run_listen, config, control)
+    ending = trio.run(partial(run_until_signalled, work, name=command))
+    if ending.signal is None:
+        assert ending.status is not None
+        return ending.status
+    log.info("%s: stopped by %s", command, ending.signal.name)
+    return interrupted_status(ending.signal) if command == "connect" else EXIT_OK
+
+
+def _report(command: str, exc: BaseException) -> int:
+    """Say what ended the command in one line on stderr; returns the exit status. Only an
+    unexpected error shows its traceback, and only with --log-level debug."""
+    if isinstance(exc, ConfigError):
+        print(f"meshcore-peer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):  # before the signal handler was installed
+        print("meshcore-peer: interrupted", file=sys.stderr)
+        return interrupted_status(2)
+    known = connect_status(exc) if command == "connect" else None
+    if known is not None:
+        status, line = known
+        print(f"meshcore-peer: {line}", file=sys.stderr)
+        return status
+    if isinstance(exc, MeshError):
+        print(f"meshcore-peer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+        print(f"meshcore-peer: session failed: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, BrokenPipeError):  # whoever read our stdout went away
+        _silence_stdout()
+        print("meshcore-peer: stdout was closed by its reader", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, OSError):
+        print(f"meshcore-peer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"meshcore-peer: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        log.debug("traceback of the error above", exc_info=exc)
+    else:
+        print("meshcore-peer: (run with --log-level debug for the traceback)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -43,7 +42,7 @@ from meshcore import (
     validate_device_name,
 )
 from meshcore.config import env_names, load_toml
-from meshcore.logs import setup_logging
+from meshcore.logs import log_unexpected, setup_logging
 from meshcore.proto.constants import (
     MAX_MESSAGE_BYTES,
     TAP_DEFAULT_MTU,
@@ -51,6 +50,7 @@ from meshcore.proto.constants import (
     TUNNEL_CHUNK_HEADER_BYTES,
 )
 from meshcore_peer.config import check_metrics
+from meshcore_peer.lifecycle import Stopping, leaf_error, run_until_signalled
 from meshcore_peer.relays_cmd import relays_report
 from meshcore_peer.relaysettings import (
     RELAY_FLAGS,
@@ -302,16 +302,26 @@ def run_up(args: argparse.Namespace) -> int:
         config = load_up_config(Path(args.config) if args.config else None, _overrides(args))
         setup_logging(config.log_level, config.log_format)
         identity = Identity.load(_identity_path(config))
-        return trio.run(_run, config, identity)
-    except ConfigError as exc:
+        ending = trio.run(partial(run_until_signalled, partial(_run, config, identity), name="up"))
+        return EXIT_OK if ending.status is None else ending.status  # a signal: a clean stop
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(leaf_error(exc))
+
+
+def _report(exc: BaseException) -> int:
+    """Say what ended `up` in one line on stderr; returns the exit status (a traceback only
+    for an unexpected error, with --log-level debug)."""
+    if isinstance(exc, ConfigError):
         print(f"meshcore-peer up: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except MeshError as exc:
-        print(f"meshcore-peer up: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):  # before the signal handler was installed
         print("meshcore-peer up: interrupted", file=sys.stderr)
         return 130
+    if isinstance(exc, MeshError | OSError):
+        print(f"meshcore-peer up: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    log_unexpected(log, "meshcore-peer up: unexpected error", exc)
+    return EXIT_FAILED
 
 
 def _identity_path(config: UpConfig) -> Path:
@@ -322,7 +332,7 @@ def _identity_path(config: UpConfig) -> Path:
     return default_identity_path()
 
 
-async def _run(config: UpConfig, identity: Identity) -> int:
+async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
     peers = tuple(PeerId.from_text(p.id) for p in config.peers)
     if identity.peer_id in peers:
         raise ConfigError(
@@ -350,7 +360,7 @@ async def _run(config: UpConfig, identity: Identity) -> int:
             rendezvous_k=config.rendezvous_k,
             on_meeting=on_meeting,
         )
-        return await _run_tunnel(config, identity, tunnel, collector, names)
+        return await _run_tunnel(config, identity, tunnel, collector, names, stopping)
 
 
 async def _run_tunnel(
@@ -359,50 +369,49 @@ async def _run_tunnel(
     tunnel: TunnelConfig,
     collector: PeerCollector,
     names: dict[PeerId, str],
+    stopping: Stopping,
 ) -> int:
     registry = collector.sessions
     peers = tunnel.peers
     address = ipaddress.ip_interface(config.address) if config.address else None
     control = Path(config.control) if config.control else default_control_path()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with open_configured_tap(
-            config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
-        ) as device:
-            pump: FramePump | None = None
-            try:
-                # direct paths must never run through the tunnel they carry
-                with overlay_interface(device.name):
-                    async with trio.open_nursery() as nursery:
-                        if config.metrics is not None:
-                            await nursery.start(serve_metrics, config.metrics, [collector])
-                        await nursery.start(
-                            partial(
-                                serve_control,
-                                control,
-                                registry,
-                                required=config.control is not None,
-                            )
+    async with open_configured_tap(
+        config.device, mtu=config.mtu, address=address, mac=tap_mac(identity.peer_id)
+    ) as device:
+        pump: FramePump | None = None
+        try:
+            # direct paths must never run through the tunnel they carry
+            with overlay_interface(device.name):
+                async with trio.open_nursery() as nursery:
+                    if config.metrics is not None:
+                        await nursery.start(serve_metrics, config.metrics, [collector])
+                    await nursery.start(
+                        partial(
+                            serve_control,
+                            control,
+                            registry,
+                            required=config.control is not None,
                         )
-                        pump = await nursery.start(
-                            run_tunnel, device.fd, device.vnet_header_bytes, tunnel
-                        )
-                        collector.tunnel = pump
-                        log.info(
-                            "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
-                            device.name,
-                            identity.peer_id.short(),
-                            len(peers),
-                            tunnel.relay_name,
-                            len(tunnel.dials),
-                            len(tunnel.answers),
-                        )
-                        async for signum in signals:
-                            log.info("%s: removing %s", signal.Signals(signum).name, device.name)
-                            nursery.cancel_scope.cancel()
-                            break
-            finally:
-                if pump is not None:
-                    _log_summary(pump, names)
+                    )
+                    pump = await nursery.start(
+                        run_tunnel, device.fd, device.vnet_header_bytes, tunnel
+                    )
+                    collector.tunnel = pump
+                    log.info(
+                        "tunnel up on %s as %s: %d peer(s) via %s (dials %d, answers %d)",
+                        device.name,
+                        identity.peer_id.short(),
+                        len(peers),
+                        tunnel.relay_name,
+                        len(tunnel.dials),
+                        len(tunnel.answers),
+                    )
+                    await trio.sleep_forever()  # until a signal cancels it (lifecycle)
+        finally:
+            if stopping.reason is not None:
+                log.info("%s: removing %s", stopping.reason, device.name)
+            if pump is not None:
+                _log_summary(pump, names)
     return EXIT_OK
 
 

@@ -222,7 +222,8 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
         *pongs, last = ping.stdout.decode().splitlines()
         assert len(pongs) == 2, pongs
-        direct = r"\d+\.\d+\.\d+\.\d+:\d+"  # loopback, or another interface's address
+        # loopback, or another interface's address, IPv4 or IPv6
+        direct = r"(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+"
         via = rf'(relay "{url}/?"|{direct})'
         for pong in pongs:
             assert re.fullmatch(rf"pong from {ids['alice'][:12]} via {via} in [0-9.]+ m?s", pong)

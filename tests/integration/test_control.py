@@ -30,6 +30,7 @@ class FakeSession:
     def __init__(self, peer: str, path: str = "direct") -> None:
         self.peer, self.path = peer, path
         self.pings = 0
+        self.close_reason: str | None = None
 
     def status(self) -> FakeStatus:
         return FakeStatus(self.peer, self.path)
@@ -63,6 +64,22 @@ async def test_status_lists_every_registered_session(tmp_path: Path) -> None:
         assert [(a["peer_id"], a["path"]) for a in answers] == [("abc", "relay"), ("xyz", "direct")]
         nursery.cancel_scope.cancel()
     assert not sock.exists()
+
+
+async def test_a_session_that_ended_drops_out_of_status_at_once(tmp_path: Path) -> None:
+    # e.g. the peer closed it while its --exec command is still being stopped
+    registry = SessionRegistry()
+    sock = tmp_path / "peer.sock"
+    ended = FakeSession("abc")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, sock, registry)
+        with registry.registered(ended), registry.registered(FakeSession("xyz")):
+            ended.close_reason = "peer closed: interrupted by SIGHUP"
+            answers = await collect(sock, {"cmd": "status"})
+            assert [a["peer_id"] for a in answers] == ["xyz"]
+            with pytest.raises(ControlRequestFailed, match="no session with peer"):
+                await collect(sock, {"cmd": "ping", "peer": "abc"})
+        nursery.cancel_scope.cancel()
 
 
 async def test_ping_reports_rtt_and_path(tmp_path: Path) -> None:

@@ -164,22 +164,34 @@ async def drain(session: Session, count: int, paths_seen: list[str]) -> None:
 
 async def test_a_session_starts_on_the_relay_and_is_direct_within_a_second() -> None:
     count = 3000
+    port_b = free_port()
+    # a dials a blackhole first and b's real port 0.2 s later, and b knows only a blackhole
+    # of a: no direct path can be up before the first messages crossed the relay
+    slow = attrs.evolve(PATHS, stagger_s=0.2)
     with trio.fail_after(30):
-        async with running_relay() as relay, pair(relay) as (a, b):
-            start = trio.current_time()
-            seen: dict[str, list[str]] = {"a": [], "b": []}
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, a.session, count, [0])
-                nursery.start_soon(pump, b.session, count, [0])
-                nursery.start_soon(drain, b.session, count, seen["b"])
-                nursery.start_soon(drain, a.session, count, seen["a"])
-                with trio.fail_after(1.0):
-                    await wait_path(a.session, b.session, path="direct")
-                took = trio.current_time() - start
-            assert took < 1.0
-            for side in "ab":  # traffic flowed both ways on the relay, then on the direct path
-                assert seen[side][0] == "relay" and seen[side][-1] == "direct"
-            assert a.migrator.migrations == b.migrator.migrations == 1
+        async with running_relay() as relay, blackhole() as hole_a, blackhole() as hole_b:
+            dial_a = (Endpoint("127.0.0.1", port_b), hole_b)  # dialled as (hole_b, b)
+            async with pair(
+                relay, paths=slow, port_b=port_b, dial_a=dial_a, dial_b=(hole_a,)
+            ) as (a, b):
+                await _relay_then_direct(a, b, count)
+
+
+async def _relay_then_direct(a: Side, b: Side, count: int) -> None:
+    start = trio.current_time()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, a.session, count, [0])
+        nursery.start_soon(pump, b.session, count, [0])
+        nursery.start_soon(drain, b.session, count, seen["b"])
+        nursery.start_soon(drain, a.session, count, seen["a"])
+        with trio.fail_after(1.0):
+            await wait_path(a.session, b.session, path="direct")
+        took = trio.current_time() - start
+    assert took < 1.0
+    for side in "ab":  # traffic flowed both ways on the relay, then on the direct path
+        assert seen[side][0] == "relay" and seen[side][-1] == "direct"
+    assert a.migrator.migrations == b.migrator.migrations == 1
 
 
 async def test_the_direct_path_leaves_from_the_relay_connections_port() -> None:
@@ -231,7 +243,7 @@ async def test_a_blackholed_candidate_does_not_delay_a_good_one() -> None:
         async with running_relay() as relay, blackhole() as hole_a, blackhole() as hole_b:
             # a tries a blackhole first, b's real port second; b knows only a blackhole of a,
             # so the one way in is a's second dial
-            dial_a = (hole_b, Endpoint("127.0.0.1", port_b))
+            dial_a = (Endpoint("127.0.0.1", port_b), hole_b)  # dialled as (hole_b, b)
             async with pair(relay, port_b=port_b, dial_a=dial_a, dial_b=(hole_a,)) as (a, b):
                 start = trio.current_time()
                 with trio.fail_after(1.0):
@@ -333,7 +345,7 @@ async def test_each_side_announces_its_shared_port_to_the_relay() -> None:
 
 
 def test_a_link_drops_frames_beyond_its_bounds_instead_of_growing() -> None:
-    from meshcore._session import LINK_QUEUE_BYTES, Link
+    from meshcore._link import LINK_QUEUE_BYTES, Link
     from meshcore.testing.memory import memory_transport_pair
 
     link = Link(memory_transport_pair()[0], "direct")

@@ -128,3 +128,32 @@ async def test_a_registration_replaced_by_a_newer_one_ends_the_older_client(
             assert old.close_reason is not None and "newer connection" in old.close_reason
             # closed for good: reconnecting would evict the newer one in turn
             assert not old.connected and old.registrations == 1 and new.connected
+
+
+async def test_a_cancelled_circuit_send_never_cuts_the_shared_relay_connection(
+    nursery: trio.Nursery,
+) -> None:
+    # every circuit shares one WebSocket to the relay: a session whose sender is cancelled
+    # mid-message (its link closing, the program shutting down) must not cut it for all
+    bob = Identity.generate()
+    relay: RelayServer = await nursery.start(serve_relay, RelayConfig(port=0))
+    with trio.fail_after(20):
+        async with (
+            open_relay_client(relay.url, ALICE) as alice_client,
+            open_relay_client(relay.url, bob) as bob_client,
+        ):
+
+            async def accept() -> None:
+                await bob_client.accept(await bob_client.next_invitation())
+
+            nursery.start_soon(accept)
+            circuit = (await alice_client.connect(bob.peer_id)).circuit
+            big = bytes(60 * 1024)
+            for _ in range(20):
+                with trio.move_on_after(0.001):
+                    async with trio.open_nursery() as senders:
+                        for _ in range(8):
+                            senders.start_soon(circuit.send, big)
+            await circuit.send(b"still here")
+            assert alice_client.connected and alice_client.registrations == 1
+            assert alice_client.lost_reason is None

@@ -407,6 +407,7 @@ async def test_many_concurrent_connections(nursery: trio.Nursery) -> None:
                 clients.start_soon(client, i)
 
 
+@pytest.mark.allow_traceback  # an unexpected error is logged with its traceback
 async def test_crashing_handler_closes_only_its_own_connection(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -511,6 +512,29 @@ async def test_outer_cancel_while_receiving_closes_and_the_server_sees_it(
         await server_done.wait()
     assert own_nurseries() == before
     assert server_saw
+
+
+async def test_outer_cancel_still_sends_a_close_frame(nursery: trio.Nursery) -> None:
+    # a program shutting down by cancellation closes its connections properly (code 1001)
+    server_saw: list[str] = []
+    server_done = trio.Event()
+
+    async def wait_for_close(transport: WebSocketTransport) -> None:
+        try:
+            await transport.receive()
+        except TransportClosed as exc:
+            server_saw.append(exc.reason)
+            server_done.set()
+
+    url = await serve(nursery, wait_for_close)
+    with trio.fail_after(LIMIT_S):
+        with trio.CancelScope() as scope:
+            async with open_transport(url) as transport:
+                nursery.start_soon(lambda: _cancel_when_blocked(scope))
+                await transport.receive()
+        await server_done.wait()
+    assert transport.close_code == 1001
+    assert server_saw == ["cancelled (WebSocket code 1001 GOING_AWAY)"]
 
 
 async def _cancel_when_blocked(scope: trio.CancelScope) -> None:

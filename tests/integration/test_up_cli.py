@@ -305,3 +305,29 @@ def test_a_killed_peer_does_not_end_the_tunnel_and_its_new_session_replaces_the_
         mesh.wait_log(survivor, "ended: replaced by a newer session")
         result = mesh.ping(survivor, dialler, count=2)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_tap
+def test_sigterm_closes_the_sessions_so_the_other_peer_ends_its_own_at_once(
+    tmp_path: Path,
+) -> None:
+    with Mesh(2, tmp_path) as mesh:
+        controls = [tmp_path / f"peer{i}.sock" for i in range(2)]
+        for i in range(2):
+            mesh.start_peer(i, "--control", str(controls[i]))
+        for i in range(2):
+            mesh.wait_log(i, " up (")
+        assert mesh.ping(0, 1, count=1).returncode == 0
+        assert controls[0].exists()
+        stopping = mesh.peers.pop(0)
+        stopping.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        mesh.wait_log(1, "ended: peer closed", timeout=10)
+        assert time.monotonic() - sent < 1.0, mesh.log(1).read_text()
+        assert stopping.wait(10) == up.EXIT_OK
+        assert not controls[0].exists()
+        stopped, survivor = mesh.log(0).read_text(), mesh.log(1).read_text()
+    assert "removing mesh0" in stopped
+    for log in (stopped, survivor):
+        warnings = [w for w in log.splitlines() if "WARNING" in w and "is not verified" not in w]
+        assert not warnings and "Traceback" not in log, log  # (the mesh's relay has no id)

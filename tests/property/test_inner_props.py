@@ -23,6 +23,7 @@ PER_TYPE: dict[str, st.SearchStrategy[inner.InnerMessage]] = {
     "Endpoints": ws.endpoints_frames(),
     "RekeyFragment": ws.rekey_fragments(),
     "Close": ws.inner_closes(),
+    "Eof": ws.inner_eofs(),
 }
 PAD_TO = st.one_of(st.sampled_from([1, 16]), st.integers(1, 256))
 

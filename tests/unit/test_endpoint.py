@@ -201,3 +201,8 @@ def test_decode_reads_a_non_contiguous_memoryview_like_its_bytes() -> None:
 def test_decode_refuses_a_negative_offset() -> None:
     with pytest.raises(ValueError, match="negative"):
         decode_endpoint_untrusted(Endpoint("1.2.3.4", 5).encode(), -7)
+
+
+def test_an_ipv4_peer_of_a_dual_stack_socket_is_its_ipv4_address() -> None:
+    assert Endpoint.from_sockaddr(("::ffff:192.0.2.7", 9, 0, 0)) == Endpoint("192.0.2.7", 9)
+    assert Endpoint.from_sockaddr(("fd00::7", 9, 0, 0)) == Endpoint("fd00::7", 9)

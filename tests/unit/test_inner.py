@@ -20,6 +20,7 @@ from meshcore.proto.inner import (
     Close,
     Data,
     Endpoints,
+    Eof,
     InnerType,
     Keepalive,
     PathChallenge,
@@ -39,6 +40,7 @@ SAMPLES: list[inner.InnerMessage] = [
     Endpoints((Endpoint("192.0.2.1", 7000), Endpoint("2001:db8::1", 7001))),
     RekeyFragment(0xDEADBEEF, 1, 3, b"chunk"),
     Close(1000, "bye ✓"),
+    Eof(7, 3),
 ]
 IDS = [type(m).__name__ for m in SAMPLES]
 
@@ -46,11 +48,14 @@ IDS = [type(m).__name__ for m in SAMPLES]
 def test_public_api_is_pinned() -> None:
     assert sorted(inner.__all__) == sorted(
         [
+            "CLOSE_APPLICATION",
+            "CLOSE_FINISHED",
             "INNER_DATA_HEADER_BYTES",
             "Ack",
             "Close",
             "Data",
             "Endpoints",
+            "Eof",
             "InnerMessage",
             "InnerType",
             "Keepalive",
@@ -84,6 +89,13 @@ def test_data_layout_is_header_payload_padding() -> None:
 def test_rekey_fragment_layout() -> None:
     raw = encode_inner(RekeyFragment(7, 0, 2, b"xy"), pad_to=1)
     assert raw == b"\x07\x00" + struct.pack(">IBB", 7, 0, 2) + b"xy"
+
+
+def test_eof_layout_is_seq_and_ack_like_a_data_header() -> None:
+    assert encode_inner(Eof(5, 2), pad_to=1) == b"\x09\x00" + (5).to_bytes(8, "big") + (
+        2
+    ).to_bytes(8, "big")
+    assert inner.InnerType.EOF == 9  # the number reserved for the half-close
 
 
 def test_close_layout_has_length_prefixed_reason() -> None:
@@ -180,7 +192,7 @@ def test_input_shorter_than_the_header_is_refused(data: bytes) -> None:
         decode_inner_untrusted(data)
 
 
-@pytest.mark.parametrize("msg_type", [0, 9, 255])
+@pytest.mark.parametrize("msg_type", [0, 10, 255])
 def test_unknown_inner_type_is_refused(msg_type: int) -> None:
     with pytest.raises(DecodeError, match=f"unknown inner frame type {msg_type}"):
         decode_inner_untrusted(bytes([msg_type, 0]))
@@ -211,7 +223,9 @@ def test_every_truncated_body_is_refused(msg: inner.InnerMessage) -> None:
 
 
 @pytest.mark.parametrize(
-    "msg", [Keepalive(), Ack(1), PathChallenge(bytes(16)), Endpoints(()), Close(0, "x")], ids=str
+    "msg",
+    [Keepalive(), Ack(1), PathChallenge(bytes(16)), Endpoints(()), Close(0, "x"), Eof(1, 0)],
+    ids=str,
 )
 def test_trailing_body_bytes_are_refused(msg: inner.InnerMessage) -> None:
     with pytest.raises(DecodeError, match="trailing"):

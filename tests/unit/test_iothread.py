@@ -105,6 +105,7 @@ async def test_unregister_waits_for_a_running_handler() -> None:
     b.close()
 
 
+@pytest.mark.allow_traceback  # a handler's bug is logged with its traceback
 async def test_a_failing_handler_loses_its_descriptor_and_the_thread_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

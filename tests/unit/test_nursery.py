@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
+import trio.testing
 
 from meshcore._nursery import collapse_exception_group, open_hidden_nursery
 from meshcore.errors import MeshError, TransportClosed
@@ -53,6 +56,32 @@ async def test_outer_cancel_while_body_is_finishing_still_propagates() -> None:
             # The body ends normally, but the background task only stops by cancellation,
             # which the outer scope asked for: it must stay visible.
         after_block = True
+    assert scope.cancelled_caught
+    assert not after_block
+
+
+async def test_background_tasks_serve_the_body_while_it_shuts_down_after_an_outer_cancel() -> None:
+    # a body that says goodbye on its way out (a session's Close) needs the task that sends
+    send, receive = trio.open_memory_channel[str](1)
+    sent: list[str] = []
+    after_block = False
+
+    async def writer() -> None:
+        async for message in receive:
+            sent.append(message)
+
+    with trio.CancelScope() as scope:
+        async with open_hidden_nursery() as nursery:
+            nursery.start_soon(writer)
+            scope.cancel()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.fail_after(1):
+                    await send.send("goodbye")
+                    await trio.testing.wait_all_tasks_blocked()
+        after_block = True
+    assert sent == ["goodbye"]
     assert scope.cancelled_caught
     assert not after_block
 
@@ -136,3 +165,21 @@ def test_public_api_is_pinned() -> None:
     import meshcore._nursery as module
 
     assert sorted(module.__all__) == ["collapse_exception_group", "open_hidden_nursery"]
+
+
+def test_a_cancellation_that_comes_while_it_opens_does_not_hang_it() -> None:
+    # the hidden tasks' host is shielded; cancelled before it started, it must not be
+    # (a signal arriving while a relay client or a tunnel was starting hung the process)
+    async def open_cancelled() -> bool:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with open_hidden_nursery():
+                await trio.sleep_forever()
+        return scope.cancelled_caught
+
+    results: list[bool] = []
+    runner = threading.Thread(target=lambda: results.append(trio.run(open_cancelled)))
+    runner.daemon = True  # a hung run must not hang the test run as well
+    runner.start()
+    runner.join(10)
+    assert results == [True]

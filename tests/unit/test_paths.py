@@ -569,3 +569,60 @@ def test_endpoints_are_announced_to_at_most_the_candidate_limit() -> None:
 
     message = decode_inner_untrusted(plaintext)
     assert isinstance(message, Endpoints) and len(message.endpoints) == 16
+
+
+# --- a clean close is not a failure -----------------------------------------------------------
+
+
+def direct_pair() -> Pair:
+    p = Pair()
+    p.a.race_started(0.0)
+    p.b.race_started(0.0)
+    assert p.a.candidate_up("c1", 0.0) and p.b.candidate_up("c1", 0.0)
+    p.pump(0.001)
+    assert p.a.manager.direct == p.b.manager.direct == "c1"
+    p.commands = {"a": [], "b": []}
+    return p
+
+
+@pytest.mark.parametrize("end", ["close", "finish"])
+def test_after_the_peer_closed_its_links_going_away_start_nothing(end: str) -> None:
+    p = direct_pair()
+    if end == "close":
+        p.a.core.close(0, "bye", 0.01)
+    else:
+        p.a.core.send_eof(0.01)
+        p.b.core.send_eof(0.01)
+    p.pump(0.01)
+    assert p.b.core.close_reason is not None and p.b.manager.closed
+    # then its process exits: the direct connection closes, the relay drops the circuit
+    p.b.link_down("c1", "direct connection closed by the peer", 0.02)
+    p.b.link_down(RELAY, "circuit closed", 0.02)
+    p.b.handle_timer(100.0)
+    assert p.b.commands() == [] and p.b.get_timer() is None
+    stats = p.b.stats()
+    assert stats.fallbacks == 0 and stats.last_error is None
+    assert not p.b.manager.may_race()
+
+
+def test_a_race_running_when_the_session_closes_is_called_off() -> None:
+    p = Pair()
+    p.b.race_started(0.0)
+    assert p.b.candidate_up("c1", 0.0)
+    p.a.core.close(0, "bye", 0.0)
+    p.pump(0.0)
+    assert RaceOver(None, ("c1",)) in p.commands["b"]
+    assert not p.b.racing
+
+
+def test_fallbacks_and_failed_reopens_are_news_not_warnings() -> None:
+    m = released(on_direct(manager()))
+    m.direct_down(DIRECT, "reset", 1.0)
+    m.relay_open_failed("peer offline", 1.1)
+    m.relay_open_failed("peer offline", 2.1)
+    levels = [(c.level, c.message) for c in m.take_commands() if isinstance(c, PathLog)]
+    assert levels == [
+        ("info", "fell back to relay: reset"),
+        ("info", "could not re-open the relay circuit: peer offline"),
+        ("debug", "could not re-open the relay circuit: peer offline"),
+    ]

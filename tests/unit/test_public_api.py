@@ -17,6 +17,7 @@ import meshcore.testing
 MESHCORE = [
     # errors
     "AuthenticationError",
+    "ClosedByPeer",
     "ConfigError",
     "ConnectFailed",
     "ControlRequestFailed",

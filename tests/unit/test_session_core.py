@@ -1,4 +1,5 @@
-"""SessionCore: ordered exactly-once delivery, acks, windows, timers, closing."""
+"""SessionCore: ordered exactly-once delivery, acks, windows, timers, closing, and the
+half-close (Eof) and the clean finish once both directions ended."""
 
 from __future__ import annotations
 
@@ -9,16 +10,28 @@ import pytest
 from meshcore.errors import MeshError, SessionClosed
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
-from meshcore.proto.inner import Endpoints, PathChallenge
+from meshcore.proto.inner import (
+    CLOSE_FINISHED,
+    Close,
+    Endpoints,
+    Eof,
+    PathChallenge,
+    decode_inner_untrusted,
+    encode_data,
+    encode_inner,
+)
 from meshcore.proto.session import (
     ACTIVE,
+    FINISHED_REASON,
     EndpointsReceived,
+    EofReceived,
     MessageReceived,
     PathChallengeReceived,
     PathResponseReceived,
     PeerClosed,
     SessionCore,
     SessionFailed,
+    SessionFinished,
     SessionSettings,
     SessionState,
 )
@@ -160,7 +173,7 @@ def test_close_reaches_the_peer() -> None:
     events = b.events()
     assert PeerClosed(0, "bye") in events
     assert b.state is SessionState.CLOSED
-    assert b.close_reason == "closed by peer: bye"
+    assert b.close_reason == "peer closed: bye"
 
 
 def test_tampered_frame_is_dropped_and_genuine_still_accepted() -> None:
@@ -235,6 +248,188 @@ def test_lost_acks_are_recovered_when_the_sender_retransmits() -> None:
     assert received(b) == [b"x"]
 
 
+# --- half-close and the clean finish -----------------------------------------------------------
+
+
+def stream(core: SessionCore) -> list[bytes | str]:
+    """The application's view of `core`'s events: payloads, "eof", "finished", "closed"."""
+    out: list[bytes | str] = []
+    for event in core.events():
+        if isinstance(event, MessageReceived):
+            out.append(event.payload)
+        elif isinstance(event, EofReceived):
+            out.append("eof")
+        elif isinstance(event, SessionFinished):
+            out.append("finished")
+        elif isinstance(event, PeerClosed):
+            out.append("closed")
+    return out
+
+
+def converse(a: SessionCore, b: SessionCore, now: float = 0.0) -> None:
+    """Deliver frames both ways until neither side has anything more to say."""
+    while pump(a, b, now) + pump(b, a, now):
+        pass
+
+
+def test_eof_arrives_once_after_every_message_before_it_even_reordered() -> None:
+    a, b = make_pair()
+    for i in range(5):
+        a.send(bytes([i]), 0.0)
+    a.send_eof(0.0)
+    frames = [f for _, f in a.outbox()]
+    for frame in [*reversed(frames), *frames]:  # reordered, then every frame again
+        b.receive_frame(frame, 0.0)
+    assert stream(b) == [bytes([i]) for i in range(5)] + ["eof"]
+    assert b.eof_received and b.state is SessionState.OPEN
+
+
+def test_after_send_eof_sending_is_refused_and_receiving_goes_on() -> None:
+    a, b = make_pair()
+    a.send_eof(0.0)
+    a.send_eof(0.0)  # idempotent: one Eof
+    assert len(a.outbox()) == 1 and a.eof_sent
+    assert not a.can_send()
+    with pytest.raises(SessionClosed, match="send_eof"):
+        a.send(b"late", 0.0)
+    a._outbox.append((ACTIVE, a._seal(encode_inner(Eof(0, 0)), 0.0)))  # sent again
+    pump(a, b, 0.0)
+    b.send(b"answer", 0.0)
+    pump(b, a, 0.0)
+    assert stream(b) == ["eof"]
+    assert stream(a) == [b"answer"]
+
+
+def test_an_eof_is_acknowledged_at_once_and_resent_until_it_is() -> None:
+    a, b = make_pair(SessionSettings(retransmit_timeout_s=1.0))
+    a.send_eof(0.0)
+    a.outbox()  # lost
+    assert not a.eof_acked
+    a.handle_timer(1.0)
+    pump(a, b, 1.0)
+    assert stream(b) == ["eof"]
+    assert pump(b, a, 1.0) == 1  # the ack, without waiting for the ack delay
+    assert a.eof_acked and a.all_acked
+
+
+def test_both_directions_ended_finish_both_sides_cleanly() -> None:
+    a, b = make_pair()
+    a.send(b"request", 0.0)
+    a.send_eof(0.0)
+    converse(a, b)
+    b.send(b"response", 0.0)
+    b.send_eof(0.0)
+    converse(a, b)
+    assert stream(b) == [b"request", "eof", "finished"]
+    assert stream(a) == [b"response", "eof", "finished"]
+    for core in (a, b):
+        assert core.state is SessionState.CLOSED
+        assert core.close_reason == FINISHED_REASON
+        assert core.all_acked
+
+
+def test_eofs_that_cross_finish_both_sides() -> None:
+    a, b = make_pair()
+    a.send_eof(0.0)
+    b.send_eof(0.0)
+    converse(a, b)
+    assert stream(a)[-1] == stream(b)[-1] == "finished"
+    assert a.close_reason == b.close_reason == FINISHED_REASON
+
+
+def test_the_finishing_close_acknowledges_the_eof_whose_ack_was_lost() -> None:
+    a, b = make_pair()
+    a.send_eof(0.0)
+    converse(a, b)  # a's Eof arrived and was acknowledged
+    b.send_eof(0.0)
+    pump(b, a, 0.0)  # a now has both: it finishes, acking b's Eof and closing
+    out = [decode_inner_untrusted(b.keys.open(f, 0.0)) for _, f in a.outbox()]
+    assert [type(m).__name__ for m in out] == ["Ack", "Close"]
+    assert out[1] == Close(CLOSE_FINISHED, "finished")
+    b.receive_frame(a.keys.seal(encode_inner(out[1]), 0.0), 0.0)  # the ack was lost
+    assert stream(b) == ["eof", "finished"]
+    assert b.all_acked and b.close_reason == FINISHED_REASON
+
+
+def test_a_close_before_both_directions_ended_is_the_peer_closing() -> None:
+    a, b = make_pair()
+    a.send(b"unanswered", 0.0)
+    a.send_eof(0.0)
+    pump(a, b, 0.0)
+    b.close(0, "bye", 0.0)
+    pump(b, a, 0.0)
+    assert stream(a) == ["closed"]
+    assert a.close_reason == "peer closed: bye"
+
+
+def test_a_finished_close_from_a_peer_that_never_got_our_eof_is_a_close() -> None:
+    a, b = make_pair()
+    b.receive_frame(a.keys.seal(encode_inner(Close(CLOSE_FINISHED, "finished")), 0.0), 0.0)
+    assert stream(b) == ["closed"]  # b sent no Eof: the peer cannot be finished with it
+
+
+def test_a_message_after_the_peer_eof_fails_the_session() -> None:
+    a, b = make_pair()
+    a.send_eof(0.0)
+    pump(a, b, 0.0)
+    b.receive_frame(a._seal(encode_data(1, 0, b"after the end"), 0.0), 0.0)
+    (failed,) = [e for e in b.events() if isinstance(e, SessionFailed)]
+    assert "after ending its stream" in failed.reason
+
+
+def test_an_eof_before_messages_the_peer_already_sent_fails_the_session() -> None:
+    a, b = make_pair()
+    a.send(b"one", 0.0)
+    a.send(b"two", 0.0)
+    (_, second) = a.outbox()[1]
+    b.receive_frame(second, 0.0)  # message 1 waits for message 0
+    b.receive_frame(a._seal(encode_inner(Eof(0, 0)), 0.0), 0.0)
+    (failed,) = [e for e in b.events() if isinstance(e, SessionFailed)]
+    assert "before messages it sent" in failed.reason
+
+
+def test_a_second_eof_at_another_position_fails_the_session() -> None:
+    a, b = make_pair()
+    b.receive_frame(a._seal(encode_inner(Eof(3, 0)), 0.0), 0.0)
+    b.receive_frame(a._seal(encode_inner(Eof(5, 0)), 0.0), 0.0)
+    (failed,) = [e for e in b.events() if isinstance(e, SessionFailed)]
+    assert "twice" in failed.reason
+
+
+def test_both_sides_stop_lingering_once_each_heard_the_other_finish() -> None:
+    a, b = make_pair()
+    a.send_eof(0.0)
+    b.send_eof(0.0)
+    converse(a, b)
+    assert not a.lingering and not b.lingering
+    assert a.get_timer() is None and b.get_timer() is None
+
+
+def test_a_lingering_side_answers_the_eof_resent_by_a_peer_that_missed_its_finish() -> None:
+    a, b = make_pair(SessionSettings(retransmit_timeout_s=1.0))
+    a.send_eof(0.0)
+    converse(a, b)
+    b.send_eof(0.0)
+    pump(b, a, 0.0)
+    assert a.state is SessionState.CLOSED and a.lingering
+    a.outbox()  # its ack and Close are lost
+    b.handle_timer(1.0)  # b resends its Eof
+    pump(b, a, 1.0)
+    pump(a, b, 1.0)  # answered again
+    assert stream(b) == ["eof", "finished"]
+    pump(b, a, 1.0)  # b's own Close(finished) ends a's linger
+    assert not a.lingering
+
+
+def test_the_linger_ends_by_itself_when_the_peer_says_nothing() -> None:
+    a, b = make_pair(SessionSettings(retransmit_timeout_s=0.5))
+    a.send_eof(0.0)
+    converse(a, b)
+    b.send_eof(0.0)
+    pump(b, a, 0.0)
+    assert a.lingering and a.get_timer() == 1.0
+    a.handle_timer(1.0)
+    assert not a.lingering and a.get_timer() is None
 def test_a_move_acknowledges_again_so_the_peer_needs_no_retransmission_timeout() -> None:
     # a moved first and resent; b's ack went out on the path b had not yet seen die
     a, b = make_pair(SessionSettings(ack_every_frames=1, retransmit_timeout_s=1.0))

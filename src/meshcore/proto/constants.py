@@ -123,6 +123,9 @@ TRANSPORT_HANDSHAKE_TIMEOUT_S: Final = 5.0
 """A server drops a connection that has not finished its WebSocket upgrade by then."""
 TRANSPORT_CLOSE_TIMEOUT_S: Final = 2.0
 """How long `aclose` waits for the remote's close frame before cutting the TCP connection."""
+TRANSPORT_CANCELLED_CLOSE_S: Final = 0.5
+"""An `aclose` of a caller that is already cancelled (a program shutting down) still sends its
+close frame, shielded, and waits at most this long for the remote's before cutting TCP."""
 TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
 """Messages read ahead of `receive()`; when full the reader stops and TCP pushes back."""
 

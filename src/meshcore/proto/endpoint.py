@@ -108,11 +108,18 @@ class Endpoint:
         """Build from a socket address tuple (host, port[, flowinfo, scope_id]).
 
         The IPv6 scope id is dropped: it is local to this host and means nothing to a peer.
+        An IPv4-mapped IPv6 address (an IPv4 peer of a dual-stack socket) becomes the IPv4
+        address it stands for.
         """
         host, port = sockaddr[0], sockaddr[1]
         if not isinstance(host, str) or not isinstance(port, int):
             raise TypeError(f"not an IP socket address: {sockaddr!r}")
-        return cls(host.split("%", 1)[0], port)
+        host = host.split("%", 1)[0]
+        if host.startswith("::ffff:"):
+            mapped = ipaddress.ip_address(host)
+            if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                host = str(mapped.ipv4_mapped)
+        return cls(host, port)
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:

@@ -25,11 +25,14 @@ from meshcore.proto.constants import (
 from meshcore.proto.endpoint import Endpoint
 
 __all__ = [
+    "CLOSE_APPLICATION",
+    "CLOSE_FINISHED",
     "INNER_DATA_HEADER_BYTES",
     "Ack",
     "Close",
     "Data",
     "Endpoints",
+    "Eof",
     "InnerMessage",
     "InnerType",
     "Keepalive",
@@ -53,6 +56,7 @@ class InnerType(enum.IntEnum):
     ENDPOINTS = 6
     REKEY_FRAGMENT = 7
     CLOSE = 8
+    EOF = 9
 
 
 _PATH_DATA: Final = Bytes(PATH_CHALLENGE_BYTES, secret=True)
@@ -130,22 +134,43 @@ class RekeyFragment:
     chunk: bytes = attrs.field(**_CHUNK.spec)
 
 
+CLOSE_APPLICATION: Final = 0
+"""`Close.code` of a session closed by its application (`Session.aclose`) or its program."""
+CLOSE_FINISHED: Final = 1
+"""`Close.code` of a session whose two directions both ended: the sender has received
+everything the receiver sent, its Eof included (so the Close also acknowledges it)."""
+
+
 @attrs.frozen
 class Close:
-    """The session ends; `code` is application-defined (u16), `reason` is for humans."""
+    """The session ends. `code` says how: `CLOSE_APPLICATION` (closed before both directions
+    ended) or `CLOSE_FINISHED` (both ended); other values are the application's. `reason` is
+    for humans."""
 
     TYPE: ClassVar = InnerType.CLOSE
     code: int = attrs.field(**U16.spec)
     reason: str = attrs.field(**_REASON.spec)
 
 
+@attrs.frozen
+class Eof:
+    """The sender's direction ends (half-close): no message follows sequence number `seq`.
+    Sequenced and acknowledged like `Data` (it takes the sequence number after the last
+    message), so it arrives exactly once and after every message before it; `ack` is
+    piggybacked as in `Data`."""
+
+    TYPE: ClassVar = InnerType.EOF
+    seq: int = attrs.field(**U64.spec)
+    ack: int = attrs.field(**U64.spec)
+
+
 InnerMessage = (
-    Data | Keepalive | Ack | PathChallenge | PathResponse | Endpoints | RekeyFragment | Close
+    Data | Keepalive | Ack | PathChallenge | PathResponse | Endpoints | RekeyFragment | Close | Eof
 )
 """Any plaintext of a transport frame."""
 
 _CLASSES: Final[tuple[type[InnerMessage], ...]] = (
-    Data, Keepalive, Ack, PathChallenge, PathResponse, Endpoints, RekeyFragment, Close,
+    Data, Keepalive, Ack, PathChallenge, PathResponse, Endpoints, RekeyFragment, Close, Eof,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[InnerType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls, noun="frame")) for cls in _CLASSES

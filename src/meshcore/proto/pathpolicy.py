@@ -209,6 +209,9 @@ class PathManager:
         self._spare_failures = 0
         self._probe_at = now
         self._silence_noted = -math.inf
+        self._reopen_failures = 0
+        self.closed = False
+        """The session ended: nothing is started, retried, re-opened or logged any more."""
         self._commands: list[PolicyCommand] = []
 
     @property
@@ -236,6 +239,16 @@ class PathManager:
         out, self._commands = self._commands, []
         return out
 
+    def session_closed(self) -> None:
+        """The session ended (closed by either side, finished or failed): a closed session
+        never falls back, re-opens its circuit, races or pairs again, and its links going
+        away afterwards is no news (docs/direct.md)."""
+        self.closed = True
+        self.racing = False
+        self._spare_pending = False
+        self._release_at = self._reopen_at = self._next_race = None
+        self._commands.clear()
+
     # ----------------------------------------------------------------- relay circuit
     def relay_up(
         self, link: Hashable, now: float, *, relay: Hashable = None, spare: bool = False
@@ -243,6 +256,8 @@ class PathManager:
         """A relay circuit through `relay` is up (the first one, a re-opened one, a spare, or
         one the peer opened). It replaces the session's circuit on the same relay; it carries
         the session if none does (`spare`: it answers `OpenRelay(spare=True)`)."""
+        if self.closed:
+            return
         if spare:
             self._spare_pending = False
             self._spare_failures = 0
@@ -264,6 +279,7 @@ class PathManager:
         self.relay = link
         self.relay_state = RelayState.OPEN
         self._reopen_at = None
+        self._reopen_failures = 0
         if self.direct is None:
             if self.mode is not DirectMode.ONLY:
                 self._commands.append(ResendUnacked())
@@ -276,6 +292,11 @@ class PathManager:
         lost = self.circuits.remove(link)
         if lost is None:
             return  # one we released or replaced
+        if self.closed:  # nothing to do but forget it
+            if link is self.relay:
+                self.relay = None
+            self._retarget()
+            return
         if link is not self.relay:
             self._log("debug", f"spare relay circuit via {lost.relay} closed: {reason}")
             self._spare_at = now
@@ -301,7 +322,7 @@ class PathManager:
         """A probe on relay circuit `link` was answered after `rtt_s`. The session moves to
         a circuit clearly faster than the one carrying it (`clearly_faster`)."""
         circuit = self.circuits.get(link)
-        if circuit is None:
+        if circuit is None or self.closed:
             return
         circuit.rtt_s = rtt_s
         if self.relay is None or not self._relayed():
@@ -349,7 +370,12 @@ class PathManager:
     def relay_open_failed(self, reason: str, now: float, *, spare: bool = False) -> None:
         """An `OpenRelay` failed; a needed circuit is tried again after `reopen_retry_s`, a
         spare after `reopen_retry_s` doubling per failure up to `spare_retry_s` (a relay
-        that just restarted is back within a second or two; one that is gone costs little)."""
+        that just restarted is back within a second or two; one that is gone costs little).
+
+        A failed re-open is logged once at info level, the repeats at debug: the session is
+        not lost until its dead timer says so (and then it says so once, as a warning)."""
+        if self.closed:
+            return
         if spare:
             self._spare_pending = False
             self._spare_failures += 1
@@ -366,7 +392,9 @@ class PathManager:
         if self.relay_state is RelayState.OPENING:
             self.relay_state = RelayState.LOST
         self.last_error = reason
-        self._log("warning", f"could not re-open the relay circuit: {reason}")
+        self._reopen_failures += 1
+        level: Literal["debug", "info"] = "info" if self._reopen_failures == 1 else "debug"
+        self._log(level, f"could not re-open the relay circuit: {reason}")
         self._reopen_at = now + self.settings.reopen_retry_s
 
     def _needs_relay(self) -> bool:
@@ -394,7 +422,12 @@ class PathManager:
     # ----------------------------------------------------------------- races
     def may_race(self) -> bool:
         """True if a race may start now (not one running, no direct path, mode allows it)."""
-        return self.mode is not DirectMode.NEVER and not self.racing and self.direct is None
+        return (
+            self.mode is not DirectMode.NEVER
+            and not self.racing
+            and self.direct is None
+            and not self.closed
+        )
 
     def race_started(self, now: float) -> None:
         """The driver started a race (on our timer, the peer's ENDPOINTS, or its dial)."""
@@ -404,6 +437,8 @@ class PathManager:
 
     def race_won(self, link: Hashable, rtt_s: float | None, now: float) -> None:
         """`link` won the race: the session moves onto it."""
+        if self.closed:
+            return
         self.racing = False
         self.direct = link
         self.lapsed = False
@@ -419,7 +454,7 @@ class PathManager:
 
     def race_failed(self, reason: str, now: float) -> None:
         """The race ended without a direct path."""
-        if not self.racing:
+        if not self.racing or self.closed:
             return
         self.racing = False
         self.failures += 1
@@ -451,7 +486,7 @@ class PathManager:
 
         Returns True if that decided something (`take_commands` has more).
         """
-        if link is not self.direct:
+        if link is not self.direct or self.closed:
             return False
         self._direct_rx = now
         if self.lapsed:
@@ -466,8 +501,12 @@ class PathManager:
 
     def direct_down(self, link: Hashable, reason: str, now: float, *, silent: bool = False) -> None:
         """The direct connection failed (a transport error, or `silent` for `dead_s`): back
-        to the relay."""
+        to the relay. Logged at info level: the relay carries the session on."""
         if link is not self.direct:
+            return
+        if self.closed:  # nothing to do but forget it
+            self.direct = None
+            self._retarget()
             return
         self.fallbacks_silent += silent
         self.direct = None
@@ -483,7 +522,7 @@ class PathManager:
         if self.mode is DirectMode.ONLY:
             self._commands.append(FailSession(f"the direct path failed (direct='only'): {reason}"))
             return
-        self._log("warning", f"fell back to relay: {reason}")
+        self._log("info", f"fell back to relay: {reason}")
         if self.relay is None:
             self._need_relay("it was released for the direct path")
         else:
@@ -493,6 +532,8 @@ class PathManager:
     # ----------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
         """When `handle_timer` next needs to run, or None."""
+        if self.closed:
+            return None
         deadlines = [t for t in (self._release_at, self._reopen_at) if t is not None]
         if self._next_race is not None and self.may_race():
             deadlines.append(self._next_race)
@@ -512,6 +553,8 @@ class PathManager:
 
     def handle_timer(self, now: float) -> None:
         """Run whatever is due at `now`."""
+        if self.closed:
+            return
         s = self.settings
         if self.direct is not None:
             silent = now - self._direct_rx
@@ -522,9 +565,7 @@ class PathManager:
                 self.lapsed = True
                 self._release_at = None
                 self._retarget()
-                self._log(
-                    "warning", f"direct path silent for {s.trust_s:g} s: sending on both paths"
-                )
+                self._log("info", f"direct path silent for {s.trust_s:g} s: sending on both paths")
                 if self.relay is None:
                     self._need_relay("the direct path is silent")
         if self._release_at is not None and now >= self._release_at:
@@ -576,6 +617,7 @@ class PathManager:
         """Would this side open a spare relay circuit now (its time aside)?"""
         return (
             self.controlling
+            and not self.closed
             and self.mode is not DirectMode.ONLY
             and self.direct is None
             and not self.racing

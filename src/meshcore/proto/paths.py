@@ -322,6 +322,10 @@ class SessionPaths:
     def receive_frame(self, frame: bytes, link: Hashable, now: float) -> FrameResult:
         """Feed one frame that arrived on `link` to the session."""
         result = self.core.receive_frame(frame, now, link)
+        if self.core.state is not SessionState.OPEN:
+            if not self.manager.closed:
+                self._run(now)  # this frame ended the session: the policy stops
+            return result
         if result:
             manager = self.manager
             if link is manager.direct:
@@ -362,6 +366,8 @@ class SessionPaths:
     # ----------------------------------------------------------------- outputs
     def events(self, now: float) -> list[SessionEvent | PingAnswered]:
         """Take the events for the driver; path events are handled here."""
+        if self.core.state is not SessionState.OPEN and not self.manager.closed:
+            self._run(now)  # the session just ended: the policy stops
         for event in self.core.events():
             kind = type(event)
             if kind is PathResponseReceived:
@@ -447,6 +453,8 @@ class SessionPaths:
 
     def _run(self, now: float) -> None:
         closed = self.core.state is not SessionState.OPEN
+        if closed and not self.manager.closed:
+            self._session_closed()
         if not closed:
             # the window follows the active path (set before any resend below)
             self.core.use_direct_window(self.manager.active is LinkKind.DIRECT, now)
@@ -467,6 +475,18 @@ class SessionPaths:
                 if not closed:
                     self._probe(command.links, now)
             elif isinstance(command, StartRace | RaceOver | OpenRelay | CloseLink | PathLog):
-                if closed and kind is not CloseLink:
+                if closed and kind is not CloseLink and kind is not RaceOver:
                     continue  # a closed session starts nothing new
                 self._commands.append(command)
+
+    def _session_closed(self) -> None:
+        """The session ended, cleanly or not: the policy stops (no fallback, re-open or
+        retry, nothing logged), and a race still running is called off."""
+        self.manager.session_closed()
+        race = self.race
+        if race is not None:
+            self.race = None
+            losers = tuple(race.links)
+            for link in losers:
+                self.kinds.pop(link, None)
+            self._commands.append(RaceOver(None, losers))

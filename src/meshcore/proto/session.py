@@ -6,11 +6,17 @@ what to transmit, either on the active path (`ACTIVE`) or on the path a frame ca
 (path validation replies). Moving to a new path is `retransmit_unacked(now)`: every
 unacknowledged message is sent again, as the same sealed bytes while its key is current,
 and the receiver's replay window and sequence numbers drop whatever arrives twice.
+
+Either direction can end on its own (`send_eof`, a half-close): the Eof takes the next
+sequence number, so it arrives exactly once, after every message before it, and is
+acknowledged like one. Once both directions ended and each was acknowledged, the session
+finishes by itself: the side that completes it sends `Close(CLOSE_FINISHED)`, which also
+acknowledges the other's Eof (docs/protocol.md). Its settings, states, events and counters
+live in `meshcore.proto.sessiontypes` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
@@ -28,10 +34,12 @@ from meshcore.errors import (
 from meshcore.proto import constants as C
 from meshcore.proto.framing import KeyRing
 from meshcore.proto.inner import (
+    CLOSE_FINISHED,
     Ack,
     Close,
     Data,
     Endpoints,
+    Eof,
     InnerMessage,
     Keepalive,
     PathChallenge,
@@ -41,9 +49,15 @@ from meshcore.proto.inner import (
     encode_data,
     encode_inner,
 )
-from meshcore.proto.rekey import RekeyInitiator, RekeyOutput, RekeyResponder, install_result
+from meshcore.proto.rekey import RekeyInitiator, RekeyResponder
+from meshcore.proto.sessionend import linger_answer
+from meshcore.proto.sessionrecv import Arrival, Inbound
+from meshcore.proto.sessionrekey import RekeySchedule
 from meshcore.proto.sessiontypes import (
+    ACTIVE,
+    FINISHED_REASON,
     EndpointsReceived,
+    EofReceived,
     FrameResult,
     MessageReceived,
     PathChallengeReceived,
@@ -52,6 +66,7 @@ from meshcore.proto.sessiontypes import (
     RekeyFragmentReceived,
     SessionEvent,
     SessionFailed,
+    SessionFinished,
     SessionSettings,
     SessionState,
     SessionStats,
@@ -61,7 +76,9 @@ from meshcore.proto.wire import clip_reason
 
 __all__ = [
     "ACTIVE",
+    "FINISHED_REASON",
     "EndpointsReceived",
+    "EofReceived",
     "FrameResult",
     "MessageReceived",
     "PathChallengeReceived",
@@ -71,13 +88,11 @@ __all__ = [
     "SessionCore",
     "SessionEvent",
     "SessionFailed",
+    "SessionFinished",
     "SessionSettings",
     "SessionState",
     "SessionStats",
 ]
-
-ACTIVE: Final = None
-"""Outbox destination meaning "whatever path is active now"."""
 
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
@@ -86,7 +101,8 @@ _FAST_RETRANSMIT_DUP_ACKS: Final = 3
 @attrs.define(slots=True)
 class _Pending:
     seq: int
-    payload: bytes
+    payload: bytes | None
+    """None for our Eof."""
     frame: bytes
     first_sent: float
     retransmitted: bool = False
@@ -95,8 +111,9 @@ class _Pending:
 class SessionCore:
     """Reliable, ordered, exactly-once delivery of messages over sealed frames.
 
-    Feed it frames with `receive_frame`, application messages with `send`, and the clock with
-    `handle_timer`; take what it decided from `events()` and `outbox()`.
+    Feed it frames with `receive_frame`, application messages with `send` (and the end of
+    them with `send_eof`), and the clock with `handle_timer`; take what it decided from
+    `events()` and `outbox()`.
     """
 
     def __init__(
@@ -114,19 +131,15 @@ class SessionCore:
         self._pending: deque[_Pending] = deque()
         self._pending_bytes = 0
         self._peer_acked = 0
-        self._recv_next = 0
-        self._reorder: dict[int, bytes] = {}
-        self._ack_sent = 0
-        self._ack_owed_since: float | None = None
-        self._ack_owed_frames = 0
-        self._ack_owed_bytes = 0
+        self._in = Inbound(self.settings.reorder_frames)
+        self._eof_seq: int | None = None  # our Eof's sequence number, once sent
+        self._linger_until: float | None = None
         self._last_sent = now
         self._last_received = now
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at: float | None = None
         self._events: list[SessionEvent] = []
         self._outbox: list[tuple[Hashable, bytes]] = []
-        self._acks_held = False
         self._dup_acks = 0
         self._window_frames = self.settings.window_frames
         self._window_cap = self.settings.window_bytes
@@ -138,11 +151,7 @@ class SessionCore:
         self._window_bytes = self._window_now()
         self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
         self._unsent_bytes = 0
-        self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
-        self._rekey_responder: RekeyResponder | None = None
-        self._rekey_attempt: RekeyInitiator | None = None
-        self._rekey_next_try = -math.inf
-        self.rekeys = 0
+        self._rekey: RekeySchedule | None = None
 
     # ------------------------------------------------------------------ rekeying
     def enable_rekey(
@@ -158,47 +167,40 @@ class SessionCore:
         REKEY_TIMEOUT_S; the other side passes `responder`. Fragments travel as sealed
         control messages; the new keys are installed once the handshake completes.
         """
-        self._rekey_initiator = initiator
-        self._rekey_responder = responder
+        self._rekey = RekeySchedule(
+            self.keys, self.queue_control, initiator=initiator, responder=responder
+        )
 
-    def _maybe_start_rekey(self, now: float) -> None:
-        factory = self._rekey_initiator
-        if factory is None or now < self._rekey_next_try or not self.keys.needs_rekey(now):
-            return
-        if self._rekey_attempt is not None:
-            self._rekey_attempt.close()
-        attempt = factory()
-        self._rekey_attempt = attempt
-        self._rekey_next_try = now + C.REKEY_TIMEOUT_S
-        self._apply_rekey(attempt.start(now), now)
-
-    def _on_rekey_fragment(self, fragment: RekeyFragment, now: float) -> None:
-        try:
-            if self._rekey_responder is not None:
-                self._apply_rekey(self._rekey_responder.receive(fragment, now), now)
-            elif self._rekey_attempt is not None:
-                self._apply_rekey(self._rekey_attempt.receive(fragment, now), now)
-        except HandshakeError:
-            # the peer is authenticated (the fragment was sealed), so this is a bug on its
-            # side or a stale attempt: drop it; the initiator retries after REKEY_TIMEOUT_S
-            self.stats.rejected += 1
-
-    def _apply_rekey(self, output: RekeyOutput, now: float) -> None:
-        for fragment in output.fragments:
-            self.queue_control(fragment, now)
-        if output.result is not None:
-            install_result(self.keys, output.result, now)
-            self.rekeys += 1
-            self._rekey_attempt = None
+    @property
+    def rekeys(self) -> int:
+        """Rekey handshakes completed in this session."""
+        return 0 if self._rekey is None else self._rekey.rekeys
 
     # ------------------------------------------------------------------ application side
     def can_send(self) -> bool:
-        """True while the send window has room for another message."""
+        """True while the send window has room for another message (or the Eof), and our
+        direction has not ended."""
         return (
             self.state is SessionState.OPEN
+            and self._eof_seq is None
             and len(self._pending) < self._window_frames
             and self._pending_bytes < self._window_bytes
         )
+
+    @property
+    def eof_sent(self) -> bool:
+        """Our direction ended (`send_eof`)."""
+        return self._eof_seq is not None
+
+    @property
+    def eof_received(self) -> bool:
+        """The peer's Eof was delivered: every message it sent has arrived."""
+        return self._in.eof_delivered
+
+    @property
+    def eof_acked(self) -> bool:
+        """The peer acknowledged our Eof, and with it every message before it."""
+        return self._eof_seq is not None and self._peer_acked > self._eof_seq
 
     def use_direct_window(self, direct: bool, now: float) -> None:
         """Size the send window for the active path: wide on a direct path, narrow enough
@@ -243,7 +245,7 @@ class SessionCore:
     @property
     def acks_held(self) -> bool:
         """True while acknowledgements are withheld (the application is not reading)."""
-        return self._acks_held
+        return self._in.held
 
     def hold_acks(self, held: bool, now: float) -> None:
         """Withhold acks while the application's inbox is full; release sends one at once.
@@ -251,8 +253,8 @@ class SessionCore:
         This is the receiver's flow control: the peer's send window fills and its `send`
         waits, while keepalives keep flowing so the path never looks dead.
         """
-        self._acks_held = held
-        if not held and self._ack_owed_since is not None:
+        self._in.held = held
+        if not held and self._in.owed_since is not None:
             self._send_ack(now)
 
     def send(self, payload: bytes, now: float) -> None:
@@ -263,6 +265,8 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             raise SessionClosed(self.close_reason or "session closed")
+        if self._eof_seq is not None:
+            raise SessionClosed("the sending direction was ended with send_eof")
         if not self.can_send():
             raise MeshError("send window full: wait until the peer acknowledges")
         if len(payload) > C.MAX_MESSAGE_BYTES:
@@ -270,22 +274,43 @@ class SessionCore:
                 f"message of {len(payload)} bytes is larger than the "
                 f"{C.MAX_MESSAGE_BYTES}-byte limit: split it"
             )
+        self._queue_sequenced(payload, now)
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += len(payload)
+
+    def send_eof(self, now: float) -> None:
+        """End our direction (a half-close): an Eof follows every message sent so far, and
+        `send` raises from now on; the peer's messages still arrive. Idempotent.
+
+        Raises `SessionClosed` after close, and `MeshError` if the window is full (wait
+        until `can_send()`).
+        """
+        if self.state is not SessionState.OPEN:
+            raise SessionClosed(self.close_reason or "session closed")
+        if self._eof_seq is not None:
+            return
+        if not (len(self._pending) < self._window_frames):
+            raise MeshError("send window full: wait until the peer acknowledges")
+        self._eof_seq = self._next_seq
+        self._queue_sequenced(None, now)
+
+    def _queue_sequenced(self, payload: bytes | None, now: float) -> None:
+        """Seal the next sequence number (a message, or None: our Eof) and queue it."""
         seq = self._next_seq
         self._next_seq = seq + 1
         waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
-        frame = self._seal_data(seq, payload, now, transmit=not waiting)
+        frame = self._seal_sequenced(seq, payload, now, transmit=not waiting)
+        size = 0 if payload is None else len(payload)
         if self._sizer is not None and not waiting:
             self._sizer.on_sent(seq, now, idle=not self._pending)
         self._pending.append(_Pending(seq, payload, frame, now))
-        self._pending_bytes += len(payload)
+        self._pending_bytes += size
         if waiting:
             self._unsent += 1
-            self._unsent_bytes += len(payload)
+            self._unsent_bytes += size
             self._send_unsent(now)
         if self._retransmit_at is None:
             self._retransmit_at = now + self._rto
-        self.stats.messages_sent += 1
-        self.stats.bytes_sent += len(payload)
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Tell the peer we are closing (best effort) and stop; idempotent."""
@@ -319,6 +344,8 @@ class SessionCore:
         state; an authenticated but malformed message fails the session.
         """
         if self.state is not SessionState.OPEN:
+            if self._linger_until is not None:
+                self._linger_receive(frame, now)
             return FrameResult.DROPPED
         try:
             plaintext = self.keys.open(frame, now)
@@ -355,6 +382,10 @@ class SessionCore:
             self._on_ack(message.ack, now, pure=False)
             if self.state is SessionState.OPEN:
                 self._on_data(message.seq, message.payload, now)
+        elif isinstance(message, Eof):
+            self._on_ack(message.ack, now, pure=False)
+            if self.state is SessionState.OPEN:
+                self._on_peer_eof(message.seq, now)
         elif isinstance(message, Ack):
             self._on_ack(message.ack, now)
         elif isinstance(message, Keepalive):
@@ -367,70 +398,125 @@ class SessionCore:
         elif isinstance(message, Endpoints):
             self._events.append(EndpointsReceived(message.endpoints))
         elif isinstance(message, RekeyFragment):
-            if self._rekey_initiator is None and self._rekey_responder is None:
+            if self._rekey is None:
                 self._events.append(RekeyFragmentReceived(message))
-            else:
-                self._on_rekey_fragment(message, now)
+                return
+            try:
+                self._rekey.receive(message, now)
+            except HandshakeError:
+                # the peer is authenticated (the fragment was sealed), so this is a bug on
+                # its side or a stale attempt: drop it; the initiator retries later
+                self.stats.rejected += 1
         elif isinstance(message, Close):
-            self._events.append(PeerClosed(message.code, message.reason))
-            why = message.reason or "no reason given"
-            self._finish(f"closed by peer: {why}")
+            self._on_close(message, now)
 
-    def _on_data(self, seq: int, payload: bytes, now: float) -> None:
-        if seq < self._recv_next:
-            # the sender missed our ack (e.g. across a path switch): ack again at once
-            self.stats.duplicates += 1
-            self._owe_ack(now, urgent=True)
+    def _on_close(self, message: Close, now: float) -> None:
+        if message.code == CLOSE_FINISHED and self.eof_received and self._eof_seq is not None:
+            # the peer finished: it has all we sent, our Eof included (its ack may be lost);
+            # it lingers until it hears that we finished too
+            self._acknowledge_everything()
+            self._events.append(SessionFinished())
+            self._finish(FINISHED_REASON)
+            self._say_finished(now)
             return
-        if seq >= self._recv_next + self.settings.reorder_frames:
-            self.stats.duplicates += 1
+        self._events.append(PeerClosed(message.code, message.reason))
+        self._finish(f"peer closed: {message.reason}" if message.reason else "peer closed")
+
+    def _on_peer_eof(self, seq: int, now: float) -> None:
+        problem = self._in.end_at(seq)
+        if problem is not None:
+            self._fail(problem)
             return
-        if seq == self._recv_next:
-            self._deliver(payload)
-            nxt = self._recv_next
-            while nxt in self._reorder:
-                self._deliver(self._reorder.pop(nxt))
-                nxt = self._recv_next
-        elif seq not in self._reorder:
+        self._on_data(seq, None, now)
+
+    def _on_data(self, seq: int, payload: bytes | None, now: float) -> None:
+        eof = self._in.eof_seq
+        if eof is not None and seq > eof:
+            self._fail(f"peer sent message {seq} after ending its stream at {eof}")
+            return
+        arrival = self._in.accept(seq, payload, self._deliver)
+        if arrival is Arrival.OLD or arrival is Arrival.BEYOND:
+            self.stats.duplicates += 1
+            if arrival is Arrival.OLD:  # the sender missed our ack (e.g. across a path switch)
+                self._owe_ack(now, urgent=True)
+            return
+        size = 0 if payload is None else len(payload)
+        if arrival is Arrival.EARLY:
             # a gap: ack at once, so the sender learns of the loss (fast retransmit)
-            self._reorder[seq] = payload
-            self._ack_owed_bytes += len(payload)
-            self._owe_ack(now, urgent=True)
+            self._owe_ack(now, urgent=True, nbytes=size)
             return
-        else:
+        if arrival is Arrival.REPEAT:
             self.stats.duplicates += 1
-        self._ack_owed_bytes += len(payload)
-        self._owe_ack(now, urgent=False)
+        if self.eof_received and self.eof_acked:
+            self._check_finished(now)  # which acknowledges it
+        else:  # the Eof at once: the peer waits for it to know that everything arrived
+            self._owe_ack(now, urgent=self.eof_received, nbytes=size)
 
-    def _deliver(self, payload: bytes) -> None:
-        self._recv_next += 1
+    def _deliver(self, payload: bytes | None) -> None:
+        if payload is None:
+            self._events.append(EofReceived())
+            return
         self.stats.messages_received += 1
         self.stats.bytes_received += len(payload)
         self._events.append(MessageReceived(payload))
 
-    def _owe_ack(self, now: float, *, urgent: bool) -> None:
-        self._ack_owed_frames += 1
-        if self._ack_owed_since is None:
-            self._ack_owed_since = now
+    def _check_finished(self, now: float) -> None:
+        """Both directions ended and our Eof was acknowledged: finish, tell the peer, and
+        linger until it says it finished too (or a little while): a peer that missed our
+        last ack resends its Eof, and is answered again."""
+        if self.state is not SessionState.OPEN or not (self.eof_received and self.eof_acked):
+            return
+        self._events.append(SessionFinished())
+        self._finish(FINISHED_REASON)
+        self._linger_until = now + 2 * self.settings.retransmit_timeout_s
+        self._say_finished(now)
+
+    def _say_finished(self, now: float) -> None:
+        """Acknowledge everything the peer sent, then Close(CLOSE_FINISHED), freshly sealed."""
+        try:
+            ack = self._seal(encode_inner(Ack(self._in.next_seq), self.settings.pad_to), now)
+            close = self._seal(encode_inner(Close(CLOSE_FINISHED, "finished")), now)
+        except SessionClosed:
+            return  # the keys expired this very moment: nothing more to say
+        self._mark_acked()
+        self._transmit(ACTIVE, ack, now)
+        self._transmit(ACTIVE, close, now)
+
+    def _linger_receive(self, frame: bytes, now: float) -> None:
+        if not linger_answer(self.keys, frame, now, self._say_finished):
+            self._linger_until = None
+
+    @property
+    def lingering(self) -> bool:
+        """Finished, and waiting (briefly) for the peer to say it finished too."""
+        return self._linger_until is not None
+
+    def _acknowledge_everything(self) -> None:
+        self._peer_acked = self._next_seq
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._unsent = self._unsent_bytes = 0
+        self._retransmit_at = None
+
+    def _owe_ack(self, now: float, *, urgent: bool, nbytes: int = 0) -> None:
+        inbound = self._in
+        inbound.owe(now, nbytes)
         s = self.settings
         if (
             urgent
-            or self._ack_owed_frames >= s.ack_every_frames
-            or self._ack_owed_bytes >= s.ack_every_bytes
+            or inbound.owed_frames >= s.ack_every_frames
+            or inbound.owed_bytes >= s.ack_every_bytes
         ):
             self._send_ack(now)
 
     def _send_ack(self, now: float) -> None:
-        if self._acks_held:
+        if self._in.held:
             return
         self._mark_acked()
-        self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._recv_next)), now), now)
+        self._transmit(ACTIVE, self._seal(encode_inner(Ack(self._in.next_seq)), now), now)
 
     def _mark_acked(self) -> None:
-        self._ack_sent = self._recv_next
-        self._ack_owed_since = None
-        self._ack_owed_frames = 0
-        self._ack_owed_bytes = 0
+        self._in.mark_acked()
 
     def _on_ack(self, ack: int, now: float, *, pure: bool = True) -> None:
         if ack < self._peer_acked:
@@ -453,12 +539,13 @@ class SessionCore:
         sizer = self._sizer
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
-            self._pending_bytes -= len(entry.payload)
+            size = 0 if entry.payload is None else len(entry.payload)
+            self._pending_bytes -= size
             if sizer is not None:
-                sizer.on_acked(entry.seq, len(entry.payload), now)
+                sizer.on_acked(entry.seq, size, now)
             if self._unsent > len(pending):  # acked while waiting to be resent
                 self._unsent -= 1
-                self._unsent_bytes -= len(entry.payload)
+                self._unsent_bytes -= size
             if not entry.retransmitted:
                 sample = now - entry.first_sent
         if sample is not None:
@@ -470,6 +557,8 @@ class SessionCore:
             self._window_bytes = sizer.window(self._window_cap)
         if self._unsent:
             self._send_unsent(now)
+        if self.eof_received and self._eof_seq is not None:
+            self._check_finished(now)
 
     # ------------------------------------------------------------------ paths and timers
     def retransmit_unacked(self, now: float) -> int:
@@ -484,7 +573,7 @@ class SessionCore:
         """
         if self.state is not SessionState.OPEN:
             return 0
-        if self._recv_next:
+        if self._in.next_seq:
             self._send_ack(now)
         self._unsent = len(self._pending)
         self._unsent_bytes = self._pending_bytes
@@ -500,15 +589,15 @@ class SessionCore:
         pending = self._pending
         while self._unsent:
             entry = pending[len(pending) - self._unsent]
+            size = 0 if entry.payload is None else len(entry.payload)
             in_flight = self._pending_bytes - self._unsent_bytes
             frames_in_flight = len(pending) - self._unsent
             if frames_in_flight and (
-                in_flight + len(entry.payload) > self._window_bytes
-                or frames_in_flight >= self._window_frames
+                in_flight + size > self._window_bytes or frames_in_flight >= self._window_frames
             ):
                 break
             self._unsent -= 1
-            self._unsent_bytes -= len(entry.payload)
+            self._unsent_bytes -= size
             self._resend(entry, now)
             sent += 1
         return sent
@@ -516,7 +605,7 @@ class SessionCore:
     def _resend(self, entry: _Pending, now: float) -> None:
         send_key = self.keys.send_key
         if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
-            entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
+            entry.frame = self._seal_sequenced(entry.seq, entry.payload, now, transmit=False)
         entry.retransmitted = True
         if self._sizer is not None:
             self._sizer.forget(entry.seq)
@@ -526,21 +615,22 @@ class SessionCore:
     def get_timer(self) -> float | None:
         """When `handle_timer` next needs to run (absolute time), or None."""
         if self.state is not SessionState.OPEN:
-            return None
+            return self._linger_until
         s = self.settings
         deadlines = [self._last_sent + s.keepalive_s]
         if s.dead_after_s is not None:
             deadlines.append(self._last_received + s.dead_after_s)
-        if self._ack_owed_since is not None and not self._acks_held:
-            deadlines.append(self._ack_owed_since + s.ack_delay_s)
+        ack_at = self._in.ack_due_at(s.ack_delay_s)
+        if ack_at is not None:
+            deadlines.append(ack_at)
         if self._retransmit_at is not None:
             deadlines.append(self._retransmit_at)
         send_key = self.keys.send_key
         if send_key is not None:
             deadlines.append(send_key.created_at + C.REJECT_AFTER_S)
-            if self._rekey_initiator is not None:
-                rekey_at = send_key.created_at + C.REKEY_AFTER_S
-                deadlines.append(max(rekey_at, self._rekey_next_try))
+        rekey_at = None if self._rekey is None else self._rekey.next_at()
+        if rekey_at is not None:
+            deadlines.append(rekey_at)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -552,6 +642,8 @@ class SessionCore:
 
     def _handle_timer(self, now: float) -> None:
         if self.state is not SessionState.OPEN:
+            if self._linger_until is not None and now >= self._linger_until:
+                self._linger_until = None
             return
         if self.keys.expired(now):
             self._fail(
@@ -562,18 +654,16 @@ class SessionCore:
         if s.dead_after_s is not None and now >= self._last_received + s.dead_after_s:
             self._fail(f"no authenticated frame from the peer for {s.dead_after_s:g} s")
             return
-        if (
-            self._ack_owed_since is not None
-            and not self._acks_held
-            and now >= self._ack_owed_since + s.ack_delay_s
-        ):
+        ack_at = self._in.ack_due_at(s.ack_delay_s)
+        if ack_at is not None and now >= ack_at:
             self._send_ack(now)
         if self._retransmit_at is not None and now >= self._retransmit_at:
             self._rto = min(self._rto * 2, _MAX_RTO_S)
             self.retransmit_unacked(now)
         if now >= self._last_sent + s.keepalive_s:
             self._transmit(ACTIVE, self._seal(encode_inner(Keepalive()), now), now)
-        self._maybe_start_rekey(now)
+        if self._rekey is not None:
+            self._rekey.maybe_start(now)
 
     @property
     def last_received(self) -> float:
@@ -596,10 +686,18 @@ class SessionCore:
         self._fail(reason)
 
     # ------------------------------------------------------------------ internals
-    def _seal_data(self, seq: int, payload: bytes, now: float, *, transmit: bool = True) -> bytes:
-        ack = self._ack_sent if self._acks_held else self._recv_next
-        frame = self._seal(encode_data(seq, ack, payload, self.settings.pad_to), now)
-        if self._ack_owed_since is not None and not self._acks_held:
+    def _seal_sequenced(
+        self, seq: int, payload: bytes | None, now: float, *, transmit: bool = True
+    ) -> bytes:
+        """Seal message `seq` (None: our Eof) with the piggybacked ack."""
+        ack = self._in.ack
+        pad_to = self.settings.pad_to
+        if payload is None:
+            plaintext = encode_inner(Eof(seq, ack), pad_to)
+        else:
+            plaintext = encode_data(seq, ack, payload, pad_to)
+        frame = self._seal(plaintext, now)
+        if self._in.ack_owed:
             self._mark_acked()
         if transmit:
             self._transmit(ACTIVE, frame, now)
@@ -625,7 +723,7 @@ class SessionCore:
     def _finish(self, reason: str) -> None:
         self.state = SessionState.CLOSED
         self.close_reason = reason
-        self._reorder.clear()
+        self._in.buffered.clear()
 
 
 def _receiver_index(frame: bytes) -> int:

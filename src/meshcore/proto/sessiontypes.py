@@ -14,9 +14,12 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.inner import RekeyFragment
 
 __all__ = [
+    "ACTIVE",
+    "FINISHED_REASON",
     "RELAY_WINDOW_BYTES",
     "RELAY_WINDOW_FRAMES",
     "EndpointsReceived",
+    "EofReceived",
     "FrameResult",
     "MessageReceived",
     "PathChallengeReceived",
@@ -25,10 +28,17 @@ __all__ = [
     "RekeyFragmentReceived",
     "SessionEvent",
     "SessionFailed",
+    "SessionFinished",
     "SessionSettings",
     "SessionState",
     "SessionStats",
 ]
+
+ACTIVE: Final = None
+"""Outbox destination meaning "whatever path is active now"."""
+
+FINISHED_REASON: Final = "finished: both directions ended"
+"""`SessionCore.close_reason` of a session that finished cleanly."""
 
 RELAY_WINDOW_FRAMES: Final = 48
 """Most unacknowledged messages in flight on the relay: below the relay's per-circuit queue
@@ -103,9 +113,10 @@ class SessionState(enum.Enum):
     """Lifecycle of a session core."""
 
     OPEN = "open"
-    """Messages flow both ways."""
+    """Frames flow both ways (after `send_eof` only the peer's messages, and acks)."""
     CLOSED = "closed"
-    """We closed it, the peer closed it, or it failed; nothing more is sent or accepted."""
+    """Finished (both directions ended), closed by either side, or failed; nothing more is
+    sent or accepted."""
 
 
 @attrs.frozen
@@ -116,8 +127,20 @@ class MessageReceived:
 
 
 @attrs.frozen
+class EofReceived:
+    """The peer ended its direction (`send_eof`): every message it sent before has arrived,
+    and no more will. Our direction stays open."""
+
+
+@attrs.frozen
+class SessionFinished:
+    """Both directions ended and each side's messages were acknowledged: the session closed
+    cleanly, with nothing lost."""
+
+
+@attrs.frozen
 class PeerClosed:
-    """The peer closed the session."""
+    """The peer closed the session (a Close) before both directions had ended."""
 
     code: int
     reason: str
@@ -168,6 +191,8 @@ SessionEvent = (
     | PathResponseReceived
     | EndpointsReceived
     | RekeyFragmentReceived
+    | EofReceived
+    | SessionFinished
 )
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "fixed_bytes",
     "hellos",
     "inner_closes",
+    "inner_eofs",
     "inner_messages",
     "invites",
     "keepalives",
@@ -333,6 +334,11 @@ def inner_closes() -> st.SearchStrategy[inner.Close]:
     return st.builds(inner.Close, st.integers(0, 0xFFFF), reasons())
 
 
+def inner_eofs() -> st.SearchStrategy[inner.Eof]:
+    """inner.Eof."""
+    return st.builds(inner.Eof, _U64, _U64)
+
+
 def inner_messages() -> st.SearchStrategy[inner.InnerMessage]:
     """Any frame plaintext message."""
     return st.one_of(
@@ -344,6 +350,7 @@ def inner_messages() -> st.SearchStrategy[inner.InnerMessage]:
         endpoints_frames(),
         rekey_fragments(),
         inner_closes(),
+        inner_eofs(),
     )
 
 

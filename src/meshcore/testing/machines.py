@@ -7,6 +7,9 @@ for anyone who changes or extends them: subclass one to add rules or change its 
 - `SessionRelaysMachine`: the same over several named relays that die, come back and close
   circuits: spares, moves between relays, probes.
 
+Each lets either side end its direction (`send_eof`) at any moment: the Eof must arrive
+exactly once, after everything sent before it, and the session finish once both ended.
+
 Importing this module imports hypothesis.
 """
 
@@ -21,6 +24,7 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from meshcore.errors import MeshError
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.paths import (
     MAX_PINGS,
@@ -35,7 +39,15 @@ from meshcore.proto.paths import (
     StartRace,
 )
 from meshcore.proto.relaypaths import MAX_RELAY_CIRCUITS
-from meshcore.proto.session import MessageReceived, SessionCore, SessionSettings
+from meshcore.proto.session import (
+    FINISHED_REASON,
+    EofReceived,
+    MessageReceived,
+    SessionCore,
+    SessionFinished,
+    SessionSettings,
+    SessionState,
+)
 
 __all__ = ["SessionCoreMachine", "SessionPathsMachine", "SessionRelaysMachine"]
 
@@ -83,10 +95,14 @@ class SessionCoreMachine(RuleBasedStateMachine):
     """Two `SessionCore`s (a, b) with real keys over a network that loses, duplicates, delays
     and reorders frames, switches paths (and with them send windows) and lets time pass.
 
-    Invariants: each side receives exactly the other's messages, once, in order; the send
-    window and the reorder buffer stay within their bounds; once the network heals,
-    everything sent arrives. Subclass to change `settings` or to add rules; run it with
-    `TestX = SessionCoreMachine.TestCase`.
+    Either side may end its direction (`send_eof`) at any moment.
+
+    Invariants: each side receives exactly the other's messages, once, in order; a peer's
+    Eof arrives once, after all of its messages; the send window and the reorder buffer stay
+    within their bounds; once the network heals, everything sent arrives, and a session
+    whose two directions ended has finished (at least on one side, and on both unless the
+    network lost the last words and the finished side stopped lingering). Subclass to change
+    `settings` or to add rules; run it with `TestX = SessionCoreMachine.TestCase`.
     """
 
     settings: ClassVar[SessionSettings] = CORE_SETTINGS
@@ -103,6 +119,8 @@ class SessionCoreMachine(RuleBasedStateMachine):
         self.wire: dict[str, list[bytes]] = {"a": [], "b": []}  # frames in flight *to* key
         self.sent: dict[str, list[bytes]] = {"a": [], "b": []}
         self.got: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.eofs: dict[str, int] = {"a": 0, "b": 0}  # Eofs each side received
+        self.finished: dict[str, bool] = {"a": False, "b": False}
         self.counter = 0
 
     def _other(self, side: str) -> str:
@@ -113,8 +131,15 @@ class SessionCoreMachine(RuleBasedStateMachine):
         for _path, frame in core.outbox():
             self.wire[self._other(side)].append(frame)
         for event in core.events():
-            assert isinstance(event, MessageReceived), event
-            self.got[side].append(event.payload)
+            if isinstance(event, MessageReceived):
+                self.got[side].append(event.payload)
+            elif isinstance(event, EofReceived):
+                self.eofs[side] += 1
+                # everything the peer sent before its Eof arrived first
+                assert self.got[side] == self.sent[self._other(side)], "Eof before data"
+            else:
+                assert isinstance(event, SessionFinished), event
+                self.finished[side] = True
 
     @rule(side=st.sampled_from("ab"), size=st.integers(0, 600))
     def send(self, side: str, size: int) -> None:
@@ -125,6 +150,14 @@ class SessionCoreMachine(RuleBasedStateMachine):
         payload = self.counter.to_bytes(4, "big") + os.urandom(size)
         core.send(payload, self.now)
         self.sent[side].append(payload)
+        self._collect(side)
+
+    @rule(side=st.sampled_from("ab"))
+    def send_eof(self, side: str) -> None:
+        try:
+            self.cores[side].send_eof(self.now)
+        except MeshError:  # the window is full (or the session is over): later
+            return
         self._collect(side)
 
     @precondition(lambda self: self.wire["a"] or self.wire["b"])
@@ -182,13 +215,20 @@ class SessionCoreMachine(RuleBasedStateMachine):
             assert got == self.sent[self._other(side)][: len(got)]
 
     @invariant()
+    def an_eof_arrives_at_most_once_and_only_if_sent(self) -> None:
+        for side in "ab":
+            assert self.eofs[side] <= int(self.cores[self._other(side)].eof_sent)
+            if self.finished[side]:
+                assert self.cores[side].close_reason == FINISHED_REASON
+
+    @invariant()
     def buffers_bounded(self) -> None:
         for core in self.cores.values():
             # white-box: the core's own buffers, not only what it reports
             assert core.unacked <= self.settings.direct_window_frames
             in_flight = core.unacked - core._unsent
             assert in_flight <= max(core._window_frames, 1)
-            assert len(core._reorder) <= self.settings.reorder_frames
+            assert len(core._in.buffered) <= self.settings.reorder_frames
 
     def teardown(self) -> None:
         # a clean network from here on: everything sent must arrive
@@ -204,17 +244,27 @@ class SessionCoreMachine(RuleBasedStateMachine):
                 break
         for side in "ab":
             assert self.got[side] == self.sent[self._other(side)]
+            assert self.eofs[side] == int(self.cores[self._other(side)].eof_sent)
+        if all(core.eof_sent for core in self.cores.values()):
+            assert any(self.finished.values()), "both directions ended, neither finished"
+            for side in "ab":
+                core = self.cores[side]
+                if not self.finished[side]:  # the peer's last words were lost, and then
+                    assert self.finished[self._other(side)]  # it stopped lingering
+                    assert core.state is SessionState.OPEN and core.eof_received
 
 
 class SessionPathsMachine(RuleBasedStateMachine):
     """Two `SessionPaths` (a controls) with real keys over a simulated network of relay
     circuits and direct connections; links are tuples ("relay"|"direct", n).
 
-    Rules: sends, deliveries in any order (delayed frames), duplicates, drops, time passing,
-    direct connections coming up, links dying. Invariants: each side receives exactly the
-    other's messages, once, in order; every buffer stays within its bound; traffic goes only
-    on live links; once the network behaves, everything sent arrives. Subclass to change
-    `core_settings` or `path_settings`; run it with `TestX = SessionPathsMachine.TestCase`.
+    Rules: sends, ends of direction (`send_eof`), deliveries in any order (delayed frames),
+    duplicates, drops, time passing, direct connections coming up, links dying. Invariants:
+    each side receives exactly the other's messages, once, in order, and a peer's Eof once,
+    after all of them; every buffer stays within its bound; traffic goes only on live links;
+    a closed session starts nothing; once the network behaves, everything sent arrives.
+    Subclass to change `core_settings` or `path_settings`; run it with
+    `TestX = SessionPathsMachine.TestCase`.
     """
 
     core_settings: ClassVar[SessionSettings] = PATHS_CORE_SETTINGS
@@ -250,6 +300,8 @@ class SessionPathsMachine(RuleBasedStateMachine):
         self.wire: dict[tuple[SimLink, str], list[bytes]] = {}  # (link, to whom) -> frames
         self.sent: dict[str, list[bytes]] = {"a": [], "b": []}
         self.got: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.eofs: dict[str, int] = {"a": 0, "b": 0}
+        self.finished: dict[str, bool] = {"a": False, "b": False}
         self.counter = 0
         first = self.relays[0] if self.relays else None
         relay = self._new_link("relay", first)
@@ -306,11 +358,19 @@ class SessionPathsMachine(RuleBasedStateMachine):
         for event in paths.events(self.now):
             if isinstance(event, MessageReceived):
                 self.got[side].append(event.payload)
+            elif isinstance(event, EofReceived):
+                self.eofs[side] += 1
+                assert self.got[side] == self.sent[other], "an Eof overtook a message"
+            elif isinstance(event, SessionFinished):
+                self.finished[side] = True
         for link, frame in paths.outbox():
             if link in self.live:
                 self.wire.setdefault((link, other), []).append(frame)
         for command in paths.commands():
             busy = True
+            if paths.core.state is not SessionState.OPEN:
+                # a closed session only calls its race off and closes links
+                assert isinstance(command, RaceOver | CloseLink), command
             if isinstance(command, StartRace):
                 paths.race_started(self.now)
             elif isinstance(command, RaceOver):
@@ -352,6 +412,14 @@ class SessionPathsMachine(RuleBasedStateMachine):
         payload = self.counter.to_bytes(4, "big") + os.urandom(size)
         core.send(payload, self.now)
         self.sent[side].append(payload)
+        self._settle()
+
+    @rule(side=st.sampled_from(SIDES))
+    def send_eof(self, side: str) -> None:
+        try:
+            self.paths[side].core.send_eof(self.now)
+        except MeshError:  # the window is full (or the session is over): later
+            return
         self._settle()
 
     @precondition(lambda self: any(self.wire.values()))
@@ -433,11 +501,24 @@ class SessionPathsMachine(RuleBasedStateMachine):
             # direct window stay in flight after a fall back until they are acknowledged
             settings = self.core_settings
             assert core.unacked <= max(settings.window_frames, settings.direct_window_frames)
-            assert len(core._reorder) <= settings.reorder_frames  # white-box
+            assert len(core._in.buffered) <= settings.reorder_frames  # white-box
             assert len(paths._pings) <= MAX_PINGS
             if paths.race is not None:
                 assert len(paths.race.links) <= MAX_RACE_LINKS
             assert set(paths.kinds) <= self.live  # no state kept for links that are gone
+
+    @invariant()
+    def an_eof_arrives_at_most_once_and_only_if_sent(self) -> None:
+        for side, other in (("a", "b"), ("b", "a")):
+            assert self.eofs[side] <= int(self.paths[other].core.eof_sent)
+
+    @invariant()
+    def a_closed_session_is_left_alone(self) -> None:
+        for side in SIDES:
+            paths = self.paths[side]
+            if paths.core.state is not SessionState.OPEN:
+                assert paths.manager.closed and paths.race is None
+                assert paths.manager.get_timer() is None
 
     @invariant()
     def traffic_only_goes_on_live_links(self) -> None:
@@ -447,8 +528,16 @@ class SessionPathsMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """The network heals: every frame is delivered in order, time passes; all arrives."""
+        def done() -> bool:
+            for side, other in (("a", "b"), ("b", "a")):
+                if len(self.got[side]) != len(self.sent[other]):
+                    return False
+                if self.eofs[side] != int(self.paths[other].core.eof_sent):
+                    return False
+            return True
+
         for _ in range(200):
-            if all(len(self.got[s]) == len(self.sent["b" if s == "a" else "a"]) for s in SIDES):
+            if done():
                 break
             while any(self.wire.values()):
                 key = next(k for k, q in self.wire.items() if q)
@@ -456,6 +545,7 @@ class SessionPathsMachine(RuleBasedStateMachine):
             self.tick(0.3)
         for side, other in (("a", "b"), ("b", "a")):
             assert self.got[side] == self.sent[other], "messages did not all arrive once healed"
+            assert self.eofs[side] == int(self.paths[other].core.eof_sent)
 
 
 class SessionRelaysMachine(SessionPathsMachine):

@@ -76,6 +76,7 @@ MESHCORE = [
     "serve",
     "serve_relay",
     # several relays
+    "ChainSource",
     "FileSource",
     "Registry",
     "RegistryListing",

@@ -105,7 +105,7 @@ class SessionStatus:
     age_s: float = 0.0
     """Seconds since the session opened."""
     relay: str | None = None
-    """The URL of the relay whose circuit carries the session, else the one it met at (None if
+    """The URL of the relay whose circuit carries the session (None while it is direct, or if
     unknown)."""
     relay_moves: int = 0
     """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
@@ -199,6 +199,8 @@ class Session(trio.abc.Channel[bytes]):
             rtt = paths.rtt.get(link, rtt)
         stats = self._core.stats
         relay = paths.relay
+        if relay is None and self.path == "relay":
+            relay = self._relay_url  # a session without a path driver: the relay it opened on
         now = trio.current_time()
         return SessionStatus(
             peer_id=self.peer_id.to_text(),
@@ -212,7 +214,7 @@ class Session(trio.abc.Channel[bytes]):
             migrations=paths.manager.migrations,
             last_error=self._core.close_reason or paths.manager.last_error,
             age_s=now - self._started,
-            relay=relay if isinstance(relay, str) else self._relay_url,
+            relay=relay if isinstance(relay, str) else None,
             relay_moves=paths.manager.relay_moves,
             not_direct_reason=self._not_direct(now),
         )

@@ -235,7 +235,8 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
             scraped = response.read().decode().splitlines()
         assert f'meshcore_peer_relay_connected{{relay="{url}"}} 1.0' in scraped
         assert sum(line.startswith("meshcore_peer_sessions{") for line in scraped) == 2
-        (line,) = table.stdout.decode().splitlines()
+        line, *connections = table.stdout.decode().splitlines()
+        assert [c.split(" (")[0] for c in connections] == [f"relay {url}"], connections
         assert line.startswith(ids["alice"]) and "migrations" in line and "age " in line
         assert re.search(rf'(direct {direct}|relay "{url}/?")', line), line
         assert connector.stdin is not None

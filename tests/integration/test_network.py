@@ -43,7 +43,7 @@ class Relay:
     async def start(self) -> None:
         self._scope = trio.CancelScope()
         self._stopped = trio.Event()
-        config = RelayConfig(port=self.port, shutdown_grace_s=0.2)
+        config = RelayConfig(port=self.port, identity=self.identity, shutdown_grace_s=0.2)
         self.server = await self._nursery.start(self._run, config)
         self.port = self.server.port
 

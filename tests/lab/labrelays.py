@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from meshcore import Identity, RelayEntry, rendezvous_relays
+from meshcore import Identity, PeerId, RelayEntry, rendezvous_relays
 
 from .labmesh import Meshcore, PeerKey, find_up_command
 from .labproc import COMMAND_TIMEOUT_S, LabError, LabProcess
@@ -23,8 +23,9 @@ PORT = 7443
 
 
 class RelaySet:
-    """meshcore-relay on each of `nodes` (hosts of the lab with public addresses), and the
-    relay-list file (`[[relays]]` tables) the peers of the lab follow."""
+    """meshcore-relay on each of `nodes` (hosts of the lab with public addresses), each with
+    an identity of its own (`--identity`), and the relay-list file (`[[relays]]` tables with
+    `url` and `id`) the peers of the lab follow, so that every relay connection is verified."""
 
     def __init__(self, lab: Lab, mesh: Meshcore, nodes: Sequence[str]) -> None:
         self.lab = lab
@@ -32,13 +33,20 @@ class RelaySet:
         self.nodes = tuple(nodes)
         self.file = lab.workdir / "relays.toml"
         self.processes: dict[str, LabProcess] = {}
+        self.keys: dict[str, Path] = {}
+        self.ids: dict[str, PeerId] = {}
+        for node in self.nodes:
+            identity = Identity.generate()
+            self.keys[node] = lab.workdir / f"relay-{node}.key"
+            identity.save(self.keys[node], overwrite=True)
+            self.ids[node] = identity.peer_id
 
     def url(self, node: str) -> str:
         return f"ws://{self.lab.public(node)}:{PORT}/"
 
     def entries(self, nodes: Sequence[str] | None = None) -> list[RelayEntry]:
         """The list entries of `nodes` (default: all), as the peers see them."""
-        return [RelayEntry(self.url(node)) for node in (nodes or self.nodes)]
+        return [RelayEntry(self.url(node), self.ids[node]) for node in (nodes or self.nodes)]
 
     def node_of(self, url: str | None) -> str:
         for node in self.nodes:
@@ -50,7 +58,8 @@ class RelaySet:
         """Start meshcore-relay on each of `nodes` (default: all); return once they listen."""
         for node in nodes or self.nodes:
             listen = f"{self.lab.public(node)}:{PORT}"
-            process = self.lab.popen(node, [self.mesh.exe("meshcore-relay"), "--listen", listen])
+            argv = [self.mesh.exe("meshcore-relay"), "--listen", listen]
+            process = self.lab.popen(node, [*argv, "--identity", str(self.keys[node])])
             process.wait_for("listening", COMMAND_TIMEOUT_S)
             self.processes[node] = process
 
@@ -64,7 +73,8 @@ class RelaySet:
         """(Re)write the relay-list file with `nodes` (default: all), atomically."""
         lines = []
         for node in nodes or self.nodes:
-            lines += ["[[relays]]", f"url = {json.dumps(self.url(node))}", ""]
+            relay_id = json.dumps(self.ids[node].to_text())
+            lines += ["[[relays]]", f"url = {json.dumps(self.url(node))}", f"id = {relay_id}", ""]
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text("\n".join(lines))
         tmp.replace(self.file)

@@ -2,8 +2,8 @@
 (docs/relay-network.md): peers on different rendezvous relays meet and go direct; a relayed
 TAP tunnel (both peers behind symmetric NATs) moves to another relay when the one carrying it
 is SIGKILLed mid-transfer, and when it is silently blackholed; the relay-list file changes and
-the peers follow it; with every relay down, direct tunnels carry on and a new session fails at
-once naming every relay tried."""
+the peers follow it; a relay that is not the one its entry names is refused; with every relay
+down, direct tunnels carry on and a new session fails at once naming every relay tried."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from meshcore import Identity
 
 from .labrelays import RelaySet, choose_identity, homes, peer_status, relays_report, start_up
 from .netlab import Lab, LabProcess, Meshcore, Nat, Topology
@@ -244,6 +246,20 @@ def test_peers_on_different_rendezvous_relays_meet_go_direct_and_follow_the_list
     print(f"registered at the added relay in {took:.1f} s")
     assert ping_once(lab, 5)
     assert the_session(lab, mesh, "a")["path"] == "direct"
+
+    # (6) a relay that is not the relay its entry names is refused, naming it and the id
+    impostor = Identity.generate().peer_id.to_text()
+    out = lab.run(
+        "a",
+        [mesh.exe("meshcore-peer"), "connect", "--relay", f"{relays.url(gone)}#{impostor}",
+         "--identity", str(lab.workdir / "a.key"), "--state-dir", str(lab.workdir / "a-impostor"),
+         "--no-direct", report_peer(lab, mesh, "b")],
+        check=False, timeout=30,
+    )  # fmt: skip
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert relays.url(gone) in err and impostor in err, err
+    assert "Traceback" not in err, err
 
     # (5) every relay down: the direct tunnel carries on; a new session fails at once
     for node in RELAYS:

@@ -51,6 +51,9 @@ class SessionCounters:
     fallbacks_silent: int = 0
     """Fallbacks because nothing authenticated arrived on the direct path for its dead time
     (the others were transport errors: a reset, an EOF, a protocol error)."""
+    relay_moves: int = 0
+    """Moves from one relay's circuit to another's (the relay died, left the list, went
+    silent, or another was clearly faster)."""
 
     def __add__(self, other: SessionCounters) -> SessionCounters:
         return SessionCounters(

@@ -128,7 +128,11 @@ def _session_counters(total: SessionCounters) -> Iterator[Metric]:
         _P + "migrations_total",
         "Moves of a session between paths, by kind.",
         labels=("kind",),
-        samples=[(("relay_to_direct",), t.migrations), (("direct_to_relay",), t.fallbacks)],
+        samples=[
+            (("relay_to_direct",), t.migrations),
+            (("direct_to_relay",), t.fallbacks),
+            (("relay_to_relay",), t.relay_moves),
+        ],
     )
     yield counter(
         _P + "fallbacks_total",

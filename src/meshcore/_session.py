@@ -245,6 +245,7 @@ class Session(trio.abc.Channel[bytes]):
             migrations=manager.migrations,
             fallbacks=manager.fallbacks,
             fallbacks_silent=manager.fallbacks_silent,
+            relay_moves=manager.relay_moves,
         )
 
     def _not_direct(self, now: float) -> str | None:

@@ -159,6 +159,7 @@ async def test_a_relayed_session_moves_to_its_spare_when_its_relay_stops() -> No
                 moved_in = trio.current_time() - stopped
                 nursery.cancel_scope.cancel()
             assert a.status().relay_moves >= 1 and b.status().relay_moves >= 1
+            assert a.counters().relay_moves == a.status().relay_moves  # what metrics export
             assert b.status().relay != there
             assert moved_in < 5
 

@@ -120,14 +120,14 @@ class ChainSource(RegistrySource):
         )
         self.last_read = read
         return RegistryListing(
-            chain_relay_list(read),
+            _relay_list(read),
             self.description,
             time.time(),
             block_number=read.block_number,
         )
 
 
-def chain_relay_list(read: ChainListing) -> RelayList:
+def _relay_list(read: ChainListing) -> RelayList:
     """The entries of one read through the common checker, every problem naming the entry's
     index on chain and the block (``on-chain entry 3 at block 12 (ws://…): …``)."""
     problems = {p.index: p for p in read.problems}

@@ -4,7 +4,7 @@ For 64 B, 1400 B, 16 KiB and 64 KiB plaintexts it times, in the same run and in 
 `SendKey.seal` + `ReceiveKey.open`, `SendKey.seal` alone, `KeyRing` seal+open, the bare
 `cryptography` ChaCha20Poly1305 encrypt (same nonce, 16-byte AD and plaintext), and the same
 frame built with PyNaCl (libsodium) beside its own bare call. Each figure is the median over
-`--repeat` runs of many frames. Targets (DESIGN.md §4): seal at 64 KiB >= 0.85x the bare
+`--repeat` runs of many frames. Targets (docs/design.md §4): seal at 64 KiB >= 0.85x the bare
 AEAD; seal+open at 1400 B <= 5 us. Writes benchmarks/results/framing.json.
 
     .venv/bin/python benchmarks/bench_framing.py [--quick] [--repeat 31]

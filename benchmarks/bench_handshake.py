@@ -1,4 +1,5 @@
-"""Handshake CPU cost per side (CRYPTO.md §1 measured ~0.52 ms initiator, ~0.45 ms responder).
+"""Handshake CPU cost per side (docs/crypto-spec.md §1 measured ~0.52 ms initiator, ~0.45 ms
+responder).
 
 Runs N full handshakes between two fixed identities, timing each side's calls with
 `time.process_time` (CPU, not wall clock), and prints median and p99 per side. Writes the

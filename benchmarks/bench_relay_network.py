@@ -136,14 +136,23 @@ class Pair:
         return report
 
 
+STALL_STARTS_WITHIN_S = 0.2
+"""The stall a kill or a blackhole causes starts when it does: the carrying relay passes
+nothing from then on (a frame already past it may still arrive a moment later)."""
+
+
 def move_time(times: list[float], at: float, until: float) -> float:
-    """From `at` to the first arrival after the stall (the longest gap between `at` and
-    `until`, the next run's start)."""
+    """From `at` to the first arrival after the stall the cut caused: the longest gap in
+    arrivals that begins within STALL_STARTS_WITHIN_S of `at` (a later hiccup before
+    `until`, the next run's start, is not the move's; a seamless move is the time to the
+    next arrival)."""
     window = [t for t in times if at - 0.05 <= t <= until]
     best, end = 0.0, None
     for before, after in itertools.pairwise(window):
-        if after > at and after - max(before, at) > best:
+        if after > at and before <= at + STALL_STARTS_WITHIN_S and after - max(before, at) > best:
             best, end = after - max(before, at), after
+    if end is None:  # nothing arrived around the cut: the stall runs to the next arrival
+        end = next((t for t in window if t > at), None)
     if end is None:
         raise RuntimeError(f"no arrival after {at}")
     return end - at
@@ -163,9 +172,9 @@ def kill_runs(lab: Lab, relays: RelaySet, runs: int, circuits: int, tag: str) ->
         # moment for the peer to have it too
         seen = pair.wait(lambda r, c: r is not None and c >= circuits, seen, 60, "circuits up")
         pair.homes_up()
+        time.sleep(0.3)  # (a faster circuit may take over now: read the carrier after)
         carrying = pair.lines()[-1][0]
         node = relays.node_of(carrying)
-        time.sleep(0.3)
         kills.append(time.monotonic())
         relays.kill(node)
         moved = pair.wait(lambda r, c, was=carrying: r not in (None, was), seen, 30, "moved")
@@ -195,9 +204,9 @@ def blackhole_runs(lab: Lab, relays: RelaySet, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         seen = pair.wait(lambda r, c: r is not None and c >= 2, seen, 90, "circuits up")
         pair.homes_up()
+        time.sleep(0.3)  # (a faster circuit may take over now: read the carrier after)
         carrying = pair.lines()[-1][0]
         node = relays.node_of(carrying)
-        time.sleep(0.3)
         blocks.append(time.monotonic())
         lab.block("a", node)
         lab.block("b", node)

@@ -1,6 +1,6 @@
 """The real executables in the lab: meshcore-relay in the relay namespace, `meshcore-peer
 listen` / `connect` and the TAP tunnel (`up`) on hosts behind each kind of NAT. Files cross
-intact, and the router's counters say which way they went (DESIGN §5)."""
+intact, and the router's counters say which way they went (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .netlab import Counters, Lab, Meshcore, Nat, Topology
 
 MakeLab = Callable[[Topology], Lab]
 SIZE = 8 * 1024 * 1024
-# Heartbeats, acks and the control connection once a session went direct; DESIGN §1 says
+# Heartbeats, acks and the control connection once a session went direct; docs/design.md §1 says
 # the relay carries about 10 KB per session.
 RELAY_IDLE_BYTES = 64 * 1024
 DIRECT_WITHIN_S = 15.0  # handshake + one race (5 s deadline) + process start on a busy box
@@ -66,7 +66,7 @@ def test_relay_only_session_carries_a_file_intact_through_the_relay(
     assert counters.between("a", "b").packets == 0, counters
 
 
-# -- direct paths (DESIGN §1 step 5, §5) ------------------------------------------------------
+# -- direct paths (docs/design.md §1 step 5, §5) ---------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 NATs allow it (flat, one port-preserving NAT, two of them by simultaneous open), stays on
 the relay behind symmetric NATs and says why, falls back when the direct path is cut
 mid-transfer and returns, and keeps its direct sessions while the relay restarts. The
-router's counters say which way the bytes really went (DESIGN §1 step 5, §5)."""
+router's counters say which way the bytes really went (docs/design.md §1 step 5, §5)."""
 
 from __future__ import annotations
 

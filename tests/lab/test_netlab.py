@@ -1,4 +1,4 @@
-"""The lab harness itself: reachability, what each NAT does to source ports, DESIGN §5's
+"""The lab harness itself: reachability, what each NAT does to source ports, docs/design.md §5's
 simultaneous-open finding, link shaping (rate limit, random loss, per-link delays) measured
 with real traffic, the router's counters and cuts, and teardown that leaves nothing."""
 
@@ -120,7 +120,7 @@ def test_fully_random_nat_does_not_keep_source_ports(make_lab: MakeLab) -> None:
     assert len(kept) <= 1, seen
 
 
-# -- DESIGN §5: TCP simultaneous open between fixed ports -----------------------------------
+# -- docs/design.md §5: TCP simultaneous open between fixed ports ----------------------------------
 
 
 def test_simultaneous_open_through_two_port_preserving_nats_connects_by_redialling(

@@ -1,4 +1,5 @@
-"""Handshake + frames + rekey + resume against an adversarial relay (CRYPTO.md rows 9 and 14).
+"""Handshake + frames + rekey + resume against an adversarial relay (docs/crypto-spec.md rows 9 and
+14).
 
 Two peers, A (the original initiator) and B, talk through a relay that may drop, duplicate,
 reorder, tamper with, inject and misroute frames, while time passes, keys are rekeyed by full

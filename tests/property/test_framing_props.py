@@ -43,7 +43,7 @@ def test_every_payload_round_trips(key: bytes, index: int, payload: bytes, skip:
 def test_any_bit_flip_is_rejected_and_genuine_frame_still_accepted(
     key: bytes, payload: bytes, data: st.DataObject
 ) -> None:
-    # CRYPTO.md row 2: every header and ciphertext bit is authenticated; a failure changes
+    # docs/crypto-spec.md row 2: every header and ciphertext bit is authenticated; a failure changes
     # nothing, so the untampered frame is accepted afterwards.
     send, receive = SendKey(key, 5, 0.0), ReceiveKey(key, 5, 0.0)
     frame = send.seal(payload, 0.0)
@@ -108,7 +108,8 @@ def header_then_junk() -> st.SearchStrategy[bytes]:
 
 @given(st.one_of(st.binary(max_size=300), header_then_junk()))
 def test_unvalidated_input_never_amplifies_nor_changes_receive_state(data: bytes) -> None:
-    # CRYPTO.md row 13 and 16: the receive path answers nothing, raises only protocol errors,
+    # docs/crypto-spec.md row 13 and 16: the receive path answers nothing, raises only protocol
+    # errors,
     # returns at most what came in, and leaves the window untouched.
     receive = ReceiveKey(bytes(32), 7, 0.0)
     ring = KeyRing()
@@ -136,7 +137,8 @@ _FLOAT_SLACK_S = 1e-9
 def test_no_frame_is_sealed_or_accepted_with_a_key_older_than_reject_after(
     schedule: list[tuple[str, float, int]],
 ) -> None:
-    # CRYPTO.md T1, with explicit `now`: seal refuses exactly when the key is 180 s old, and
+    # docs/crypto-spec.md T1, with explicit `now`: seal refuses exactly when the key is 180 s old,
+    # and
     # nothing older is ever accepted. Frames in flight carry the creation time of their key.
     a, b = KeyRing(), KeyRing()
     now, epoch, created = 0.0, 0, {}

@@ -1,6 +1,6 @@
 """Properties of the handshake for all inputs: tampering always fails, junk is always refused.
 
-Rows 1 and 16 of CRYPTO.md §4. The attacker may recompute mac1 (its key is public).
+Rows 1 and 16 of docs/crypto-spec.md §4. The attacker may recompute mac1 (its key is public).
 """
 
 from __future__ import annotations

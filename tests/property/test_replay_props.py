@@ -1,4 +1,4 @@
-"""ReplayWindow against a set-plus-window reference model (CRYPTO.md §4 row 7)."""
+"""ReplayWindow against a set-plus-window reference model (docs/crypto-spec.md §4 row 7)."""
 
 from __future__ import annotations
 

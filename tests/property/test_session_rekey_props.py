@@ -1,4 +1,4 @@
-"""CRYPTO.md §4 row T2 (handshake storms) and T1 (expired keys) on the session core: for
+"""docs/crypto-spec.md §4 row T2 (handshake storms) and T1 (expired keys) on the session core: for
 random schedules of timer runs and sends against a peer that never answers a rekey, at most
 one initiation per REKEY_TIMEOUT_S, at most MAX_TIMER_HANDSHAKES in all, and nothing is
 sealed with a key older than REJECT_AFTER_S."""

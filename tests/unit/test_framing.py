@@ -1,4 +1,5 @@
-"""Transport frames: layout, seal/open, key lifetimes and the KeyRing (CRYPTO.md §3.5-3.8)."""
+"""Transport frames: layout, seal/open, key lifetimes and the KeyRing (docs/crypto-spec.md
+§3.5-3.8)."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def test_tampered_frame_is_rejected_and_genuine_frame_still_accepted() -> None:
 
 
 def test_forged_high_counter_does_not_shift_window() -> None:
-    # CRYPTO.md row 8: a forged frame with counter 2^40 must not block genuine frames.
+    # docs/crypto-spec.md row 8: a forged frame with counter 2^40 must not block genuine frames.
     send, receive = pair()
     forged = FrameHeader(receiver_index=IDX_B, counter=1 << 40).encode() + os.urandom(48)
     with pytest.raises(AuthenticationError):
@@ -143,7 +144,8 @@ def test_forged_high_counter_does_not_shift_window() -> None:
 
 
 def test_reflected_frame_fails_at_its_sender() -> None:
-    # CRYPTO.md row 3: A's frame fed back to A. Directional keys make it fail even when the
+    # docs/crypto-spec.md row 3: A's frame fed back to A. Directional keys make it fail even when
+    # the
     # two receiver indices collide.
     a_send, a_receive = SendKey(K_AB, IDX_B, 0.0), ReceiveKey(K_BA, IDX_A, 0.0)
     with pytest.raises(UnknownReceiverIndex):

@@ -1,6 +1,6 @@
-"""The 3-message hybrid handshake (CRYPTO.md §3.3) against the attacks of §4.
+"""The 3-message hybrid handshake (docs/crypto-spec.md §3.3) against the attacks of §4.
 
-Row numbers refer to the table in CRYPTO.md §4. The attacker controls the relay: it may
+Row numbers refer to the table in docs/crypto-spec.md §4. The attacker controls the relay: it may
 recompute mac1 (`with_mac1`), since mac1's key is public.
 """
 

@@ -1,4 +1,5 @@
-"""Identities: peer ids and their text form, pinned key bundles, key files (CRYPTO.md §3.2)."""
+"""Identities: peer ids and their text form, pinned key bundles, key files (docs/crypto-spec.md
+§3.2)."""
 
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def test_checked_bundle_accepts_keys_matching_the_pinned_id() -> None:
 
 
 def test_checked_bundle_refuses_substituted_keys() -> None:
-    # The relay answers a request for Alice's keys with Bob's (CRYPTO.md §4, row 15).
+    # The relay answers a request for Alice's keys with Bob's (docs/crypto-spec.md §4, row 15).
     with pytest.raises(HandshakeError, match="does not match"):
         PublicBundle.checked(BOB.public.x25519_public, BOB.public.kem_public, ALICE.peer_id)
 

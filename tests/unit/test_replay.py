@@ -1,4 +1,4 @@
-"""ReplayWindow: RFC 6479 anti-replay over frame counters (CRYPTO.md §3.7)."""
+"""ReplayWindow: RFC 6479 anti-replay over frame counters (docs/crypto-spec.md §3.7)."""
 
 from __future__ import annotations
 

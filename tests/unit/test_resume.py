@@ -1,4 +1,4 @@
-"""SESSION_RESUME (CRYPTO.md §3.10; rows 9, 11 and 13)."""
+"""SESSION_RESUME (docs/crypto-spec.md §3.10; rows 9, 11 and 13)."""
 
 from __future__ import annotations
 

@@ -233,3 +233,16 @@ def test_lost_acks_are_recovered_when_the_sender_retransmits() -> None:
     pump(b, a, 1.0)
     assert a.all_acked
     assert received(b) == [b"x"]
+
+
+def test_a_move_acknowledges_again_so_the_peer_needs_no_retransmission_timeout() -> None:
+    # a moved first and resent; b's ack went out on the path b had not yet seen die
+    a, b = make_pair(SessionSettings(ack_every_frames=1, retransmit_timeout_s=1.0))
+    a.send(b"x", 0.0)
+    pump(a, b, 0.0)
+    b.outbox()  # the ack is lost with the old path
+    assert not a.all_acked
+    b.retransmit_unacked(0.01)  # b moves to the new path: nothing of its own to resend
+    pump(b, a, 0.01)
+    assert a.all_acked  # long before a's retransmission timer (1 s)
+    assert received(b) == [b"x"]

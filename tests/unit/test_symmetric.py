@@ -1,4 +1,4 @@
-"""SymmetricState (CRYPTO.md §3.4) and the key schedule (§3.5): formulas, AEAD, Split."""
+"""SymmetricState (docs/crypto-spec.md §3.4) and the key schedule (§3.5): formulas, AEAD, Split."""
 
 from __future__ import annotations
 

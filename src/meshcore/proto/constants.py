@@ -33,7 +33,7 @@ MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + 256
 """Largest sealed transport frame: header, inner header, padding and tag on top of a message."""
 
 MAX_HANDSHAKE_BYTES: Final = 4096
-"""Largest handshake message (CRYPTO.md §3.11)."""
+"""Largest handshake message (docs/crypto-spec.md §3.11)."""
 
 MAX_CONTROL_BYTES: Final = MAX_FRAME_BYTES + 256
 """Largest relay control message: a relayed frame plus its envelope."""
@@ -47,7 +47,7 @@ MAX_REASON_BYTES: Final = 256
 REKEY_FRAGMENT_BYTES: Final = 1150
 """Rekey handshake messages travel as HANDSHAKE inner frames of at most this size (§3.8)."""
 
-# --- key lifetimes (WireGuard, CRYPTO.md §3.8) ---------------------------------------------
+# --- key lifetimes (WireGuard, docs/crypto-spec.md §3.8) ------------------------------------------
 REKEY_AFTER_S: Final = 120.0
 REJECT_AFTER_S: Final = 180.0
 REKEY_ATTEMPT_S: Final = 90.0
@@ -82,7 +82,8 @@ PATH_CHALLENGE_RETRY_S: Final = 1.0
 DIRECT_RACE_DEADLINE_S: Final = 5.0
 DIRECT_RETRY_S: Final = 60.0
 DIRECT_REDIAL_S: Final = 0.05
-"""A refused simultaneous-open dial is retried this often until the race deadline (DESIGN §5)."""
+"""A refused simultaneous-open dial is retried this often until the race deadline (docs/design.md
+§5)."""
 
 # --- session ------------------------------------------------------------------------------
 RETRANSMIT_BUFFER_FRAMES: Final = 4096
@@ -92,7 +93,7 @@ REORDER_BUFFER_FRAMES: Final = 4096
 ACK_EVERY_FRAMES: Final = 32
 ACK_DELAY_S: Final = 0.02
 
-# --- relay limits (DESIGN.md §3, CRYPTO.md §3.11) ------------------------------------------
+# --- relay limits (docs/design.md §3, docs/crypto-spec.md §3.11) ----------------------------------
 RELAY_HELLO_DEADLINE_S: Final = 5.0
 RELAY_MAX_PEERS: Final = 20000
 RELAY_MAX_CIRCUITS: Final = 20000
@@ -107,11 +108,11 @@ RELAY_IDLE_TIMEOUT_S: Final = 60.0
 
 # --- wire codec field sizes (wire.py, inner.py; docs/wire-control.md) ----------------------
 RELAY_NONCE_BYTES: Final = 32
-"""Random nonce in the relay's authentication Challenge (CRYPTO.md §3.11)."""
+"""Random nonce in the relay's authentication Challenge (docs/crypto-spec.md §3.11)."""
 RELAY_AUTH_MAC_BYTES: Final = 32
 """Full HMAC-SHA256 tag a peer answers the relay's Challenge with."""
 PATH_CHALLENGE_BYTES: Final = 16
-"""Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (CRYPTO.md §3.6)."""
+"""Unpredictable data in PATH_CHALLENGE / PATH_RESPONSE inner frames (docs/crypto-spec.md §3.6)."""
 MAX_REKEY_FRAGMENTS: Final = -(-MAX_HANDSHAKE_BYTES // REKEY_FRAGMENT_BYTES)
 """Most fragments one rekey handshake message is split into (4096 / 1150, rounded up)."""
 

@@ -1,6 +1,6 @@
 """Transport frames: seal and open with ChaCha20-Poly1305, counters, key lifetimes, key epochs.
 
-CRYPTO.md §3.5-3.8. Byte layout of a frame (all integers little-endian)::
+docs/crypto-spec.md §3.5-3.8. Byte layout of a frame (all integers little-endian)::
 
      0  u8   type = 4 (transport frame)   ┐
      1  u8   flags (0)                    │ 16-byte header = AEAD associated data
@@ -10,7 +10,7 @@ CRYPTO.md §3.5-3.8. Byte layout of a frame (all integers little-endian)::
     16  ciphertext of the plaintext, then the 16-byte Poly1305 tag
 
 The AEAD is `cryptography`'s ChaCha20Poly1305 (OpenSSL): the same RFC 8439 bytes as libsodium's,
-about three times faster from Python (DESIGN.md §4). This module is on the per-frame hot path:
+about three times faster from Python (docs/design.md §4). This module is on the per-frame hot path:
 one AEAD object per key, precompiled structs, no copies beyond the one that prepends the header.
 """
 
@@ -146,7 +146,7 @@ class SendKey:
     """One direction's sending key: numbers, seals and expires frames.
 
     The counter starts at 0 and only grows; a key is never used at or after
-    REJECT_AFTER_MESSAGES frames or REJECT_AFTER_S seconds (CRYPTO.md §3.5, §3.8).
+    REJECT_AFTER_MESSAGES frames or REJECT_AFTER_S seconds (docs/crypto-spec.md §3.5, §3.8).
     """
 
     __slots__ = ("_aead", "_counter", "_created_at", "_reject_at", "_rekey_at", "_remote_index")
@@ -215,7 +215,7 @@ class ReceiveKey:
     """One direction's receiving key with its replay window and forgery budget.
 
     A frame that fails authentication changes nothing but the failure count; the window moves
-    only after a frame authenticates (CRYPTO.md §3.7, pitfalls 2 and 8).
+    only after a frame authenticates (docs/crypto-spec.md §3.7, pitfalls 2 and 8).
     """
 
     __slots__ = (
@@ -321,7 +321,8 @@ class KeyRing:
     """The keys of one session over time: the current pair plus the previous receive key.
 
     After `install`, the previous receive key keeps accepting frames still in flight for
-    OLD_KEY_RECEIVE_S, then it is dropped (CRYPTO.md §3.8). Sending always uses the newest key.
+    OLD_KEY_RECEIVE_S, then it is dropped (docs/crypto-spec.md §3.8). Sending always uses the
+    newest key.
     """
 
     __slots__ = ("_previous", "_previous_until", "_receive", "_send")

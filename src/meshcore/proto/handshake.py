@@ -1,4 +1,5 @@
-"""The meshcore/1 pqIK-hyb handshake (CRYPTO.md §3.3): three messages, hybrid X25519 + ML-KEM-768.
+"""The meshcore/1 pqIK-hyb handshake (docs/crypto-spec.md §3.3): three messages, hybrid X25519 +
+ML-KEM-768.
 
 `Initiator` and `Responder` are sans-IO machines: bytes and `now` in, bytes and a
 `HandshakeResult` out; the messages and their codec are in `handshake_messages` (re-exported
@@ -91,7 +92,7 @@ LABEL_MAC1: Final = b"mac1----"
 LABEL_MSG3: Final = b"msg3"
 """Mixed into ck before msg3 so the stateless responder can rebuild the AEAD key from ck."""
 LABEL_SAS: Final = b"sas"
-"""Exporter label of the short authentication string (CRYPTO.md §3.5)."""
+"""Exporter label of the short authentication string (docs/crypto-spec.md §3.5)."""
 SAS_BYTES: Final = 5
 _SAS_ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, as peer ids
 
@@ -108,7 +109,8 @@ Random = Callable[[int], bytes]
 
 
 def prologue(network_id: bytes, responder: PublicBundle) -> bytes:
-    """version ‖ SUITES ‖ len(network_id) ‖ network_id ‖ S_R.x ‖ S_R.kem (CRYPTO.md §3.3)."""
+    """version ‖ SUITES ‖ len(network_id) ‖ network_id ‖ S_R.x ‖ S_R.kem (docs/crypto-spec.md
+    §3.3)."""
     return (
         bytes((PROTOCOL_VERSION,))
         + SUITES

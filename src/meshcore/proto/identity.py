@@ -1,4 +1,5 @@
-"""Peer identities (CRYPTO.md §3.2): static X25519 + ML-KEM-768 keys, their fingerprint, key files.
+"""Peer identities (docs/crypto-spec.md §3.2): static X25519 + ML-KEM-768 keys, their fingerprint,
+key files.
 
 A `PeerId` is SHA-256 over both public keys; peers pin ids out of band and accept a key
 bundle only if it hashes to the pinned id, which defeats a relay that substitutes keys.
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 FINGERPRINT_LABEL: Final = b"meshcore/1 fingerprint"
-"""fp = SHA-256(FINGERPRINT_LABEL ‖ X25519_pk ‖ MLKEM_pk) (CRYPTO.md §3.2)."""
+"""fp = SHA-256(FINGERPRINT_LABEL ‖ X25519_pk ‖ MLKEM_pk) (docs/crypto-spec.md §3.2)."""
 PEER_ID_CHECKSUM_LABEL: Final = b"meshcore/1 peer id checksum"
 """The text form appends SHA-256(PEER_ID_CHECKSUM_LABEL ‖ fp)[:3], so typos are caught."""
 IDENTITY_FILE_LABEL: Final = b"meshcore/1 identity file"
@@ -93,7 +94,7 @@ class PeerId:
 
     @property
     def route_id(self) -> bytes:
-        """The first 16 bytes: the id the relay routes by (CRYPTO.md §3.2)."""
+        """The first 16 bytes: the id the relay routes by (docs/crypto-spec.md §3.2)."""
         return self.digest[:16]
 
     def to_text(self) -> str:
@@ -212,7 +213,7 @@ class PublicBundle:
     ) -> PublicBundle:
         """Accept keys fetched from an untrusted source only if they hash to the pinned id.
 
-        This is the defence against a relay that serves substituted keys (CRYPTO.md §4,
+        This is the defence against a relay that serves substituted keys (docs/crypto-spec.md §4,
         row 15). With `pinned=None` the keys are refused unless the caller explicitly opts
         into trust-on-first-use; it is off by default.
 

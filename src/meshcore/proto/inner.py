@@ -1,4 +1,4 @@
-"""The plaintext inside a sealed transport frame (CRYPTO.md §3.6) and its canonical codec.
+"""The plaintext inside a sealed transport frame (docs/crypto-spec.md §3.6) and its canonical codec.
 
 Layout: `inner_type u8 | pad_len u8 | body | pad_len zero bytes`; the body's layout depends
 on the type (docs/wire-control.md). Padding hides exact sizes from the relay; the decoder

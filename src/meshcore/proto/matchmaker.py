@@ -1,4 +1,5 @@
-"""The relay's registry and pairing as a sans-IO state machine (DESIGN.md §1-3, CRYPTO.md §3.11).
+"""The relay's registry and pairing as a sans-IO state machine (docs/design.md §1-3,
+docs/crypto-spec.md §3.11).
 
 The driver assigns each connection an int id and feeds the `Matchmaker` what happened (a
 connection opened, bytes or a message arrived, a connection closed, time passed); it answers

@@ -2,7 +2,7 @@
 
 Every library error is mapped to the uniform `HandshakeError`, and tests inject a
 deterministic `Primitives` for known-answer tests. There is deliberately no classical-only
-fallback: importing this module without `pqcrypto` fails (CRYPTO.md §4, pitfall 12).
+fallback: importing this module without `pqcrypto` fails (docs/crypto-spec.md §4, pitfall 12).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Primitives:
 
     Subclass and override to inject recorded values (known-answer tests). Every method raises
     only `HandshakeError` on bad input, never a library exception, so that no failure can be
-    told apart from another (CRYPTO.md §3.13).
+    told apart from another (docs/crypto-spec.md §3.13).
     """
 
     def x25519_keypair(self) -> KeyPair:
@@ -129,7 +129,7 @@ class Primitives:
         """X25519(secret, public); a low-order or malformed `public` raises HandshakeError.
 
         libsodium refuses an all-zero result (what every low-order point produces) with a bare
-        `RuntimeError`; that becomes the uniform handshake failure (CRYPTO.md §1, note 5).
+        `RuntimeError`; that becomes the uniform handshake failure (docs/crypto-spec.md §1, note 5).
         """
         _require_len(secret, X25519_KEY_BYTES)
         _require_len(public, X25519_KEY_BYTES)

@@ -1,4 +1,5 @@
-"""Rekeying (CRYPTO.md §3.8): a fresh full hybrid handshake carried inside the live session.
+"""Rekeying (docs/crypto-spec.md §3.8): a fresh full hybrid handshake carried inside the live
+session.
 
 The three handshake messages travel as `RekeyFragment` inner messages of at most
 REKEY_FRAGMENT_BYTES, sealed under the session's current keys, so only authenticated

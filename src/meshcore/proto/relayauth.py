@@ -1,4 +1,4 @@
-"""Proofs of identity on the relay's control connection (CRYPTO.md §3.11), sans-IO.
+"""Proofs of identity on the relay's control connection (docs/crypto-spec.md §3.11), sans-IO.
 
 The relay encapsulates to the connecting peer's static ML-KEM key and runs X25519 against its
 static X25519 key; only the holder of both secret keys can answer with the right MAC, so

@@ -1,7 +1,7 @@
 """Anti-replay window for transport frame counters (RFC 6479, as in wireguard-go `replay/`).
 
 One window per receive key. It is consulted only after a frame has authenticated, so a forged
-frame can never move it (CRYPTO.md §3.7, pitfall 8).
+frame can never move it (docs/crypto-spec.md §3.7, pitfall 8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""SESSION_RESUME (CRYPTO.md §3.10): new keys for a session in one round trip, no 0-RTT data.
+"""SESSION_RESUME (docs/crypto-spec.md §3.10): new keys for a session in one round trip, no 0-RTT
+data.
 
 The client proves it holds the resumption secret `rs` with a MAC; both sides contribute a
 fresh nonce and an X25519 ephemeral, so resumed keys never repeat earlier ones. The server
@@ -252,7 +253,7 @@ class ResumeClient:
 
     Its first frame sealed with the new send key is what confirms the resume to the server,
     so send one promptly (a keepalive will do). The keys are handed out exactly once: a
-    duplicated ACK raises ReplayError instead of resetting counters (CRYPTO.md pitfall 9).
+    duplicated ACK raises ReplayError instead of resetting counters (docs/crypto-spec.md pitfall 9).
     """
 
     def __init__(

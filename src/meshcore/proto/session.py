@@ -257,7 +257,7 @@ class SessionCore:
         initiator: Callable[[], RekeyInitiator] | None = None,
         responder: RekeyResponder | None = None,
     ) -> None:
-        """Rekey with a fresh full handshake inside the session (CRYPTO.md §3.8).
+        """Rekey with a fresh full handshake inside the session (docs/crypto-spec.md §3.8).
 
         The session's original initiator passes `initiator` (a factory of one attempt) and
         starts a handshake when the keys reach REKEY_AFTER_S, at most one attempt per
@@ -560,10 +560,14 @@ class SessionCore:
         Used when the session moves to a new path and by the retransmission timer. A frame
         whose key is still the current send key goes out as the same sealed bytes; one
         sealed under a replaced key is sealed again under the current key (new counter,
-        same sequence number), so no nonce is ever reused.
+        same sequence number), so no nonce is ever reused. What we received is acknowledged
+        again too: an ack sent on the path just lost (the peer moved first and resent) would
+        otherwise cost the peer a retransmission timeout.
         """
         if self.state is not SessionState.OPEN:
             return 0
+        if self._recv_next:
+            self._send_ack(now)
         self._unsent = len(self._pending)
         self._unsent_bytes = self._pending_bytes
         sent = self._send_unsent(now)

@@ -1,4 +1,5 @@
-"""The Noise-style symmetric state of the handshake (CRYPTO.md §3.4) and its key schedule (§3.5).
+"""The Noise-style symmetric state of the handshake (docs/crypto-spec.md §3.4) and its key schedule
+(§3.5).
 
 SHA-256 for `h`, HKDF-SHA256 chaining for `ck`, ChaCha20-Poly1305 with `h` as associated data.
 Every label is a module constant; the known-answer tests pin them, so a silent change breaks

@@ -164,7 +164,7 @@ class _RecordingAead:
 
 
 class NonceLedger:
-    """Records every (key, nonce) pair transport frames are sealed with (CRYPTO.md row 9).
+    """Records every (key, nonce) pair transport frames are sealed with (docs/crypto-spec.md row 9).
 
     Use as a context manager: keys created inside it (SendKey, ResumedKeys, handshake
     results turned into SendKeys) report each seal; `repeats` lists any pair used twice.

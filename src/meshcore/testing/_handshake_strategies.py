@@ -157,7 +157,7 @@ def handshake_messages() -> st.SearchStrategy[HandshakeInit | HandshakeResponse 
 
 
 def low_order_x25519_points() -> st.SearchStrategy[bytes]:
-    """X25519 public values that make every DH output zero (CRYPTO.md §4, row 10)."""
+    """X25519 public values that make every DH output zero (docs/crypto-spec.md §4, row 10)."""
     return st.sampled_from(LOW_ORDER_X25519_POINTS)
 
 

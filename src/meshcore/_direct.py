@@ -16,7 +16,7 @@ import logging
 import random
 import socket as _stdlib_socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, Protocol
 
@@ -65,6 +65,7 @@ class FramedTransport(Transport):
         self._close_reason: str | None = None
         self._local: Endpoint | None = None
         self._remote: Endpoint | None = None
+        self._close_hooks: list[Callable[[str], None]] = []
         try:
             self._local = Endpoint.from_sockaddr(stream.socket.getsockname())
             self._remote = Endpoint.from_sockaddr(stream.socket.getpeername())
@@ -131,11 +132,30 @@ class FramedTransport(Transport):
 
     async def aclose(self, reason: str = "closed") -> None:
         self._note_closed(reason)
+        self._run_close_hooks()
         await trio.aclose_forcefully(self.stream)
+
+    def on_close(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(reason)` when this transport is closed or aborted here (whoever reads
+        the connection in another thread then lets go of it)."""
+        self._close_hooks.append(hook)
+
+    def _run_close_hooks(self) -> None:
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            hook(self._close_reason or "closed")
+
+    def take_buffered(self) -> bytes:
+        """The bytes read but not yet taken as frames (for whoever reads the connection
+        from now on, such as the data path's thread)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
     def abort(self, reason: str = "aborted") -> None:
         """Cut the connection at once with a TCP reset (tests and forced fallbacks)."""
         self._note_closed(reason)
+        self._run_close_hooks()
         try:
             self.stream.socket.setsockopt(
                 _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_ABORT

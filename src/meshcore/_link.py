@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import trio
 
+from meshcore import _trace
 from meshcore._transport import Transport
 from meshcore.errors import TransportClosed
 from meshcore.proto import constants as C
@@ -86,7 +87,7 @@ class Link:
         return f"<Link {self.kind} {self.transport.remote_address}>"
 
     def push(self, frame: bytes) -> None:
-        """Queue `frame` for this link (never blocks)."""
+        """Queue `frame` for this link (never blocks; trio thread only)."""
         if self.closed:
             return
         size = len(frame)
@@ -126,7 +127,13 @@ class Link:
                 batch = list(queue)
                 queue.clear()
                 self._queued_bytes = 0
+                if _trace.ENABLED:
+                    for frame in batch:
+                        _trace.mark("link.take", frame)
                 await send_many(batch)
+                if _trace.ENABLED:
+                    for frame in batch:
+                        _trace.mark("sock.sent", frame)
         except TransportClosed as exc:
             on_closed(self, exc.reason)
             with trio.CancelScope(shield=True):
@@ -150,6 +157,9 @@ class Link:
                 frames = await receive_batch()
                 received[0] += len(frames)
                 received[1] += sum(map(len, frames))
+                if _trace.ENABLED:
+                    for frame in frames:
+                        _trace.mark("sock.read", frame)
                 on_frames(self, frames)
         except TransportClosed as exc:
             on_closed(self, exc.reason)

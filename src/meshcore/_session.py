@@ -15,29 +15,32 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, Protocol, cast
+from typing import Final, cast
 
-import attrs
 import trio
 
+from meshcore import _trace
 from meshcore._counters import SessionCounters
+from meshcore._direct import FramedTransport
 from meshcore._handshake import handshake_as_initiator, handshake_as_responder
+from meshcore._iothread import IoThread
 from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
+from meshcore._pathcontrol import PathControl, PathDriver
+from meshcore._sessionstatus import SessionStatus, session_counters, session_status
+from meshcore._threadlink import ThreadedLink
 from meshcore._transport import Transport
 from meshcore.errors import NoUsablePath, SessionClosed
-from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.handshake import HandshakeResult, HandshakeRole, Responder
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.packet import PacketType
 from meshcore.proto.paths import (
-    DirectMode,
     LinkKind,
-    PathCommand,
     PathSettings,
     PathStats,
     PingAnswered,
@@ -52,7 +55,6 @@ from meshcore.proto.session import (
     SessionEvent,
     SessionFailed,
     SessionSettings,
-    SessionState,
     SessionStats,
 )
 
@@ -71,6 +73,17 @@ __all__ = [
 log = logging.getLogger("meshcore.session")
 
 _FRAME: Final = int(PacketType.FRAME)
+_THREADED_TIMER_TICK_S: Final = 0.02
+"""While other threads drive the session (`send_nowait`, threaded links), the timer task
+looks at the deadlines at least this often, so those threads need wake trio only for what
+is due sooner."""
+
+
+def _push_all(frames: list[tuple[Link, bytes]]) -> None:
+    """Queue frames handed over from another thread on their trio links, in order."""
+    for link, frame in frames:
+        link.push(frame)
+
 
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
@@ -81,36 +94,6 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
         now,
     )
     return keys
-
-
-@attrs.frozen
-class SessionStatus:
-    """A snapshot of one session for status displays (`Session.status()`)."""
-
-    peer_id: str
-    path: str
-    """"relay" or "direct": where the session's traffic goes now."""
-    remote_address: str | None
-    """The other end of the active path: the relay for "relay", the peer for "direct"."""
-    rtt_s: float | None
-    """Latest round trip on the active path (ping or validation), else the data RTT."""
-    bytes_sent: int
-    bytes_received: int
-    frames_sent: int
-    frames_received: int
-    migrations: int
-    """Moves from the relay onto a direct path."""
-    last_error: str | None
-    """The latest path failure (failed race, fallback), or why the session ended."""
-    age_s: float = 0.0
-    """Seconds since the session opened."""
-    relay: str | None = None
-    """The URL of the relay whose circuit carries the session (None while it is direct, or if
-    unknown)."""
-    relay_moves: int = 0
-    """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
-    not_direct_reason: str | None = None
-    """Why the session is not on a direct path now (None while it is)."""
 
 
 class Session(trio.abc.Channel[bytes]):
@@ -128,6 +111,20 @@ class Session(trio.abc.Channel[bytes]):
         inbox_limit: int,
     ) -> None:
         now = trio.current_time()
+        self._lock = threading.RLock()
+        """Held by whichever thread touches the core and the paths (trio's, or the data
+        path's): every call into them and the handling of what they return."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._clock = trio.lowlevel.current_clock()
+        self._trio_thread = threading.get_ident()
+        self._io: IoThread | None = None
+        self._receiver: Callable[[bytes], None] | None = None
+        self._window_open: Callable[[], None] | None = None
+        self._window_blocked = False
+        self._stashed: list[SessionEvent | PingAnswered] = []
+        self._kick_pending = False
+        self._waiters = 0
+        self._threaded = 0
         self._handshake = result
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
@@ -188,83 +185,26 @@ class Session(trio.abc.Channel[bytes]):
         return self._driver is not None and self._driver.abort_direct(reason)
 
     def status(self) -> SessionStatus:
-        """A snapshot: path, remote address, round trip, counters, migrations, last error."""
-        paths = self._paths
-        link = paths.active_link
-        remote: str | None = None
-        rtt = self._core.stats.rtt_s
-        if isinstance(link, Link):
-            address = link.transport.remote_address
-            remote = str(address) if address is not None else None
-            rtt = paths.rtt.get(link, rtt)
-        stats = self._core.stats
-        relay = paths.relay
-        if relay is None and self.path == "relay":
-            relay = self._relay_url  # a session without a path driver: the relay it opened on
+        """A snapshot: path, remote address, round trip, counters, migrations, last error,
+        the relay, and why the session is not direct."""
         now = trio.current_time()
-        return SessionStatus(
-            peer_id=self.peer_id.to_text(),
-            path=self.path,
-            remote_address=remote,
-            rtt_s=rtt,
-            bytes_sent=stats.bytes_sent,
-            bytes_received=stats.bytes_received,
-            frames_sent=stats.frames_sent,
-            frames_received=stats.frames_received,
-            migrations=paths.manager.migrations,
-            last_error=self._core.close_reason or paths.manager.last_error,
-            age_s=now - self._started,
-            relay=relay if isinstance(relay, str) else None,
-            relay_moves=paths.manager.relay_moves,
-            not_direct_reason=self._not_direct(now),
-        )
+        with self._lock:
+            return session_status(
+                self.peer_id.to_text(),
+                self._core,
+                self._paths,
+                path=self.path,
+                driven=self._driver is not None,
+                age_s=now - self._started,
+                opened_on=self._relay_url,
+                now=now,
+            )
 
     def counters(self) -> SessionCounters:
         """Everything counted since the session opened (frames and bytes by path and
         direction, messages, retransmissions, drops, rekeys, races, moves): for metrics."""
-        stats, traffic, manager = self._core.stats, self._traffic, self._paths.manager
-        return SessionCounters(
-            relay_frames_sent=traffic.relay_sent[0],
-            relay_bytes_sent=traffic.relay_sent[1],
-            relay_frames_received=traffic.relay_received[0],
-            relay_bytes_received=traffic.relay_received[1],
-            direct_frames_sent=traffic.direct_sent[0],
-            direct_bytes_sent=traffic.direct_sent[1],
-            direct_frames_received=traffic.direct_received[0],
-            direct_bytes_received=traffic.direct_received[1],
-            messages_sent=stats.messages_sent,
-            messages_received=stats.messages_received,
-            message_bytes_sent=stats.bytes_sent,
-            message_bytes_received=stats.bytes_received,
-            retransmitted=stats.retransmitted,
-            link_queue_drops=traffic.dropped,
-            replayed=stats.replayed,
-            rejected=stats.rejected,
-            rekeys=self._core.rekeys,
-            direct_attempts=manager.attempts,
-            migrations=manager.migrations,
-            fallbacks=manager.fallbacks,
-            fallbacks_silent=manager.fallbacks_silent,
-            relay_moves=manager.relay_moves,
-        )
-
-    def _not_direct(self, now: float) -> str | None:
-        """Why the session is not on a direct path, for status displays."""
-        if self.path == "direct":
-            return None
-        manager = self._paths.manager
-        if self._driver is None:
-            return "no path driver: this session stays on the transport it opened on"
-        if manager.mode is DirectMode.NEVER:
-            return "direct paths are off (direct='never')"
-        if manager.racing:
-            return "a direct attempt is running" + (
-                f" (the last one failed: {manager.last_error})" if manager.last_error else ""
-            )
-        reason = manager.last_error or "no direct attempt yet"
-        if manager.next_race is not None:
-            reason += f"; next attempt in {max(0.0, manager.next_race - now):.0f} s"
-        return reason
+        with self._lock:
+            return session_counters(self._core, self._paths, self._traffic)
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, str]:
         """Measure the round trip on the active path: (seconds, "relay" or "direct").
@@ -275,9 +215,10 @@ class Session(trio.abc.Channel[bytes]):
         answer is ignored).
         """
         self._check_open()
-        token = self._paths.ping(trio.current_time())
-        self._pings[token] = None
-        self._changed()
+        with self._lock:
+            token = self._paths.ping(trio.current_time())
+            self._pings[token] = None
+            self._changed()
         try:
             with trio.move_on_after(timeout):
                 while self._pings[token] is None:
@@ -309,15 +250,19 @@ class Session(trio.abc.Channel[bytes]):
             core = self._core
             while not core.can_send():
                 self._check_open()
-                await self._wait_progress()
+                await self._wait_progress(counted=True)
             self._check_open()
-            try:
-                core.send(bytes(value), trio.current_time())
-            except SessionClosed as exc:  # e.g. the keys expired this very moment
-                self._set_failure(exc.reason)
-                raise trio.BrokenResourceError(exc.reason) from exc
-            self._changed()
+            if _trace.ENABLED:
+                _trace.parent = _trace.key(value)
+            with self._lock:
+                try:
+                    core.send(bytes(value), trio.current_time())
+                except SessionClosed as exc:  # e.g. the keys expired this very moment
+                    self._set_failure(exc.reason)
+                    raise trio.BrokenResourceError(exc.reason) from exc
+                self._changed()
         finally:
+            _trace.parent = 0
             lock.release()
 
     async def receive(self) -> bytes:
@@ -336,8 +281,9 @@ class Session(trio.abc.Channel[bytes]):
             await self._wait_progress()
         payload = self._inbox.popleft()
         if len(self._inbox) <= self._inbox_limit // 2 and self._core.acks_held:
-            self._core.hold_acks(False, trio.current_time())
-            self._changed()
+            with self._lock:
+                self._core.hold_acks(False, trio.current_time())
+                self._changed()
         return payload
 
     async def wait_acknowledged(self) -> None:
@@ -345,7 +291,66 @@ class Session(trio.abc.Channel[bytes]):
         once the session has ended). Cancelling it only stops the waiting."""
         while not self._core.all_acked:
             self._check_open()
-            await self._wait_progress()
+            await self._wait_progress(counted=True)
+
+    # ----------------------------------------------------------------- the data path
+    def use_io_thread(self, io: IoThread) -> None:
+        """Let the data path's thread serve this session's direct connections from now on:
+        their frames are read, opened, sealed and written there (docs/tap.md)."""
+        self._io = io
+
+    def attach_receiver(
+        self, deliver: Callable[[bytes], None], window_open: Callable[[], None]
+    ) -> None:
+        """Hand each message to `deliver(payload)` as it arrives, in order, instead of
+        queueing it for `receive` (which then only reports the end of the session), and call
+        `window_open()` once `send_nowait` may succeed again after `ready_to_send` said no.
+
+        Both run in whichever thread handled the frames (trio's, or the data path's);
+        `deliver` under the session's lock, so it must not block and must not call into
+        the session; `window_open` outside it.
+        """
+        self._receiver = deliver
+        self._window_open = window_open
+        self._wake_timer.set()
+
+    def detach_receiver(self) -> None:
+        """Undo `attach_receiver`: messages queue for `receive` again."""
+        with self._lock:
+            self._receiver = None
+            self._window_open = None
+
+    def ready_to_send(self) -> bool:
+        """Whether `send_nowait` would take a message now; if not, the `window_open`
+        callback of `attach_receiver` is called once it would. Thread-safe."""
+        with self._lock:
+            if self._core.can_send():
+                return True
+            self._window_blocked = True
+            return False
+
+    def send_nowait(self, value: bytes) -> bool:
+        """Seal and send one message now if the window has room (False if not: see
+        `ready_to_send`). Thread-safe, never blocks.
+
+        Raises like `send` once the session is closed or has failed.
+        """
+        with self._lock:
+            self._check_open()
+            core = self._core
+            if not core.can_send():
+                self._window_blocked = True
+                return False
+            if _trace.ENABLED:
+                _trace.parent = _trace.key(value)
+            try:
+                core.send(value, self._clock.current_time())
+            except SessionClosed as exc:  # the keys expired this very moment
+                self._changed()
+                raise trio.BrokenResourceError(exc.reason) from exc
+            self._changed()
+        _trace.parent = 0
+        return True
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close the session: tell the peer (best effort) and stop. Idempotent.
@@ -356,8 +361,9 @@ class Session(trio.abc.Channel[bytes]):
         if self._closed_by_us:
             return
         self._closed_by_us = True
-        self._core.close(0, reason, trio.current_time())
-        self._route()
+        with self._lock:
+            self._core.close(0, reason, trio.current_time())
+            self._route()
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             for link in list(self._links):
@@ -378,14 +384,15 @@ class Session(trio.abc.Channel[bytes]):
         """
         if self._driver is not None:
             raise RuntimeError("this session already has a path driver")
-        self._paths.enable_direct(
-            controlling=controlling,
-            settings=settings,
-            now=trio.current_time(),
-            relay=driver.relay_of(self._relay_link.transport),
-        )
-        self._driver = driver
-        self._changed()
+        with self._lock:
+            self._paths.enable_direct(
+                controlling=controlling,
+                settings=settings,
+                now=trio.current_time(),
+                relay=driver.relay_of(self._relay_link.transport),
+            )
+            self._driver = driver
+            self._changed()
         return PathControl(self, driver)
 
     # ----------------------------------------------------------------- links
@@ -396,6 +403,10 @@ class Session(trio.abc.Channel[bytes]):
         transport. Cancellation stops both tasks.
         """
         self._links.add(link)
+        threaded = isinstance(link, ThreadedLink)
+        self._threaded += threaded
+        if threaded:
+            self._wake_timer.set()  # its deadlines now come from another thread too
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run_writer, self._link_closed)
@@ -404,15 +415,23 @@ class Session(trio.abc.Channel[bytes]):
         finally:
             link.closed = True
             self._links.discard(link)
+            self._threaded -= threaded
 
     def _on_frames(self, link: Link, frames: list[bytes]) -> None:
-        now = trio.current_time()
-        receive = self._paths.receive_frame
-        for data in frames:
-            if data and data[0] == _FRAME:
-                receive(data, link, now)
-            # anything else: late handshake retransmissions and the like
-        self._changed()
+        """Frames arrived on `link` (from its reader: trio's, or the data path's thread)."""
+        with self._lock:
+            now = self._clock.current_time()
+            receive = self._paths.receive_frame
+            for data in frames:
+                if data and data[0] == _FRAME:
+                    if _trace.ENABLED:
+                        _trace.parent = _trace.key(data)
+                    receive(data, link, now)
+                    if _trace.ENABLED:
+                        _trace.mark("session.opened", data)
+                # anything else: late handshake retransmissions and the like
+            self._changed()
+        _trace.parent = 0
 
     def _link_closed(self, link: Link, reason: str) -> None:
         if link.closed:
@@ -421,31 +440,59 @@ class Session(trio.abc.Channel[bytes]):
         if self._driver is None:
             self._set_failure(f"transport closed: {reason}")
             return
-        self._paths.link_down(link, reason, trio.current_time())
-        self._changed()
+        with self._lock:
+            self._paths.link_down(link, reason, trio.current_time())
+            self._changed()
 
     def _route(self) -> None:
-        """Hand the core's frames to the links they go on."""
+        """Hand the core's frames to the links they go on (a trio link's queue is trio's:
+        from another thread the frame is handed over in order through trio's token)."""
+        off_trio = threading.get_ident() != self._trio_thread
+        handed: list[tuple[Link, bytes]] = []
         for link, frame in self._paths.outbox():
-            cast(Link, link).push(frame)
+            if _trace.ENABLED:
+                _trace.mark("session.sealed", frame, parent=_trace.parent)
+            if off_trio and not isinstance(link, ThreadedLink):
+                handed.append((cast(Link, link), frame))
+            else:
+                cast(Link, link).push(frame)
+        if handed:  # one wakeup of trio for all of them
+            self._token.run_sync_soon(_push_all, handed)
+
+    def _new_link(self, transport: Transport, kind: str) -> Link:
+        """A link for `transport`: one the data path's thread serves, for a direct
+        connection once `use_io_thread` was called; else one of trio tasks."""
+        if self._io is not None and isinstance(transport, FramedTransport):
+            return ThreadedLink(transport, kind, self._io, self._traffic)
+        return Link(transport, kind, self._traffic)
 
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            deadline = self._paths.get_timer()
-            self._timer_at = deadline if deadline is not None else math.inf
-            with trio.move_on_at(self._timer_at):
+            with self._lock:
+                deadline = self._paths.get_timer()
+            at = deadline if deadline is not None else math.inf
+            if self._threaded or self._receiver is not None:
+                at = min(at, trio.current_time() + _THREADED_TIMER_TICK_S)
+            self._timer_at = at
+            with trio.move_on_at(at):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
             now = trio.current_time()
             if deadline is not None and now >= deadline:
-                self._paths.handle_timer(now)
-                self._changed()
+                with self._lock:
+                    self._paths.handle_timer(now)
+                    self._changed()
 
     # ----------------------------------------------------------------- helpers
     def _handle_events(self, events: list[SessionEvent | PingAnswered]) -> None:
         for event in events:
             if isinstance(event, MessageReceived):
+                if _trace.ENABLED:
+                    _trace.mark("session.deliver", event.payload, parent=_trace.parent)
+                if self._receiver is not None:
+                    self._receiver(event.payload)
+                    continue
                 self._inbox.append(event.payload)
                 if len(self._inbox) >= self._inbox_limit and not self._core.acks_held:
                     self._core.hold_acks(True, trio.current_time())
@@ -479,26 +526,84 @@ class Session(trio.abc.Channel[bytes]):
         self._notify()
 
     def _changed(self) -> None:
-        paths = self._paths
-        events = paths.events(trio.current_time())
-        if events:
-            self._handle_events(events)
-        self._route()
-        if paths.has_commands and self._driver is not None:
-            self._driver.wake()
-        # most changes only push timers later; wake the timer task when one moved earlier
-        deadline = paths.get_timer()
-        if deadline is None or deadline < self._timer_at:
-            self._wake_timer.set()
-        self._notify()
+        """Bring everything up to date after the core or the paths changed: events handled,
+        frames routed, the driver and the timer woken, waiters notified. From another
+        thread, only messages for the receiver are handled there; the rest waits for trio,
+        which is woken if anything needs it."""
+        on_trio = threading.get_ident() == self._trio_thread
+        wake_trio = False
+        with self._lock:
+            paths = self._paths
+            events = paths.events(self._clock.current_time())
+            if on_trio:
+                if self._stashed:
+                    events, self._stashed = self._stashed + events, []
+                if events:
+                    self._handle_events(events)
+            elif events:
+                wake_trio = self._deliver_off_trio(events)
+            self._route()
+            commands = paths.has_commands
+            # most changes only push timers later; wake the timer task when one moved earlier
+            deadline = paths.get_timer()
+            window_open = self._window_open
+            if window_open is None or not self._window_blocked or not self._core.can_send():
+                window_open = None
+            else:
+                self._window_blocked = False
+        if on_trio:
+            if commands and self._driver is not None:
+                self._driver.wake()
+            if deadline is None or deadline < self._timer_at:
+                self._wake_timer.set()
+            self._notify()
+        else:
+            timer_sooner = deadline is None or deadline < self._timer_at
+            if wake_trio or commands or self._waiters or timer_sooner:
+                self._wake_trio()
+        if window_open is not None:
+            window_open()
+
+    def _deliver_off_trio(self, events: list[SessionEvent | PingAnswered]) -> bool:
+        """Hand messages to the receiver; keep everything else for trio (True if any)."""
+        receiver = self._receiver
+        kept = False
+        for event in events:
+            if receiver is not None and type(event) is MessageReceived:
+                if _trace.ENABLED:
+                    _trace.mark("session.deliver", event.payload, parent=_trace.parent)
+                receiver(event.payload)
+            else:
+                self._stashed.append(event)
+                kept = True
+        return kept
+
+    def _wake_trio(self) -> None:
+        if self._kick_pending:
+            return
+        self._kick_pending = True
+        try:
+            self._token.run_sync_soon(self._woken)
+        except trio.RunFinishedError:
+            pass
+
+    def _woken(self) -> None:
+        self._kick_pending = False
+        self._changed()
 
     def _notify(self) -> None:
         # every waiter waits on the same event; a fresh one is made for the next round
         self._progress.set()
         self._progress = trio.Event()
 
-    async def _wait_progress(self) -> None:
-        await self._progress.wait()
+    async def _wait_progress(self, *, counted: bool = False) -> None:
+        """Wait for the next change; `counted`: for room in the window or acks, which other
+        threads then wake trio for."""
+        self._waiters += counted
+        try:
+            await self._progress.wait()
+        finally:
+            self._waiters -= counted
 
     def _check_open(self) -> None:
         if self._closed_by_us:
@@ -508,154 +613,6 @@ class Session(trio.abc.Channel[bytes]):
         if self._eof or self._core.close_reason is not None:
             reason = self._core.close_reason or "closed by peer"
             raise trio.BrokenResourceError(reason) from SessionClosed(reason)
-
-
-class PathDriver(Protocol):
-    """What a Session asks of the driver that moves it between paths (a `Migrator`), which
-    registers with `Session.attach_driver`."""
-
-    def wake(self) -> None:
-        """The session's path policy has commands: take them soon with
-        `PathControl.commands()` (not from inside this call)."""
-
-    def endpoints_received(self, endpoints: tuple[Endpoint, ...]) -> None:
-        """The peer announced its direct-path candidates (an ENDPOINTS frame)."""
-
-    def abort_direct(self, reason: str) -> bool:
-        """Cut the direct connection now (`Session.force_fallback`); False if there is none."""
-
-    def relay_of(self, transport: Transport) -> str | None:
-        """The relay a relay circuit runs through (its URL; None: unknown). A session keeps
-        at most one circuit per relay."""
-
-
-class PathControl:
-    """A path driver's hold on one session, from `Session.attach_driver`: the races, the links
-    it brings, the commands of the session's path policy.
-
-    Every call that changes the path state brings the session up to date at once (events,
-    frames to send, timers). Nothing here blocks; the driver runs each link it brings with
-    `Session.run_link` in a nursery of its own.
-    """
-
-    __slots__ = ("_driver", "_session")
-
-    def __init__(self, session: Session, driver: PathDriver) -> None:
-        self._session = session
-        self._driver = driver
-
-    @property
-    def racing(self) -> bool:
-        """A race for a direct path is running."""
-        return self._session._paths.race is not None
-
-    @property
-    def may_race(self) -> bool:
-        """A race may start now: none is running, there is no direct path, the mode allows."""
-        return self._session._paths.manager.may_race()
-
-    @property
-    def direct_link(self) -> Link | None:
-        """The direct connection carrying the session, if any."""
-        direct = self._session._paths.manager.direct
-        return direct if isinstance(direct, Link) else None
-
-    def commands(self) -> list[PathCommand]:
-        """Take the I/O the path policy asks for (races, closing links, re-opening the relay
-        circuit, log lines)."""
-        return self._session._paths.commands()
-
-    def owns_receiver_index(self, receiver_index: int) -> bool:
-        """Is `receiver_index` one of this open session's (a connection's first frame names
-        the index its sender chose for us)?"""
-        core = self._session._core
-        return core.state is SessionState.OPEN and receiver_index in core.keys.receiver_indices(
-            trio.current_time()
-        )
-
-    def start_race(self, endpoints: Sequence[Endpoint]) -> bool:
-        """A race starts: `endpoints` (ours) are announced to the peer in ENDPOINTS. False if
-        a race is running already or the session has ended."""
-        session = self._session
-        paths = session._paths
-        if paths.racing or session._core.state is not SessionState.OPEN:
-            return False
-        paths.race_started(trio.current_time(), endpoints)
-        session._changed()
-        return True
-
-    def race_failed(self, reason: str) -> None:
-        """The race's deadline passed without a winner: its candidates are closed."""
-        session = self._session
-        if session._paths.race is None:
-            return
-        session._paths.race_failed(reason, trio.current_time())
-        session._changed()
-
-    def attach_candidate(
-        self, transport: Transport, *, first_frame: bytes | None = None
-    ) -> Link | None:
-        """A direct connection for the running race, dialled or accepted (with the
-        `first_frame` it arrived with): it is challenged at once.
-
-        Returns the link to run with `Session.run_link`, or None if no race takes it (none
-        running, the race is full, the session ended): then close `transport`.
-        """
-        session = self._session
-        link = Link(transport, "direct", session._traffic)
-        if not session._paths.candidate_up(link, trio.current_time()):
-            return None
-        self._arrived(link, first_frame)
-        return link
-
-    def attach_relay(
-        self,
-        transport: Transport,
-        *,
-        first_frame: bytes | None = None,
-        opened_here: bool = False,
-        spare: bool = False,
-    ) -> Link | None:
-        """A new relay circuit for the session: one the peer opened (with the `first_frame`
-        it arrived with), or one we opened (`opened_here`: a keepalive goes out on it first,
-        so that the peer can route it; `spare`: for an `OpenRelay(spare=True)`). It replaces
-        the session's circuit on the same relay (`PathDriver.relay_of`), and carries the
-        session if no other circuit does.
-
-        Returns the link to run with `Session.run_link`, or None if the session has ended:
-        then close `transport`.
-        """
-        session = self._session
-        if session._core.state is not SessionState.OPEN:
-            return None
-        link = Link(transport, "relay", session._traffic)
-        if transport.relay_url is not None:
-            session._relay_url = transport.relay_url
-        session._paths.relay_up(
-            link,
-            trio.current_time(),
-            opened_here=opened_here,
-            relay=self._driver.relay_of(transport),
-            spare=spare,
-        )
-        self._arrived(link, first_frame)
-        return link
-
-    def relay_open_failed(self, reason: str, *, spare: bool = False) -> None:
-        """Opening a relay circuit failed; the policy tries again while it is needed."""
-        self._session._paths.relay_open_failed(reason, trio.current_time(), spare=spare)
-        self._session._changed()
-
-    def detach(self) -> None:
-        """The driver is done: the session no longer wakes it, and a lost link ends it."""
-        if self._session._driver is self._driver:
-            self._session._driver = None
-
-    def _arrived(self, link: Link, first_frame: bytes | None) -> None:
-        if first_frame is None:
-            self._session._changed()
-        else:
-            self._session._on_frames(link, [first_frame])
 
 
 @asynccontextmanager

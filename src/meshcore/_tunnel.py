@@ -9,8 +9,7 @@ or relay connection is retried with jittered exponential backoff; the device sta
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
@@ -19,23 +18,18 @@ import trio
 
 from meshcore._api import Meeting, Relays, open_peer_session, serve
 from meshcore._control import SessionRegistry
+from meshcore._iothread import open_io_thread
 from meshcore._nursery import open_hidden_nursery
+from meshcore._pump import FramePump, LinkStats
 from meshcore._registry import Registry
 from meshcore._session import Session
-from meshcore.errors import DecodeError, MeshError
+from meshcore.errors import MeshError
 from meshcore.proto.backoff import Backoff
-from meshcore.proto.constants import (
-    TUNNEL_BACKOFF_MAX_S,
-    TUNNEL_BACKOFF_MIN_S,
-    TUNNEL_MAX_RECORD_BYTES,
-    TUNNEL_QUEUE_BYTES,
-    TUNNEL_READ_BATCH_FRAMES,
-)
+from meshcore.proto.constants import TUNNEL_BACKOFF_MAX_S, TUNNEL_BACKOFF_MIN_S
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.paths import PathSettings
 from meshcore.proto.rendezvous import DEFAULT_RENDEZVOUS_K
 from meshcore.proto.session import SessionSettings
-from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
 
 __all__ = ["FramePump", "LinkStats", "TunnelConfig", "run_tunnel"]
 
@@ -43,224 +37,6 @@ log = logging.getLogger("meshcore.tunnel")
 
 _STABLE_SESSION_S = 10.0
 """A session that lived this long resets its peer's backoff."""
-
-
-@attrs.define
-class LinkStats:
-    """Counters of one peer's traffic (since the tunnel started, over all its sessions)."""
-
-    frames_out: int = 0
-    bytes_out: int = 0
-    messages_out: int = 0
-    frames_in: int = 0
-    bytes_in: int = 0
-    messages_in: int = 0
-    dropped_queue_full: int = 0
-    """Frames for this peer dropped because its session fell behind by TUNNEL_QUEUE_BYTES."""
-    dropped_invalid: int = 0
-    """Frames from this peer refused by the switch (too short, bad source address)."""
-    dropped_write: int = 0
-    """Frames from this peer the device refused (bad virtio-net header, device down)."""
-    bad_messages: int = 0
-    """Messages from this peer that did not decode into frames."""
-    sessions: int = 0
-
-
-class _Link:
-    """One live session with one peer, and the frames queued towards it."""
-
-    __slots__ = ("channel", "done", "idle", "packer", "peer", "scope", "stats", "wake")
-
-    def __init__(self, peer: PeerId, channel: trio.abc.Channel[bytes], stats: LinkStats) -> None:
-        self.peer = peer
-        self.channel = channel
-        self.stats = stats
-        self.packer = FramePacker()
-        self.scope = trio.CancelScope()
-        self.wake = trio.Event()
-        self.idle = False
-        self.done = trio.Event()
-
-
-class FramePump:
-    """Moves frames between a packet file descriptor (a TAP device) and peers' sessions.
-
-    `fd` must be non-blocking and return one frame per read, each behind a virtio-net header
-    of `vnet_header_bytes`. Run `run_device_reader` once, and `run_link(peer, channel)` for
-    each session (a `trio.abc.Channel[bytes]`, such as a `Session`).
-
-    Frames read from the device are switched (`proto.switch.Switch`), packed into messages per
-    peer (many frames per message when the session is busy) and sent by one task per peer;
-    a peer whose session falls behind by `queue_bytes` loses new frames (tail drop), so one
-    slow peer never stalls the others. Frames from a session are written to the device.
-    """
-
-    def __init__(
-        self,
-        fd: int,
-        vnet_header_bytes: int,
-        peers: Iterable[PeerId],
-        *,
-        queue_bytes: int = TUNNEL_QUEUE_BYTES,
-        batch_frames: int = TUNNEL_READ_BATCH_FRAMES,
-    ) -> None:
-        self._fd = fd
-        self._header = vnet_header_bytes
-        self._queue_bytes = queue_bytes
-        self._batch = batch_frames
-        self.switch: Switch[PeerId] = Switch(peers)
-        self._links: dict[PeerId, _Link] = {}
-        self.stats: dict[PeerId, LinkStats] = {p: LinkStats() for p in self.switch.ports}
-        self.dropped_no_session = 0
-        """Frames for a configured peer that had no session at the time."""
-        self.frames_read = 0
-        self._changed = trio.Event()
-
-    # ----------------------------------------------------------------- queries
-    @property
-    def linked(self) -> frozenset[PeerId]:
-        """The peers with a live session now."""
-        return frozenset(self._links)
-
-    async def wait_linked(self, peers: Collection[PeerId]) -> None:
-        """Wait until every one of `peers` has a live session; cancelling it only stops the
-        waiting."""
-        while not set(peers) <= self._links.keys():
-            await self._changed.wait()
-
-    async def wait_unlinked(self, peers: Collection[PeerId]) -> None:
-        """Wait until none of `peers` has a live session; cancelling it only stops the
-        waiting."""
-        while not self._links.keys().isdisjoint(peers):
-            await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    # ----------------------------------------------------------------- device -> peers
-    async def run_device_reader(self) -> None:
-        """Read frames from the device until cancelled, several per wakeup.
-
-        Raises `MeshError` if the device fails (it was removed under us).
-        """
-        fd, header, batch = self._fd, self._header, self._batch
-        buffer = bytearray(header + TUNNEL_MAX_RECORD_BYTES)
-        view = memoryview(buffer)
-        switch, links = self.switch, self._links
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            now = trio.current_time()
-            for _ in range(batch):
-                try:
-                    size = os.readv(fd, (buffer,))
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    raise MeshError(f"reading the TAP device failed: {exc.strerror}") from None
-                self.frames_read += 1
-                for peer in switch.from_local(view[header:size], now):
-                    link = links.get(peer)
-                    if link is None:
-                        self.dropped_no_session += 1
-                        continue
-                    stats = link.stats
-                    packer = link.packer
-                    if packer.queued_bytes >= self._queue_bytes:
-                        stats.dropped_queue_full += 1
-                        continue
-                    packer.add(view[:size])
-                    stats.frames_out += 1
-                    stats.bytes_out += size
-                    if link.idle:
-                        link.idle = False
-                        link.wake.set()
-
-    async def _send_loop(self, link: _Link) -> None:
-        packer, channel, stats = link.packer, link.channel, link.stats
-        while True:
-            message = packer.take()
-            if message is None:
-                link.wake = trio.Event()
-                link.idle = True
-                await link.wake.wait()
-                continue
-            await channel.send(message)
-            stats.messages_out += 1
-
-    # ----------------------------------------------------------------- peers -> device
-    async def _receive_loop(self, link: _Link) -> None:
-        fd, header, peer = self._fd, self._header, link.peer
-        switch, stats, channel = self.switch, link.stats, link.channel
-        assembler = FrameAssembler()
-        while True:
-            message = await channel.receive()
-            stats.messages_in += 1
-            try:
-                frames = assembler.decode_untrusted(message)
-            except DecodeError as exc:
-                if not stats.bad_messages:
-                    log.warning("peer %s sent a malformed tunnel message: %s", peer.short(), exc)
-                stats.bad_messages += 1
-                continue
-            now = trio.current_time()
-            for frame in frames:
-                if not switch.from_peer(peer, frame[header:], now):
-                    stats.dropped_invalid += 1
-                    continue
-                try:
-                    os.write(fd, frame)
-                except OSError:
-                    stats.dropped_write += 1
-                    continue
-                stats.frames_in += 1
-                stats.bytes_in += len(frame)
-
-    async def run_link(self, peer: PeerId, channel: trio.abc.Channel[bytes]) -> str:
-        """Carry `peer`'s frames over `channel` until it ends; returns why it ended.
-
-        A newer link for the same peer replaces this one (this call then returns). Never
-        raises for the channel's failure; cancellation propagates as usual.
-        """
-        if peer not in self.stats:
-            raise ValueError(f"peer {peer.short()} is not one of this tunnel's peers")
-        old = self._links.get(peer)
-        if old is not None:
-            old.scope.cancel()
-        link = _Link(peer, channel, self.stats[peer])
-        link.stats.sessions += 1
-        self._links[peer] = link
-        self._notify()
-        reason = "replaced by a newer session"
-        try:
-            with link.scope:
-                async with trio.open_nursery() as nursery:
-                    outcome: list[str] = []
-
-                    async def guard(loop: Callable[[_Link], Awaitable[None]]) -> None:
-                        try:
-                            await loop(link)
-                        except trio.EndOfChannel:
-                            outcome.append("closed by the peer")
-                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                            outcome.append(str(exc.__cause__ or exc) or type(exc).__name__)
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(guard, self._send_loop)
-                    nursery.start_soon(guard, self._receive_loop)
-                if outcome:
-                    reason = outcome[0]
-        finally:
-            link.packer.clear()
-            if self._links.get(peer) is link:
-                del self._links[peer]
-                self.switch.forget_port(peer)
-                self._notify()
-            link.done.set()
-        return reason
-
-
-# --- sessions through the relay -------------------------------------------------------------
 
 
 @attrs.frozen
@@ -338,12 +114,13 @@ async def run_tunnel(
     the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
-    pump = FramePump(fd, vnet_header_bytes, unique)
-    async with open_hidden_nursery() as nursery:
-        nursery.start_soon(pump.run_device_reader)
-        nursery.start_soon(_keep_relay, pump, config)
-        task_status.started(pump)
-        await trio.sleep_forever()
+    async with open_io_thread() as io:
+        pump = FramePump(fd, vnet_header_bytes, unique, io=io)
+        async with open_hidden_nursery() as nursery:
+            nursery.start_soon(pump.run_device_reader)
+            nursery.start_soon(_keep_relay, pump, config)
+            task_status.started(pump)
+            await trio.sleep_forever()
 
 
 async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:

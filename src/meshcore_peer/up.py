@@ -415,7 +415,7 @@ def _log_summary(pump: FramePump, names: dict[PeerId, str]) -> None:
     for peer, stats in pump.stats.items():
         log.info(
             "peer %s: %d frames (%d B) out, %d frames (%d B) in, %d session(s), "
-            "dropped %d (queue full) %d (invalid) %d (device)",
+            "dropped %d (queue full) %d (late) %d (invalid) %d (device), %d ECN-marked",
             names.get(peer) or peer.short(),
             stats.frames_out,
             stats.bytes_out,
@@ -423,8 +423,10 @@ def _log_summary(pump: FramePump, names: dict[PeerId, str]) -> None:
             stats.bytes_in,
             stats.sessions,
             stats.dropped_queue_full,
+            stats.dropped_late,
             stats.dropped_invalid,
             stats.dropped_write,
+            stats.ecn_marked,
         )
 
 

@@ -18,6 +18,7 @@ import trio
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import Pairing, RelayClient, open_relay_client
 from meshcore._direct import MAX_UNROUTED, FramedTransport, local_candidates
+from meshcore._iothread import IoThread
 from meshcore._migrator import Migrator, open_migrator
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore._session import handshake_as_initiator, handshake_as_responder, open_session
@@ -78,11 +79,13 @@ async def pair(
     port_b: int | None = None,
     delay_b: float = 0.0,
     settings: SessionSettings = SESSION,
+    io: tuple[IoThread, IoThread] | None = None,
 ) -> AsyncIterator[tuple[Side, Side]]:
     """A session between ALICE (a) and BOB (b) through `relay`, each side with a migrator.
 
     `dial_a` replaces what a learns of b's addresses (observed address first, then
-    candidates; b announces the same in its ENDPOINTS), likewise `dial_b`.
+    candidates; b announces the same in its ENDPOINTS), likewise `dial_b`. With `io`, each
+    side's direct connections are served by its own data path thread.
     """
     async with (
         open_relay_client(relay.url, ALICE, direct=True) as ca,
@@ -113,6 +116,9 @@ async def pair(
             ra, rb = results["ra"], results["rb"]
             sa = await stack.enter_async_context(open_session(pa.circuit, ra, settings=settings))  # type: ignore[arg-type]
             sb = await stack.enter_async_context(open_session(pb.circuit, rb, settings=settings))  # type: ignore[arg-type]
+            if io is not None:
+                sa.use_io_thread(io[0])
+                sb.use_io_thread(io[1])
             ma = await stack.enter_async_context(
                 open_migrator(sa, ca, peer_candidates=addresses(pa), settings=paths)
             )

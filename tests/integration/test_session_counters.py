@@ -69,7 +69,7 @@ async def test_status_of_a_direct_session_has_no_reason_not_to_be() -> None:
             await wait_path(a.session, b.session, path="direct")
             status = a.session.status()
     assert status.not_direct_reason is None
-    assert status.relay is None  # a direct session runs through no relay
+    assert status.relay is None  # a direct session names no relay (its circuit is released)
 
 
 async def test_status_says_when_direct_paths_are_off() -> None:

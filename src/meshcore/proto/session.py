@@ -10,7 +10,6 @@ and the receiver's replay window and sequence numbers drop whatever arrives twic
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -27,7 +26,6 @@ from meshcore.errors import (
     SessionClosed,
 )
 from meshcore.proto import constants as C
-from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.framing import KeyRing
 from meshcore.proto.inner import (
     Ack,
@@ -44,6 +42,21 @@ from meshcore.proto.inner import (
     encode_inner,
 )
 from meshcore.proto.rekey import RekeyInitiator, RekeyOutput, RekeyResponder, install_result
+from meshcore.proto.sessiontypes import (
+    EndpointsReceived,
+    FrameResult,
+    MessageReceived,
+    PathChallengeReceived,
+    PathResponseReceived,
+    PeerClosed,
+    RekeyFragmentReceived,
+    SessionEvent,
+    SessionFailed,
+    SessionSettings,
+    SessionState,
+    SessionStats,
+)
+from meshcore.proto.window import WindowSizer
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -68,131 +81,6 @@ ACTIVE: Final = None
 
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
-
-
-@attrs.frozen
-class SessionSettings:
-    """Timers and bounds of one session; every default comes from `constants`."""
-
-    keepalive_s: float = C.PATH_HEARTBEAT_S
-    """Send a keepalive after this long without sending anything."""
-    dead_after_s: float | None = C.PATH_DEAD_S
-    """Fail the session after this long without an authenticated frame (None: never)."""
-    retransmit_timeout_s: float = 1.0
-    """Initial retransmission timeout; doubles while no ack arrives, up to 8 s."""
-    ack_delay_s: float = C.ACK_DELAY_S
-    ack_every_frames: int = 8
-    ack_every_bytes: int = 64 * 1024
-    window_frames: int = 48
-    """Most unacknowledged messages in flight on the relay (below its per-circuit queue)."""
-    window_bytes: int = 192 * 1024
-    direct_window_frames: int = 1024
-    """Most unacknowledged messages in flight on a direct path (nothing in between drops)."""
-    direct_window_bytes: int = 4 * 1024 * 1024
-    reorder_frames: int = C.REORDER_BUFFER_FRAMES
-    pad_to: int = 16
-
-
-class FrameResult(enum.IntEnum):
-    """What `receive_frame` made of one frame (the path logic needs to tell them apart)."""
-
-    DROPPED = 0
-    """Forged, tampered, replayed, for a dead key, or the session is closed: nothing changed."""
-    PROBE = 1
-    """Authenticated PATH_CHALLENGE or PATH_RESPONSE: proves the path, moves no traffic."""
-    ACCEPTED = 2
-    """Any other authenticated, fresh frame (data, ack, keepalive, ...): the peer sends here
-    on purpose (RFC 9000 §9.3: switch paths only on a non-probing frame)."""
-
-
-class SessionState(enum.Enum):
-    """Lifecycle of a session core."""
-
-    OPEN = "open"
-    """Messages flow both ways."""
-    CLOSED = "closed"
-    """We closed it, the peer closed it, or it failed; nothing more is sent or accepted."""
-
-
-@attrs.frozen
-class MessageReceived:
-    """An application message arrived, in order, exactly once."""
-
-    payload: bytes
-
-
-@attrs.frozen
-class PeerClosed:
-    """The peer closed the session."""
-
-    code: int
-    reason: str
-
-
-@attrs.frozen
-class SessionFailed:
-    """The session cannot go on (the peer went silent or broke the protocol)."""
-
-    reason: str
-
-
-@attrs.frozen
-class PathChallengeReceived:
-    """An authenticated PATH_CHALLENGE arrived on `path`; the core already queued the reply."""
-
-    path: Hashable
-    data: bytes
-
-
-@attrs.frozen
-class PathResponseReceived:
-    """An authenticated PATH_RESPONSE arrived on `path`."""
-
-    path: Hashable
-    data: bytes
-
-
-@attrs.frozen
-class EndpointsReceived:
-    """The peer announced its direct-path candidates."""
-
-    endpoints: tuple[Endpoint, ...]
-
-
-@attrs.frozen
-class RekeyFragmentReceived:
-    """An authenticated rekey handshake fragment, for the rekey machine."""
-
-    fragment: RekeyFragment
-
-
-SessionEvent = (
-    MessageReceived
-    | PeerClosed
-    | SessionFailed
-    | PathChallengeReceived
-    | PathResponseReceived
-    | EndpointsReceived
-    | RekeyFragmentReceived
-)
-
-
-@attrs.define
-class SessionStats:
-    """Counters of one session, for status displays and tests."""
-
-    messages_sent: int = 0
-    messages_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    retransmitted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    rtt_s: float | None = None
-    replayed: int = 0
-    """Frames the replay window dropped (also counted in `duplicates`)."""
 
 
 @attrs.define(slots=True)
@@ -241,7 +129,13 @@ class SessionCore:
         self._acks_held = False
         self._dup_acks = 0
         self._window_frames = self.settings.window_frames
-        self._window_bytes = self.settings.window_bytes
+        self._window_cap = self.settings.window_bytes
+        self._sizer = (
+            WindowSizer(min_bytes=self.settings.min_window_bytes)
+            if self.settings.adaptive_window
+            else None
+        )
+        self._window_bytes = self._window_now()
         self._unsent = 0  # the tail of _pending waiting to be (re)sent within the window
         self._unsent_bytes = 0
         self._rekey_initiator: Callable[[], RekeyInitiator] | None = None
@@ -315,9 +209,26 @@ class SessionCore:
             frames, nbytes = s.direct_window_frames, s.direct_window_bytes
         else:
             frames, nbytes = s.window_frames, s.window_bytes
-        if (frames, nbytes) != (self._window_frames, self._window_bytes):
-            self._window_frames, self._window_bytes = frames, nbytes
+        if (frames, nbytes) != (self._window_frames, self._window_cap):
+            self._window_frames, self._window_cap = frames, nbytes
+            if self._sizer is not None:
+                self._sizer.reset()  # another path: measure it afresh
+            self._window_bytes = self._window_now()
             self._send_unsent(now)
+
+    @property
+    def window_bytes(self) -> int:
+        """Bytes that may be unacknowledged now (the adaptive window, or the path's cap)."""
+        return self._window_bytes
+
+    @property
+    def window_sizer(self) -> WindowSizer | None:
+        """The estimates behind the adaptive window (None when it is off)."""
+        return self._sizer
+
+    def _window_now(self) -> int:
+        sizer = self._sizer
+        return self._window_cap if sizer is None else sizer.window(self._window_cap)
 
     @property
     def all_acked(self) -> bool:
@@ -363,6 +274,8 @@ class SessionCore:
         self._next_seq = seq + 1
         waiting = self._unsent > 0  # keep the buffer's unsent part a tail: queue behind it
         frame = self._seal_data(seq, payload, now, transmit=not waiting)
+        if self._sizer is not None and not waiting:
+            self._sizer.on_sent(seq, now, idle=not self._pending)
         self._pending.append(_Pending(seq, payload, frame, now))
         self._pending_bytes += len(payload)
         if waiting:
@@ -537,9 +450,12 @@ class SessionCore:
         self._peer_acked = ack
         pending = self._pending
         sample: float | None = None
+        sizer = self._sizer
         while pending and pending[0].seq < ack:
             entry = pending.popleft()
             self._pending_bytes -= len(entry.payload)
+            if sizer is not None:
+                sizer.on_acked(entry.seq, len(entry.payload), now)
             if self._unsent > len(pending):  # acked while waiting to be resent
                 self._unsent -= 1
                 self._unsent_bytes -= len(entry.payload)
@@ -550,6 +466,8 @@ class SessionCore:
             self.stats.rtt_s = sample if rtt is None else 0.875 * rtt + 0.125 * sample
         self._rto = self.settings.retransmit_timeout_s
         self._retransmit_at = now + self._rto if pending else None
+        if sizer is not None:
+            self._window_bytes = sizer.window(self._window_cap)
         if self._unsent:
             self._send_unsent(now)
 
@@ -600,6 +518,8 @@ class SessionCore:
         if send_key is not None and _receiver_index(entry.frame) != send_key.remote_index:
             entry.frame = self._seal_data(entry.seq, entry.payload, now, transmit=False)
         entry.retransmitted = True
+        if self._sizer is not None:
+            self._sizer.forget(entry.seq)
         self._transmit(ACTIVE, entry.frame, now)
         self.stats.retransmitted += 1
 

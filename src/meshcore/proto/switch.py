@@ -272,6 +272,11 @@ class FramePacker:
             self._full.append(bytes(self._current))
             self._current.clear()
 
+    @property
+    def full(self) -> bool:
+        """Whether a full message is waiting (more frames would start another)."""
+        return bool(self._full)
+
     def take(self) -> bytes | None:
         """The next message to send, or None when nothing is queued."""
         if self._full:

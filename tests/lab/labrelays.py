@@ -35,10 +35,13 @@ class RelaySet:
         self.processes: dict[str, LabProcess] = {}
         self.keys: dict[str, Path] = {}
         self.ids: dict[str, PeerId] = {}
-        for node in self.nodes:
-            identity = Identity.generate()
-            self.keys[node] = lab.workdir / f"relay-{node}.key"
-            identity.save(self.keys[node], overwrite=True)
+        for node in self.nodes:  # one identity per relay of the lab, whoever asks first
+            self.keys[node] = path = lab.workdir / f"relay-{node}.key"
+            if path.exists():
+                identity = Identity.load(path)
+            else:
+                identity = Identity.generate()
+                identity.save(path)
             self.ids[node] = identity.peer_id
 
     def url(self, node: str) -> str:

@@ -63,14 +63,10 @@ def circuits(lab: Lab, mesh: Meshcore, host: str) -> int:
 
 
 def start_tunnels(
-    lab: Lab,
-    *,
-    k: int,
-    wanted: dict[str, Callable[[Any], bool]] | None = None,
-    relays: RelaySet | None = None,
+    lab: Lab, *, k: int, wanted: dict[str, Callable[[Any], bool]] | None = None
 ) -> tuple[Meshcore, RelaySet, dict[str, LabProcess]]:
     mesh = Meshcore(lab)
-    relays = relays or RelaySet(lab, mesh, RELAYS)  # the relays' ids decide the rendezvous
+    relays = RelaySet(lab, mesh, RELAYS)
     relays.write()
     relays.start()
     wanted = wanted or {}
@@ -214,8 +210,7 @@ def test_peers_on_different_rendezvous_relays_meet_go_direct_and_follow_the_list
 
         return wanted
 
-    wanted = {"a": alone("a"), "b": alone("b")}
-    mesh, relays, ups = start_tunnels(lab, k=1, wanted=wanted, relays=probe)
+    mesh, relays, ups = start_tunnels(lab, k=1, wanted={"a": alone("a"), "b": alone("b")})
     # (1) they meet (one visits the other's relay), go direct, and ping
     for up in ups.values():
         up.wait_for("path relay -> direct", 30)

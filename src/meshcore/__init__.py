@@ -12,7 +12,8 @@ The objects, each living inside the `async with` (or nursery) that made it:
   relay and a direct connection;
 - `connect` / `serve` / `open_peer_session`: all of that through a relay, in one call;
 - `open_relay_client` (`RelayClient`), `serve_relay(config)`: both sides of the relay;
-- `open_relay_network(relays)` (`RelayNetwork`) over a list or an `open_registry(source)`:
+- `open_relay_network(relays)` (`RelayNetwork`) over a list or an `open_registry(source)`
+  (a `StaticSource`, `FileSource` or the on-chain `ChainSource`):
   several relays, rendezvous by hashing, sessions that move between relays;
 - `run_tunnel(fd, vnet_header_bytes, TunnelConfig(...))`: the layer-2 TAP mesh;
 - `serve_metrics(address, [RelayCollector(server)])` or `[PeerCollector(registry)]`:
@@ -51,6 +52,7 @@ from meshcore.proto.session import SessionSettings, SessionStats
 
 if TYPE_CHECKING:
     from meshcore._api import connect, open_meeting, open_peer_session, serve
+    from meshcore._chainsource import ChainSource
     from meshcore._client import Invitation, Pairing, RelayClient, open_relay_client
     from meshcore._control import (
         SessionRegistry,
@@ -128,6 +130,7 @@ _LAZY = {
     "open_relay_client": "meshcore._client",
     "serve": "meshcore._api",
     # several relays: the list, its sources, the network of connections
+    "ChainSource": "meshcore._chainsource",
     "FileSource": "meshcore._registry",
     "Registry": "meshcore._registry",
     "RegistryListing": "meshcore._registry",
@@ -194,6 +197,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AuthenticationError",
+    "ChainSource",
     "ClosedByPeer",
     "ConfigError",
     "ConnectFailed",

@@ -268,13 +268,15 @@ def _require(value: str | None, what: str, flag: str) -> str:
 
 
 async def _run_connect(config: PeerConfig, control: Path | None, stopping: Stopping) -> int:
-    check_relay_source(config.relay, config.relays, config.relays_file)
+    check_relay_source(config.relay, config.relays, config.relays_file, config.registry)
     peer = PeerId.from_text(_require(config.peer, "the peer id", "PEER_ID"))
     identity = Identity.load(_identity_path(config))
     registry = SessionRegistry()
     paths = attrs.evolve(_paths(config), mode=config.direct)
     async with (
-        open_relays(config.relay, config.relays, config.relays_file, config.state_dir) as relay,
+        open_relays(
+            config.relay, config.relays, config.relays_file, config.state_dir, config.registry
+        ) as relay,
         open_hidden_nursery() as nursery,
     ):
         if control is not None:
@@ -339,7 +341,9 @@ async def _run_listen(config: PeerConfig, control: Path | None, stopping: Stoppi
 
     collector = PeerCollector(registry)
     async with (
-        open_relays(config.relay, config.relays, config.relays_file, config.state_dir) as relay,
+        open_relays(
+            config.relay, config.relays, config.relays_file, config.state_dir, config.registry
+        ) as relay,
         open_hidden_nursery() as nursery,
     ):
         if config.metrics is not None:
@@ -443,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     relay=config.relay,
                     relays=config.relays,
                     relays_file=config.relays_file,
+                    chain=config.registry,
                     state_dir=config.state_dir,
                     rendezvous_k=config.rendezvous_k,
                     identity_path=_identity_path(config),

@@ -9,6 +9,7 @@ import attrs
 
 from meshcore import parse_metrics_address
 from meshcore.config import load_toml
+from meshcore_peer.chainsettings import ChainTable
 from meshcore_peer.relaysettings import RELAY_FLAGS, RelayTable, check_rendezvous_k
 
 __all__ = ["PeerConfig", "load_peer_config"]
@@ -30,6 +31,9 @@ class PeerConfig:
     """A relay list: `[[relays]]` tables with url, id and region."""
     relays_file: str | None = None
     """A relay-list file ([[relays]] tables), re-read when it changes."""
+    registry: ChainTable = attrs.field(factory=ChainTable)
+    """The on-chain relay registry (`[registry]`: chain_rpc, registry, chain_id, ens,
+    refresh_s), instead of a list or file."""
     rendezvous_k: int = attrs.field(default=2, validator=check_rendezvous_k)
     """With several relays: how many rendezvous relays this peer registers at."""
     state_dir: str | None = None

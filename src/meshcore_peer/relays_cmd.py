@@ -23,6 +23,7 @@ from meshcore import (
     default_control_path,
     rendezvous_relays,
 )
+from meshcore_peer.chainsettings import ChainTable
 from meshcore_peer.relaysettings import RelayTable, open_relays
 
 __all__ = ["add_relays_parser", "print_connections", "relays_report", "run_relays"]
@@ -138,8 +139,10 @@ async def _from_config(
     state_dir: str | None,
     rendezvous_k: int,
     identity: Identity | None,
+    chain: ChainTable | None,
 ) -> dict[str, Any]:
-    async with open_relays(relay, relays, relays_file, state_dir) as source:
+    block: int | None = None
+    async with open_relays(relay, relays, relays_file, state_dir, chain) as source:
         if isinstance(source, str):
             entries = []
             rows = [_row(source, None, "", True, None)]
@@ -154,7 +157,7 @@ async def _from_config(
             rows = [_row(e.url, e.relay_id, e.region, e.url in ours, None) for e in entries]
             listing = source.listing
             origin, age, cached = listing.source, round(listing.age_s(), 1), listing.from_cache
-            error = source.last_error
+            error, block = source.last_error, listing.block_number
     homes = [r["url"] for r in rows if r["rendezvous"]]
     return {
         "peer_id": identity.peer_id.to_text() if identity is not None else None,
@@ -162,6 +165,7 @@ async def _from_config(
         "source": origin,
         "age_s": age,
         "from_cache": cached,
+        "block_number": block,
         "last_error": error,
         "rendezvous_k": rendezvous_k if entries else 1,
         "rendezvous": homes,
@@ -179,6 +183,7 @@ async def run_relays(
     state_dir: str | None,
     rendezvous_k: int,
     identity_path: Path,
+    chain: ChainTable | None = None,
 ) -> int:
     """`meshcore-peer relays`: print the running peer's report, or the config's."""
     path = control or default_control_path()
@@ -197,7 +202,9 @@ async def run_relays(
         except ConfigError:
             identity = None
             note += f" (no identity at {identity_path}: the rendezvous relays are not known)"
-        report = await _from_config(relay, relays, relays_file, state_dir, rendezvous_k, identity)
+        report = await _from_config(
+            relay, relays, relays_file, state_dir, rendezvous_k, identity, chain
+        )
         report["note"] = note.strip()
     if as_json:
         print(json.dumps(report))
@@ -242,9 +249,11 @@ def _print_table(report: dict[str, Any]) -> None:
     if report.get("note"):
         print(report["note"])
     age = report.get("age_s")
+    block = report.get("block_number")
+    at = f", block {block}" if isinstance(block, int) else ""
     when = f", read {age:.0f} s ago" if isinstance(age, int | float) else ""
-    cached = " (the cached list: the source was unreachable)" if report.get("from_cache") else ""
-    print(f"relays from {report['source']}{when}{cached}")
+    cached = " (from cache: the source was unreachable)" if report.get("from_cache") else ""
+    print(f"relays from {report['source']}{at}{when}{cached}")
     if report.get("last_error"):
         print(f"last refresh failed: {report['last_error']}")
     peer = report.get("peer_id") or "this peer"

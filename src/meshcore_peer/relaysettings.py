@@ -1,5 +1,6 @@
 """Where `meshcore-peer` meets other peers: one relay, a list (`--relay URL[#ID]` repeated,
-`[[relays]]` tables), or a relay-list file that is re-read when it changes; the
+`[[relays]]` tables), a relay-list file that is re-read when it changes, or the on-chain
+registry (`[registry]`, `chainsettings`); the
 rendezvous setting and the state directory that keeps the last good list
 (docs/relay-network.md).
 
@@ -21,10 +22,18 @@ from meshcore import (
     ConfigError,
     FileSource,
     Registry,
+    RegistrySource,
     RelayListCache,
     StaticSource,
     open_registry,
     parse_relay_spec,
+)
+from meshcore_peer.chainsettings import (
+    CHAIN_FLAGS,
+    ChainTable,
+    add_chain_flags,
+    chain_overrides,
+    chain_source,
 )
 
 __all__ = [
@@ -44,6 +53,7 @@ RELAY_FLAGS = {
     "relays_file": "--relays-file",
     "rendezvous_k": "--rendezvous-k",
     "state_dir": "--state-dir",
+    **CHAIN_FLAGS,
 }
 """How each relay setting is spelled on the command line (for error messages)."""
 
@@ -109,16 +119,28 @@ def add_relay_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"where the last good relay list is kept (default: {default_state_dir()})",
     )
+    add_chain_flags(parser)
 
 
 def relay_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The settings the relay flags give. Relays on the command line replace the config
-    file's (`relay`, `relays` and `relays_file` all at once)."""
+    file's (`relay`, `relays`, `relays_file` and the `[registry]` all at once)."""
     out: dict[str, object] = {}
     specs: list[str] | None = getattr(args, "relay_specs", None)
     relays_file: str | None = getattr(args, "relays_file", None)
+    chain = chain_overrides(args)
     if specs and relays_file:
         raise ConfigError("give either --relay or --relays-file, not both")
+    if (specs or relays_file) and chain:
+        flag = "--relay" if specs else "--relays-file"
+        raise ConfigError(
+            f"give either {flag} or the on-chain registry (--registry-rpc, --registry), not both"
+        )
+    if specs or relays_file:
+        out.update({"registry.chain_rpc": None, "registry.registry": None})
+    elif "registry.chain_rpc" in chain or "registry.registry" in chain:
+        out.update(relay=None, relays=[], relays_file=None)
+    out.update(chain)
     if specs:
         if len(specs) == 1 and "#" not in specs[0]:
             out.update(relay=specs[0], relays=[], relays_file=None)
@@ -133,22 +155,31 @@ def relay_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def check_relay_source(relay: str | None, relays: Sequence[RelayTable], file: str | None) -> None:
+def check_relay_source(
+    relay: str | None,
+    relays: Sequence[RelayTable],
+    file: str | None,
+    chain: ChainTable | None = None,
+) -> None:
     """Raise `ConfigError` unless the relays are given exactly one way."""
-    given = [
-        name
-        for name, value in (("relay", relay), ("[[relays]]", relays), ("relays_file", file))
-        if value
-    ]
+    ways = (
+        ("relay", relay),
+        ("[[relays]]", relays),
+        ("relays_file", file),
+        ("[registry]", chain is not None and chain.given),
+    )
+    given = [name for name, value in ways if value]
     if not given:
         raise ConfigError(
-            "the relay is missing: pass --relay URL[#RELAY_ID] (repeat it for a list) or "
-            "--relays-file FILE, or set relay, [[relays]] or relays_file in the config file"
+            "the relay is missing: pass --relay URL[#RELAY_ID] (repeat it for a list), "
+            "--relays-file FILE, or --registry-rpc URL --registry NAME --chain-id N; or set "
+            "relay, [[relays]], relays_file or a [registry] table in the config file"
         )
     if len(given) > 1:
         raise ConfigError(
             f"{' and '.join(given)} are both set: give the relays one way (relay for one URL, "
-            "[[relays]] tables for a list, or relays_file for a file)"
+            "[[relays]] tables for a list, relays_file for a file, or [registry] for the "
+            "on-chain registry)"
         )
 
 
@@ -164,23 +195,31 @@ async def open_relays(
     relays: Sequence[RelayTable],
     relays_file: str | None,
     state_dir: str | None,
+    chain: ChainTable | None = None,
 ) -> AsyncIterator[str | Registry]:
     """The relay settings as what `meshcore.connect`, `serve` and `TunnelConfig` take: one
     bare URL as itself, anything else as a `Registry` (a file is followed as it changes,
-    and the last good list is cached in the state directory).
+    and the last good list is cached in the state directory; so is the on-chain registry's,
+    read again every `refresh_s`).
 
     Raises `ConfigError` (exit status 2) naming what is wrong: no relay, two ways of giving
-    them, or a list with no usable entry (every bad entry named). Leaving the block stops
-    following the file.
+    them, a bad `[registry]` setting (or web3 missing), or a list with no usable entry (every
+    bad entry named), or a registry that cannot be read with nothing cached. Leaving the
+    block stops following the file or the registry.
     """
-    check_relay_source(relay, relays, relays_file)
+    check_relay_source(relay, relays, relays_file, chain)
     if relay and "#" not in relay:
         yield relay
         return
-    if relays_file:
+    source: RegistrySource
+    cache: RelayListCache | None
+    if chain is not None and chain.given:
+        source = chain_source(chain)
+        cache = _cache(state_dir, source.description)
+    elif relays_file:
         path = Path(relays_file).expanduser()
-        source: FileSource | StaticSource = FileSource(path)
-        cache: RelayListCache | None = _cache(state_dir, str(path.resolve()))
+        source = FileSource(path)
+        cache = _cache(state_dir, str(path.resolve()))
     else:
         tables = [parse_relay_spec(relay)] if relay else [t.to_mapping() for t in relays]
         name = "relay" if relay else "the config's [[relays]]"

@@ -49,6 +49,7 @@ from meshcore.proto.constants import (
     TAP_VNET_HEADER_BYTES,
     TUNNEL_CHUNK_HEADER_BYTES,
 )
+from meshcore_peer.chainsettings import ChainTable
 from meshcore_peer.config import check_metrics
 from meshcore_peer.lifecycle import Stopping, leaf_error, run_until_signalled
 from meshcore_peer.relays_cmd import relays_report
@@ -132,6 +133,9 @@ class UpConfig:
     """A relay list: `[[relays]]` tables with url, id and region."""
     relays_file: str | None = None
     """A relay-list file ([[relays]] tables), re-read when it changes."""
+    registry: ChainTable = attrs.field(factory=ChainTable)
+    """The on-chain relay registry (`[registry]`: chain_rpc, registry, chain_id, ens,
+    refresh_s), instead of a list or file."""
     rendezvous_k: int = attrs.field(default=2, validator=check_rendezvous_k)
     """With several relays: how many rendezvous relays this peer registers at."""
     state_dir: str | None = None
@@ -201,10 +205,11 @@ def load_up_config(path: Path | None, overrides: dict[str, object]) -> UpConfig:
         reserved_env=_reserved_env(),
     )
     problems = []
-    if not (config.relay or config.relays or config.relays_file):
+    if not (config.relay or config.relays or config.relays_file or config.registry.given):
         problems.append(
-            "relay: the relay is missing: pass --relay URL[#RELAY_ID] (repeat it for a list) "
-            "or --relays-file FILE, or set relay, [[relays]] or relays_file"
+            "relay: the relay is missing: pass --relay URL[#RELAY_ID] (repeat it for a list), "
+            "--relays-file FILE or --registry-rpc URL --registry NAME --chain-id N, or set "
+            "relay, [[relays]], relays_file or a [registry] table"
         )
     if not config.peers:
         problems.append('peers: no peer given: pass --peer PEER_ID or set peers = [{ id = "..." }]')
@@ -344,7 +349,7 @@ async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
     retry = config.direct_retry_s
     paths = PathSettings(retry_s=retry, retry_max_s=max(retry, PathSettings().retry_max_s))
     async with open_relays(
-        config.relay, config.relays, config.relays_file, config.state_dir
+        config.relay, config.relays, config.relays_file, config.state_dir, config.registry
     ) as relay:
 
         def on_meeting(meeting: RelayClient | RelayNetwork | None) -> None:

@@ -33,6 +33,8 @@ def test_one_bare_relay_flag_is_one_url_as_before() -> None:
         "relay": "ws://a:1",
         "relays": [],
         "relays_file": None,
+        "registry.chain_rpc": None,
+        "registry.registry": None,
     }
 
 

@@ -77,6 +77,7 @@ MESHCORE = [
     "serve",
     "serve_relay",
     # several relays
+    "ChainSource",
     "FileSource",
     "Registry",
     "RegistryListing",

@@ -25,7 +25,7 @@ from meshcore._netconn import ConnectionState, RelayConnection, RelayConnectionS
 from meshcore._nursery import open_hidden_nursery
 from meshcore._registry import Registry, RegistryListing
 from meshcore._transport import Transport, open_reuseport_listener
-from meshcore.errors import ConfigError, MeshError, RelayError
+from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified
 from meshcore.proto.backoff import Backoff
 from meshcore.proto.constants import (
     MAX_CANDIDATES,
@@ -428,6 +428,7 @@ class RelayNetwork:
             raise RelayError(f"{failure}: the relay list has no usable relay")
         deadline = trio.current_time() + timeout
         errors: dict[str, str] = {}
+        answered: list[str] = []
         won: list[_T] = []
         started = [trio.Event() for _ in entries]
         failed = [trio.Event() for _ in entries]
@@ -445,6 +446,8 @@ class RelayNetwork:
                 errors[entry.url] = f"no answer within {timeout:g} s"
             except (MeshError, OSError) as exc:
                 errors[entry.url] = str(exc) or type(exc).__name__
+                if isinstance(exc, RelayError) and not isinstance(exc, RelayNotVerified):
+                    answered.append(entry.url)  # it was reached, and said no
             else:
                 if won:
                     await discard(result)
@@ -460,7 +463,7 @@ class RelayNetwork:
         if won:
             return won[0]
         shown = "; ".join(f"{e.label()}: {errors.get(e.url, 'not tried')}" for e in entries)
-        raise RelayError(f"{failure} ({len(entries)} tried): {shown}")
+        raise RelayError(f"{failure} ({len(entries)} tried): {shown}", unreachable=not answered)
 
 
 async def _close_pairing(pairing: Pairing) -> None:

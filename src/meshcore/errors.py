@@ -131,11 +131,16 @@ class CryptoLibraryMissing(ConfigError, ImportError):
 
 
 class RelayError(MeshError):
-    """The relay refused a request (registration, pairing) or closed the control connection."""
+    """The relay refused a request (registration, pairing) or closed the control connection.
 
-    def __init__(self, message: str, *, code: int = 0) -> None:
+    `unreachable` is set when no relay answered at all (each was down, silent, or not the
+    relay its entry names), as opposed to a relay that answered and refused.
+    """
+
+    def __init__(self, message: str, *, code: int = 0, unreachable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.unreachable = unreachable
 
 
 class RelayNotVerified(RelayError):

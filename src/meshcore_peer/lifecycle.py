@@ -13,7 +13,7 @@ with 128 + N.
 stdin was acknowledged by the peer and the peer's answer was written whole; 1 when the
 session failed (the peer was lost); 3 when the peer closed the session first; 4 when the
 relay or the peer refused the pairing (offline, not allowed, not the key we pinned); 5 when
-the relay could not be reached. 2 is a usage error, as everywhere.
+no relay could be reached (down, silent, or not the relay its entry names). 2 is a usage error, as everywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from typing import Final
 import attrs
 import trio
 
-from meshcore import ClosedByPeer, HandshakeError, RelayError, TransportClosed, open_hidden_nursery
+from meshcore import (
+    ClosedByPeer,
+    HandshakeError,
+    RelayError,
+    RelayNotVerified,
+    TransportClosed,
+    open_hidden_nursery,
+)
 from meshcore.logs import describe_error
 
 __all__ = [
@@ -65,7 +72,7 @@ exit status of connect (netcat style):
   2    usage error (a flag, setting or key file is wrong)
   3    the peer closed the session first
   4    the relay or the peer refused the pairing (offline, not allowed, wrong key)
-  5    the relay could not be reached
+  5    no relay could be reached (each was down, silent, or not the relay its entry names)
   128+N  interrupted by signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM): the session was
        closed with a Close frame first
 listen and up end cleanly on SIGHUP, SIGTERM or SIGINT (sessions closed, control socket
@@ -108,6 +115,8 @@ def connect_status(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_PEER_CLOSED, f"session ended: {cause}"
     if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
         return EXIT_FAILED, f"session failed: {describe_error(exc)}"
+    if isinstance(exc, RelayNotVerified) or (isinstance(exc, RelayError) and exc.unreachable):
+        return EXIT_UNREACHABLE, str(exc)
     if isinstance(exc, RelayError | HandshakeError):
         return EXIT_REFUSED, str(exc)
     if isinstance(exc, TransportClosed):

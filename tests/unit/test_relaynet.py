@@ -149,13 +149,14 @@ def test_an_entry_whose_id_changed_is_a_different_relay() -> None:
 
 
 def test_a_visitor_that_becomes_a_rendezvous_relay_stays_without_an_idle_timer() -> None:
-    p = RelayPlan(ME, k=1)
-    p.set_entries(ENTRIES[1:], 0.0)
-    p.visit(ENTRIES[0], 0.0)
-    commands = p.set_entries(ENTRIES, 1.0)
-    if rendezvous_relays(ME, ENTRIES, 1)[0] == ENTRIES[0]:
-        assert p.role(ENTRIES[0].url) is RelayRole.HOME
-        assert ENTRIES[0].url not in opened(commands)
+    home, second = rendezvous_relays(ME, ENTRIES, 2)
+    p = RelayPlan(ME, k=1, visitor_idle_s=60.0)
+    p.set_entries(ENTRIES, 0.0)
+    assert opened(p.visit(second, 0.0)) == {second.url}  # a visitor (to reach a peer there)
+    commands = p.set_entries([e for e in ENTRIES if e != home], 1.0)  # our home is removed
+    assert p.role(second.url) is RelayRole.HOME  # the visitor is our rendezvous relay now
+    assert second.url not in opened(commands)  # the same connection: not opened again
+    assert second.url not in closed(p.handle_timer(1000.0))  # and no idle timer closes it
 
 
 def test_the_dial_order_is_the_targets_rendezvous_relays() -> None:

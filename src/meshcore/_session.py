@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
@@ -140,6 +140,7 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         self._peer_id = result.peer_id
         self._core = SessionCore(_keyring_for(result, now), now, settings)
         self._paths = SessionPaths(self._core, now)
+        self._paths.relay_window = _relay_window
         self._started = now
         self._traffic = LinkTraffic()
         self._relay_url = transport.relay_url
@@ -562,7 +563,10 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         wake_trio = False
         with self._lock:
             paths = self._paths
-            events = paths.events(self._clock.current_time())
+            now = self._clock.current_time()
+            if on_trio:
+                paths.refresh_window(now)  # a relay circuit's credit window may have grown
+            events = paths.events(now)
             if on_trio:
                 if self._stashed:
                     events, self._stashed = self._stashed + events, []
@@ -655,3 +659,8 @@ async def open_session(
         finally:
             await session.aclose()
             nursery.cancel_scope.cancel()
+
+
+def _relay_window(link: Hashable) -> int | None:
+    """What a relay circuit link allows in flight (`Transport.max_window`)."""
+    return link.transport.max_window if isinstance(link, Link) else None

@@ -142,6 +142,12 @@ class Transport(trio.abc.AsyncResource):
         """The URL of the relay this transport runs through (a relayed circuit), else None."""
         return None
 
+    @property
+    def max_window(self) -> int | None:
+        """The most bytes a session may keep unacknowledged on this transport (a credited
+        relay circuit's window), or None: the session's own caps apply."""
+        return None
+
 
 class WebSocketTransport(Transport):
     """A Transport over one WebSocket connection; binary messages only.

@@ -173,3 +173,41 @@ def test_with_the_adaptive_window_off_the_cap_is_the_window() -> None:
     assert a.window_bytes == SessionSettings().window_bytes and a.window_sizer is None
     a.use_direct_window(True, 0.0)
     assert a.window_bytes == SessionSettings().direct_window_bytes
+
+
+def test_a_credited_relay_circuit_sets_the_relay_window_and_its_growth_keeps_the_measure() -> None:
+    a, _ = cores(SessionSettings(adaptive_window=False))
+    s = SessionSettings()
+    a.use_direct_window(False, 0.0, relay_cap=4 * 1024 * 1024)  # the relay grants 4 MiB
+    assert a.window_bytes == 4 * 1024 * 1024
+    a.use_direct_window(False, 0.0, relay_cap=s.window_bytes)  # a relay without credits
+    assert a.window_bytes == s.window_bytes
+    a.use_direct_window(False, 0.0, relay_cap=64 * 1024)  # never below the drop-tail window
+    assert a.window_bytes == s.window_bytes
+    b, _ = cores(SessionSettings(dead_after_s=None))
+    b.use_direct_window(False, 0.0, relay_cap=1024 * 1024)
+    sizer = b.window_sizer
+    assert sizer is not None
+    sizer.on_sent(0, 0.0, idle=True)
+    sizer.on_acked(0, 8000, 0.01)
+    measured = sizer.min_rtt
+    b.use_direct_window(False, 0.02, relay_cap=2 * 1024 * 1024)  # the credit window grew
+    assert sizer.min_rtt == measured  # the same path: not measured afresh
+
+
+def test_the_session_paths_ask_the_driver_for_the_carrying_circuits_window() -> None:
+    from meshcore.proto.paths import SessionPaths
+
+    a, _ = cores(SessionSettings(adaptive_window=False))
+    paths = SessionPaths(a, 0.0)
+    asked: list[object] = []
+
+    def window(link: object) -> int | None:
+        asked.append(link)
+        return 3 * 1024 * 1024
+
+    paths.relay_window = window
+    paths.relay_up("circuit", 0.0)
+    paths.refresh_window(0.0)
+    assert asked and asked[-1] == "circuit"
+    assert a.window_bytes == 3 * 1024 * 1024

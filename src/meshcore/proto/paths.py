@@ -144,6 +144,9 @@ class SessionPaths:
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.core = core
+        self.relay_window: Callable[[Hashable], int | None] = _no_window
+        """The window relay circuit `link` allows (the relay's credit window), or None if
+        it sets none: the driver, which knows the circuits, provides it."""
         self.settings = settings or PathSettings(mode=DirectMode.NEVER)
         self.controlling = controlling
         self._random = random
@@ -441,6 +444,17 @@ class SessionPaths:
         elif race is not None and link in race.rtt:
             self.rtt[link] = race.rtt[link]
 
+    def refresh_window(self, now: float) -> None:
+        """Size the send window for the active path: its kind, and on a relay circuit the
+        window the relay grants (which grows as the circuit carries more)."""
+        if self.core.state is not SessionState.OPEN:
+            return
+        manager = self.manager
+        direct = manager.active is LinkKind.DIRECT
+        relay = manager.relay
+        cap = None if direct or relay is None else self.relay_window(relay)
+        self.core.use_direct_window(direct, now, cap)
+
     def _probe(self, links: tuple[Hashable, ...], now: float) -> None:
         for link in links:
             if link not in self.kinds:
@@ -456,8 +470,7 @@ class SessionPaths:
         if closed and not self.manager.closed:
             self._session_closed()
         if not closed:
-            # the window follows the active path (set before any resend below)
-            self.core.use_direct_window(self.manager.active is LinkKind.DIRECT, now)
+            self.refresh_window(now)  # the window follows the active path (before any resend)
         for command in self.manager.take_commands():
             kind = type(command)
             if kind is ResendUnacked:
@@ -490,3 +503,7 @@ class SessionPaths:
             for link in losers:
                 self.kinds.pop(link, None)
             self._commands.append(RaceOver(None, losers))
+
+
+def _no_window(_link: Hashable) -> int | None:
+    return None

@@ -96,6 +96,9 @@ __all__ = [
 
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
+_CREDITED_WINDOW_FRAMES: Final = 256
+"""Most messages in flight on a relay circuit with credits: its bytes are bounded by the
+credit window; this bounds small ones (the receiving peer queues 512 frames per circuit)."""
 
 
 @attrs.define(slots=True)
@@ -143,6 +146,7 @@ class SessionCore:
         self._dup_acks = 0
         self._window_frames = self.settings.window_frames
         self._window_cap = self.settings.window_bytes
+        self._window_direct = False
         self._sizer = (
             WindowSizer(min_bytes=self.settings.min_window_bytes)
             if self.settings.adaptive_window
@@ -202,19 +206,23 @@ class SessionCore:
         """The peer acknowledged our Eof, and with it every message before it."""
         return self._eof_seq is not None and self._peer_acked > self._eof_seq
 
-    def use_direct_window(self, direct: bool, now: float) -> None:
-        """Size the send window for the active path: wide on a direct path, narrow enough
-        for the relay's per-circuit queue on the relay (its drop-tail would cost
-        retransmissions). Set it before `retransmit_unacked` when the path changes."""
+    def use_direct_window(self, direct: bool, now: float, relay_cap: int | None = None) -> None:
+        """Size the send window for the active path: wide on a direct path; on the relay,
+        `relay_cap` (the circuit's credit window) if the relay grants credits, else narrow
+        enough for its drop-tail circuit queue. Set it before `retransmit_unacked` when the
+        path changes; a new path is measured afresh, a new cap on the same path is not."""
         s = self.settings
         if direct:
             frames, nbytes = s.direct_window_frames, s.direct_window_bytes
-        else:
+        elif relay_cap is not None and relay_cap > s.window_bytes:  # a credited circuit
+            frames, nbytes = max(s.window_frames, _CREDITED_WINDOW_FRAMES), relay_cap
+        else:  # (a cap within the drop-tail window keeps its frame bound too)
             frames, nbytes = s.window_frames, s.window_bytes
         if (frames, nbytes) != (self._window_frames, self._window_cap):
-            self._window_frames, self._window_cap = frames, nbytes
-            if self._sizer is not None:
+            if self._sizer is not None and direct != self._window_direct:
                 self._sizer.reset()  # another path: measure it afresh
+            self._window_direct = direct
+            self._window_frames, self._window_cap = frames, nbytes
             self._window_bytes = self._window_now()
             self._send_unsent(now)
 

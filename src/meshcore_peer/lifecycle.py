@@ -13,7 +13,8 @@ with 128 + N.
 stdin was acknowledged by the peer and the peer's answer was written whole; 1 when the
 session failed (the peer was lost); 3 when the peer closed the session first; 4 when the
 relay or the peer refused the pairing (offline, not allowed, not the key we pinned); 5 when
-no relay could be reached (down, silent, or not the relay its entry names). 2 is a usage error, as everywhere.
+no relay could be reached (down, silent, or not the relay its entry names). 2 is a usage
+error, as everywhere.
 """
 
 from __future__ import annotations

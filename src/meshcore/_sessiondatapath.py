@@ -2,8 +2,10 @@
 `IoThread` serves its direct connections, a receiver callback takes messages as they arrive
 in whichever thread handled their frames, and `send_nowait` seals and sends without trio.
 
-Every call holds the session's lock; what only trio may do (handling events other than
-messages, waking waiters) is stashed and trio is woken for it.
+The calls other threads make (`ready_to_send`, `send_nowait`, the links' frames) hold the
+session's lock; `use_io_thread` and `attach_receiver` are set-up calls made on trio before
+the traffic starts. What only trio may do (handling events other than messages, waking
+waiters) is stashed and trio is woken for it.
 """
 
 from __future__ import annotations

@@ -528,10 +528,10 @@ class RelayClient:
             case ev.RegistrationFailed(error=error, retry_in_s=wait):
                 why = str(error) or type(error).__name__
                 log.warning("could not reconnect to relay: %s; next try in %.1f s", why, wait)
-            case ev.ConnectionLost():
-                log.warning(
-                    "relay connection lost: %s; reconnecting in %.1f s", out.reason, out.retry_in_s
-                )
+            case ev.ConnectionLost():  # a relay's announced shutdown is no fault: info only
+                level = logging.INFO if out.graceful else logging.WARNING
+                why, wait = out.reason, out.retry_in_s
+                log.log(level, "relay connection lost: %s; reconnecting in %.1f s", why, wait)
                 self._drop_invitations()
             case ev.Closed():
                 log.info("relay connection to %s closed: %s", self.url, out.reason)

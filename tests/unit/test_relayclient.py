@@ -664,7 +664,13 @@ def test_a_relay_shutting_down_is_a_lost_connection_that_is_retried(client: Clie
     out = client.feed(wire.Close(wire.ErrorCode.SHUTDOWN, "the relay is shutting down"))
     lost = only(out, ConnectionLost)
     assert lost.reason == "relay closed the connection: the relay is shutting down"
+    assert lost.graceful  # announced: the driver says so at info level, not as a warning
     assert isinstance(only(out, CloseConnection), CloseConnection)
+
+
+def test_a_lost_connection_without_the_relays_word_is_not_graceful(client: Client) -> None:
+    out = client.feed(wire.Error(wire.ErrorCode.BAD_MESSAGE, "what was that"))
+    assert not only(out, ConnectionLost).graceful
 
 
 def test_being_replaced_by_another_registration_closes_for_good(client: Client) -> None:

@@ -466,7 +466,9 @@ class RelayClientCore:
         out.append(RegistrationFailed(error, wait))
         return out
 
-    def _lose(self, reason: str, now: float, *, close: bool, permanent: bool) -> list[Output]:
+    def _lose(
+        self, reason: str, now: float, *, close: bool, permanent: bool, graceful: bool = False
+    ) -> list[Output]:
         """The registered connection ended: everything tied to it ends with it."""
         out: list[Output] = [CloseConnection(reason)] if close else []
         out += self._end_connection(reason)
@@ -476,7 +478,7 @@ class RelayClientCore:
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
-        out.append(ConnectionLost(reason, wait))
+        out.append(ConnectionLost(reason, wait, graceful))
         return out
 
     def _closed(self, reason: str) -> list[Output]:
@@ -541,7 +543,8 @@ class RelayClientCore:
             reason = f"relay closed the connection: {msg.reason or msg.code.name}"
             # another registration with our id took over: reconnecting would evict it in turn
             permanent = msg.code is wire.ErrorCode.REPLACED
-            return self._lose(reason, now, close=True, permanent=permanent)
+            graceful = isinstance(msg, wire.Close) and msg.code is wire.ErrorCode.SHUTDOWN
+            return self._lose(reason, now, close=True, permanent=permanent, graceful=graceful)
         return []  # a message only peers send, or the relay's keys again: nothing to do
 
     def _relayed(self, msg: wire.Relayed, now: float) -> list[Output]:

@@ -94,6 +94,8 @@ class ConnectionLost:
 
     reason: str
     retry_in_s: float
+    graceful: bool = False
+    """The relay said it is shutting down (a restart, expected): not a fault of the path."""
 
 
 @attrs.frozen

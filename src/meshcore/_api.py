@@ -71,16 +71,19 @@ async def open_meeting(
     timeout: float = 10.0,
     rendezvous_k: int = DEFAULT_RENDEZVOUS_K,
 ) -> AsyncIterator[Meeting]:
-    """Register at `relay`: one URL gives a `RelayClient` (`open_relay_client`), a list or a
+    """Register at `relay`: one URL (`URL#RELAY_ID` has the relay prove that id) gives a
+    `RelayClient` (`open_relay_client`), a list or a
     registry a `RelayNetwork` (`open_relay_network`, registered at our `rendezvous_k`
     rendezvous relays). `direct` opens the shared-port listener for direct paths.
 
     Raises as those do; leaving the block (or cancelling it) closes every relay connection.
     """
-    if isinstance(relay, str):
+    if isinstance(relay, str):  # one relay, `URL[#RELAY_ID]`: with the id, it is verified
+        url, _, relay_id = relay.partition("#")
         async with open_relay_client(
-            relay,
+            url,
             identity,
+            relay_id=PeerId.from_text(relay_id) if relay_id else None,
             timeout=timeout,
             candidates=candidates,
             local_port=local_port,

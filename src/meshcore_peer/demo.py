@@ -83,16 +83,17 @@ async def run_demo(messages: int = 2000) -> int:
 
     async with trio.open_nursery() as nursery:
         relay = await nursery.start(serve_relay, RelayConfig(host="127.0.0.1", port=0))
-        _step(f"relay listening on {relay.url}")
+        _step(f"relay listening on {relay.url} (relay id {relay.relay_id.short()})")
+        listed = f"{relay.url}#{relay.relay_id.to_text()}"  # the peers verify the relay
         await nursery.start(
             lambda task_status: serve(
-                relay.url, bob, [alice.peer_id], bob_handler, path_settings=paths,
+                listed, bob, [alice.peer_id], bob_handler, path_settings=paths,
                 task_status=task_status,
             )
         )  # fmt: skip
         _step("bob registered with the relay (answered its ML-KEM challenge); allows alice only")
         started = time.perf_counter()
-        async with connect(relay.url, alice, bob.peer_id, path_settings=paths) as session:
+        async with connect(listed, alice, bob.peer_id, path_settings=paths) as session:
             _step(
                 f"alice registered, paired and ran the hybrid X25519 + ML-KEM-768 handshake in "
                 f"{(time.perf_counter() - started) * 1e3:.1f} ms (3 messages through the relay); "
@@ -174,13 +175,15 @@ async def _relay_network(alice: Identity, bob: Identity, count: int = 3000) -> b
         scopes = [trio.CancelScope(), trio.CancelScope()]
         servers = [await nursery.start(_stoppable_relay, scope) for scope in scopes]
         urls = [server.url for server in servers]
+        listed = [f"{server.url}#{server.relay_id.to_text()}" for server in servers]  # verified
         _step(f"relays listening on {urls[0]} and {urls[1]}; both peers use the list")
         await nursery.start(
             functools.partial(
-                serve, urls, bob, [alice.peer_id], bob_counts, direct="never", path_settings=relayed
+                serve, listed, bob, [alice.peer_id], bob_counts, direct="never",
+                path_settings=relayed,
             )
         )
-        async with connect(urls, alice, bob.peer_id, direct="never", path_settings=relayed) as a:
+        async with connect(listed, alice, bob.peer_id, direct="never", path_settings=relayed) as a:
             with trio.fail_after(_PATH_WAIT_S):
                 while a.path_stats.relay_circuits < 2:
                     await trio.sleep(0.005)

@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from meshcore._client import open_relay_client
+from meshcore import open_meeting
+from meshcore._client import RelayClient, open_relay_client
 from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore.errors import RelayNotVerified
 from meshcore.proto.identity import Identity
@@ -125,6 +126,19 @@ async def test_a_relay_with_another_identity_is_refused_naming_its_url_and_the_i
     assert f"it presented the keys of relay {OTHER_RELAY.peer_id}" in message
     assert "check the relay list entry" in message
     assert relay.stats().peers == 0 and relay.stats().pending == 0
+
+
+async def test_one_relay_given_as_url_and_id_is_verified_by_connect_and_serve(
+    nursery: trio.Nursery,
+) -> None:
+    relay, _ = await start_relay(nursery, RELAY)
+    with trio.fail_after(WAIT_S):
+        async with open_meeting(f"{relay.url}#{RELAY.peer_id}", ALICE) as meeting:
+            assert isinstance(meeting, RelayClient) and meeting.verified
+    other, _ = await start_relay(nursery, OTHER_RELAY)
+    with trio.fail_after(WAIT_S), pytest.raises(RelayNotVerified):
+        async with open_meeting(f"{other.url}#{RELAY.peer_id}", ALICE):
+            pytest.fail("registered with a relay that is not the one its URL names")
 
 
 async def test_an_unverified_relay_is_logged_once_per_url(

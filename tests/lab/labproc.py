@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +31,7 @@ __all__ = [
     "missing_prerequisites",
     "run_command",
     "sweep_stale_labs",
+    "wait_until",
 ]
 
 #: Every namespace and work directory of a lab starts with this, then the owner's pid.
@@ -239,3 +240,13 @@ def missing_prerequisites() -> list[str]:
         missing.append("/dev/net/tun (load the tun module or give the container the device)")
     return missing
 
+
+def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
+    """Poll `condition` (it asks another process: a command, a scrape) until it holds, at most
+    `within` seconds; returns the seconds it took. Raises AssertionError naming `what`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        time.sleep(0.1)
+    return time.monotonic() - start

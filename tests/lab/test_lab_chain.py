@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from .labmesh import Meshcore, PeerKey, find_up_command
-from .labproc import COMMAND_TIMEOUT_S, LabError, LabProcess
+from .labproc import COMMAND_TIMEOUT_S, LabError, LabProcess, wait_until
 from .labrelays import choose_identity, relays_report
 from .netlab import Lab, Topology
-from .test_lab_network import ping_once, tunnel, wait_until
+from .test_lab_network import ping_once, tunnel
 
 MakeLab = Callable[[Topology], Lab]
 RELAYS = ("r1", "r2")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .labproc import wait_until
 from .netlab import Lab, LabProcess, Meshcore
 
 PEER_METRICS = "127.0.0.1:9101"
@@ -43,13 +42,6 @@ def start(lab: Lab, mesh: Meshcore, host: str, other: str, index: int) -> LabPro
     )
 
 
-def wait_until(check: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.2)
-
-
 def test_the_relay_and_the_tunnels_export_what_they_carried(flat_lab: Lab) -> None:
     lab = flat_lab
     mesh = Meshcore(lab)
@@ -58,7 +50,7 @@ def test_the_relay_and_the_tunnels_export_what_they_carried(flat_lab: Lab) -> No
     for up in ups:
         up.wait_for("path relay -> direct", 30)
     wait_until(lambda: value(scrape(lab, "relay", RELAY_METRICS), "meshcore_relay_circuits") == 0,
-               "the circuit's release")  # fmt: skip
+               20.0, "the circuit's release")  # fmt: skip
     done = lab.run("a", ["ping", "-n", "-q", "-c", "200", "-i", "0.01", "-s", "1000", "10.96.0.2"])
     assert b" 0% packet loss" in done.stdout, done.stdout
 

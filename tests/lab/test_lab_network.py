@@ -16,6 +16,7 @@ from typing import Any
 
 from meshcore import Identity
 
+from .labproc import wait_until
 from .labrelays import RelaySet, choose_identity, homes, peer_status, relays_report, start_up
 from .netlab import Lab, LabProcess, Meshcore, Nat, Topology
 
@@ -40,16 +41,6 @@ PORT = 5002
 
 def tunnel(host: str) -> str:
     return {"a": "10.99.0.1", "b": "10.99.0.2"}[host]
-
-
-def wait_until(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Poll `condition` (it runs a command each time) until true; seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"not within {within:g} s: {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def the_session(lab: Lab, mesh: Meshcore, host: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ from meshcore.proto.sessiontypes import (
     SessionState,
     SessionStats,
 )
-from meshcore.proto.window import WindowSizer
+from meshcore.proto.window import WindowSizer, path_caps
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -96,9 +96,6 @@ __all__ = [
 
 _MAX_RTO_S: Final = 8.0
 _FAST_RETRANSMIT_DUP_ACKS: Final = 3
-_CREDITED_WINDOW_FRAMES: Final = 256
-"""Most messages in flight on a relay circuit with credits: its bytes are bounded by the
-credit window; this bounds small ones (the receiving peer queues 512 frames per circuit)."""
 
 
 @attrs.define(slots=True)
@@ -212,12 +209,12 @@ class SessionCore:
         enough for its drop-tail circuit queue. Set it before `retransmit_unacked` when the
         path changes; a new path is measured afresh, a new cap on the same path is not."""
         s = self.settings
-        if direct:
-            frames, nbytes = s.direct_window_frames, s.direct_window_bytes
-        elif relay_cap is not None and relay_cap > s.window_bytes:  # a credited circuit
-            frames, nbytes = max(s.window_frames, _CREDITED_WINDOW_FRAMES), relay_cap
-        else:  # (a cap within the drop-tail window keeps its frame bound too)
-            frames, nbytes = s.window_frames, s.window_bytes
+        frames, nbytes = path_caps(
+            direct,
+            (s.direct_window_frames, s.direct_window_bytes),
+            (s.window_frames, s.window_bytes),
+            relay_cap,
+        )
         if (frames, nbytes) != (self._window_frames, self._window_cap):
             if self._sizer is not None and direct != self._window_direct:
                 self._sizer.reset()  # another path: measure it afresh

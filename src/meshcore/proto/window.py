@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-__all__ = ["WindowSizer"]
+__all__ = ["CREDITED_WINDOW_FRAMES", "WindowSizer", "path_caps"]
 
 _MIN_INTERVAL_S: Final = 1e-6
 """A rate sample needs at least this long (no clock resolves less)."""
@@ -171,3 +171,25 @@ class WindowSizer:
         span = max(_MIN_BANDWIDTH_WINDOW_S, 10 * (self._min_rtt or 0.0))
         while len(samples) > 1 and samples[0][0] < now - span:
             samples.popleft()
+
+
+CREDITED_WINDOW_FRAMES: Final = 256
+"""Most messages in flight on a relay circuit with credits: its bytes are bounded by the
+credit window; this bounds small ones (the receiving peer queues 512 frames per circuit)."""
+
+
+def path_caps(
+    direct: bool,
+    direct_caps: tuple[int, int],
+    relay_caps: tuple[int, int],
+    relay_cap: int | None = None,
+) -> tuple[int, int]:
+    """The (messages, bytes) a session may keep in flight on its active path: the direct
+    path's caps; on the relay, `relay_cap` (a credited circuit's window) when it is wider
+    than the drop-tail caps `relay_caps`, which otherwise hold (frames and bytes alike)."""
+    if direct:
+        return direct_caps
+    frames, nbytes = relay_caps
+    if relay_cap is not None and relay_cap > nbytes:
+        return max(frames, CREDITED_WINDOW_FRAMES), relay_cap
+    return relay_caps

@@ -71,6 +71,15 @@ class _Link:
         if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
             raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
 
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Send `messages` in order, written together; on cancellation as `send`."""
+        async with self.lock:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_SEND_SHIELD_S) as bound:
+                    await self.transport.send_many(messages)
+        if bound.cancelled_caught:
+            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
+
     def close(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
@@ -332,6 +341,30 @@ class RelayClient:
         assert link is not None  # an open circuit implies a registered connection
         await link.send(data)
 
+    async def send_relayed_many(self, circuit_id: int, payloads: Sequence[bytes]) -> None:
+        """Send `payloads` on the circuit in order (`CircuitTransport.send_many`): as many as
+        the credit covers are written together, then the next waits for credit as in
+        `send_relayed`. Raises `TransportClosed` if the circuit or the connection is gone;
+        cancelled, the payloads before the one waiting for credit have been sent."""
+        core = self._core
+        ready: list[bytes] = []
+        for payload in payloads:
+            data = core.send_relayed(circuit_id, payload)
+            if data is None:  # out of credit: send what is ready, then wait as one send
+                if ready:
+                    await self._send_now(ready)
+                    ready = []
+                await self.send_relayed(circuit_id, payload)
+            else:
+                ready.append(data)
+        if ready:
+            await self._send_now(ready)
+
+    async def _send_now(self, messages: list[bytes]) -> None:
+        link = self._link
+        assert link is not None  # an open circuit implies a registered connection
+        await link.send_many(messages)
+
     def max_window(self, circuit_id: int) -> int:
         """The largest window a session may use on the circuit (`CircuitTransport.max_window`)."""
         return self._core.max_window(circuit_id)
@@ -399,8 +432,8 @@ class RelayClient:
                 now = trio.current_time()
                 await self._run(self._core.connection_opened(local, now, credited=credited))
                 while True:
-                    data = await transport.receive()
-                    await self._run(self._core.receive_data(data, trio.current_time()))
+                    for data in await transport.receive_batch():
+                        await self._run(self._core.receive_data(data, trio.current_time()))
         except TransportClosed as exc:
             reason = exc.reason
         self._execute(self._core.connection_lost(reason, trio.current_time()))

@@ -439,14 +439,18 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         with self._lock:
             now = self._clock.current_time()
             receive = self._paths.receive_frame
-            for data in frames:
-                if data and data[0] == _FRAME:
-                    if _trace.ENABLED:
-                        _trace.parent = _trace.key(data)
-                    receive(data, link, now)
-                    if _trace.ENABLED:
-                        _trace.mark("session.opened", data)
-                # anything else: late handshake retransmissions and the like
+            self._core.coalesce_acks(True, now)
+            try:
+                for data in frames:
+                    if data and data[0] == _FRAME:
+                        if _trace.ENABLED:
+                            _trace.parent = _trace.key(data)
+                        receive(data, link, now)
+                        if _trace.ENABLED:
+                            _trace.mark("session.opened", data)
+                    # anything else: late handshake retransmissions and the like
+            finally:
+                self._core.coalesce_acks(False, now)
             self._changed()
         _trace.parent = 0
 

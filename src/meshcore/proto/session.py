@@ -141,6 +141,7 @@ class SessionCore:
         self._events: list[SessionEvent] = []
         self._outbox: list[tuple[Hashable, bytes]] = []
         self._dup_acks = 0
+        self._coalescing = False
         self._window_frames = self.settings.window_frames
         self._window_cap = self.settings.window_bytes
         self._window_direct = False
@@ -506,12 +507,19 @@ class SessionCore:
     def _owe_ack(self, now: float, *, urgent: bool, nbytes: int = 0) -> None:
         inbound = self._in
         inbound.owe(now, nbytes)
-        s = self.settings
-        if (
-            urgent
-            or inbound.owed_frames >= s.ack_every_frames
-            or inbound.owed_bytes >= s.ack_every_bytes
-        ):
+        if urgent or (not self._coalescing and self._ack_due()):
+            self._send_ack(now)
+
+    def _ack_due(self) -> bool:
+        s, inbound = self.settings, self._in
+        return inbound.owed_frames >= s.ack_every_frames or inbound.owed_bytes >= s.ack_every_bytes
+
+    def coalesce_acks(self, on: bool, now: float) -> None:
+        """From `coalesce_acks(True, now)` to `coalesce_acks(False, now)` (around a batch of
+        frames read at once), acknowledgements due by count wait, and the end sends one for
+        all of them: one ack per batch instead of one per 16 KiB (urgent ones still go)."""
+        self._coalescing = on
+        if not on and self.state is SessionState.OPEN and self._ack_due():
             self._send_ack(now)
 
     def _send_ack(self, now: float) -> None:

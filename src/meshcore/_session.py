@@ -134,6 +134,9 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         self._window_blocked = False
         self._stashed: list[SessionEvent | PingAnswered] = []
         self._kick_pending = False
+        self._handoff: list[tuple[Link, bytes]] = []
+        """Frames routed to trio links from other threads, not yet queued on them."""
+        self._handoff_pending = False
         self._waiters = 0
         self._threaded = 0
         self._handshake = result
@@ -472,7 +475,10 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         """Hand the core's frames to the links they go on (a trio link's queue is trio's:
         from another thread the frame is handed over in order through trio's token)."""
         off_trio = threading.get_ident() != self._trio_thread
-        handed: list[tuple[Link, bytes]] = []
+        if not off_trio and self._handoff:  # what other threads routed first goes first
+            handed, self._handoff = self._handoff, []
+            _push_all(handed)
+        handed = []
         for link, frame in self._paths.outbox():
             if _trace.ENABLED:
                 _trace.mark("session.sealed", frame, parent=_trace.parent)
@@ -480,8 +486,18 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
                 handed.append((cast(Link, link), frame))
             else:
                 cast(Link, link).push(frame)
-        if handed:  # one wakeup of trio for all of them
-            self._token.run_sync_soon(_push_all, handed)
+        if handed:  # one wakeup of trio for everything handed over until it runs
+            self._handoff += handed
+            if not self._handoff_pending:
+                self._handoff_pending = True
+                self._token.run_sync_soon(self._push_handoff)
+
+    def _push_handoff(self) -> None:
+        """Queue the frames other threads routed to trio links, in order (on trio)."""
+        with self._lock:
+            handed, self._handoff = self._handoff, []
+            self._handoff_pending = False
+        _push_all(handed)
 
     def _new_link(self, transport: Transport, kind: str) -> Link:
         """A link for `transport`: one the data path's thread serves, for a direct

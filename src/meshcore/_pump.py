@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from meshcore import _trace
+from meshcore._datagramport import DatagramPort
 from meshcore._iothread import IoThread
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
@@ -64,6 +65,10 @@ class LinkStats:
     bad_messages: int = 0
     """Messages from this peer that did not decode into frames."""
     sessions: int = 0
+    datagrams_out: int = 0
+    """Frames sent by UDP (the session's datagram path), past the queue."""
+    datagrams_in: int = 0
+    """Frames that arrived by UDP."""
 
 
 class _Link:
@@ -176,6 +181,9 @@ class FramePump:
         self._changed = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
+        self.datagram_port: DatagramPort | None = None
+        """Where sessions send small frames by UDP while their path is direct (set by
+        `run_tunnel` once the shared port is known; None: every frame goes reliably)."""
 
     # ----------------------------------------------------------------- queries
     @property
@@ -270,6 +278,16 @@ class FramePump:
                 self.dropped_no_session += 1
                 continue
             stats = link.stats
+            session = link.session
+            if (
+                session is not None
+                and len(frame) <= session.datagram_limit
+                and session.send_datagram(frame)
+            ):  # by UDP, past the queue: nothing waits, and the path's loss is the frame's
+                stats.frames_out += 1
+                stats.bytes_out += len(frame)
+                stats.datagrams_out += 1
+                continue
             with link.lock:
                 stats.dropped_queue_full += link.queue.enqueue(frame, now)
             stats.frames_out += 1
@@ -351,6 +369,25 @@ class FramePump:
             stats.frames_in += 1
             stats.bytes_in += len(frame)
 
+    def _deliver_datagram(self, link: _Link, frame: bytes) -> None:
+        """Write one frame that came by datagram from `link`'s peer to the device."""
+        stats = link.stats
+        stats.datagrams_in += 1
+        with self._switch_lock:
+            accepted = self.switch.from_peer(link.peer, memoryview(frame)[self._header :], _clock())
+        if not accepted:
+            stats.dropped_invalid += 1
+            return
+        try:
+            os.write(self._fd, frame)
+        except OSError:
+            stats.dropped_write += 1
+            return
+        if _trace.ENABLED:
+            _trace.mark_frame("tap.write", frame)
+        stats.frames_in += 1
+        stats.bytes_in += len(frame)
+
     async def _receive_loop(self, link: _Link) -> None:
         channel = link.channel
         while True:
@@ -373,11 +410,16 @@ class FramePump:
         if self._io is not None:
             session.use_io_thread(self._io)
         session.attach_receiver(partial(self._delivered, link), partial(self._drain, link))
+        session.attach_datagram_receiver(partial(self._deliver_datagram, link))
+        if self.datagram_port is not None:
+            session.use_datagram_port(self.datagram_port)
         try:
             self._drain(link)
             while True:
                 await session.receive()  # nothing arrives here while the receiver is set
         finally:
+            session.release_datagram_port()
+            session.attach_datagram_receiver(None)
             session.detach_receiver()
 
     # ----------------------------------------------------------------- links

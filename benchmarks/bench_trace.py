@@ -193,7 +193,9 @@ def breakdown(a: Trace, b: Trace) -> dict[str, object]:
     }
 
 
-def trace_path(situation: str, via_relay: bool, pings: int, interval: float) -> dict[str, object]:
+def trace_path(
+    situation: str, via_relay: bool, pings: int, interval: float, load: bool = False
+) -> dict[str, object]:
     """One lab: meshcore up on a and b with tracing on, pings a -> b, the breakdown."""
     with tempfile.TemporaryDirectory(prefix="meshcore-trace-") as tmp:
         os.environ[TRACE_ENV] = tmp
@@ -214,6 +216,13 @@ def trace_path(situation: str, via_relay: bool, pings: int, interval: float) -> 
                 target = TUNNEL_NET.format(2)
                 wait_reachable(lab, target)
                 ping_times(lab, "a", target, 20)
+                if load:  # one iperf3 stream a -> b for the whole ping run
+                    lab.popen("b", ["iperf3", "-s", "-p", "5201", "--forceflush"]).wait_for(
+                        "Server listening", 10
+                    )
+                    seconds = str(round(pings * interval + 10))
+                    lab.popen("a", ["iperf3", "-c", target, "-p", "5201", "-t", seconds])
+                    time.sleep(2.0)  # past slow start; iperf3 has no event for it
                 argv = ["ping", "-n", "-c", str(pings), "-i", str(interval), "-W", "3", target]
                 done = lab.run("a", argv, check=False, timeout=pings * interval * 3 + 30)
                 times = [
@@ -267,6 +276,7 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between pings")
     parser.add_argument("--situation", default="flat", choices=sorted(SITUATIONS))
+    parser.add_argument("--load", action="store_true", help="ping while one iperf3 stream runs")
     args = parser.parse_args()
     paths = [p.strip() for p in args.path.split(",") if p.strip()]
     if not paths or any(p not in ("direct", "relay") for p in paths):
@@ -278,7 +288,9 @@ def main() -> int:
     load_before = os.getloadavg()
     results = {}
     for path in paths:
-        results[path] = trace_path(args.situation, path == "relay", args.pings, args.interval)
+        results[path] = trace_path(
+            args.situation, path == "relay", args.pings, args.interval, args.load
+        )
         print_result(f"{args.situation}, {path}", results[path])
     load_after = os.getloadavg()
     print(f"\nload average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
@@ -288,6 +300,7 @@ def main() -> int:
         "situation": args.situation,
         "pings": args.pings,
         "interval_s": args.interval,
+        "load": args.load,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -165,9 +165,13 @@ class FramePump:
         batch_frames: int = TUNNEL_READ_BATCH_FRAMES,
         queue: FqCodelSettings | None = None,
         io: IoThread | None = None,
+        device_io: IoThread | None = None,
     ) -> None:
         self._fd = fd
         self._io = io
+        self._device_io = device_io or io
+        """The thread that reads the device (and, in the tunnel, the datagram port): a
+        second one beside `io` keeps a lone frame from waiting behind `io`'s bulk work."""
         self._switch_lock = threading.Lock()
         self._header = vnet_header_bytes
         self._queue = attrs.evolve(queue or FqCodelSettings(), limit_bytes=queue_bytes)
@@ -215,7 +219,7 @@ class FramePump:
         Raises `MeshError` if the device fails (it was removed under us).
         """
         buffer = bytearray(self._header + TUNNEL_MAX_RECORD_BYTES)
-        io = self._io
+        io = self._device_io
         if io is None:
             while True:
                 await trio.lowlevel.wait_readable(self._fd)
@@ -255,9 +259,14 @@ class FramePump:
                 _trace.mark_frame("tap.wake", view[:size], at=woke)
                 _trace.mark_frame("tap.read", view[:size])
             self._admit(bytes(view[:size]), touched)
+        bulk = self._io
+        handed = bulk is not None and bulk is not self._device_io
         for link in touched:
             if link.session is not None:
-                self._drain(link)
+                if handed:  # sealing and writing whole messages is the bulk thread's work
+                    bulk.call_soon(self._drain, link)  # type: ignore[union-attr]
+                else:
+                    self._drain(link)
             elif link.idle:
                 link.idle = False
                 if threading.get_ident() == self._trio_thread:

@@ -118,11 +118,14 @@ async def run_tunnel(
     the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
-    async with open_io_thread() as io:
-        pump = FramePump(fd, vnet_header_bytes, unique, io=io)
+    async with (
+        open_io_thread("meshcore-data") as io,
+        open_io_thread("meshcore-device") as device_io,
+    ):
+        pump = FramePump(fd, vnet_header_bytes, unique, io=io, device_io=device_io)
         async with open_hidden_nursery() as nursery:
             nursery.start_soon(pump.run_device_reader)
-            nursery.start_soon(_keep_relay, pump, config, io)
+            nursery.start_soon(_keep_relay, pump, config, device_io)
             task_status.started(pump)
             await trio.sleep_forever()
 

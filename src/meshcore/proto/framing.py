@@ -187,7 +187,12 @@ def peek_datagram_index(data: bytes | bytearray | memoryview) -> int:
     """The receiver index of a sealed datagram, to route it to its session before
     decrypting (nothing is authenticated yet). Raises DecodeError like
     `decode_datagram_header_untrusted`."""
-    return decode_datagram_header_untrusted(data).receiver_index
+    size = len(data)
+    if MIN_FRAME_BYTES <= size <= MAX_FRAME_BYTES:
+        word0, receiver_index, _ = _unpack_header(data)
+        if word0 & 0xFF == _DATAGRAM_WORD0 and word0 >> 8 in DATAGRAM_KINDS:
+            return int(receiver_index)
+    return decode_datagram_header_untrusted(data).receiver_index  # raises, naming why
 
 
 def _check_key(key: bytes, index: int, what: str) -> None:
@@ -359,11 +364,17 @@ class ReceiveKey:
         Raises like `open` (DecodeError for a header that is not a datagram's); a replay is
         checked against the datagrams' own window.
         """
-        header = decode_datagram_header_untrusted(data)
+        size = len(data)
+        if size < MIN_FRAME_BYTES or size > MAX_FRAME_BYTES:
+            decode_datagram_header_untrusted(data)  # raises, naming why
+        word0, receiver_index, counter = _unpack_header(data)
+        kind = word0 >> 8
+        if word0 & 0xFF != _DATAGRAM_WORD0 or kind not in DATAGRAM_KINDS:
+            decode_datagram_header_untrusted(data)  # raises, naming why
         plaintext = self._open(
-            data, now, header.receiver_index, header.counter, self._datagram_window, "datagram"
+            data, now, receiver_index, counter, self._datagram_window, "datagram"
         )
-        return header.flags, plaintext
+        return kind, plaintext
 
     def _open(
         self,

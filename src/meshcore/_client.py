@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from meshcore._circuit import CircuitTransport, Invitation, Pairing
+from meshcore._clientlink import ClientLink, send_quietly
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
 from meshcore._sharedport import open_shared_port_listener
@@ -44,46 +45,9 @@ _INVITE_QUEUE = 64
 _UNVERIFIED: set[str] = set()
 """Relay URLs already logged as unverified in this process (logged once each)."""
 _CREDIT = (RELAY_CREDIT_SUBPROTOCOL,)  # the relay grants per-circuit credit (docs/relay.md)
-_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 
 
 _Result = Pairing | CircuitTransport | Exception
-
-
-class _Link:
-    """One connection to the relay: its transport, the lock its senders share, and the
-    reader's cancel scope, cancelled to close it."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.lock = trio.Lock()
-        self.scope = trio.CancelScope()
-        self.close_reason: str | None = None
-
-    async def send(self, data: bytes) -> None:
-        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
-        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
-        connection every circuit shares (a circuit's writer is cancelled on its release)."""
-        async with self.lock:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(_SEND_SHIELD_S) as bound:
-                    await self.transport.send(data)
-        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
-            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
-
-    async def send_many(self, messages: list[bytes]) -> None:
-        """Send `messages` in order, written together; on cancellation as `send`."""
-        async with self.lock:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(_SEND_SHIELD_S) as bound:
-                    await self.transport.send_many(messages)
-        if bound.cancelled_caught:
-            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
-
-    def close(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-            self.scope.cancel()
 
 
 class RelayClient:
@@ -146,7 +110,7 @@ class RelayClient:
         )
         self._refusal: str | None = None
         """The last reason a relay was refused for its identity (logged when it changes)."""
-        self._link: _Link | None = None
+        self._link: ClientLink | None = None
         self._circuits: dict[int, CircuitTransport] = {}
         self._waiters: dict[int, trio.MemorySendChannel[_Result]] = {}
         self._tickets = itertools.count(1)
@@ -423,7 +387,7 @@ class RelayClient:
                 raise self._fatal
 
     async def _serve_connection(self, transport: Transport, credited: bool) -> None:
-        link = self._link = _Link(transport)
+        link = self._link = ClientLink(transport)
         reason = "relay closed the connection"
         try:
             with link.scope:
@@ -453,7 +417,7 @@ class RelayClient:
             link = self._link
             sends = self._execute(self._core.handle_timer(trio.current_time()))
             if sends and link is not None:
-                nursery.start_soon(_send_quietly, link, sends)
+                nursery.start_soon(send_quietly, link, sends)
 
     # ----------------------------------------------------------------- outputs
     async def _request(
@@ -640,14 +604,6 @@ def _invited(i: Invitation) -> ev.Invited:
 def _invitation(out: ev.Invited, accepted: Pairing | None = None) -> Invitation:
     keys, where = (out.x25519_public, out.kem_public), (out.observed, out.candidates)
     return Invitation(out.request_id, out.initiator, *keys, *where, out.connection, accepted)
-
-
-async def _send_quietly(link: _Link, sends: list[bytes]) -> None:
-    try:
-        for data in sends:
-            await link.send(data)
-    except TransportClosed:
-        pass  # the reader sees the connection end
 
 
 async def _discard(result: _Result) -> None:

@@ -92,11 +92,6 @@ looks at the deadlines at least this often, so those threads need wake trio only
 is due sooner."""
 
 
-def _push_all(frames: list[tuple[Link, bytes]]) -> None:
-    """Queue frames handed over from another thread on their trio links, in order."""
-    for link, frame in frames:
-        link.push(frame)
-
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
@@ -484,9 +479,8 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         from another thread the frame is handed over in order through trio's token)."""
         off_trio = threading.get_ident() != self._trio_thread
         if not off_trio and self._handoff:  # what other threads routed first goes first
-            handed, self._handoff = self._handoff, []
-            _push_all(handed)
-        handed = []
+            self._push_handoff()
+        handed: list[tuple[Link, bytes]] = []
         for link, frame in self._paths.outbox():
             if _trace.ENABLED:
                 _trace.mark("session.sealed", frame, parent=_trace.parent)
@@ -505,7 +499,8 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         with self._lock:
             handed, self._handoff = self._handoff, []
             self._handoff_pending = False
-        _push_all(handed)
+        for link, frame in handed:
+            link.push(frame)
 
     def _new_link(self, transport: Transport, kind: str) -> Link:
         """A link for `transport`: one the data path's thread serves, for a direct

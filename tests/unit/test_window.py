@@ -9,12 +9,7 @@ import pytest
 
 from meshcore.proto.framing import KeyRing, ReceiveKey, SendKey
 from meshcore.proto.session import SessionCore, SessionSettings
-from meshcore.proto.window import (
-    CREDITED_RTT_FLOOR_S,
-    RTT_FLOOR_S,
-    WindowSizer,
-    path_rtt_floor,
-)
+from meshcore.proto.window import WindowSizer
 
 MESSAGE = 16 * 1024
 CAP = 8 * 1024 * 1024
@@ -132,38 +127,6 @@ def test_a_minimum_rtt_of_small_messages_does_not_starve_large_ones() -> None:
         window = sizer.window(CAP)
         assert (window >= 1.9 * bandwidth * 0.001) is enough
         assert (window >= 2 * 64 * 1024) is enough  # two messages in flight: both peers busy
-
-
-def test_a_credited_relay_circuit_holds_a_longer_floor_of_its_rate() -> None:
-    """Through the relay a message is stored and forwarded by three processes: a small
-    message's RTT minimum leaves a full one's pipeline empty, so the floor there is longer."""
-    assert path_rtt_floor(True, None) == path_rtt_floor(False, None) == RTT_FLOOR_S
-    assert path_rtt_floor(True, 4 << 20) == RTT_FLOOR_S  # the cap of a direct path: unused
-    assert path_rtt_floor(False, 4 << 20) == CREDITED_RTT_FLOOR_S > RTT_FLOOR_S
-    sizer = WindowSizer(min_bytes=32 * 1024)
-    sizer.on_sent(0, 0.0, idle=True)
-    sizer.on_acked(0, 100, 0.0005)  # a lone small message: 0.5 ms
-    path = Path(sizer, rate=40e6, rtt=0.0005)
-    path.seq = 1
-    path.run(0.2, message=64 * 1024)
-    bandwidth = sizer.bandwidth
-    assert bandwidth is not None
-    short = sizer.window(CAP)
-    sizer.rtt_floor = CREDITED_RTT_FLOOR_S
-    assert sizer.window(CAP) == pytest.approx(2 * bandwidth * CREDITED_RTT_FLOOR_S, rel=0.01)
-    assert sizer.window(CAP) > short
-    with pytest.raises(ValueError):
-        sizer.rtt_floor = -0.001
-
-
-def test_a_session_core_takes_the_floor_of_its_path() -> None:
-    a, _ = cores(SessionSettings(dead_after_s=None))
-    sizer = a.window_sizer
-    assert sizer is not None and sizer.rtt_floor == RTT_FLOOR_S
-    a.use_direct_window(False, 0.0, relay_cap=4 * 1024 * 1024)
-    assert sizer.rtt_floor == CREDITED_RTT_FLOOR_S
-    a.use_direct_window(True, 0.0)
-    assert sizer.rtt_floor == RTT_FLOOR_S
 
 
 def test_settings_refuse_nonsense() -> None:

@@ -71,7 +71,7 @@ from meshcore.proto.sessiontypes import (
     SessionState,
     SessionStats,
 )
-from meshcore.proto.window import WindowSizer, path_caps, path_rtt_floor
+from meshcore.proto.window import WindowSizer, path_caps
 from meshcore.proto.wire import clip_reason
 
 __all__ = [
@@ -210,8 +210,6 @@ class SessionCore:
         enough for its drop-tail circuit queue. Set it before `retransmit_unacked` when the
         path changes; a new path is measured afresh, a new cap on the same path is not."""
         s = self.settings
-        if self._sizer is not None:
-            self._sizer.rtt_floor = path_rtt_floor(direct, relay_cap)
         frames, nbytes = path_caps(
             direct,
             (s.direct_window_frames, s.direct_window_bytes),

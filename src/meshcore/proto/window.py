@@ -20,9 +20,7 @@ message takes a good part of a millisecond to seal, write, read and open. A wind
 such message leaves the two peers taking turns instead of working at once, and the rate it
 measures then holds the window where it is (BBR keeps an offload budget of a few send quanta
 in its cwnd for the same reason). With the floor, what the window may add to a queue is
-bounded in time: `gain` x `rtt_floor_s` at the rate measured, 2 ms. On a credited relay
-circuit the floor is CREDITED_RTT_FLOOR_S (4 ms: a message is stored and forwarded three
-times there), and the relay's credit window (`Transport.max_window`) is the cap.
+bounded in time: `gain` x `rtt_floor_s` at the rate measured, 2 ms.
 """
 
 from __future__ import annotations
@@ -30,17 +28,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-__all__ = [
-    "CREDITED_RTT_FLOOR_S",
-    "CREDITED_WINDOW_FRAMES",
-    "RTT_FLOOR_S",
-    "WindowSizer",
-    "path_caps",
-    "path_rtt_floor",
-]
+__all__ = ["CREDITED_WINDOW_FRAMES", "WindowSizer", "path_caps"]
 
-RTT_FLOOR_S: Final = 0.001
-"""The least RTT the window's product uses (see the module docstring)."""
 _MIN_INTERVAL_S: Final = 1e-6
 """A rate sample needs at least this long (no clock resolves less)."""
 _MIN_BANDWIDTH_WINDOW_S: Final = 0.05
@@ -75,7 +64,7 @@ class WindowSizer:
         gain: float = 2.0,
         min_rtt_window_s: float = 10.0,
         probe_s: float = 0.2,
-        rtt_floor_s: float = RTT_FLOOR_S,
+        rtt_floor_s: float = 0.001,
     ) -> None:
         if min_bytes < 1 or gain < 1.0 or min_rtt_window_s <= 0 or probe_s <= 0:
             raise ValueError("min_bytes >= 1, gain >= 1 and positive times required")
@@ -97,17 +86,6 @@ class WindowSizer:
         self._first_sent_time = 0.0
 
     # ------------------------------------------------------------------ queries
-    @property
-    def rtt_floor(self) -> float:
-        """The least RTT (seconds) the window's product uses."""
-        return self._rtt_floor
-
-    @rtt_floor.setter
-    def rtt_floor(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("rtt_floor must not be negative")
-        self._rtt_floor = seconds
-
     @property
     def min_rtt(self) -> float | None:
         """The round-trip propagation time estimate (seconds), once measured."""
@@ -198,22 +176,6 @@ class WindowSizer:
 CREDITED_WINDOW_FRAMES: Final = 256
 """Most messages in flight on a relay circuit with credits: its bytes are bounded by the
 credit window; this bounds small ones (the receiving peer queues 512 frames per circuit)."""
-
-
-CREDITED_RTT_FLOOR_S: Final = 0.004
-"""The RTT floor of the window on a credited relay circuit. Through the relay a message is
-stored and forwarded by three processes (sender, relay, receiver), each reading and writing
-whole WebSocket messages: the RTT minimum of a small message leaves a full message's
-pipeline empty, and the 1 ms floor held relayed bulk traffic to two or three messages in
-flight (measured in the flat lab: the window stayed near 100 KiB at an RTT of 5 ms under load
-against 1.5 ms idle). The relay's credit bounds what waits at the relay; this bounds what the
-window may add to a queue at the sender's side to 8 ms at the rate measured."""
-
-
-def path_rtt_floor(direct: bool, relay_cap: int | None) -> float:
-    """The RTT floor for the active path: RTT_FLOOR_S on a direct or uncredited relay path,
-    CREDITED_RTT_FLOOR_S on a credited circuit (`relay_cap` given)."""
-    return RTT_FLOOR_S if direct or relay_cap is None else CREDITED_RTT_FLOOR_S
 
 
 def path_caps(

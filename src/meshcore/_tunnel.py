@@ -119,8 +119,8 @@ async def run_tunnel(
     """
     unique = tuple(dict.fromkeys(config.peers))
     async with (
-        open_io_thread("meshcore-data") as io,
-        open_io_thread("meshcore-device") as device_io,
+        open_io_thread("meshcore-data", role="bulk") as io,
+        open_io_thread("meshcore-device", role="latency") as device_io,
     ):
         pump = FramePump(fd, vnet_header_bytes, unique, io=io, device_io=device_io)
         async with open_hidden_nursery() as nursery:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 import trio
 from test_relay import ALICE, BOB, WAIT_S, ControlClient, exchange, pair, start_relay
 
+from meshcore._metrics_relay import RelayCollector
 from meshcore._relay import RelayConfig, RelayServer
 from meshcore._transport import open_transport
 from meshcore.proto import wire
@@ -163,6 +164,15 @@ async def test_spoofed_short_oversized_and_closed_tokens_are_dropped_and_counted
             assert server.counters().udp.dropped["unknown_token"] == 4
             assert nothing_arrives(sa) and nothing_arrives(sb)
             assert server.counters().udp.forwarded == 0
+        metrics = {
+            (s.name, tuple(s.labels.items())): s.value
+            for family in RelayCollector(server).collect()
+            for s in family.samples
+        }
+        assert metrics["meshcore_relay_udp_dropped_packets_total", (("reason", "oversized"),)] == 1
+        assert metrics["meshcore_relay_udp_dropped_packets_total", (("reason", "rate"),)] == 0
+        assert metrics["meshcore_relay_udp_received_packets_total", ()] == 8
+        assert metrics["meshcore_relay_udp_circuits", ()] == 0
 
 
 async def test_a_side_over_its_packet_rate_is_dropped_and_counted(nursery: trio.Nursery) -> None:

@@ -230,10 +230,12 @@ def nebula(lab: Lab) -> Iterator[str]:
             daemon.stop()
 
 
-def meshcore_tap(via_relay: bool) -> Setup:
+def meshcore_tap(via_relay: bool, *, datagrams: bool = True) -> Setup:
     """meshcore's TAP tunnel (`meshcore-peer up`) between a and b, the relay in the relay
     namespace. `via_relay` cuts a <-> b on the router, so the relay is the only way;
-    otherwise the setup returns once both peers logged their move to the direct path."""
+    otherwise the setup returns once both peers logged their move to the direct path.
+    `datagrams=False` carries every frame by the session (the baseline of the datagram
+    path, docs/datagram.md)."""
 
     @contextmanager
     def setup(lab: Lab) -> Iterator[str]:
@@ -242,8 +244,9 @@ def meshcore_tap(via_relay: bool) -> Setup:
         if via_relay:
             lab.block("a", "b")
         ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
+        toml = "" if datagrams else "datagrams = false\n"
         ups = [
-            mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24")
+            mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24", extra_toml=toml)
             for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1)
         ]
         if not via_relay:
@@ -266,6 +269,7 @@ def wait_for_device(lab: Lab, host: str, name: str, timeout: float = 10.0) -> No
 TUNNELS: dict[str, Setup] = {
     "bare": bare,
     "meshcore-direct": meshcore_tap(via_relay=False),
+    "meshcore-direct-tcp": meshcore_tap(via_relay=False, datagrams=False),
     "meshcore-relay": meshcore_tap(via_relay=True),
     "n2n": n2n,
     "tinc": tinc,

@@ -23,7 +23,7 @@ from meshcore import _trace
 from meshcore._circuit import CircuitTransport
 from meshcore._datagramport import DatagramPort
 from meshcore._direct import FramedTransport
-from meshcore._link import Link
+from meshcore._link import Link, LinkTraffic
 from meshcore.errors import KeyExpired, ProtocolError
 from meshcore.proto.datagram import (
     Address,
@@ -68,6 +68,7 @@ class SessionDatagrams:
         _wake_timer: trio.Event
         _timer_at: float
         _peer_id: PeerId
+        _traffic: LinkTraffic
 
     def _init_datagrams(self) -> None:
         self._dport: DatagramPort | None = None
@@ -150,6 +151,9 @@ class SessionDatagrams:
             return False
         if _trace.ENABLED:
             _trace.mark("dgram.sent", sealed)
+        sent = self._traffic.direct_sent  # a datagram path is a direct one: counted with it
+        sent[0] += 1
+        sent[1] += len(sealed)
         self.datagram_stats.sent += 1
         return True
 
@@ -176,6 +180,9 @@ class SessionDatagrams:
                     self.datagram_stats.dropped += 1
                     return
                 self.datagram_stats.received += 1
+                received = self._traffic.direct_received
+                received[0] += 1
+                received[1] += len(data)
                 if _trace.ENABLED:
                     _trace.mark_frame("dgram.opened", plaintext, parent=_trace.key(data))
                 deliver(plaintext)

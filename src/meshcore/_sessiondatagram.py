@@ -151,7 +151,8 @@ class SessionDatagrams:
             return False
         if _trace.ENABLED:
             _trace.mark("dgram.sent", sealed)
-        sent = self._traffic.direct_sent  # a datagram path is a direct one: counted with it
+        traffic = self._traffic  # counted with the path it belongs to: direct, or the relay's
+        sent = traffic.relay_sent if prefix else traffic.direct_sent
         sent[0] += 1
         sent[1] += len(sealed)
         self.datagram_stats.sent += 1
@@ -180,7 +181,9 @@ class SessionDatagrams:
                     self.datagram_stats.dropped += 1
                     return
                 self.datagram_stats.received += 1
-                received = self._traffic.direct_received
+                traffic = self._traffic
+                relayed = self._dprefix and source == self._dpath.candidate
+                received = traffic.relay_received if relayed else traffic.direct_received
                 received[0] += 1
                 received[1] += len(data)
                 if _trace.ENABLED:

@@ -61,8 +61,9 @@ class TunnelConfig:
     """Called with the relay connection (or network) once registered, and with None when it
     is gone (for `meshcore-peer relays`)."""
     datagrams: bool = True
-    """On direct paths, send frames that fit one UDP datagram by UDP on the shared port
-    number (docs/datagram.md); False: every frame goes by the reliable session."""
+    """On direct paths (and through relays that forward datagrams), send frames that fit
+    one UDP datagram by UDP on the shared port number (docs/datagram.md); False: every
+    frame goes by the reliable session."""
 
     @property
     def relay_name(self) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,24 +24,36 @@ import pytest
 from meshcore import Identity, PeerId
 
 F = TypeVar("F", bound=Callable[..., Any])
-_MISSING = [
-    what
-    for what, ok in (
+
+
+def tap_prerequisites(*, ping: bool = False) -> list[str]:
+    """What this machine lacks to build network namespaces with TAP devices (and, with `ping`,
+    to ping across them); empty when nothing is missing."""
+    needs = [
         ("root (CAP_NET_ADMIN)", os.geteuid() == 0),
         ("/dev/net/tun", os.path.exists("/dev/net/tun")),
-        ("the ip command", subprocess.run(["which", "ip"], capture_output=True).returncode == 0),
-        ("ping", subprocess.run(["which", "ping"], capture_output=True).returncode == 0),
+        ("the ip command", shutil.which("ip") is not None),
+    ]
+    if ping:
+        needs.append(("ping", shutil.which("ping") is not None))
+    return [what for what, ok in needs if not ok]
+
+
+def tap_marker(kind: str, missing: list[str]) -> Callable[[F], F]:
+    """A decorator that marks a test `lab` and skips it loudly, naming `kind` and what is
+    missing, on a machine that lacks anything in `missing`."""
+    skip = pytest.mark.skipif(
+        bool(missing), reason=f"{kind} SKIPPED, this machine lacks: " + ", ".join(missing)
     )
-    if not ok
-]
-_SKIP = pytest.mark.skipif(
-    bool(_MISSING), reason="TAP MESH TESTS SKIPPED, this machine lacks: " + ", ".join(_MISSING)
-)
+
+    def mark(test: F) -> F:
+        return pytest.mark.lab(skip(test))  # type: ignore[no-any-return]
+
+    return mark
 
 
-def needs_tap(test: F) -> F:
-    """Builds network namespaces with TAP devices: marked `lab`, skipped loudly without root."""
-    return pytest.mark.lab(_SKIP(test))  # type: ignore[no-any-return]
+needs_tap = tap_marker("TAP MESH TESTS", tap_prerequisites(ping=True))
+"""Builds network namespaces with TAP devices: marked `lab`, skipped loudly without root."""
 
 
 _PREFIX = "mctun"

@@ -52,6 +52,7 @@ from meshcore.proto.relayauth import answer_challenge, challenge_relay, prove_re
 from relayprocs import (
     UNLIMITED,
     RelayProcess,
+    answer_pings,
     cpu_seconds,
     expect,
     pair,
@@ -84,10 +85,7 @@ async def idle_peers(n: int) -> dict[str, Any]:
             try:
                 async with registered_peer(relay.url, identity) as transport:
                     task_status.started()
-                    while True:  # idle, but answer the relay's pings
-                        msg = wire.decode_control_untrusted(await transport.receive())
-                        if isinstance(msg, wire.Ping):
-                            await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+                    await answer_pings(transport)
             except Exception:
                 failures += 1
                 raise

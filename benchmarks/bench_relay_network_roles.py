@@ -37,9 +37,8 @@ from meshcore import (
     open_peer_session,
     serve,
 )
-from meshcore.proto import wire
 from meshcore.proto.rendezvous import rendezvous_relays
-from relayprocs import registered_peer  # the script's own directory is on sys.path
+from relayprocs import answer_pings, registered_peer  # the script's own directory is on sys.path
 
 END = b"end"
 PAUSE_S = 0.001
@@ -157,10 +156,7 @@ async def role_load(relays: list[str], peers: int, k: int) -> None:
         try:
             async with registered_peer(url, identity) as transport:
                 task_status.started()
-                while True:  # idle, but answer the relay's pings
-                    msg = wire.decode_control_untrusted(await transport.receive())
-                    if isinstance(msg, wire.Ping):
-                        await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+                await answer_pings(transport)
         except Exception:
             failures += 1
             task_status.started()

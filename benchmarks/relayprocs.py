@@ -162,6 +162,14 @@ async def pair(a: WebSocketTransport, b: WebSocketTransport, target: Identity, r
     return int(paired.circuit_id)
 
 
+async def answer_pings(transport: WebSocketTransport) -> None:
+    """Stay idle on a registered connection, answering the relay's pings, until it ends."""
+    while True:
+        msg = wire.decode_control_untrusted(await transport.receive())
+        if isinstance(msg, wire.Ping):
+            await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+
+
 @asynccontextmanager
 async def registered_peer(url: str, identity: Identity) -> AsyncIterator[WebSocketTransport]:
     async with open_transport(url) as transport:

@@ -71,7 +71,9 @@ def peer_label(row: Row) -> str:
 
 def _via(row: Row) -> str:
     if row.get("path") == "direct":
-        return f"direct {row.get('remote_address') or '?'}"
+        udp = row.get("datagram_path")
+        datagrams = f" (udp {udp})" if udp and udp != "off" else ""
+        return f"direct {row.get('remote_address') or '?'}{datagrams}"
     relay = row.get("relay") or row.get("remote_address") or "?"
     return f'relay "{relay}"'
 

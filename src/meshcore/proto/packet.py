@@ -42,6 +42,9 @@ class PacketType(enum.IntEnum):
     """`Resume` (`resume.py`)."""
     RESUME_ACK = 6
     """`ResumeAck` (`resume.py`)."""
+    DATAGRAM = 7
+    """A sealed datagram of the session's unreliable channel: a transport frame's layout
+    with its own replay window (`framing.py`, docs/datagram.md)."""
 
 
 _BY_BYTE: Final[dict[int, PacketType]] = {int(t): t for t in PacketType}
@@ -59,8 +62,9 @@ def packet_type_of(data: bytes | bytearray | memoryview) -> PacketType | None:
 
 @attrs.frozen
 class SealedFrame:
-    """A transport frame as it arrived: its checked header and the whole frame, still sealed
-    (open it with the receive key its `header.receiver_index` names)."""
+    """A transport frame or a datagram (`header.type`) as it arrived: its checked header and
+    the whole packet, still sealed (open it with the receive key its `header.receiver_index`
+    names)."""
 
     header: FrameHeader
     frame: bytes = attrs.field(repr=lambda frame: f"<{len(frame)} bytes>")
@@ -101,6 +105,10 @@ def _load_decoders() -> dict[int, Callable[[Any], Any]]:
         header = framing.decode_frame_header_untrusted(data)
         return SealedFrame(header, data if type(data) is bytes else bytes(data))
 
+    def sealed_datagram(data: bytes | bytearray | memoryview) -> SealedFrame:
+        header = framing.decode_datagram_header_untrusted(data)
+        return SealedFrame(header, data if type(data) is bytes else bytes(data))
+
     _DECODERS.update(
         {
             PacketType.HANDSHAKE_INIT: handshake_messages.decode_handshake_init_untrusted,
@@ -109,6 +117,7 @@ def _load_decoders() -> dict[int, Callable[[Any], Any]]:
             PacketType.FRAME: sealed_frame,
             PacketType.RESUME: resume.decode_resume_untrusted,
             PacketType.RESUME_ACK: resume.decode_resume_ack_untrusted,
+            PacketType.DATAGRAM: sealed_datagram,
         }
     )
     return _DECODERS

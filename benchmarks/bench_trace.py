@@ -33,12 +33,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_lab import SITUATIONS  # noqa: E402
 from bench_lab_measure import ping_times, rtt_summary, wait_reachable  # noqa: E402
-from bench_lab_tunnels import TUNNEL_NET  # noqa: E402
-from lab.netlab import Lab, LabError, Meshcore, missing_prerequisites  # noqa: E402
+from bench_lab_tunnels import TUNNEL_NET, start_meshcore_pair  # noqa: E402
+from lab.netlab import Lab, LabError, missing_prerequisites  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "trace.json"
 TRACE_ENV = "MESHCORE_TRACE"
-DIRECT_WITHIN_S = 30.0
 
 SENDER = ("tap.wake", "tap.read", "pump.take", "session.sealed", "link.take", "sock.sent")
 RECEIVER = ("sock.read", "session.opened", "session.deliver", "pump.receive", "tap.write")
@@ -201,18 +200,7 @@ def trace_path(
         os.environ[TRACE_ENV] = tmp
         try:
             with Lab(SITUATIONS[situation].topology) as lab:
-                mesh = Meshcore(lab)
-                mesh.start_relay()
-                if via_relay:
-                    lab.block("a", "b")
-                ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
-                ups = [
-                    mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24")
-                    for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1)
-                ]
-                if not via_relay:
-                    for up in ups:
-                        up.wait_for("path relay -> direct", DIRECT_WITHIN_S)
+                ups = start_meshcore_pair(lab, via_relay)
                 target = TUNNEL_NET.format(2)
                 wait_reachable(lab, target)
                 ping_times(lab, "a", target, 20)

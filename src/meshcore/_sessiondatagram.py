@@ -1,6 +1,7 @@
 """A session's unreliable datagrams (docs/datagram.md): `send_datagram` seals a payload under
 the session's keys and sends it by UDP straight to the peer while the session is on a direct
-path whose UDP twin answers probes; nothing is queued, acknowledged or retransmitted. The
+path whose UDP twin answers probes, or through the relay's UDP port while it is on a relay
+circuit whose relay forwards datagrams; nothing is queued, acknowledged or retransmitted. The
 reliable messages keep their exactly-once guarantee; a datagram arrives at most once.
 
 Which address, and whether UDP works at all, is `proto.datagram.DatagramPath`'s decision;
@@ -19,6 +20,7 @@ import attrs
 import trio
 
 from meshcore import _trace
+from meshcore._circuit import CircuitTransport
 from meshcore._datagramport import DatagramPort
 from meshcore._direct import FramedTransport
 from meshcore._link import Link, LinkTraffic
@@ -31,6 +33,7 @@ from meshcore.proto.datagram import (
     max_payload,
 )
 from meshcore.proto.framing import DATAGRAM_DATA, DATAGRAM_PROBE, DATAGRAM_REPLY
+from meshcore.proto.relayudp import relay_datagram_prefix
 
 if TYPE_CHECKING:
     from meshcore.proto.identity import PeerId
@@ -73,6 +76,10 @@ class SessionDatagrams:
         self._dlink: object = None
         self._dto: Address | None = None
         """Where datagrams go now (a cache of `_dpath.usable`, refreshed on every change)."""
+        self._dprefix = b""
+        """What goes in front of each (a relay's token), with `_dto`."""
+        self._dwaits_route = False
+        """On a relay circuit whose UDP route has not come (yet): look again on changes."""
         self._dlimit = 0
         self._duntil = float("-inf")
         self._dreceiver: Callable[[bytes], None] | None = None
@@ -84,7 +91,8 @@ class SessionDatagrams:
     ) -> None:
         """Send and receive datagrams through `port` from now on (set up once, on trio,
         before the traffic starts); the session probes its direct peer's address there
-        whenever it is on a direct path, timed by `settings`."""
+        whenever it is on a direct path (or the relay's UDP address, on a relay circuit
+        whose relay forwards datagrams), timed by `settings`."""
         self._dport = port
         port.add(self)
         with self._lock:
@@ -128,6 +136,7 @@ class SessionDatagrams:
             return False
         with self._lock:
             to, port, now = self._dto, self._dport, self._clock.current_time()
+            prefix = self._dprefix
             if to is None or port is None or now > self._duntil:
                 return False
             if self._core.close_reason is not None:
@@ -138,11 +147,12 @@ class SessionDatagrams:
                 return False
         if _trace.ENABLED:
             _trace.mark("dgram.sealed", sealed, parent=_trace.key(payload))
-        if not port.sendto(sealed, to):
+        if not port.sendto(prefix + sealed if prefix else sealed, to):
             return False
         if _trace.ENABLED:
             _trace.mark("dgram.sent", sealed)
-        sent = self._traffic.direct_sent  # a datagram path is a direct one: counted with it
+        traffic = self._traffic  # counted with the path it belongs to: direct, or the relay's
+        sent = traffic.relay_sent if prefix else traffic.direct_sent
         sent[0] += 1
         sent[1] += len(sealed)
         self.datagram_stats.sent += 1
@@ -157,6 +167,7 @@ class SessionDatagrams:
     def datagram_received(self, data: bytes, source: Address) -> None:
         """One sealed datagram from `source` (the port's reader, any thread)."""
         reply: bytes | None = None
+        prefix = b""
         with self._lock:
             now = self._clock.current_time()
             try:
@@ -170,7 +181,9 @@ class SessionDatagrams:
                     self.datagram_stats.dropped += 1
                     return
                 self.datagram_stats.received += 1
-                received = self._traffic.direct_received
+                traffic = self._traffic
+                relayed = self._dprefix and source == self._dpath.candidate
+                received = traffic.relay_received if relayed else traffic.direct_received
                 received[0] += 1
                 received[1] += len(data)
                 if _trace.ENABLED:
@@ -182,6 +195,8 @@ class SessionDatagrams:
                     reply = self._core.keys.seal_datagram(plaintext, now, DATAGRAM_REPLY)
                 except KeyExpired:
                     return
+                if source == self._dpath.candidate:  # through the relay: with our token
+                    prefix = self._dpath.prefix
             elif kind == DATAGRAM_REPLY:
                 was_up = self._dto is not None
                 try:
@@ -201,34 +216,45 @@ class SessionDatagrams:
                         )
         port = self._dport
         if reply is not None and port is not None:
-            port.sendto(reply, source)
+            port.sendto(prefix + reply if prefix else reply, source)
 
     # ----------------------------------------------------------------- for Session
     def _follow_path(self, now: float) -> None:
-        """Probe the direct peer's address while the session is direct, stop otherwise
-        (under the lock, on trio, after the paths changed)."""
+        """Probe the direct peer's address while the session is direct, the relay's UDP
+        address while it is on a circuit with a UDP route, stop otherwise (under the lock,
+        on trio, after the paths changed)."""
         link = self._paths.active_link
-        if link is self._dlink or self._dport is None:
+        if (link is self._dlink and not self._dwaits_route) or self._dport is None:
             return
         self._dlink = link
+        self._dwaits_route = False
         candidate: Address | None = None
-        if isinstance(link, Link) and isinstance(link.transport, FramedTransport):
-            remote = link.transport.remote_address
+        prefix = b""
+        transport = link.transport if isinstance(link, Link) else None
+        if isinstance(transport, FramedTransport):
+            remote = transport.remote_address
             if remote is not None:
                 candidate = self._dport.address_for(remote.host, remote.port)
+        elif isinstance(transport, CircuitTransport):
+            route = transport.udp_route
+            self._dwaits_route = route is None and transport.close_reason is None
+            if route is not None:
+                candidate = self._dport.address_for(route.host, route.port)
+                prefix = relay_datagram_prefix(route.token)
         if candidate is None:
             if self._dpath.state(now) is not DatagramState.OFF:
-                log.debug("session %s: datagram path off (not direct)", self._peer_id)
+                log.debug("session %s: datagram path off (no UDP route)", self._peer_id)
             self._dpath.stop()
         else:
-            self._dpath.start(candidate, now)
+            self._dpath.start(candidate, now, prefix)
             self._wake_timer.set()
         self._refresh(now)
 
     def _refresh(self, now: float) -> None:
         to = self._dpath.usable(now)
         self._dto, self._duntil = to, self._dpath.usable_until
-        self._dlimit = max_payload(to) if to is not None else 0
+        self._dprefix = self._dpath.prefix
+        self._dlimit = max_payload(to, len(self._dprefix)) if to is not None else 0
 
     def _datagram_timer(self) -> float | None:
         return self._dpath.timer
@@ -253,4 +279,4 @@ class SessionDatagrams:
                     sealed = None
         port = self._dport
         if sealed is not None and port is not None and probe is not None:
-            port.sendto(sealed, probe.address)
+            port.sendto(probe.prefix + sealed if probe.prefix else sealed, probe.address)

@@ -61,8 +61,9 @@ class TunnelConfig:
     """Called with the relay connection (or network) once registered, and with None when it
     is gone (for `meshcore-peer relays`)."""
     datagrams: bool = True
-    """On direct paths, send frames that fit one UDP datagram by UDP on the shared port
-    number (docs/datagram.md); False: every frame goes by the reliable session."""
+    """On direct paths (and through relays that forward datagrams), send frames that fit
+    one UDP datagram by UDP on the shared port number (docs/datagram.md); False: every
+    frame goes by the reliable session."""
 
     @property
     def relay_name(self) -> str:
@@ -119,8 +120,8 @@ async def run_tunnel(
     """
     unique = tuple(dict.fromkeys(config.peers))
     async with (
-        open_io_thread("meshcore-data") as io,
-        open_io_thread("meshcore-device") as device_io,
+        open_io_thread("meshcore-data", role="bulk") as io,
+        open_io_thread("meshcore-device", role="latency") as device_io,
     ):
         pump = FramePump(fd, vnet_header_bytes, unique, io=io, device_io=device_io)
         async with open_hidden_nursery() as nursery:

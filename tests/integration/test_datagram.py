@@ -13,6 +13,7 @@ from test_direct import PATHS, Side, pair, running_relay
 
 from meshcore._datagramport import DatagramPort, open_datagram_port
 from meshcore._iothread import open_io_thread
+from meshcore._relay import RelayConfig
 from meshcore.proto.datagram import DatagramSettings
 from meshcore.proto.framing import DATAGRAM_TYPE
 from meshcore.proto.paths import DirectMode
@@ -120,11 +121,11 @@ async def test_replayed_forged_and_stray_datagrams_are_dropped_and_harm_nothing(
                 assert got == [b"once", b"after"]
 
 
-async def test_on_the_relay_there_is_no_datagram_path() -> None:
+async def test_on_a_relay_without_udp_there_is_no_datagram_path() -> None:
     relay_only = attrs.evolve(PATHS, mode=DirectMode.NEVER)
     with trio.fail_after(20):
         async with (
-            running_relay() as relay,
+            running_relay(RelayConfig(port=0, udp=False)) as relay,
             pair(relay, paths=relay_only) as (a, b),
             ports(a, b) as (pa, pb),
         ):
@@ -153,3 +154,35 @@ async def test_a_peer_without_udp_is_probed_and_used_once_it_answers_then_droppe
             assert not a.session.send_datagram(b"x")
             await a.session.send(b"still fine")
             assert await b.session.receive() == b"still fine"
+
+
+async def test_on_a_relay_with_udp_datagrams_cross_its_udp_port() -> None:
+    relay_only = attrs.evolve(PATHS, mode=DirectMode.NEVER)
+    got: list[bytes] = []
+    with trio.fail_after(20):
+        async with running_relay() as relay, pair(relay, paths=relay_only) as (a, b):
+            b.session.attach_datagram_receiver(got.append)
+            async with ports(a, b, threaded=True):
+                with trio.fail_after(3):
+                    await wait_state(a, "up")
+                    await wait_state(b, "up")
+                assert a.session.path == b.session.path == "relay"
+                assert a.session.datagram_limit == 1500 - 20 - 8 - 32 - 17  # the token prefix
+                assert not a.session.send_datagram(bytes(a.session.datagram_limit + 1))
+                sent = [i.to_bytes(4, "big") * 100 for i in range(100)]
+                for payload in sent:
+                    assert a.session.send_datagram(payload)
+                    await trio.sleep(0)
+                with trio.fail_after(3):
+                    while len(got) < len(sent):
+                        await trio.sleep(0.005)
+                assert sorted(got) == sorted(sent)
+                udp = relay.counters().udp
+                assert udp.forwarded >= 100 + 2  # the datagrams, and probes and replies
+                assert relay.stats().udp_circuits == 1
+                await a.session.send(b"reliable")
+                assert await b.session.receive() == b"reliable"
+            # b's port closed: a stops using the relay's UDP within the trust time
+            with trio.fail_after(3):
+                await wait_state(a, "probing")
+            assert not a.session.send_datagram(b"x")

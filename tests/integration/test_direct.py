@@ -7,15 +7,14 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, closing
-from pathlib import Path
 
 import attrs
 import pytest
 import trio
+from freeports import free_port_outside_ephemeral_range
 
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import Pairing, RelayClient, open_relay_client
@@ -64,26 +63,7 @@ async def blackhole() -> AsyncIterator[Endpoint]:
 
 
 def free_port() -> int:
-    """A port b's shared-port listener can take a moment later: one below the ephemeral
-    range (which every connection on this busy machine draws from, and which the dual-stack
-    listener on "::" would collide with), checked free the way that listener binds it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(10000, low)
-        try:
-            sock = socket.socket(socket.AF_INET6)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            where = "::"
-        except OSError:  # no IPv6 here: the listener takes IPv4 alone
-            sock, where = socket.socket(), "0.0.0.0"
-        with closing(sock):
-            try:
-                sock.bind((where, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+    return free_port_outside_ephemeral_range()
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from freeports import free_port_outside_ephemeral_range
 
 from meshcore._transport import (
     WebSocketTransport,
@@ -50,11 +51,9 @@ def own_nurseries() -> list[trio.Nursery]:
 
 
 async def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    listener = await open_reuseport_listener("127.0.0.1", 0)
-    port: int = listener.socket.getsockname()[1]
-    await listener.aclose()
-    return port
+    """A loopback port with nothing listening on it (nor likely to be taken meanwhile)."""
+    await trio.lowlevel.checkpoint()
+    return free_port_outside_ephemeral_range()
 
 
 # --- messages ------------------------------------------------------------------------------

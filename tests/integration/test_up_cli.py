@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_tunnel import Mesh, needs_tap
+from tapmesh import Mesh, needs_tap
 
 import meshcore_peer.up as up
 from meshcore import Identity

@@ -1,5 +1,6 @@
 """The datagram path's probe machine (`proto.datagram`), on the pure core: unit tests and a
-`RuleBasedStateMachine` against a model of when UDP may be used."""
+`RuleBasedStateMachine` against a model of when UDP may be used, with direct candidates and
+relay candidates (a relay's UDP address and the circuit's token prefix)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,46 @@ from meshcore.proto.datagram import (
 S = DatagramSettings(probe_s=0.2, quick_probes=3, keepalive_s=2.0, trust_s=6.5)
 PEER = ("10.0.0.2", 4000)
 NAT = ("198.51.100.7", 61000)
+RELAY = ("203.0.113.5", 7443)
+TOKEN = b"\x08" + bytes(range(16))
+OTHER_TOKEN = b"\x08" + bytes(range(1, 17))
+
+
+def test_a_relay_candidate_probes_with_its_prefix_and_keeps_the_relays_address() -> None:
+    path = DatagramPath(S)
+    path.start(RELAY, 0.0, TOKEN)
+    assert path.prefix == TOKEN
+    probe = path.due_probe(0.0)
+    assert probe is not None and probe.address == RELAY and probe.prefix == TOKEN
+    assert path.replied(probe.payload, NAT, 0.05)  # authenticated, from wherever
+    assert path.usable(0.05) == RELAY  # datagrams still go to the relay
+    again = path.due_probe(path.timer or 0.0)
+    assert again is not None and again.address == RELAY and again.prefix == TOKEN
+    path.start(RELAY, 0.1, TOKEN)  # the same route: nothing changes
+    assert path.usable(0.1) == RELAY
+    path.start(RELAY, 0.1, OTHER_TOKEN)  # a new circuit on the same relay: probe afresh
+    assert path.usable(0.1) is None and path.prefix == OTHER_TOKEN
+
+
+def test_moving_between_direct_and_relay_candidates_changes_address_and_prefix() -> None:
+    path = DatagramPath(S)
+    path.start(PEER, 0.0)
+    probe = path.due_probe(0.0)
+    assert probe is not None and probe.prefix == b""
+    assert path.replied(probe.payload, NAT, 0.0) and path.usable(0.0) == NAT
+    path.start(RELAY, 1.0, TOKEN)  # back on the relay
+    assert path.usable(1.0) is None
+    relayed = path.due_probe(1.0)
+    assert relayed is not None and (relayed.address, relayed.prefix) == (RELAY, TOKEN)
+    assert not path.replied(probe.payload, NAT, 1.0)  # the direct probe's late reply
+    path.start(PEER, 2.0)
+    assert path.prefix == b"" and path.usable(2.0) is None
+    path.stop()
+    assert path.prefix == b"" and path.candidate is None
+
+
+def test_max_payload_leaves_room_for_the_prefix() -> None:
+    assert max_payload(RELAY, len(TOKEN)) == max_payload(RELAY) - 17 == 1500 - 20 - 8 - 32 - 17
 
 
 def test_a_started_path_probes_at_once_and_is_usable_only_after_a_reply() -> None:
@@ -125,16 +166,22 @@ class DatagramPathMachine(RuleBasedStateMachine):
         self.path = DatagramPath(S)
         self.now = 0.0
         self.candidate: tuple[str, int] | None = None
+        self.prefix = b""
         self.in_flight: list[tuple[bytes, float]] = []  # probes of the current candidate
         self.stale: list[bytes] = []  # probes of an earlier candidate
         self.replied_at: float | None = None
         self.address: tuple[str, int] | None = None
 
-    @rule(candidate=st.sampled_from([PEER, NAT]))
-    def start(self, candidate: tuple[str, int]) -> None:
-        self.path.start(candidate, self.now)
-        if candidate != self.candidate:
-            self.candidate = candidate
+    @rule(
+        route=st.sampled_from(
+            [(PEER, b""), (NAT, b""), (RELAY, TOKEN), (RELAY, OTHER_TOKEN), (PEER, TOKEN)]
+        )
+    )
+    def start(self, route: tuple[tuple[str, int], bytes]) -> None:
+        candidate, prefix = route
+        self.path.start(candidate, self.now, prefix)
+        if (candidate, prefix) != (self.candidate, self.prefix):
+            self.candidate, self.prefix = candidate, prefix
             self.stale += [p for p, _ in self.in_flight]
             self.in_flight = []
             self.replied_at = self.address = None
@@ -142,7 +189,7 @@ class DatagramPathMachine(RuleBasedStateMachine):
     @rule()
     def stop(self) -> None:
         self.path.stop()
-        self.candidate = None
+        self.candidate, self.prefix = None, b""
         self.stale += [p for p, _ in self.in_flight]
         self.in_flight = []
         self.replied_at = self.address = None
@@ -160,7 +207,7 @@ class DatagramPathMachine(RuleBasedStateMachine):
             return
         assert probe is not None
         expected = self.address if self.usable() else self.candidate
-        assert probe.address == expected
+        assert probe.address == expected and probe.prefix == self.prefix
         self.in_flight.append((probe.payload, self.now))
         if len(self.in_flight) > 8:  # the path remembers the last eight probes
             self.stale.append(self.in_flight.pop(0)[0])
@@ -175,7 +222,9 @@ class DatagramPathMachine(RuleBasedStateMachine):
         assert self.path.rtt_s == pytest.approx(self.now - sent)
         self.stale += [p for p, _ in self.in_flight[: index + 1]]  # answered, or older
         self.in_flight = self.in_flight[index + 1 :]
-        self.replied_at, self.address = self.now, source
+        # through a relay datagrams keep going to the relay, else to the reply's source
+        self.replied_at = self.now
+        self.address = self.candidate if self.prefix else source
 
     @precondition(lambda self: self.stale)
     @rule(which=st.integers(0, 20))
@@ -193,6 +242,7 @@ class DatagramPathMachine(RuleBasedStateMachine):
     def matches_the_model(self) -> None:
         assert self.path.usable(self.now) == (self.address if self.usable() else None)
         assert self.path.candidate == self.candidate
+        assert self.path.prefix == self.prefix
         if self.candidate is None:
             assert self.path.state(self.now) is DatagramState.OFF and self.path.timer is None
         else:

@@ -37,6 +37,7 @@ SIZES = {
     PacketType.RESUME: RESUME_BYTES,
     PacketType.RESUME_ACK: RESUME_ACK_BYTES,
     PacketType.DATAGRAM: framing.MIN_FRAME_BYTES,
+    PacketType.RELAY_DATAGRAM: 17 + framing.MIN_FRAME_BYTES,
 }
 
 
@@ -53,7 +54,7 @@ def test_the_owning_modules_use_the_same_type_bytes() -> None:
 def test_empty_and_unknown_packets_have_no_type() -> None:
     assert packet_type_of(b"") is None
     assert packet_type_of(b"\x00rest") is None
-    assert packet_type_of(b"\x08") is None
+    assert packet_type_of(b"\x09") is None
     assert packet_type_of(b"\x07") is PacketType.DATAGRAM
     assert packet_type_of(b"\x04" + bytes(15)) is PacketType.FRAME
 
@@ -103,7 +104,8 @@ def test_a_sealed_frame_keeps_its_bytes_for_the_receive_key(plaintext: bytes) ->
     [
         (b"", "empty packet"),
         (b"\x00" + bytes(100), "unknown packet type 0"),
-        (b"\x08" + bytes(100), "unknown packet type 8"),
+        (b"\x09" + bytes(100), "unknown packet type 9"),
+        (b"\x08" + bytes(20), "relay datagram of 21 bytes is too short"),
         (b"\x07" + bytes(20), "datagram of 21 bytes"),
         (b"\x07\x03" + bytes(40), "not a version-1 datagram"),
         (b"\xff", "unknown packet type 255"),

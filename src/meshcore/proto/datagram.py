@@ -9,6 +9,11 @@ answered within `trust_s` keeps it usable, so a path that stops carrying UDP (a 
 NAT that forgot the mapping) is no longer used after at most `trust_s`; its datagrams then go
 the reliable way again. `stop` (the session left the direct path) ends it at once.
 
+A session on a relay circuit whose relay forwards datagrams by UDP probes the relay's UDP
+address instead, with a prefix (the circuit side's token) in front of every packet: the
+relay forwards them to the peer and the peer's answers come back from the relay's address.
+Such a candidate keeps its address (replies do not move it: the relay's port is fixed).
+
 Nothing here sends or seals: the caller asks `due_probe(now)` what to send and when to ask
 again (`timer`), and feeds the authenticated replies in.
 """
@@ -48,11 +53,12 @@ _OUTSTANDING: Final = 8
 """Probes remembered for their reply (older replies are ignored)."""
 
 
-def max_payload(address: Address) -> int:
-    """The largest datagram payload sent to `address` (a 1500-byte path, no fragments)."""
+def max_payload(address: Address, prefix: int = 0) -> int:
+    """The largest datagram payload sent to `address` (a 1500-byte path, no fragments),
+    behind a `prefix` of that many bytes (a relay's token)."""
     host = address[0]
     ipv4 = ":" not in host or host.startswith("::ffff:")
-    return (_UDP_IPV4_BYTES if ipv4 else _UDP_IPV6_BYTES) - DATAGRAM_OVERHEAD_BYTES
+    return (_UDP_IPV4_BYTES if ipv4 else _UDP_IPV6_BYTES) - DATAGRAM_OVERHEAD_BYTES - prefix
 
 
 def encode_probe(sequence: int) -> bytes:
@@ -100,10 +106,11 @@ class DatagramSettings:
 
 @attrs.frozen
 class Probe:
-    """A probe to seal (kind DATAGRAM_PROBE) and send to `address`."""
+    """A probe to seal (kind DATAGRAM_PROBE) and send to `address`, behind `prefix`."""
 
     address: Address
     payload: bytes
+    prefix: bytes = b""
 
 
 class DatagramPath:
@@ -113,6 +120,7 @@ class DatagramPath:
         "_address",
         "_candidate",
         "_next_probe",
+        "_prefix",
         "_replied_at",
         "_sent",
         "_sequence",
@@ -124,6 +132,7 @@ class DatagramPath:
     def __init__(self, settings: DatagramSettings | None = None) -> None:
         self._settings = settings or DatagramSettings()
         self._candidate: Address | None = None
+        self._prefix = b""
         self._address: Address | None = None
         self._replied_at = float("-inf")
         self._next_probe: float | None = None
@@ -136,8 +145,13 @@ class DatagramPath:
     # ----------------------------------------------------------------- queries
     @property
     def candidate(self) -> Address | None:
-        """The address being probed (the direct path's peer), or None when off."""
+        """The address being probed (the direct path's peer, or a relay), or None when off."""
         return self._candidate
+
+    @property
+    def prefix(self) -> bytes:
+        """What goes in front of every packet to the candidate (b"" for a direct peer)."""
+        return self._prefix
 
     def state(self, now: float) -> DatagramState:
         if self._candidate is None:
@@ -165,12 +179,14 @@ class DatagramPath:
         return self._next_probe
 
     # ----------------------------------------------------------------- inputs
-    def start(self, candidate: Address, now: float) -> None:
-        """Probe `candidate` (the direct path's peer address); a new candidate forgets the
-        old one's answers, the same one changes nothing."""
-        if candidate == self._candidate:
+    def start(self, candidate: Address, now: float, prefix: bytes = b"") -> None:
+        """Probe `candidate` (the direct path's peer address, or a relay's UDP address with
+        the circuit's `prefix`); a new candidate forgets the old one's answers, the same one
+        changes nothing."""
+        if candidate == self._candidate and prefix == self._prefix:
             return
         self._candidate = candidate
+        self._prefix = prefix
         self._address = None
         self._replied_at = float("-inf")
         self._sent.clear()
@@ -180,6 +196,7 @@ class DatagramPath:
     def stop(self) -> None:
         """The session left the direct path: no more datagrams by UDP, no more probes."""
         self._candidate = self._address = None
+        self._prefix = b""
         self._replied_at = float("-inf")
         self._sent.clear()
         self._next_probe = None
@@ -199,11 +216,12 @@ class DatagramPath:
         quick = not usable and self._unanswered <= settings.quick_probes
         self._next_probe = now + (settings.probe_s if quick else settings.keepalive_s)
         target = self._address if usable and self._address is not None else self._candidate
-        return Probe(target, encode_probe(self._sequence))
+        return Probe(target, encode_probe(self._sequence), self._prefix)
 
     def replied(self, plaintext: bytes, source: Address, now: float) -> bool:
         """An authenticated DATAGRAM_REPLY from `source`: True if it answers one of our
-        outstanding probes (the path is usable at `source` from now on). Raises
+        outstanding probes (the path is usable at `source` from now on; through a relay, at
+        the relay's address, wherever the reply came from). Raises
         DecodeError for a malformed one."""
         sequence = decode_probe_untrusted(plaintext)
         sent = self._sent.pop(sequence, None)
@@ -214,7 +232,7 @@ class DatagramPath:
         self.rtt_s = max(now - sent, 0.0)
         self._unanswered = 0
         became_usable = self.usable(now) is None
-        self._address = source
+        self._address = self._candidate if self._prefix else source
         self._replied_at = now
         if became_usable:
             self._next_probe = now + self._settings.keepalive_s

@@ -24,6 +24,7 @@ __all__ = ["ReconnectPolicy", "announced_window", "reconnect_window", "shutdown_
 
 _WINDOW: Final = re.compile(r"reconnect within (\d{1,6}(?:\.\d{1,3})?) s\Z")
 _SHUTDOWN: Final = "the relay is shutting down"
+_MAX_WINDOW_MS: Final = 999_999_999  # what the form can say: six digits of seconds
 
 
 def reconnect_window(peers: int, rate_per_s: float) -> float:
@@ -35,10 +36,11 @@ def reconnect_window(peers: int, rate_per_s: float) -> float:
 def shutdown_reason(window_s: float) -> str:
     """The reason of a relay's Close(SHUTDOWN): what happens, and the reconnect window
     (rounded up to the millisecond, so a peer never comes back sooner than asked)."""
-    window_ms = math.ceil(window_s * 1000)
+    window_ms = min(math.ceil(window_s * 1000), _MAX_WINDOW_MS)
     if window_ms <= 0:
         return f"{_SHUTDOWN}; reconnect later"
-    return f"{_SHUTDOWN}; reconnect within {window_ms / 1000:g} s"
+    text = f"{window_ms // 1000}.{window_ms % 1000:03d}".rstrip("0").rstrip(".")
+    return f"{_SHUTDOWN}; reconnect within {text} s"
 
 
 def announced_window(reason: str) -> float | None:

@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
-from meshcore._transport import WebSocketTransport, serve_transport
+from meshcore._relayconn import RelayConnection, serve_relay_connections
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_CLOSE_FLUSH_S,
@@ -133,7 +133,7 @@ class _Link:
         "write_scope",
     )
 
-    def __init__(self, conn_id: int, transport: WebSocketTransport) -> None:
+    def __init__(self, conn_id: int, transport: RelayConnection) -> None:
         self.conn_id = conn_id
         self.transport = transport
         self.queue: deque[tuple[bytes | None, int]] = deque()
@@ -176,7 +176,7 @@ class _Relay:
 
     # --- connections ------------------------------------------------------------------------
 
-    async def serve_connection(self, transport: WebSocketTransport) -> None:
+    async def serve_connection(self, transport: RelayConnection) -> None:
         """The handler of one WebSocket connection; returns when it is closed."""
         conn_id = next(self._conn_ids)
         link = _Link(conn_id, transport)
@@ -497,7 +497,7 @@ async def serve_relay(
             async with open_hidden_nursery() as nursery:
                 endpoints = await nursery.start(
                     partial(
-                        serve_transport,
+                        serve_relay_connections,
                         relay.serve_connection,
                         config.host,
                         config.port,

@@ -11,9 +11,11 @@ the refusals the peers met (by error code; `ConnectionRefusedError` is the relay
 listening), the relay's CPU per registration (idle load of N registered peers subtracted,
 and not), and the peers' announced first waits (the spread).
 
-Scenarios, interleaved per round (median of --repeat): `base` is the relay and client of
-`--baseline-src` (a source tree, e.g. from `git archive`), `new` this tree; each under
-SIGTERM and SIGKILL. Writes benchmarks/results/relay-restart.json and prints a table.
+Scenarios, interleaved per round (median of --repeat), each under SIGTERM and SIGKILL:
+`base` runs the relay of `--baseline-src` (a source tree, e.g. from `git archive`), `nowindow`
+this relay with peers that ignore its reconnect window, `new` this relay and its window (the
+peers are always this tree's `RelayClientCore`). Writes benchmarks/results/relay-restart.json
+and prints a table.
 
     .venv/bin/python benchmarks/bench_relay_restart.py [--peers 10000] [--repeat 3]
         [--baseline-src /tmp/meshcore-base/src] [--signals term,kill]
@@ -89,14 +91,17 @@ class Relay:
         return cpu_seconds(self.proc.pid)
 
     def refusals(self) -> int:
-        """Lines the relay logged as refused (it logs refusals at warning)."""
-        return self.log.read_text().count("refused ")
+        """Connections the relay refused (rate, capacity, shutdown: logged one line each)."""
+        return self.log.read_text().count(": refused addr=")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the relay with `sig`; return how many connections it refused in its life."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait(timeout=120)
+        refused = self.refusals()
         self.log.unlink(missing_ok=True)
+        return refused
 
 
 def _start(port: int, key: Path, src: Path | None, flags: list[str]) -> Relay:
@@ -135,12 +140,14 @@ async def scenario(
             herd.failures.clear()
 
             t_signal = trio.current_time()
-            await trio.to_thread.run_sync(relay.stop, sig)
+            refused_before = relay.refusals()
+            refused_old = await trio.to_thread.run_sync(relay.stop, sig) - refused_before
             t_exit = trio.current_time()
             relay = await trio.to_thread.run_sync(_start, port, key, src, flags)
             t_up, cpu_up = trio.current_time(), relay.cpu_s()
             done = await herd.wait_registered(2, timeout=timeout)
             t_done, cpu_done = trio.current_time(), relay.cpu_s()
+            refused_new = relay.refusals()
             back = sorted(times[1] for times in herd.registered_at if len(times) >= 2)
             nursery.cancel_scope.cancel()
     finally:
@@ -171,9 +178,8 @@ async def scenario(
             max(cpu - idle_load * span, 0.0) * 1e3 / max(len(back), 1), 3
         ),
         "failures": dict(herd.failures),
-        "refused_by_relay": sum(
-            v for k, v in herd.failures.items() if k in ("rate_limited", "capacity", "shutdown")
-        ),
+        "refused_by_relay": refused_new,
+        "refused_while_shutting_down": refused_old,
         "first_wait_s": (
             [round(waits[0], 3), round(waits[len(waits) // 2], 3), round(waits[-1], 3)]
             if waits
@@ -184,8 +190,11 @@ async def scenario(
 
 MODES: dict[str, dict[str, Any]] = {
     "base": {"src": "baseline", "core": {}},
+    "nowindow": {"src": None, "core": {"reconnect_window_max_s": 0.0}},
     "new": {"src": None, "core": {}},
 }
+"""`base`: the relay of --baseline-src (it announces no window); `nowindow`: this relay, the
+peers ignoring its window (the relay's own speed alone); `new`: this relay and its window."""
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,16 +246,16 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 def table(summary: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         "| scenario | all back after listening | after the signal | back/s | peak/s "
-        "| refused by the relay | relay CPU/registration (less idle) | fill/s, CPU | first wait "
-        "min/median/max |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| refused by the new relay / the old | relay CPU/registration (less idle) | fill/s, CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in summary.items():
         rows.append(
             f"| {name} | {m['all_back_after_up_s']} s | {m['all_back_after_signal_s']} s | "
-            f"{m['per_s']:,.0f} | {m['peak_per_s']:,.0f} | {m['refused_by_relay']:g} | "
+            f"{m['per_s']:,.0f} | {m['peak_per_s']:,.0f} | {m['refused_by_relay']:g} / "
+            f"{m['refused_while_shutting_down']:g} | "
             f"{m['relay_cpu_ms']} ({m['relay_cpu_ms_less_idle']}) ms | "
-            f"{m['fill_per_s']:,.0f}, {m['fill_relay_cpu_ms']} ms | |"
+            f"{m['fill_per_s']:,.0f}, {m['fill_relay_cpu_ms']} ms |"
         )
     return rows
 
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--modes", default="base,new")
+    parser.add_argument("--modes", default="base,nowindow,new")
     parser.add_argument("--signals", default="term,kill")
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=120.0)

@@ -166,6 +166,9 @@ class _Relay:
         """Relayed frames dropped, by reason (see `RelayCounters.dropped`)."""
         self._shutting_down = False
         self._all_closed = trio.Event()
+        self.stop_accepting = trio.Event()
+        """Set on shutdown: the listeners close, so that peers coming back early are refused
+        by the OS instead of costing the relay an upgrade each (docs/relay.md)."""
 
     def _timed_challenge(self, bundle: PublicBundle) -> tuple[Challenge, PendingAuth]:
         start = time.thread_time()
@@ -386,6 +389,7 @@ class _Relay:
         """Tell every peer (Close SHUTDOWN, circuits closed), then wait up to the grace
         period for the connections to close."""
         self._shutting_down = True
+        self.stop_accepting.set()
         self.run(self.mm.shutdown(trio.current_time()))
         if not self.links:
             self._all_closed.set()
@@ -503,6 +507,7 @@ async def serve_relay(
                         config.port,
                         max_message=config.limits.max_message_bytes,
                         subprotocols=_subprotocols(config.limits),
+                        stop_accepting=relay.stop_accepting,
                     )
                 )
                 nursery.start_soon(relay.run_timers)

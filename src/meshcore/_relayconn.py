@@ -366,11 +366,14 @@ async def serve_relay_connections(
     handshake_timeout: float = TRANSPORT_HANDSHAKE_TIMEOUT_S,
     close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
     subprotocols: Sequence[str] = (),
+    stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(connection)` for each, as
     `serve_transport` does (same arguments, same errors, same cancellation), with
-    `RelayConnection`s. Raises ConfigError if it cannot listen."""
+    `RelayConnection`s. Once `stop_accepting` is set the listeners close (new connections
+    are refused by the OS, costing nothing) while the connections in hand go on. Raises
+    ConfigError if it cannot listen."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
@@ -412,11 +415,22 @@ async def serve_relay_connections(
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
+    accepting = trio.CancelScope()
+
+    async def accept(task_status: trio.TaskStatus[object]) -> None:
+        with accepting:
+            await trio.serve_listeners(
+                serve_one, listeners, handler_nursery=nursery, task_status=task_status
+            )
+
     try:
         async with open_hidden_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, serve_one, listeners)
+            await nursery.start(accept)
             logger.info("serving WebSocket transports on %s", ", ".join(map(str, endpoints)))
             task_status.started(endpoints)
+            if stop_accepting is not None:
+                await stop_accepting.wait()
+                accepting.cancel()
             await trio.sleep_forever()
     finally:
         for listener in listeners:

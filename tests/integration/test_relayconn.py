@@ -233,3 +233,23 @@ async def test_a_failing_handler_loses_only_its_connection(
             await healthy.send(b"still here")
             assert await healthy.receive() == b"still here"
     assert any("the connection handler failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_once_told_to_stop_accepting_new_connections_are_refused_and_old_ones_go_on(
+    nursery: trio.Nursery,
+) -> None:
+    stop = trio.Event()
+    port = await serve(nursery, echo, stop_accepting=stop)
+    url = f"ws://127.0.0.1:{port}/"
+    with trio.fail_after(LIMIT_S):
+        async with open_transport(url) as transport:
+            stop.set()
+            while True:  # the listener closes on the server's next turn
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    break
+                await stream.aclose()
+                await trio.sleep(0.01)
+            await transport.send(b"still served")
+            assert await transport.receive() == b"still served"

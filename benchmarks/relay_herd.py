@@ -93,12 +93,12 @@ class Herd:
 
         self.port = port
         self.identities = identities
+        self.url = f"ws://127.0.0.1:{port}/"
+        self._core_options = core_options
+        self._refill_gate: trio.Semaphore | None = None
         self.cores = [
             RelayClientCore(
-                identity,
-                f"ws://127.0.0.1:{port}/",
-                random=random.Random(seed * 1_000_003 + k),
-                **core_options,
+                identity, self.url, random=random.Random(seed * 1_000_003 + k), **core_options
             )
             for k, identity in enumerate(identities)
         ]
@@ -131,6 +131,7 @@ class Herd:
         `gate`, the first attempt holds a token of it until it registered (or failed)."""
         core = self.cores[index]
         src = source_address(index)
+        self._refill_gate = gate
         while core.state is not RelayClientState.CLOSED:
             sock = trio.socket.socket()
             sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
@@ -149,6 +150,15 @@ class Herd:
                 if held is not None and core.registrations == 0:
                     held.release()
             await self._wait_reconnect(core)
+            if core.state is RelayClientState.CLOSED and core.registrations == 0:
+                # the first attempt failed; the machine gives up on it (its driver would
+                # raise), and a peer would be started again: so start it again
+                self.failures[f"first attempt: {core.close_reason}"[:60]] += 1
+                await trio.sleep(1.0)
+                core = self.cores[index] = RelayClientCore(
+                    self.identities[index], self.url, **self._core_options
+                )
+                gate = self._refill_gate
 
     async def _dial(self, sock: trio.socket.SocketType) -> tuple[bytearray, bool]:
         await sock.connect(("127.0.0.1", self.port))

@@ -234,6 +234,8 @@ class RelayConnection(Transport):
                     await self._fail(1003, _TEXT_REFUSED)
         except RemoteProtocolError as exc:
             await self._fail(1002, f"protocol error: {exc}")
+        except LocalProtocolError:  # bytes after the close handshake ended: nothing to take
+            raise _Closed(self._close_reason or "closed") from None
 
     async def _take(self, event: BytesMessage) -> None:
         chunk = event.data

@@ -199,7 +199,8 @@ class RelayConnection(Transport):
         except _Closed as closed:
             self._note_closed(closed.reason)
             self._remote_closed.set()
-            raise TransportClosed(self._close_reason or closed.reason) from None
+            if not self._messages:  # else they are taken first; the next read raises
+                raise TransportClosed(self._close_reason or closed.reason) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._note_closed("connection lost: TCP closed without a WebSocket close")
             self._remote_closed.set()

@@ -253,3 +253,29 @@ async def test_once_told_to_stop_accepting_new_connections_are_refused_and_old_o
                 await trio.sleep(0.01)
             await transport.send(b"still served")
             assert await transport.receive() == b"still served"
+
+
+async def test_messages_that_came_with_the_close_frame_are_delivered_before_the_close(
+    nursery: trio.Nursery,
+) -> None:
+    got: list[bytes | str] = []
+    done = trio.Event()
+
+    async def collect(connection: RelayConnection) -> None:
+        try:
+            while True:
+                got.append(await connection.receive())
+        except TransportClosed as exc:
+            got.append(exc.reason)
+            done.set()
+
+    port = await serve(nursery, collect)
+    close = frame((1000).to_bytes(2, "big") + b"bye", opcode=0x8)
+    with trio.fail_after(LIMIT_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(UPGRADE)
+            assert (await read_until(stream, b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+            await stream.send_all(frame(b"last words") + frame(b"and more") + close)  # one write
+            await done.wait()
+    assert got == [b"last words", b"and more", "bye"]

@@ -49,14 +49,7 @@ logger = logging.getLogger("meshcore.transport")
 _READ_BYTES = 65536
 _REASON_MAX_BYTES = 123  # RFC 6455 §5.5: a close frame's payload is at most 125 bytes
 _TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
-
-
-class _Closed(Exception):
-    """The connection ended while reading; `reason` says why (as the user reads it)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+_LOST = "connection lost: TCP closed without a WebSocket close"
 
 
 class RelayConnection(Transport):
@@ -177,7 +170,7 @@ class RelayConnection(Transport):
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._note_closed("connection lost: TCP closed without a WebSocket close")
+                self._note_closed(_LOST)
                 raise TransportClosed(self._close_reason or "closed") from None
             except BaseException:
                 self._note_closed("a send was interrupted mid-message; connection cut")
@@ -195,25 +188,22 @@ class RelayConnection(Transport):
         self._receiving = True
         try:
             data, self._pending = self._pending, b""
-            await self._parse(data or await self._stream.receive_some(_READ_BYTES))
-        except _Closed as closed:
-            self._note_closed(closed.reason)
-            self._remote_closed.set()
-            if not self._messages:  # else they are taken first; the next read raises
-                raise TransportClosed(self._close_reason or closed.reason) from None
+            ended = await self._parse(data or await self._stream.receive_some(_READ_BYTES))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._note_closed("connection lost: TCP closed without a WebSocket close")
-            self._remote_closed.set()
-            raise TransportClosed(self._close_reason or "closed") from None
+            ended = _LOST
         finally:
             self._receiving = False
             self._reader_done.unpark_all()
-        if self._close_reason is not None and not self._messages:
+        if ended is not None:
+            self._note_closed(ended)
+            self._remote_closed.set()
+        if self._close_reason is not None and not self._messages:  # else they go first
             raise TransportClosed(self._close_reason)
 
-    async def _parse(self, data: bytes) -> None:
+    async def _parse(self, data: bytes) -> str | None:
+        """Take the messages in `data`; the reason the connection ended with it, if it did."""
         if not data:
-            raise _Closed("connection lost: TCP closed without a WebSocket close")
+            return _LOST
         ws = self._ws
         try:
             ws.receive_data(data)
@@ -221,28 +211,34 @@ class RelayConnection(Transport):
                 kind = type(event)
                 if kind is BytesMessage:
                     assert isinstance(event, BytesMessage)
-                    await self._take(event)
+                    if not self._take(event):
+                        return await self._fail(
+                            1009, f"message too big: over {self._max_message} bytes"
+                        )
                 elif kind is Ping:
                     assert isinstance(event, Ping)
-                    await self._reply(ws.send(event.response()))
+                    if not await self._reply(ws.send(event.response())):
+                        return _LOST
                 elif kind is CloseConnection:
                     assert isinstance(event, CloseConnection)
                     if ws.state is ConnectionState.REMOTE_CLOSING:  # theirs first: answer
                         await self._reply(ws.send(event.response()))
-                    raise _Closed(_describe(event.code, event.reason))
+                    return _describe(event.code, event.reason)
                 elif kind is TextMessage:
                     logger.info("%s: %s", self._remote, _TEXT_REFUSED)
-                    await self._fail(1003, _TEXT_REFUSED)
+                    return await self._fail(1003, _TEXT_REFUSED)
         except RemoteProtocolError as exc:
-            await self._fail(1002, f"protocol error: {exc}")
+            return await self._fail(1002, f"protocol error: {exc}")
         except LocalProtocolError:  # bytes after the close handshake ended: nothing to take
-            raise _Closed(self._close_reason or "closed") from None
+            return self._close_reason or "closed"
+        return None
 
-    async def _take(self, event: BytesMessage) -> None:
+    def _take(self, event: BytesMessage) -> bool:
+        """Add a message (or a part of one); False if it grows past `max_message`."""
         chunk = event.data
         self._partial_size += len(chunk)
         if self._partial_size > self._max_message:
-            await self._fail(1009, f"message too big: over {self._max_message} bytes")
+            return False
         if event.message_finished and not self._partial:
             self._messages.append(bytes(chunk))
         else:
@@ -252,23 +248,27 @@ class RelayConnection(Transport):
                 self._partial.clear()
         if event.message_finished:
             self._partial_size = 0
+        return True
 
-    async def _fail(self, code: int, reason: str) -> NoReturn:
-        """The peer broke the WebSocket protocol or a limit: close with `code`, and end."""
+    async def _fail(self, code: int, reason: str) -> str:
+        """The peer broke the WebSocket protocol or a limit: close with `code`; returns
+        `reason`, the connection's end."""
         self._note_closed(reason)
         try:
             await self._reply(self._ws.send(CloseConnection(code, _truncate(reason))))
         except LocalProtocolError:
             pass
-        raise _Closed(reason)
+        return reason
 
-    async def _reply(self, data: bytes) -> None:
-        """Write a control frame from the reading side (a pong, a close answer)."""
+    async def _reply(self, data: bytes) -> bool:
+        """Write a control frame from the reading side (a pong, a close answer); False if
+        the connection is gone."""
         async with self._send_lock:
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _Closed("connection lost: TCP closed without a WebSocket close") from None
+                return False
+        return True
 
     async def _close(self, code: int, reason: str) -> None:
         self._note_closed(reason)

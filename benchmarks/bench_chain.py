@@ -37,6 +37,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def spread(samples_ms: list[float]) -> dict[str, float]:
+    """The median and p90 of timed runs, in ms, as the benchmarks' rows report them."""
+    return {
+        "median_ms": round(statistics.median(samples_ms), 2),
+        "p90_ms": round(percentile(samples_ms, 0.9), 2),
+    }
+
+
+def write_report(path: Path, n: int, rows: list[dict[str, Any]]) -> None:
+    """Write the rows with how they were measured (runs per row, clock, machine) as JSON."""
+    report = {
+        "n": n,
+        "entries": MAX_ENTRIES,
+        "clock": "time.perf_counter",
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "rows": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def entry(n: int, size: str) -> tuple[str, bytes, str]:
     relay_id = hashlib.sha256(b"bench relay %d" % n).digest()
     if size == "maximal":
@@ -76,11 +99,7 @@ def time_reads(
         samples.append((time.perf_counter() - t0) * 1e3)
         assert len(listing.entries) == MAX_ENTRIES and not listing.problems
         calls = listing.rpc_calls
-    return {
-        "median_ms": round(statistics.median(samples), 2),
-        "p90_ms": round(percentile(samples, 0.9), 2),
-        "rpc_calls": calls,
-    }
+    return {**spread(samples), "rpc_calls": calls}
 
 
 def one_call_ms(rpc: Any, registry: str, n: int) -> float:
@@ -147,17 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['median_ms']:>10.1f} {row['p90_ms']:>8.1f} {row['rpc_calls']:>6} "
             f"{row['call_ms']:>9.2f} {ratio:>7.1f}"
         )
-    report = {
-        "n": n,
-        "entries": MAX_ENTRIES,
-        "clock": "time.perf_counter",
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "rows": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_report(RESULTS, n, rows)
     return 0
 
 

@@ -15,10 +15,6 @@ around it. Writes benchmarks/results/chain_source.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +23,7 @@ from typing import Any
 
 import trio
 
-from bench_chain import fill, percentile
+from bench_chain import fill, spread, write_report
 from meshcore import ChainSource, RelayListCache, open_registry
 from meshcore.chain import MAX_ENTRIES, read_registry_async
 from meshcore.testing.chain import embedded_chain, find_anvil, running_anvil
@@ -49,14 +45,7 @@ async def timed(
             t0 = time.perf_counter()
             calls[name] = await step()
             samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {
-        name: {
-            "median_ms": round(statistics.median(values), 2),
-            "p90_ms": round(percentile(values, 0.9), 2),
-            "rpc_calls": calls[name],
-        }
-        for name, values in samples.items()
-    }
+    return {name: {**spread(values), "rpc_calls": calls[name]} for name, values in samples.items()}
 
 
 async def measure(rpc: Any, registry: str, chain_id: int, n: int) -> dict[str, dict[str, Any]]:
@@ -128,17 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['backend']:<14} {row['step']:<22} {row['median_ms']:>10.1f} "
             f"{row['p90_ms']:>8.1f} {row['rpc_calls']:>6} {row['x_read']:>7.2f}"
         )
-    report = {
-        "n": n,
-        "entries": MAX_ENTRIES,
-        "clock": "time.perf_counter",
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "rows": rows,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_report(RESULTS, n, rows)
     return 0
 
 

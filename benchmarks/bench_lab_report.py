@@ -168,6 +168,7 @@ def markdown_tables(
 _COLOURS = {
     "bare": "#9e9e9e",
     "meshcore-direct": "#1565c0",
+    "meshcore-direct-tcp": "#0d47a1",
     "meshcore-relay": "#64b5f6",
     "n2n": "#ef6c00",
     "tinc": "#2e7d32",

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from lab.netlab import Lab, LabError, Meshcore
+from lab.netlab import Lab, LabError, LabProcess, Meshcore
 
 __all__ = [
     "PACKAGES",
@@ -230,28 +230,39 @@ def nebula(lab: Lab) -> Iterator[str]:
             daemon.stop()
 
 
-def meshcore_tap(via_relay: bool) -> Setup:
+def meshcore_tap(via_relay: bool, *, datagrams: bool = True) -> Setup:
     """meshcore's TAP tunnel (`meshcore-peer up`) between a and b, the relay in the relay
     namespace. `via_relay` cuts a <-> b on the router, so the relay is the only way;
-    otherwise the setup returns once both peers logged their move to the direct path."""
+    otherwise the setup returns once both peers logged their move to the direct path.
+    `datagrams=False` carries every frame by the session (the baseline of the datagram
+    path, docs/datagram.md)."""
 
     @contextmanager
     def setup(lab: Lab) -> Iterator[str]:
-        mesh = Meshcore(lab)
-        mesh.start_relay()
-        if via_relay:
-            lab.block("a", "b")
-        ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
-        ups = [
-            mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24")
-            for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1)
-        ]
-        if not via_relay:
-            for up in ups:
-                up.wait_for("path relay -> direct", MESH_DIRECT_WITHIN_S)
+        start_meshcore_pair(lab, via_relay, datagrams=datagrams)
         yield TUNNEL_NET.format(2)  # the lab stops the processes
 
     return setup
+
+
+def start_meshcore_pair(lab: Lab, via_relay: bool, *, datagrams: bool = True) -> list[LabProcess]:
+    """The relay and `meshcore-peer up` on a (TUNNEL_NET .1) and b (.2); their processes.
+    `via_relay` first cuts a <-> b on the router; otherwise this returns once both peers
+    logged their move to the direct path. `datagrams=False` turns the datagram path off."""
+    mesh = Meshcore(lab)
+    mesh.start_relay()
+    if via_relay:
+        lab.block("a", "b")
+    ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
+    toml = "" if datagrams else "datagrams = false\n"
+    ups = [
+        mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24", extra_toml=toml)
+        for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1)
+    ]
+    if not via_relay:
+        for up in ups:
+            up.wait_for("path relay -> direct", MESH_DIRECT_WITHIN_S)
+    return ups
 
 
 def wait_for_device(lab: Lab, host: str, name: str, timeout: float = 10.0) -> None:
@@ -266,6 +277,7 @@ def wait_for_device(lab: Lab, host: str, name: str, timeout: float = 10.0) -> No
 TUNNELS: dict[str, Setup] = {
     "bare": bare,
     "meshcore-direct": meshcore_tap(via_relay=False),
+    "meshcore-direct-tcp": meshcore_tap(via_relay=False, datagrams=False),
     "meshcore-relay": meshcore_tap(via_relay=True),
     "n2n": n2n,
     "tinc": tinc,

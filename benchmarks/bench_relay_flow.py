@@ -42,11 +42,11 @@ from typing import Any
 import trio
 
 import bench_relay  # the script's own directory is on sys.path
-from bench_relay import UNLIMITED, RelayProcess
 from meshcore._client import open_relay_client
 from meshcore.proto import identity
 from meshcore.proto.constants import RELAY_UNCREDITED_WINDOW_BYTES
 from meshcore.proto.identity import Identity
+from relayprocs import UNLIMITED, RelayProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "relay-flow.json"
 MESSAGE = 65536 - 1024  # a 64 KiB message, sealed, stays under one relayed frame

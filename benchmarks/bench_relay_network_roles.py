@@ -37,10 +37,8 @@ from meshcore import (
     open_peer_session,
     serve,
 )
-from meshcore._transport import WebSocketTransport, open_transport
-from meshcore.proto import wire
-from meshcore.proto.relayauth import answer_challenge
 from meshcore.proto.rendezvous import rendezvous_relays
+from relayprocs import answer_pings, registered_peer  # the script's own directory is on sys.path
 
 END = b"end"
 PAUSE_S = 0.001
@@ -141,20 +139,6 @@ async def role_send(relays: list[str], key: str, peer: str, circuits: int) -> No
 # --- registrations --------------------------------------------------------------------------
 
 
-async def _register(transport: WebSocketTransport, identity: Identity) -> None:
-    bundle = identity.public
-    hello = wire.Hello(bundle.x25519_public, bundle.kem_public, ())
-    await transport.send(wire.encode_control(hello))
-    challenge = wire.decode_control_untrusted(await transport.receive())
-    assert isinstance(challenge, wire.Challenge), challenge
-    await transport.send(wire.encode_control(answer_challenge(identity, challenge)))
-    while True:
-        msg = wire.decode_control_untrusted(await transport.receive())
-        if isinstance(msg, wire.Registered):
-            return
-        assert isinstance(msg, wire.Ping), msg  # a relay may ping first
-
-
 async def role_load(relays: list[str], peers: int, k: int) -> None:
     entries = [RelayEntry(url) for url in relays]
     t0 = time.perf_counter()
@@ -170,13 +154,9 @@ async def role_load(relays: list[str], peers: int, k: int) -> None:
     async def hold(url: str, identity: Identity, task_status: Any) -> None:
         nonlocal failures
         try:
-            async with open_transport(url) as transport:
-                await _register(transport, identity)
+            async with registered_peer(url, identity) as transport:
                 task_status.started()
-                while True:  # idle, but answer the relay's pings
-                    msg = wire.decode_control_untrusted(await transport.receive())
-                    if isinstance(msg, wire.Ping):
-                        await transport.send(wire.encode_control(wire.Pong(msg.nonce)))
+                await answer_pings(transport)
         except Exception:
             failures += 1
             task_status.started()

@@ -32,7 +32,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from test_tunnel import Mesh  # type: ignore[import-not-found]  # noqa: E402
+from tapmesh import Mesh  # type: ignore[import-not-found]  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "tap.json"
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -33,16 +33,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_lab import SITUATIONS  # noqa: E402
 from bench_lab_measure import ping_times, rtt_summary, wait_reachable  # noqa: E402
-from bench_lab_tunnels import TUNNEL_NET  # noqa: E402
-from lab.netlab import Lab, LabError, Meshcore, missing_prerequisites  # noqa: E402
+from bench_lab_tunnels import TUNNEL_NET, start_meshcore_pair  # noqa: E402
+from lab.netlab import Lab, LabError, missing_prerequisites  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "trace.json"
 TRACE_ENV = "MESHCORE_TRACE"
-DIRECT_WITHIN_S = 30.0
 
 SENDER = ("tap.wake", "tap.read", "pump.take", "session.sealed", "link.take", "sock.sent")
 RECEIVER = ("sock.read", "session.opened", "session.deliver", "pump.receive", "tap.write")
 STAGES = SENDER + RECEIVER
+DATAGRAM_STAGES = ("tap.wake", "tap.read", "dgram.sealed", "dgram.sent", "dgram.read",
+                   "dgram.opened", "tap.write")  # fmt: skip
+"""A frame that went by the datagram path (UDP) instead of the session's messages."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
     if wake is None or read is None:
         return None
     frame = read.key
+    sealed_dgram = src.first("dgram.sealed", read.t_ns, parent=frame)
+    if sealed_dgram is not None and sealed_dgram.t_ns - read.t_ns < 50_000_000:
+        return by_datagram(src, dst, [wake, read, sealed_dgram], frame)
     take = src.first("pump.take", read.t_ns, parent=frame)
     if take is None:
         return None
@@ -108,6 +113,22 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
         ("session.opened", dst, sealed_key),
         ("session.deliver", dst, message),
         ("pump.receive", dst, message),
+        ("tap.write", dst, frame),
+    ):
+        found = trace.first(stage, marks[-1].t_ns, key=key)
+        if found is None:
+            return None
+        marks.append(found)
+    return [m.t_ns for m in marks]
+
+
+def by_datagram(src: Trace, dst: Trace, marks: list[Mark], frame: int) -> list[int] | None:
+    """The rest of `one_way` for a frame that went by UDP."""
+    sealed = marks[-1].key
+    for stage, trace, key in (
+        ("dgram.sent", src, sealed),
+        ("dgram.read", dst, sealed),
+        ("dgram.opened", dst, frame),
         ("tap.write", dst, frame),
     ):
         found = trace.first(stage, marks[-1].t_ns, key=key)
@@ -145,7 +166,11 @@ def breakdown(a: Trace, b: Trace) -> dict[str, object]:
         forward.append(there)
         back.append(home)
         turn.append((home[0] - there[-1]) / 1000)
-    hops = [f"{STAGES[i]} > {STAGES[i + 1]}" for i in range(len(STAGES) - 1)]
+    by_udp = sum(len(c) == len(DATAGRAM_STAGES) for c in forward) * 2 > len(forward)
+    names = DATAGRAM_STAGES if by_udp else STAGES  # the way most echoes went
+    kept = [(f, h) for f, h in zip(forward, back, strict=True) if len(f) == len(h) == len(names)]
+    forward, back = [f for f, _ in kept], [h for _, h in kept]
+    hops = [f"{names[i]} > {names[i + 1]}" for i in range(len(names) - 1)]
 
     def table(chains: list[list[int]]) -> dict[str, dict[str, float]]:
         out = {}
@@ -159,6 +184,7 @@ def breakdown(a: Trace, b: Trace) -> dict[str, object]:
     inside = [(h[-1] - f[0]) / 1000 for f, h in zip(forward, back, strict=True)]
     return {
         "echoes": len(forward),
+        "way": "datagram (UDP)" if by_udp else "session messages",
         "a_to_b": table(forward),
         "b_kernel_turnaround (b tap.write > b tap.wake of the reply)": percentiles(turn),
         "b_to_a": table(back),
@@ -166,27 +192,25 @@ def breakdown(a: Trace, b: Trace) -> dict[str, object]:
     }
 
 
-def trace_path(situation: str, via_relay: bool, pings: int, interval: float) -> dict[str, object]:
+def trace_path(
+    situation: str, via_relay: bool, pings: int, interval: float, load: bool = False
+) -> dict[str, object]:
     """One lab: meshcore up on a and b with tracing on, pings a -> b, the breakdown."""
     with tempfile.TemporaryDirectory(prefix="meshcore-trace-") as tmp:
         os.environ[TRACE_ENV] = tmp
         try:
             with Lab(SITUATIONS[situation].topology) as lab:
-                mesh = Meshcore(lab)
-                mesh.start_relay()
-                if via_relay:
-                    lab.block("a", "b")
-                ids = {host: mesh.key(host).peer_id for host in ("a", "b")}
-                ups = [
-                    mesh.up(host, [ids[other]], address=f"{TUNNEL_NET.format(index)}/24")
-                    for index, (host, other) in enumerate((("a", "b"), ("b", "a")), start=1)
-                ]
-                if not via_relay:
-                    for up in ups:
-                        up.wait_for("path relay -> direct", DIRECT_WITHIN_S)
+                ups = start_meshcore_pair(lab, via_relay)
                 target = TUNNEL_NET.format(2)
                 wait_reachable(lab, target)
                 ping_times(lab, "a", target, 20)
+                if load:  # one iperf3 stream a -> b for the whole ping run
+                    lab.popen("b", ["iperf3", "-s", "-p", "5201", "--forceflush"]).wait_for(
+                        "Server listening", 10
+                    )
+                    seconds = str(round(pings * interval + 10))
+                    lab.popen("a", ["iperf3", "-c", target, "-p", "5201", "-t", seconds])
+                    time.sleep(2.0)  # past slow start; iperf3 has no event for it
                 argv = ["ping", "-n", "-c", str(pings), "-i", str(interval), "-W", "3", target]
                 done = lab.run("a", argv, check=False, timeout=pings * interval * 3 + 30)
                 times = [
@@ -240,6 +264,7 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between pings")
     parser.add_argument("--situation", default="flat", choices=sorted(SITUATIONS))
+    parser.add_argument("--load", action="store_true", help="ping while one iperf3 stream runs")
     args = parser.parse_args()
     paths = [p.strip() for p in args.path.split(",") if p.strip()]
     if not paths or any(p not in ("direct", "relay") for p in paths):
@@ -251,7 +276,9 @@ def main() -> int:
     load_before = os.getloadavg()
     results = {}
     for path in paths:
-        results[path] = trace_path(args.situation, path == "relay", args.pings, args.interval)
+        results[path] = trace_path(
+            args.situation, path == "relay", args.pings, args.interval, args.load
+        )
         print_result(f"{args.situation}, {path}", results[path])
     load_after = os.getloadavg()
     print(f"\nload average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
@@ -261,6 +288,7 @@ def main() -> int:
         "situation": args.situation,
         "pings": args.pings,
         "interval_s": args.interval,
+        "load": args.load,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         serve_control,
     )
     from meshcore._counters import SessionCounters
+    from meshcore._datagramport import DatagramPort, open_datagram_port
     from meshcore._direct import FramedTransport, SessionRoutes, overlay_interface
     from meshcore._handshake import handshake_as_initiator, handshake_as_responder
     from meshcore._metrics import MetricsServer, parse_metrics_address, serve_metrics
@@ -90,6 +91,7 @@ if TYPE_CHECKING:
         wrap_stream_transport,
     )
     from meshcore._tunnel import FramePump, LinkStats, TunnelConfig, run_tunnel
+    from meshcore.proto.datagram import DatagramSettings
     from meshcore.proto.handshake import HandshakeResult, Responder
     from meshcore.proto.limits import RelayLimits
     from meshcore.proto.netcheck import NatMapping, NetcheckReport, RelayProbe
@@ -120,6 +122,10 @@ _LAZY = {
     "Rendezvous": "meshcore._migrator",
     "SessionRoutes": "meshcore._direct",
     "open_migrator": "meshcore._migrator",
+    # datagrams beside a direct path
+    "DatagramPort": "meshcore._datagramport",
+    "DatagramSettings": "meshcore.proto.datagram",
+    "open_datagram_port": "meshcore._datagramport",
     # through a relay
     "Invitation": "meshcore._client",
     "Pairing": "meshcore._client",
@@ -202,6 +208,8 @@ __all__ = [
     "ConfigError",
     "ConnectFailed",
     "ControlRequestFailed",
+    "DatagramPort",
+    "DatagramSettings",
     "DecodeError",
     "DirectMode",
     "Endpoint",
@@ -273,6 +281,7 @@ __all__ = [
     "handshake_as_responder",
     "netcheck",
     "open_configured_tap",
+    "open_datagram_port",
     "open_hidden_nursery",
     "open_meeting",
     "open_migrator",

@@ -16,7 +16,7 @@ from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import PeerId, PublicBundle
 
-__all__ = ["CircuitOwner", "CircuitTransport", "Invitation", "Pairing"]
+__all__ = ["CircuitOwner", "CircuitTransport", "Invitation", "Pairing", "UdpRoute"]
 
 _CIRCUIT_QUEUE = 512
 _CREDIT_WAIT_S = 1.0
@@ -42,6 +42,10 @@ class CircuitOwner(Protocol):
         """The largest window a session may use on the circuit."""
         ...
 
+    def udp_route(self, circuit_id: int) -> tuple[bytes, int] | None:
+        """(token, the relay's UDP port) if the relay forwards the circuit's datagrams."""
+        ...
+
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
         """Send `payload` on the circuit; raises `TransportClosed` if it is gone."""
         ...
@@ -49,6 +53,16 @@ class CircuitOwner(Protocol):
     async def release_circuit(self, circuit_id: int, reason: str) -> None:
         """Tell the relay (and so the peer) that the circuit is closed."""
         ...
+
+
+@attrs.frozen
+class UdpRoute:
+    """Where a circuit's sealed datagrams go by UDP: the relay's `host` (the address its
+    WebSocket connection reached) and UDP `port`, each prefixed by `token` (docs/datagram.md)."""
+
+    host: str
+    port: int
+    token: bytes = attrs.field(repr=False)
 
 
 class CircuitTransport(Transport):
@@ -96,6 +110,16 @@ class CircuitTransport(Transport):
         the window that fits its drop-tail circuit queue (RELAY_UNCREDITED_WINDOW_BYTES).
         A session following the path's bandwidth-delay product stays at or under it."""
         return self._client.max_window(self.circuit_id)
+
+    @property
+    def udp_route(self) -> UdpRoute | None:
+        """The circuit's UDP route through the relay (CircuitUdp), None if the relay does not
+        forward its datagrams (an older relay, UDP off there, or a peer without it)."""
+        route = self._client.udp_route(self.circuit_id)
+        remote = self.remote_address
+        if route is None or remote is None:
+            return None
+        return UdpRoute(remote.host, route[1], route[0])
 
     async def send(self, data: bytes) -> None:
         """Send one frame; on a credited circuit, waits for the relay's credit first.

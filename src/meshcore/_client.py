@@ -26,7 +26,8 @@ from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
 from meshcore.proto.constants import (
-    RELAY_CREDIT_SUBPROTOCOL,
+    RELAY_CLIENT_SUBPROTOCOLS,
+    RELAY_CREDITED_SUBPROTOCOLS,
     RELAY_DEAD_AFTER_S,
     RELAY_HEARTBEAT_S,
     RELAY_RECONNECT_MAX_S,
@@ -36,6 +37,8 @@ from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PeerId
 from meshcore.proto.relayclient import NO_SESSION, RelayClientCore, RelayClientState
 
+_OFFER, _CREDIT = RELAY_CLIENT_SUBPROTOCOLS, RELAY_CREDITED_SUBPROTOCOLS  # wire-control.md
+
 __all__ = ["CircuitTransport", "Invitation", "Pairing", "RelayClient", "open_relay_client"]
 
 log = logging.getLogger("meshcore.client")
@@ -43,7 +46,6 @@ log = logging.getLogger("meshcore.client")
 _INVITE_QUEUE = 64
 _UNVERIFIED: set[str] = set()
 """Relay URLs already logged as unverified in this process (logged once each)."""
-_CREDIT = (RELAY_CREDIT_SUBPROTOCOL,)  # the relay grants per-circuit credit (docs/relay.md)
 _SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 
 
@@ -336,6 +338,10 @@ class RelayClient:
         """The largest window a session may use on the circuit (`CircuitTransport.max_window`)."""
         return self._core.max_window(circuit_id)
 
+    def udp_route(self, circuit_id: int) -> tuple[bytes, int] | None:
+        """(token, relay UDP port) of the circuit, if the relay forwards its datagrams."""
+        return self._core.udp_route(circuit_id)
+
     async def release_circuit(self, circuit_id: int, reason: str) -> None:
         """Release circuit `circuit_id` (`CircuitTransport.aclose`): the relay and the peer
         are told. Never raises for a connection that is gone (the circuit went with it)."""
@@ -375,7 +381,7 @@ class RelayClient:
             if self._core.state is RelayClientState.CLOSED:
                 return
             opened = False
-            dial = open_transport(self.url, local_port=self._local_port, subprotocols=_CREDIT)
+            dial = open_transport(self.url, local_port=self._local_port, subprotocols=_OFFER)
             try:
                 async with dial as transport:
                     opened = True

@@ -29,6 +29,7 @@ _IN: Final = select.EPOLLIN
 _OUT: Final = select.EPOLLOUT
 _ERRORS: Final = select.EPOLLERR | select.EPOLLHUP
 _MAX_EVENTS: Final = 64
+_LATENCY_NICE: Final = -5
 
 Handler = Callable[[], None]
 
@@ -53,7 +54,7 @@ class IoThread:
     removed; the thread goes on.
     """
 
-    def __init__(self, name: str = "meshcore-data") -> None:
+    def __init__(self, name: str = "meshcore-data", *, role: str = "") -> None:
         self._epoll = select.epoll()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake_fd, _IN)
@@ -63,6 +64,7 @@ class IoThread:
         """Held while a handler runs and while the table changes: a removal waits for it."""
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._role = role
         self.ident: int | None = None
 
     # ----------------------------------------------------------------- any thread
@@ -133,6 +135,7 @@ class IoThread:
 
     def _run(self) -> None:
         self.ident = threading.get_ident()
+        _schedule(self._role)
         poll, wake_fd, entries, lock = self._epoll.poll, self._wake_fd, self._entries, self._lock
         while not self._stopping:
             try:
@@ -167,15 +170,30 @@ class IoThread:
                         log.exception("data path call %r failed", fn)
 
 
+def _schedule(role: str) -> None:
+    """Tell the kernel's scheduler what the calling thread is: "bulk" (SCHED_BATCH: the same
+    CPU share, but its wakeups do not preempt others) or "latency" (a nice level of -5 when
+    the process may raise priorities, else unchanged), so that a lone frame's thread gets a
+    core before a bulk stream's on a busy machine (docs/tap.md)."""
+    try:
+        if role == "bulk":
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        elif role == "latency":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LATENCY_NICE)
+    except (OSError, AttributeError):
+        pass  # not permitted here, or not Linux: the default scheduling is fine
+
+
 @asynccontextmanager
-async def open_io_thread(name: str = "meshcore-data") -> AsyncIterator[IoThread]:
-    """Run an `IoThread` for the duration of the block.
+async def open_io_thread(name: str = "meshcore-data", *, role: str = "") -> AsyncIterator[IoThread]:
+    """Run an `IoThread` for the duration of the block; `role` ("bulk", "latency" or "")
+    tells the scheduler what kind of work the thread does.
 
     Leaving the block (or cancellation) stops the thread and waits for it, in a worker
     thread so that trio is not blocked; this wait is shielded and short (one loop
     iteration).
     """
-    io = IoThread(name)
+    io = IoThread(name, role=role)
     io.start()
     try:
         yield io

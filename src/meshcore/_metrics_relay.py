@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshcore._metrics import build_info, counter, gauge, histogram
 from meshcore._relay import RelayServer
+from meshcore.proto.relayudp import DROP_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -76,6 +77,23 @@ class RelayCollector:
             "connection_closes_total", "Control connections that ended, by reason.", mm.closes
         )
         yield _by_reason("circuit_closes_total", "Circuits closed, by reason.", mm.circuit_closes)
+        udp = counts.udp
+        yield gauge(_P + "udp_circuits", "Circuits with UDP tokens.", stats.udp_circuits)
+        yield counter(
+            _P + "udp_received_packets_total", "Packets at the relay's UDP port.", udp.received
+        )
+        yield counter(
+            _P + "udp_forwarded_packets_total",
+            "Sealed datagrams forwarded by UDP.",
+            udp.forwarded,
+        )
+        yield counter(
+            _P + "udp_forwarded_bytes_total",
+            "Bytes of sealed datagrams forwarded by UDP.",
+            udp.forwarded_bytes,
+        )
+        udp_drops = {reason: udp.dropped.get(reason, 0) for reason in DROP_REASONS}
+        yield _by_reason("udp_dropped_packets_total", "UDP packets dropped, by reason.", udp_drops)
         yield histogram(
             _P + "challenge_cpu_seconds",
             "CPU time of one KEM challenge (made for each Hello).",

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from meshcore import _trace
+from meshcore._datagramport import DatagramPort
 from meshcore._iothread import IoThread
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
@@ -64,6 +65,10 @@ class LinkStats:
     bad_messages: int = 0
     """Messages from this peer that did not decode into frames."""
     sessions: int = 0
+    datagrams_out: int = 0
+    """Frames sent by UDP (the session's datagram path), past the queue."""
+    datagrams_in: int = 0
+    """Frames that arrived by UDP."""
 
 
 class _Link:
@@ -160,9 +165,13 @@ class FramePump:
         batch_frames: int = TUNNEL_READ_BATCH_FRAMES,
         queue: FqCodelSettings | None = None,
         io: IoThread | None = None,
+        device_io: IoThread | None = None,
     ) -> None:
         self._fd = fd
         self._io = io
+        self._device_io = device_io or io
+        """The thread that reads the device (and, in the tunnel, the datagram port): a
+        second one beside `io` keeps a lone frame from waiting behind `io`'s bulk work."""
         self._switch_lock = threading.Lock()
         self._header = vnet_header_bytes
         self._queue = attrs.evolve(queue or FqCodelSettings(), limit_bytes=queue_bytes)
@@ -176,6 +185,9 @@ class FramePump:
         self._changed = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
+        self.datagram_port: DatagramPort | None = None
+        """Where sessions send small frames by UDP while their path is direct (set by
+        `run_tunnel` once the shared port is known; None: every frame goes reliably)."""
 
     # ----------------------------------------------------------------- queries
     @property
@@ -207,7 +219,7 @@ class FramePump:
         Raises `MeshError` if the device fails (it was removed under us).
         """
         buffer = bytearray(self._header + TUNNEL_MAX_RECORD_BYTES)
-        io = self._io
+        io = self._device_io
         if io is None:
             while True:
                 await trio.lowlevel.wait_readable(self._fd)
@@ -247,9 +259,14 @@ class FramePump:
                 _trace.mark_frame("tap.wake", view[:size], at=woke)
                 _trace.mark_frame("tap.read", view[:size])
             self._admit(bytes(view[:size]), touched)
+        bulk = self._io
+        handed = bulk is not None and bulk is not self._device_io
         for link in touched:
             if link.session is not None:
-                self._drain(link)
+                if handed:  # sealing and writing whole messages is the bulk thread's work
+                    bulk.call_soon(self._drain, link)  # type: ignore[union-attr]
+                else:
+                    self._drain(link)
             elif link.idle:
                 link.idle = False
                 if threading.get_ident() == self._trio_thread:
@@ -270,6 +287,16 @@ class FramePump:
                 self.dropped_no_session += 1
                 continue
             stats = link.stats
+            session = link.session
+            if (
+                session is not None
+                and len(frame) <= session.datagram_limit
+                and session.send_datagram(frame)
+            ):  # by UDP, past the queue: nothing waits, and the path's loss is the frame's
+                stats.frames_out += 1
+                stats.bytes_out += len(frame)
+                stats.datagrams_out += 1
+                continue
             with link.lock:
                 stats.dropped_queue_full += link.queue.enqueue(frame, now)
             stats.frames_out += 1
@@ -351,6 +378,25 @@ class FramePump:
             stats.frames_in += 1
             stats.bytes_in += len(frame)
 
+    def _deliver_datagram(self, link: _Link, frame: bytes) -> None:
+        """Write one frame that came by datagram from `link`'s peer to the device."""
+        stats = link.stats
+        stats.datagrams_in += 1
+        with self._switch_lock:
+            accepted = self.switch.from_peer(link.peer, memoryview(frame)[self._header :], _clock())
+        if not accepted:
+            stats.dropped_invalid += 1
+            return
+        try:
+            os.write(self._fd, frame)
+        except OSError:
+            stats.dropped_write += 1
+            return
+        if _trace.ENABLED:
+            _trace.mark_frame("tap.write", frame)
+        stats.frames_in += 1
+        stats.bytes_in += len(frame)
+
     async def _receive_loop(self, link: _Link) -> None:
         channel = link.channel
         while True:
@@ -373,11 +419,16 @@ class FramePump:
         if self._io is not None:
             session.use_io_thread(self._io)
         session.attach_receiver(partial(self._delivered, link), partial(self._drain, link))
+        session.attach_datagram_receiver(partial(self._deliver_datagram, link))
+        if self.datagram_port is not None:
+            session.use_datagram_port(self.datagram_port)
         try:
             self._drain(link)
             while True:
                 await session.receive()  # nothing arrives here while the receiver is set
         finally:
+            session.release_datagram_port()
+            session.attach_datagram_receiver(None)
             session.detach_receiver()
 
     # ----------------------------------------------------------------- links

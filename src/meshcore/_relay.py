@@ -28,12 +28,15 @@ import trio
 
 from meshcore._nursery import open_hidden_nursery
 from meshcore._relayconn import RelayConnection, serve_relay_connections
+from meshcore._relayudp import RelayUdp, open_relay_udp
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_CLOSE_FLUSH_S,
     RELAY_CREDIT_SUBPROTOCOL,
+    RELAY_CREDIT_UDP_SUBPROTOCOL,
     RELAY_DEFAULT_PORT,
     RELAY_SHUTDOWN_GRACE_S,
+    RELAY_UDP_SUBPROTOCOL,
 )
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.histogram import Histogram, HistogramSnapshot
@@ -51,6 +54,7 @@ from meshcore.proto.matchmaker import (
 )
 from meshcore.proto.relayauth import PendingAuth, make_challenge
 from meshcore.proto.relayflow import CreditGrant, RelayFlow
+from meshcore.proto.relayudp import RelayUdpCounters
 from meshcore.proto.wire import RELAYED_HEADER_BYTES, Challenge, CircuitCredit, encode_control
 
 __all__ = ["RelayConfig", "RelayCounters", "RelayServer", "RelayStats", "serve_relay"]
@@ -86,6 +90,9 @@ class RelayConfig:
     """On shutdown, how long peers get to take their Close before they are cut off."""
     close_flush_s: float = RELAY_CLOSE_FLUSH_S
     """How long a connection being closed may take to flush its last messages."""
+    udp: bool = True
+    """Forward the sealed datagrams of circuits by UDP on the listener's port number
+    (docs/datagram.md); if that port cannot be bound the relay runs without."""
 
 
 @attrs.frozen
@@ -100,6 +107,8 @@ class RelayStats:
     tracked_addresses: int
     queued_bytes: int
     dropped_frames: int
+    udp_circuits: int = 0
+    """Circuits with UDP tokens (both peers take their datagrams by UDP)."""
 
 
 @attrs.frozen
@@ -114,6 +123,8 @@ class RelayCounters:
     receiver was gone or closing) or "no_credit" (a credited sender overdrew its credit)."""
     challenge_cpu_s: HistogramSnapshot
     """CPU seconds each KEM challenge (made for a Hello) took."""
+    udp: RelayUdpCounters = attrs.field(factory=RelayUdpCounters)
+    """The UDP port's packets: received, forwarded, dropped by reason."""
 
 
 class _Link:
@@ -158,6 +169,7 @@ class _Relay:
             config.limits, identity=config.identity, challenger=self._timed_challenge
         )
         self.flow = RelayFlow(config.limits, self.mm.circuit_members)
+        self.udp = RelayUdp(config.limits, self.mm.circuit_members)
         self.links: dict[int, _Link] = {}
         self._conn_ids = itertools.count(1)
         self._timer_scope = trio.CancelScope()
@@ -189,8 +201,10 @@ class _Relay:
             addr = transport.remote_address
             if addr is None:  # not an IP connection: nothing to rate-limit or report
                 return
-            credited = transport.subprotocol == RELAY_CREDIT_SUBPROTOCOL
+            agreed = transport.subprotocol
+            credited = agreed in (RELAY_CREDIT_SUBPROTOCOL, RELAY_CREDIT_UDP_SUBPROTOCOL)
             self.flow.connection_opened(conn_id, credited=credited)
+            self.udp.connection_opened(conn_id, agreed)
             self.run(self.mm.connection_opened(conn_id, addr, trio.current_time()))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, link)
@@ -203,6 +217,7 @@ class _Relay:
             self.run(self.mm.connection_closed(conn_id, reason, trio.current_time()))
             for grant in self.flow.connection_closed(conn_id):
                 self._grant(grant)
+            self.udp.connection_closed(conn_id)
             if self._shutting_down and not self.links:
                 self._all_closed.set()
 
@@ -242,7 +257,7 @@ class _Relay:
 
     def run(self, outputs: list[Output]) -> None:
         """Execute the matchmaker's outputs (and what flow control adds to them), in order."""
-        for out in self.flow.watch(outputs):
+        for out in self.flow.watch(self.udp.watch(outputs)):
             kind = type(out)
             if kind is Forward:
                 assert isinstance(out, Forward)
@@ -409,6 +424,7 @@ class _Relay:
             tracked_addresses=s.tracked_addresses,
             queued_bytes=self.queued_bytes,
             dropped_frames=self.dropped.total(),
+            udp_circuits=self.udp.circuits(),
         )
 
     def counters(self) -> RelayCounters:
@@ -416,12 +432,19 @@ class _Relay:
             matchmaker=self.mm.counters(),
             dropped=dict(self.dropped),
             challenge_cpu_s=self.challenge_cpu.snapshot(),
+            udp=self.udp.counters(),
         )
 
 
-def _subprotocols(limits: RelayLimits) -> tuple[str, ...]:
-    """What the relay agrees to in the WebSocket upgrade."""
-    return (RELAY_CREDIT_SUBPROTOCOL,) if limits.flow_control == "credit" else ()
+def _subprotocols(limits: RelayLimits, udp: bool) -> tuple[str, ...]:
+    """What the relay agrees to in the WebSocket upgrade (the client's first choice of
+    these): credits unless they are off, UDP unless it is off."""
+    credit = limits.flow_control == "credit"
+    if not udp:
+        return (RELAY_CREDIT_SUBPROTOCOL,) if credit else ()
+    if credit:
+        return (RELAY_CREDIT_UDP_SUBPROTOCOL, RELAY_CREDIT_SUBPROTOCOL)
+    return (RELAY_UDP_SUBPROTOCOL,)
 
 
 def _format_value(value: str | int | float) -> str:
@@ -465,6 +488,11 @@ class RelayServer:
         """The relay id (the fingerprint of its identity): what peers pin to verify it."""
         return self._relay.mm.relay_id
 
+    @property
+    def udp_port(self) -> int | None:
+        """The UDP port datagrams are forwarded on, None without (off, or not bound)."""
+        return self._relay.udp.port
+
     def stats(self) -> RelayStats:
         """Table sizes and queue state right now."""
         return self._relay.stats()
@@ -506,13 +534,17 @@ async def serve_relay(
                         config.host,
                         config.port,
                         max_message=config.limits.max_message_bytes,
-                        subprotocols=_subprotocols(config.limits),
+                        subprotocols=_subprotocols(config.limits, config.udp),
                         stop_accepting=relay.stop_accepting,
                     )
                 )
                 nursery.start_soon(relay.run_timers)
-                task_status.started(endpoints)
-                await trio.sleep_forever()
+                if not config.udp:
+                    task_status.started(endpoints)
+                    await trio.sleep_forever()
+                async with open_relay_udp(relay.udp, config.host, endpoints[0].port):
+                    task_status.started(endpoints)
+                    await trio.sleep_forever()
 
     async with open_hidden_nursery() as nursery:
         endpoints: list[Endpoint] = await nursery.start(run_server)

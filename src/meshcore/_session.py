@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Final, cast
 
+import attrs
 import trio
 
 from meshcore import _trace
@@ -35,6 +36,7 @@ from meshcore._iothread import IoThread
 from meshcore._link import LINK_QUEUE_BYTES, Link, LinkTraffic
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pathcontrol import PathControl, PathDriver
+from meshcore._sessiondatagram import SessionDatagrams
 from meshcore._sessiondatapath import SessionDataPath
 from meshcore._sessionstatus import SessionStatus, session_counters, session_status
 from meshcore._threadlink import ThreadedLink
@@ -96,7 +98,6 @@ def _push_all(frames: list[tuple[Link, bytes]]) -> None:
         link.push(frame)
 
 
-
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
     keys.install(
@@ -107,7 +108,7 @@ def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     return keys
 
 
-class Session(SessionDataPath, trio.abc.Channel[bytes]):
+class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
     """An end-to-end encrypted, ordered, exactly-once message session with one peer.
 
     Create it with `open_session`; it lives inside that `async with`. Its frames travel over
@@ -161,6 +162,7 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         self._send_lock = trio.Lock()
         self._pings: dict[bytes, tuple[float, str] | None] = {}
         self._links: set[Link] = {self._relay_link}
+        self._init_datagrams()
 
     # ----------------------------------------------------------------- public API
     @property
@@ -210,7 +212,7 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
         the relay, and why the session is not direct."""
         now = trio.current_time()
         with self._lock:
-            return session_status(
+            status = session_status(
                 self.peer_id.to_text(),
                 self._core,
                 self._paths,
@@ -219,6 +221,12 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
                 age_s=now - self._started,
                 opened_on=self._relay_url,
                 now=now,
+            )
+            return attrs.evolve(
+                status,
+                datagram_path=self._dpath.state(now).value,
+                datagrams_sent=self.datagram_stats.sent,
+                datagrams_received=self.datagram_stats.received,
             )
 
     def counters(self) -> SessionCounters:
@@ -492,6 +500,9 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
             with self._lock:
                 deadline = self._paths.get_timer()
             at = deadline if deadline is not None else math.inf
+            probe_at = self._datagram_timer()
+            if probe_at is not None:
+                at = min(at, probe_at)
             if self._threaded or self._receiver is not None:
                 at = min(at, trio.current_time() + _THREADED_TIMER_TICK_S)
             self._timer_at = at
@@ -503,6 +514,8 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
                 with self._lock:
                     self._paths.handle_timer(now)
                     self._changed()
+            if probe_at is not None and now >= probe_at:
+                self._datagram_tick(now)
 
     # ----------------------------------------------------------------- helpers
     def _handle_events(self, events: list[SessionEvent | PingAnswered]) -> None:
@@ -572,6 +585,7 @@ class Session(SessionDataPath, trio.abc.Channel[bytes]):
                     events, self._stashed = self._stashed + events, []
                 if events:
                     self._handle_events(events)
+                self._follow_path(now)
             elif events:
                 wake_trio = self._deliver_off_trio(events)
             self._route()
@@ -657,6 +671,7 @@ async def open_session(
         try:
             yield session
         finally:
+            session.release_datagram_port()
             await session.aclose()
             nursery.cancel_scope.cancel()
 

@@ -44,6 +44,10 @@ class SessionStatus:
     """Moves from one relay's circuit to another's (a relay died, left the list, was slower)."""
     not_direct_reason: str | None = None
     """Why the session is not on a direct path now (None while it is)."""
+    datagram_path: str = "off"
+    """The datagram path (docs/datagram.md): "off" (not direct), "probing" or "up"."""
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
 
 
 def session_status(

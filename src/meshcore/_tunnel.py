@@ -9,8 +9,8 @@ or relay connection is retried with jittered exponential backoff; the device sta
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from functools import partial
 
 import attrs
@@ -18,7 +18,8 @@ import trio
 
 from meshcore._api import Meeting, Relays, open_peer_session, serve
 from meshcore._control import SessionRegistry
-from meshcore._iothread import open_io_thread
+from meshcore._datagramport import open_datagram_port
+from meshcore._iothread import IoThread, open_io_thread
 from meshcore._nursery import open_hidden_nursery
 from meshcore._pump import FramePump, LinkStats
 from meshcore._registry import Registry
@@ -59,6 +60,10 @@ class TunnelConfig:
     on_meeting: Callable[[Meeting | None], None] | None = attrs.field(default=None, eq=False)
     """Called with the relay connection (or network) once registered, and with None when it
     is gone (for `meshcore-peer relays`)."""
+    datagrams: bool = True
+    """On direct paths (and through relays that forward datagrams), send frames that fit
+    one UDP datagram by UDP on the shared port number (docs/datagram.md); False: every
+    frame goes by the reliable session."""
 
     @property
     def relay_name(self) -> str:
@@ -114,16 +119,19 @@ async def run_tunnel(
     the caller's.
     """
     unique = tuple(dict.fromkeys(config.peers))
-    async with open_io_thread() as io:
-        pump = FramePump(fd, vnet_header_bytes, unique, io=io)
+    async with (
+        open_io_thread("meshcore-data", role="bulk") as io,
+        open_io_thread("meshcore-device", role="latency") as device_io,
+    ):
+        pump = FramePump(fd, vnet_header_bytes, unique, io=io, device_io=device_io)
         async with open_hidden_nursery() as nursery:
             nursery.start_soon(pump.run_device_reader)
-            nursery.start_soon(_keep_relay, pump, config)
+            nursery.start_soon(_keep_relay, pump, config, device_io)
             task_status.started(pump)
             await trio.sleep_forever()
 
 
-async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
+async def _keep_relay(pump: FramePump, config: TunnelConfig, io: IoThread) -> None:
     """Stay registered at the relay: answer the lower peers, dial the higher ones."""
     backoff = _backoff()
     while True:
@@ -147,9 +155,10 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
                 )
                 if config.on_meeting is not None:
                     config.on_meeting(client)
-                for peer in config.dials:
-                    nursery.start_soon(_dial_forever, pump, config, client, peer)
-                await trio.sleep_forever()
+                async with _datagram_port(pump, config, client, io):
+                    for peer in config.dials:
+                        nursery.start_soon(_dial_forever, pump, config, client, peer)
+                    await trio.sleep_forever()
         except (MeshError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
@@ -160,6 +169,33 @@ async def _keep_relay(pump: FramePump, config: TunnelConfig) -> None:
         delay = backoff.next_delay()
         log.warning("relay %s: %s; reconnecting in %.1f s", config.relay_name, reason, delay)
         await trio.sleep(delay)
+
+
+@asynccontextmanager
+async def _datagram_port(
+    pump: FramePump, config: TunnelConfig, client: Meeting, io: IoThread
+) -> AsyncIterator[None]:
+    """The UDP twin of the shared port, for the sessions' datagram paths while `client`
+    lives; without it (turned off, or the UDP port is taken) every frame goes reliably."""
+    port = client.local_port
+    if not config.datagrams or port is None:
+        yield
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            dport = await stack.enter_async_context(open_datagram_port(port, io=io))
+        except OSError as exc:
+            log.warning(
+                "UDP port %d: %s; direct paths carry every frame by TCP (no datagram path)",
+                port,
+                exc.strerror or exc,
+            )
+            dport = None
+        pump.datagram_port = dport
+        try:
+            yield
+        finally:
+            pump.datagram_port = None
 
 
 async def _answered(pump: FramePump, config: TunnelConfig, session: Session) -> None:

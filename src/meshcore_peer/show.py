@@ -70,10 +70,12 @@ def peer_label(row: Row) -> str:
 
 
 def _via(row: Row) -> str:
+    udp = row.get("datagram_path")
+    datagrams = f" (udp {udp})" if udp and udp != "off" else ""
     if row.get("path") == "direct":
-        return f"direct {row.get('remote_address') or '?'}"
+        return f"direct {row.get('remote_address') or '?'}{datagrams}"
     relay = row.get("relay") or row.get("remote_address") or "?"
-    return f'relay "{relay}"'
+    return f'relay "{relay}"{datagrams}'
 
 
 def format_status(rows: Sequence[Row]) -> list[str]:

@@ -156,6 +156,9 @@ class UpConfig:
     )
     """Seconds between direct-path attempts while a session is on the relay (jittered,
     doubling after each failure)."""
+    datagrams: bool = True
+    """On direct paths, carry frames that fit one UDP datagram by UDP on the shared port
+    number, past the reliable session (docs/datagram.md); false: every frame by TCP."""
     control: str | None = None
     """Control socket for `status` and `ping` (default: the per-user path they also use)."""
     metrics: str | None = attrs.field(default=None, validator=check_metrics)
@@ -172,6 +175,7 @@ _FLAGS = {
     "mtu": "--mtu",
     "peers": "--peer",
     "direct_retry_s": "--direct-retry",
+    "datagrams": "--datagrams",
     "control": "--control",
     "metrics": "--metrics",
     "log_level": "--log-level",
@@ -261,6 +265,13 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
         help="pause between direct-path attempts while on the relay (default 60, jittered)",
     )
     p.add_argument(
+        "--datagrams",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on direct paths, send frames that fit one UDP datagram by UDP on the shared "
+        "port number (default: on; --no-datagrams: every frame by TCP)",
+    )
+    p.add_argument(
         "--control",
         metavar="PATH",
         help=f"control socket for status/ping (default: {default_control_path()})",
@@ -275,7 +286,8 @@ def add_up_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = relay_overrides(args)
-    keys = ("identity", "device", "address", "mtu", "direct_retry_s", "control", "metrics")
+    keys = ("identity", "device", "address", "mtu", "direct_retry_s", "datagrams", "control",
+            "metrics")  # fmt: skip
     for key in (*keys, "log_level", "log_format"):
         value = getattr(args, key, None)
         if value is not None:
@@ -364,6 +376,7 @@ async def _run(config: UpConfig, identity: Identity, stopping: Stopping) -> int:
             registry=registry,
             rendezvous_k=config.rendezvous_k,
             on_meeting=on_meeting,
+            datagrams=config.datagrams,
         )
         return await _run_tunnel(config, identity, tunnel, collector, names, stopping)
 

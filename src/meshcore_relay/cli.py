@@ -57,6 +57,7 @@ examples:
   meshcore-relay --config relay.toml --max-peers 50000
   meshcore-relay --identity /etc/meshcore/relay.key
   meshcore-relay --metrics 127.0.0.1:9090         # Prometheus metrics at /metrics
+  meshcore-relay --no-udp                         # no UDP port: datagrams by WebSocket
   meshcore-relay --print-config > relay.toml      # every setting with its value, as TOML
 
 commands (each with --help):
@@ -153,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         "default: off)",
     )
     parser.add_argument(
+        "--udp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="forward circuits' sealed datagrams by UDP on the listen port's number "
+        "(default: on; --no-udp: everything by WebSocket)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the effective settings as TOML and exit",
@@ -181,6 +189,7 @@ def _load(args: argparse.Namespace) -> RelaySettings:
         ("log_format", "--log-format"),
         ("shutdown_grace_s", "--shutdown-grace-s"),
         ("metrics", "--metrics"),
+        ("udp", "--udp/--no-udp"),
     ):
         value = getattr(args, key)
         if value is not None:

@@ -77,6 +77,8 @@ class RelaySettings:
     """On SIGTERM/SIGINT, how long peers get to take their Close before they are cut off."""
     metrics: str | None = attrs.field(default=None, validator=_check_metrics)
     """Serve Prometheus metrics on PORT or HOST:PORT (a bare port: 127.0.0.1); off if unset."""
+    udp: bool = True
+    """Forward circuits' sealed datagrams by UDP on the listen port's number (docs/datagram.md)."""
     limits: RelayLimits = attrs.field(factory=RelayLimits)
 
     def relay_config(self, identity: Identity | None = None) -> RelayConfig:
@@ -88,6 +90,7 @@ class RelaySettings:
             identity=identity,
             limits=self.limits,
             shutdown_grace_s=self.shutdown_grace_s,
+            udp=self.udp,
         )
 
 

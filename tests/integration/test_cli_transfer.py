@@ -44,17 +44,36 @@ def wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) 
     return seen
 
 
+def genkeys(tmp_path: Path, *names: str) -> tuple[dict[str, Path], dict[str, str]]:
+    """A fresh identity per name (`meshcore-peer genkey` into `tmp_path/NAME.key`): the key
+    files and the peer ids, by name."""
+    keys = {name: tmp_path / f"{name}.key" for name in names}
+    ids = {
+        name: subprocess.run(
+            [BIN / "meshcore-peer", "genkey", "--identity", key],
+            capture_output=True, check=True, timeout=60,
+        ).stdout.decode().strip()
+        for name, key in keys.items()
+    }  # fmt: skip
+    return keys, ids
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a process still running and wait for it (bounded; killed if it hangs)."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_fifty_mib_file_through_relay_listen_and_connect(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    alice_key, bob_key = tmp_path / "alice.key", tmp_path / "bob.key"
-    ids = {}
-    for name, key in (("alice", alice_key), ("bob", bob_key)):
-        out = subprocess.run(
-            [BIN / "meshcore-peer", "genkey", "--identity", key],
-            capture_output=True, check=True, env=env, timeout=60,
-        )  # fmt: skip
-        ids[name] = out.stdout.decode().strip()
-        assert (key.stat().st_mode & 0o777) == 0o600
+    keys, ids = genkeys(tmp_path, "alice", "bob")
+    alice_key, bob_key = keys["alice"], keys["bob"]
+    assert all((key.stat().st_mode & 0o777) == 0o600 for key in keys.values())
     source = tmp_path / "source.bin"
     source.write_bytes(os.urandom(SIZE))
     received = tmp_path / "received.bin"
@@ -88,13 +107,7 @@ def test_fifty_mib_file_through_relay_listen_and_connect(tmp_path: Path) -> None
         assert digest_out == digest_in
     finally:
         for proc in (listener, relay):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
     assert relay.returncode == 0
 
 
@@ -129,14 +142,7 @@ def test_help_is_helpful(args: list[str]) -> None:
 
 def test_listen_exec_pipes_each_session_into_a_command(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    keys = {name: tmp_path / f"{name}.key" for name in ("alice", "bob")}
-    ids = {
-        name: subprocess.run(
-            [BIN / "meshcore-peer", "genkey", "--identity", key],
-            capture_output=True, check=True, timeout=60,
-        ).stdout.decode().strip()
-        for name, key in keys.items()
-    }  # fmt: skip
+    keys, ids = genkeys(tmp_path, "alice", "bob")
     payload = os.urandom(1024 * 1024)
     inbox = tmp_path / "inbox.bin"
     port = free_port()
@@ -163,25 +169,12 @@ def test_listen_exec_pipes_each_session_into_a_command(tmp_path: Path) -> None:
         assert inbox.read_bytes() == payload
     finally:
         for proc in (listener, relay):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
 
 
 def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    keys = {name: tmp_path / f"{name}.key" for name in ("alice", "bob")}
-    ids = {
-        name: subprocess.run(
-            [BIN / "meshcore-peer", "genkey", "--identity", key],
-            capture_output=True, check=True, timeout=60,
-        ).stdout.decode().strip()
-        for name, key in keys.items()
-    }  # fmt: skip
+    keys, ids = genkeys(tmp_path, "alice", "bob")
     control = tmp_path / "bob.sock"
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
@@ -245,13 +238,7 @@ def test_status_and_ping_report_the_running_session(tmp_path: Path) -> None:
         assert connector.wait(timeout=60) == 0
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
 
 
 def test_status_without_a_running_peer_says_so(tmp_path: Path) -> None:

@@ -6,77 +6,17 @@ following a registry as it changes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from relayharness import Relay, relays, wait_until
 
 from meshcore import Identity
 from meshcore._network import open_relay_network
 from meshcore._registry import FileSource, open_registry
-from meshcore._relay import RelayConfig, RelayServer, serve_relay
 from meshcore.errors import ConfigError, RelayError, TransportClosed
 from meshcore.proto.relaylist import RelayEntry
 from meshcore.proto.rendezvous import rendezvous_relays
-
-
-class Relay:
-    """An in-process relay that can be stopped and started again on its port."""
-
-    def __init__(self, nursery: trio.Nursery, identity: Identity) -> None:
-        self._nursery = nursery
-        self.identity = identity
-        self.port = 0
-        self.server: RelayServer | None = None
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    @property
-    def entry(self) -> RelayEntry:
-        return RelayEntry(self.url, self.identity.peer_id)
-
-    async def start(self) -> None:
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-        config = RelayConfig(port=self.port, identity=self.identity, shutdown_grace_s=0.2)
-        self.server = await self._nursery.start(self._run, config)
-        self.port = self.server.port
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._stopped.wait()
-        self.server = None
-
-    async def _run(self, config: RelayConfig, task_status: trio.TaskStatus[RelayServer]) -> None:
-        try:
-            with self._scope:
-                await serve_relay(config, task_status=task_status)
-        finally:
-            self._stopped.set()
-
-    def peers(self) -> int:
-        return self.server.stats().peers if self.server is not None else 0
-
-
-@asynccontextmanager
-async def relays(n: int) -> AsyncIterator[list[Relay]]:
-    async with trio.open_nursery() as nursery:
-        out = [Relay(nursery, Identity.generate()) for _ in range(n)]
-        for relay in out:
-            await relay.start()
-        yield out
-        nursery.cancel_scope.cancel()
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll `condition` (callers bound the wait with trio.fail_after)."""
-    while not condition():
-        await trio.sleep(0.01)
 
 
 def peer_with_homes(entries: list[RelayEntry], homes: set[str], k: int = 2) -> Identity:

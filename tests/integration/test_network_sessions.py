@@ -13,7 +13,7 @@ import pytest
 import trio
 
 # the in-process relays live with the network tests
-from test_network import Relay, relays, wait_until
+from relayharness import Relay, relays, wait_until
 
 from meshcore import Identity, PathSettings, RelayEntry, Session, connect, rendezvous_relays, serve
 from meshcore.errors import RelayError

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 # the session-pair helpers live with the race tests
+from relayharness import Relay, wait_until
 from test_direct import ALICE, BOB, SESSION, pair, wait_path
 
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import RelayClient
-from meshcore._relay import RelayConfig, RelayServer, serve_relay
+from meshcore._relay import RelayConfig
 from meshcore._session import handshake_as_initiator, handshake_as_responder, open_session
 from meshcore.errors import SessionClosed
 from meshcore.proto.handshake import Responder
@@ -26,57 +27,16 @@ from meshcore.proto.session import SessionSettings
 RELAY_CONFIG = RelayConfig(port=0, shutdown_grace_s=1.0)
 
 
-class RestartableRelay:
-    """An in-process relay that can be stopped (gracefully: Close(SHUTDOWN) to every peer)
-    and started again on the same port."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self.port = 0
-        self.server: RelayServer | None = None
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    async def start(self) -> None:
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-        config = RelayConfig(port=self.port, shutdown_grace_s=RELAY_CONFIG.shutdown_grace_s)
-        self.server = await self._nursery.start(self._run, config)
-        self.port = self.server.port
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        await self._stopped.wait()
-        self.server = None
-
-    async def _run(self, config: RelayConfig, task_status: trio.TaskStatus[RelayServer]) -> None:
-        try:
-            with self._scope:
-                await serve_relay(config, task_status=task_status)
-        finally:
-            self._stopped.set()
-
-
 @asynccontextmanager
-async def restartable_relay() -> AsyncIterator[RestartableRelay]:
+async def restartable_relay() -> AsyncIterator[Relay]:
     async with trio.open_nursery() as nursery:
-        relay = RestartableRelay(nursery)
+        relay = Relay(nursery, shutdown_grace_s=RELAY_CONFIG.shutdown_grace_s)
         await relay.start()
         yield relay
         nursery.cancel_scope.cancel()
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll `condition` (callers bound the wait with trio.fail_after)."""
-    while not condition():
-        await trio.sleep(0.005)
-
-
-async def restart(relay: RestartableRelay, *clients: RelayClient) -> None:
+async def restart(relay: Relay, *clients: RelayClient) -> None:
     """Stop the relay, wait until every client saw the loss, start it again on the same
     port, and wait until every client registered again."""
     before = [c.registrations for c in clients]

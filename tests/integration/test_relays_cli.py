@@ -6,33 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
-from test_cli_transfer import BIN, free_port, wait_for_line
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from test_cli_transfer import BIN, free_port, genkeys, stop, wait_for_line
 
 
 def test_a_peer_on_a_relay_list_reports_its_relays_and_sessions(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    keys = {name: tmp_path / f"{name}.key" for name in ("alice", "bob")}
-    ids = {}
-    for name, key in keys.items():
-        out = subprocess.run(
-            [BIN / "meshcore-peer", "genkey", "--identity", key],
-            capture_output=True, check=True, env=env, timeout=60,
-        )  # fmt: skip
-        ids[name] = out.stdout.decode().strip()
+    keys, ids = genkeys(tmp_path, "alice", "bob")
     ports = [free_port() for _ in range(3)]
     urls = [f"ws://127.0.0.1:{p}/" for p in ports]
     relay_file = tmp_path / "relays.toml"

@@ -10,34 +10,19 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from tapmesh import tap_marker, tap_prerequisites
 
 from meshcore._tap import TapDevice, check_tap_access, open_tap, validate_device_name
 from meshcore.errors import ConfigError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_MISSING = [
-    what
-    for what, ok in (
-        ("root (CAP_NET_ADMIN)", os.geteuid() == 0),
-        ("/dev/net/tun", os.path.exists("/dev/net/tun")),
-        ("the ip command", any(os.path.exists(p) for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip"))),
-    )
-    if not ok
-]
-_SKIP = pytest.mark.skipif(
-    bool(_MISSING), reason="TAP TESTS SKIPPED, this machine lacks: " + ", ".join(_MISSING)
-)
-
-
-def needs_tap(test: F) -> F:
-    """Builds a network namespace and a TAP device in it: marked `lab`, skipped loudly
-    without root or /dev/net/tun."""
-    return pytest.mark.lab(_SKIP(test))  # type: ignore[no-any-return]
+_MISSING = tap_prerequisites()
+needs_tap = tap_marker("TAP TESTS", _MISSING)
+"""Builds a network namespace and a TAP device in it: marked `lab`, skipped loudly without root
+or /dev/net/tun."""
 
 
 @pytest.fixture

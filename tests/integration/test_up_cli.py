@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_tunnel import Mesh, needs_tap
+from tapmesh import Mesh, needs_tap
 
 import meshcore_peer.up as up
 from meshcore import Identity
@@ -203,6 +203,25 @@ def test_mac_address_is_locally_administered_unicast_and_stable() -> None:
 def test_load_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         up.load_up_config(None, {"mtu": "lots"})
+
+
+def test_datagrams_are_on_by_default_and_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert up.UpConfig().datagrams is True
+    base = {"relay": "ws://r/", "peers": [{"id": str(OTHER.peer_id)}]}
+    assert up.load_up_config(None, base).datagrams is True
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    up.add_up_parser(sub, argparse.ArgumentParser(add_help=False))
+    args = parser.parse_args(["up", "--no-datagrams"])
+    assert up.load_up_config(None, {**base, **up._overrides(args)}).datagrams is False
+    config = tmp_path / "peer.toml"
+    config.write_text('datagrams = "sometimes"\n')
+    with pytest.raises(ConfigError, match=r"datagrams: .*true or false"):
+        up.load_up_config(config, base)
+    monkeypatch.setenv("MESHCORE_PEER_DATAGRAMS", "false")
+    assert up.load_up_config(None, base).datagrams is False
 
 
 # --- the device's lifetime and the peers' (real, in namespaces) ------------------------------

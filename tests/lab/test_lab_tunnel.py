@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .labproc import wait_until
 from .netlab import Counters, Lab, LabProcess, Meshcore, Nat, Topology
 
 MakeLab = Callable[[Topology], Lab]
@@ -192,6 +193,91 @@ def test_symmetric_nats_keep_the_tunnel_on_the_relay_and_status_says_why(
     assert session["path"] == "relay", session
     assert session["last_error"] == reason, (session, reason)
     assert "path relay -> direct" not in ups["a"].output + ups["b"].output
+
+
+# -- the datagram path ------------------------------------------------------------------------
+
+UDP_DROP = ["nft", "-f", "-"]
+UDP_DROP_RULES = b"""
+table inet udpdrop {
+    chain input { type filter hook input priority 0; meta l4proto udp drop; }
+}
+"""
+
+
+def datagram_state(lab: Lab, mesh: Meshcore, host: str) -> tuple[str, int, int]:
+    (session,) = status(lab, mesh, host)
+    return session["datagram_path"], session["datagrams_sent"], session["datagrams_received"]
+
+
+def pings(lab: Lab, src: str, dst: str, count: int) -> None:
+    done = lab.run(src, ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "2",
+                         tunnel_address(lab, dst)], check=False)  # fmt: skip
+    assert done.returncode == 0 and f" {count} received" in done.stdout.decode(), done
+
+
+def test_small_frames_go_by_udp_and_by_tcp_while_udp_is_blocked(flat_lab: Lab) -> None:
+    """On a direct path a ping crosses as a datagram; with UDP dropped at one end the path
+    stops being used within the trust time and pings cross by TCP; it comes back after."""
+    lab = flat_lab
+    mesh, ups = start_tunnels(lab)
+    wait_direct(ups)
+    for host in ("a", "b"):
+        wait_until(lambda h=host: datagram_state(lab, mesh, h)[0] == "up", 10,  # type: ignore[misc]
+                   f"the datagram path of {host} is up")  # fmt: skip
+    _, sent_a, _got_a = datagram_state(lab, mesh, "a")
+    _, _sent_b, got_b = datagram_state(lab, mesh, "b")
+    pings(lab, "a", "b", 40)
+    _, sent_a2, _ = datagram_state(lab, mesh, "a")
+    _, _, got_b2 = datagram_state(lab, mesh, "b")
+    assert sent_a2 - sent_a >= 40 and got_b2 - got_b >= 40, (sent_a, sent_a2, got_b, got_b2)
+    lab.run("b", UDP_DROP, input=UDP_DROP_RULES)
+    wait_until(lambda: datagram_state(lab, mesh, "a")[0] == "probing", 10,
+               "a notices that UDP no longer gets through")  # fmt: skip
+    ups["a"].wait_for("datagram path stopped answering", 5)
+    _, sent_a3, _ = datagram_state(lab, mesh, "a")
+    pings(lab, "a", "b", 20)  # every one answered, by TCP
+    assert datagram_state(lab, mesh, "a")[1] == sent_a3
+    (session,) = status(lab, mesh, "a")
+    assert session["path"] == "direct", session
+    lab.run("b", ["nft", "delete", "table", "inet", "udpdrop"])
+    wait_until(lambda: datagram_state(lab, mesh, "a")[0] == "up", 10,
+               "the datagram path comes back once UDP gets through again")  # fmt: skip
+    pings(lab, "a", "b", 10)
+    assert datagram_state(lab, mesh, "a")[1] >= sent_a3 + 10
+
+
+def test_behind_symmetric_nats_small_frames_cross_the_relay_by_udp(make_lab: MakeLab) -> None:
+    """Relayed (both peers behind symmetric NATs), a ping crosses as a datagram through the
+    relay's UDP port; with UDP dropped at one end pings cross by the relay's WebSocket after
+    the trust time, and UDP is used again once it gets through."""
+    lab = make_lab(Topology.behind(Nat.RANDOM, Nat.RANDOM))
+    mesh, _ = start_tunnels(lab)
+    for host in ("a", "b"):
+        wait_until(lambda h=host: datagram_state(lab, mesh, h)[0] == "up", 20,  # type: ignore[misc]
+                   f"the datagram path of {host} through the relay is up")  # fmt: skip
+    (session,) = status(lab, mesh, "a")
+    assert session["path"] == "relay", session
+    _, sent_a, _ = datagram_state(lab, mesh, "a")
+    _, _, got_b = datagram_state(lab, mesh, "b")
+    pings(lab, "a", "b", 40)
+    _, sent_a2, _ = datagram_state(lab, mesh, "a")
+    _, _, got_b2 = datagram_state(lab, mesh, "b")
+    assert sent_a2 - sent_a >= 40 and got_b2 - got_b >= 40, (sent_a, sent_a2, got_b, got_b2)
+    lab.run("b", UDP_DROP, input=UDP_DROP_RULES)
+    for host in ("a", "b"):  # each side within its own trust time
+        wait_until(lambda h=host: datagram_state(lab, mesh, h)[0] == "probing", 10,  # type: ignore[misc]
+                   f"{host} notices that UDP through the relay no longer gets through")  # fmt: skip
+    _, sent_a3, _ = datagram_state(lab, mesh, "a")
+    pings(lab, "a", "b", 20)  # every one answered, by the relay's WebSocket
+    assert datagram_state(lab, mesh, "a")[1] == sent_a3
+    lab.run("b", ["nft", "delete", "table", "inet", "udpdrop"])
+    wait_until(lambda: datagram_state(lab, mesh, "a")[0] == "up", 10,
+               "the datagram path through the relay comes back")  # fmt: skip
+    pings(lab, "a", "b", 10)
+    assert datagram_state(lab, mesh, "a")[1] >= sent_a3 + 10
+    (session,) = status(lab, mesh, "a")
+    assert session["path"] == "relay", session
 
 
 # -- losing the direct path, losing the relay ---------------------------------------------------

@@ -39,6 +39,7 @@ PER_TYPE: dict[str, st.SearchStrategy[wire.ControlMessage]] = {
     "ObservedAddress": ws.observed_addresses(),
     "CircuitCredit": ws.circuit_credits(),
     "CircuitWindow": ws.circuit_windows(),
+    "CircuitUdp": ws.circuit_udps(),
 }
 
 

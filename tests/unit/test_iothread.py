@@ -3,6 +3,7 @@ removal waits for a running handler, and a failing handler costs only its descri
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -141,3 +142,26 @@ async def test_stop_ends_the_thread() -> None:
     io.start()
     await trio.to_thread.run_sync(io.stop)
     assert not io.running
+
+
+@pytest.mark.parametrize("role", ["bulk", "latency", ""])
+async def test_the_thread_tells_the_scheduler_its_role(role: str) -> None:
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        tid = threading.get_native_id()
+        seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, tid)))
+        done.set()
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with open_io_thread(role=role) as io:
+        io.call_soon(probe)
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(done.wait)
+    policy, nice = seen[0]
+    assert policy == (os.SCHED_BATCH if role == "bulk" else os.SCHED_OTHER)
+    if role == "latency" and os.geteuid() == 0:
+        assert nice == -5  # raised for the thread that serves lone frames
+    elif role != "latency":
+        assert nice == base

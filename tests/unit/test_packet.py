@@ -36,6 +36,8 @@ SIZES = {
     PacketType.FRAME: framing.MIN_FRAME_BYTES,
     PacketType.RESUME: RESUME_BYTES,
     PacketType.RESUME_ACK: RESUME_ACK_BYTES,
+    PacketType.DATAGRAM: framing.MIN_FRAME_BYTES,
+    PacketType.RELAY_DATAGRAM: 17 + framing.MIN_FRAME_BYTES,
 }
 
 
@@ -46,12 +48,14 @@ def test_the_owning_modules_use_the_same_type_bytes() -> None:
     assert framing.FRAME_TYPE is PacketType.FRAME
     assert resume.RESUME_TYPE is PacketType.RESUME
     assert resume.RESUME_ACK_TYPE is PacketType.RESUME_ACK
+    assert framing.DATAGRAM_TYPE is PacketType.DATAGRAM
 
 
 def test_empty_and_unknown_packets_have_no_type() -> None:
     assert packet_type_of(b"") is None
     assert packet_type_of(b"\x00rest") is None
-    assert packet_type_of(b"\x07") is None
+    assert packet_type_of(b"\x09") is None
+    assert packet_type_of(b"\x07") is PacketType.DATAGRAM
     assert packet_type_of(b"\x04" + bytes(15)) is PacketType.FRAME
 
 
@@ -100,7 +104,10 @@ def test_a_sealed_frame_keeps_its_bytes_for_the_receive_key(plaintext: bytes) ->
     [
         (b"", "empty packet"),
         (b"\x00" + bytes(100), "unknown packet type 0"),
-        (b"\x07" + bytes(100), "unknown packet type 7"),
+        (b"\x09" + bytes(100), "unknown packet type 9"),
+        (b"\x08" + bytes(20), "relay datagram of 21 bytes is too short"),
+        (b"\x07" + bytes(20), "datagram of 21 bytes"),
+        (b"\x07\x03" + bytes(40), "not a version-1 datagram"),
         (b"\xff", "unknown packet type 255"),
         (b"\x01\x01" + bytes(10), "wrong length"),
         (b"\x04" + bytes(20), "transport frame of 21 bytes"),

@@ -61,6 +61,10 @@ MESHCORE = [
     "handshake_as_responder",
     "open_migrator",
     "open_session",
+    # datagrams beside a direct path
+    "DatagramPort",
+    "DatagramSettings",
+    "open_datagram_port",
     # through a relay, and the relay
     "Invitation",
     "Pairing",

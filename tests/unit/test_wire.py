@@ -26,6 +26,7 @@ from meshcore.proto.wire import (
     CircuitClose,
     CircuitCredit,
     CircuitOpen,
+    CircuitUdp,
     CircuitWindow,
     Close,
     Connect,
@@ -82,6 +83,7 @@ SAMPLES: list[wire.ControlMessage] = [
     ObservedAddress(3, V6),
     CircuitCredit(9, 65536),
     CircuitWindow(9, 4 * 1024 * 1024),
+    CircuitUdp(9, bytes(range(16)), 7443),
 ]
 IDS = [type(m).__name__ for m in SAMPLES]
 
@@ -96,6 +98,7 @@ def test_public_api_is_pinned() -> None:
             "CircuitClose",
             "CircuitCredit",
             "CircuitOpen",
+            "CircuitUdp",
             "CircuitWindow",
             "Close",
             "Connect",
@@ -183,6 +186,9 @@ def test_observe_address_layouts() -> None:
 def test_credit_layouts() -> None:
     assert encode_control(CircuitCredit(5, 7)) == b"\x01\x1a" + struct.pack(">QI", 5, 7)
     assert encode_control(CircuitWindow(5, 7)) == b"\x01\x1b" + struct.pack(">QI", 5, 7)
+    token = bytes(range(16))
+    udp = b"\x01\x1c" + struct.pack(">Q", 5) + token + struct.pack(">H", 7443)
+    assert encode_control(CircuitUdp(5, token, 7443)) == udp
 
 
 def test_relayed_layout_is_header_length_payload() -> None:

@@ -163,6 +163,28 @@ relay's 256 KiB drop-tail circuit queue, less one message past the window's edge
 of overhead per queued frame (as `sessiontypes.RELAY_WINDOW_BYTES`), so nothing is dropped."""
 RELAY_CREDIT_SUBPROTOCOL: Final = "meshcore-credit.1"
 """The WebSocket subprotocol that turns per-circuit credits on (docs/wire-control.md)."""
+RELAY_UDP_SUBPROTOCOL: Final = "meshcore-udp.1"
+"""The subprotocol of a peer that takes its circuits' datagrams by UDP through the relay
+(`CircuitUdp`), on a relay without credits (docs/wire-control.md)."""
+RELAY_CREDIT_UDP_SUBPROTOCOL: Final = "meshcore-credit-udp.1"
+"""Both at once: credits and UDP (a WebSocket upgrade agrees to one subprotocol)."""
+RELAY_CLIENT_SUBPROTOCOLS: Final = (
+    RELAY_CREDIT_UDP_SUBPROTOCOL,
+    RELAY_CREDIT_SUBPROTOCOL,
+    RELAY_UDP_SUBPROTOCOL,
+)
+"""What a peer offers in the upgrade, best first: a relay agrees to the first it speaks."""
+RELAY_CREDITED_SUBPROTOCOLS: Final = (RELAY_CREDIT_UDP_SUBPROTOCOL, RELAY_CREDIT_SUBPROTOCOL)
+"""The agreed subprotocols under which the relay grants credit."""
+RELAY_UDP_TOKEN_BYTES: Final = 16
+"""A circuit side's random token, the prefix of its datagrams to the relay's UDP port."""
+RELAY_UDP_MAX_PACKET_BYTES: Final = 1500 - 20 - 8
+"""The largest UDP payload the relay forwards by default (one unfragmented IPv4 datagram of
+a 1500-byte path; larger ones are counted and dropped)."""
+RELAY_UDP_CIRCUIT_PACKETS_PER_S: Final = 50_000.0
+"""Datagrams per second one circuit side may send through the relay's UDP port."""
+RELAY_UDP_CIRCUIT_BYTES_PER_S: Final = 50_000_000.0
+"""Bytes per second one circuit side may send through it (400 Mbit/s)."""
 RELAY_CONTROL_QUEUE_MESSAGES: Final = 256
 """Control messages queued towards one connection; a peer that lets more pile up is closed."""
 RELAY_MAX_TRACKED_ADDRESSES: Final = 65536

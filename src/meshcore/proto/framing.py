@@ -9,6 +9,13 @@ docs/crypto-spec.md §3.5-3.8. Byte layout of a frame (all integers little-endia
      8  u64  counter                      ┘ nonce = 0^32 || LE64(counter)
     16  ciphertext of the plaintext, then the 16-byte Poly1305 tag
 
+A datagram of the session's unreliable channel (docs/datagram.md) has the same layout with
+type 7 and its kind (data, probe, probe reply) in the flags byte. It is sealed under the same
+key and counter sequence as the frames (so no nonce repeats), but checked against a replay
+window of its own: datagrams may arrive out of order with the frames, and neither channel's
+counters can push the other's out of its window. The type and flags are associated data, so
+a frame cannot be passed off as a datagram or the other way round.
+
 The AEAD is `cryptography`'s ChaCha20Poly1305 (OpenSSL): the same RFC 8439 bytes as libsodium's,
 about three times faster from Python (docs/design.md §4). This module is on the per-frame hot path:
 one AEAD object per key, precompiled structs, no copies beyond the one that prepends the header.
@@ -46,6 +53,11 @@ from meshcore.proto.packet import PacketType
 from meshcore.proto.replay import ReplayWindow
 
 __all__ = [
+    "DATAGRAM_DATA",
+    "DATAGRAM_KINDS",
+    "DATAGRAM_PROBE",
+    "DATAGRAM_REPLY",
+    "DATAGRAM_TYPE",
     "FRAME_TYPE",
     "MAX_PLAINTEXT_BYTES",
     "MIN_FRAME_BYTES",
@@ -53,12 +65,24 @@ __all__ = [
     "KeyRing",
     "ReceiveKey",
     "SendKey",
+    "decode_datagram_header_untrusted",
     "decode_frame_header_untrusted",
+    "peek_datagram_index",
     "peek_receiver_index",
 ]
 
 FRAME_TYPE: Final = PacketType.FRAME
 """First byte of every transport frame (docs/architecture.md, peer-to-peer packet types)."""
+
+DATAGRAM_TYPE: Final = PacketType.DATAGRAM
+"""First byte of every sealed datagram."""
+DATAGRAM_DATA: Final = 0
+"""Datagram kind (flags byte): a payload for the session's datagram receiver."""
+DATAGRAM_PROBE: Final = 1
+"""Datagram kind: a path probe; the receiver answers with DATAGRAM_REPLY to its source."""
+DATAGRAM_REPLY: Final = 2
+"""Datagram kind: the answer to a probe, echoing its payload."""
+DATAGRAM_KINDS: Final = (DATAGRAM_DATA, DATAGRAM_PROBE, DATAGRAM_REPLY)
 
 MIN_FRAME_BYTES: Final = FRAME_HEADER_BYTES + AEAD_TAG_BYTES
 """An empty plaintext seals to 32 bytes."""
@@ -76,6 +100,7 @@ _pack_header: Final = _HEADER.pack
 _unpack_header: Final = _HEADER.unpack_from
 _pack_nonce: Final = _NONCE.pack
 _FRAME_WORD0: Final = int(FRAME_TYPE)
+_DATAGRAM_WORD0: Final = int(DATAGRAM_TYPE)
 _SLICE_COPY_LIMIT: Final = 4096
 """Below this size, copying slices of a bytes frame is cheaper than making a memoryview."""
 
@@ -135,6 +160,41 @@ def peek_receiver_index(frame: bytes | bytearray | memoryview) -> int:
     return int(receiver_index)
 
 
+def decode_datagram_header_untrusted(data: bytes | bytearray | memoryview) -> FrameHeader:
+    """Parse and check the header of a sealed datagram from the network.
+
+    Raises DecodeError if it is shorter than header plus tag, longer than MAX_FRAME_BYTES,
+    or its type, kind or reserved bytes are not those of version 1.
+    """
+    size = len(data)
+    if size < MIN_FRAME_BYTES or size > MAX_FRAME_BYTES:
+        raise DecodeError(
+            f"datagram of {size} bytes is outside {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}"
+        )
+    word0, receiver_index, counter = _unpack_header(data)
+    kind = word0 >> 8
+    if word0 & 0xFF != _DATAGRAM_WORD0 or kind not in DATAGRAM_KINDS:
+        raise DecodeError(
+            f"not a version-1 datagram: type/kind/reserved word is {word0:#010x}, expected "
+            f"type {_DATAGRAM_WORD0} and kind 0..{len(DATAGRAM_KINDS) - 1}"
+        )
+    return FrameHeader(
+        receiver_index=receiver_index, counter=counter, type=_DATAGRAM_WORD0, flags=kind
+    )
+
+
+def peek_datagram_index(data: bytes | bytearray | memoryview) -> int:
+    """The receiver index of a sealed datagram, to route it to its session before
+    decrypting (nothing is authenticated yet). Raises DecodeError like
+    `decode_datagram_header_untrusted`."""
+    size = len(data)
+    if MIN_FRAME_BYTES <= size <= MAX_FRAME_BYTES:
+        word0, receiver_index, _ = _unpack_header(data)
+        if word0 & 0xFF == _DATAGRAM_WORD0 and word0 >> 8 in DATAGRAM_KINDS:
+            return int(receiver_index)
+    return decode_datagram_header_untrusted(data).receiver_index  # raises, naming why
+
+
 def _check_key(key: bytes, index: int, what: str) -> None:
     if len(key) != KEY_BYTES:
         raise ValueError(f"a frame key is {KEY_BYTES} bytes, got {len(key)}")
@@ -182,8 +242,11 @@ class SendKey:
         """Whether `seal` would refuse (REJECT_AFTER_S or REJECT_AFTER_MESSAGES reached)."""
         return now >= self._reject_at or self._counter >= REJECT_AFTER_MESSAGES
 
-    def seal(self, plaintext: bytes | bytearray | memoryview, now: float) -> bytes:
-        """Encrypt `plaintext` into one transport frame under the next counter.
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, now: float, word0: int = _FRAME_WORD0
+    ) -> bytes:
+        """Encrypt `plaintext` into one transport frame under the next counter (`word0`, the
+        header's type word, is for `seal_datagram`).
 
         Raises KeyExpired when the key is too old or used up (start a new handshake) and
         FrameTooLarge when the plaintext exceeds MAX_PLAINTEXT_BYTES.
@@ -201,8 +264,17 @@ class SendKey:
             )
         # Advance before encrypting: a counter is spent even if encryption fails.
         self._counter = counter + 1
-        header = _pack_header(_FRAME_WORD0, self._remote_index, counter)
+        header = _pack_header(word0, self._remote_index, counter)
         return header + self._aead.encrypt(_pack_nonce(counter), plaintext, header)
+
+    def seal_datagram(
+        self, plaintext: bytes | bytearray | memoryview, now: float, kind: int = DATAGRAM_DATA
+    ) -> bytes:
+        """Encrypt `plaintext` into one sealed datagram of `kind` under the next counter
+        (the same sequence as `seal`'s frames). Raises like `seal`."""
+        if kind not in DATAGRAM_KINDS:
+            raise ValueError(f"datagram kind must be one of {DATAGRAM_KINDS}, got {kind}")
+        return self.seal(plaintext, now, _DATAGRAM_WORD0 | kind << 8)
 
     def __repr__(self) -> str:
         return (
@@ -221,6 +293,7 @@ class ReceiveKey:
     __slots__ = (
         "_aead",
         "_created_at",
+        "_datagram_window",
         "_failures",
         "_local_index",
         "_reject_at",
@@ -235,6 +308,7 @@ class ReceiveKey:
         self._created_at = created_at
         self._reject_at = created_at + REJECT_AFTER_S
         self._window = ReplayWindow()
+        self._datagram_window = ReplayWindow()
         self._failures = 0
 
     @property
@@ -282,18 +356,47 @@ class ReceiveKey:
             raise DecodeError(
                 f"not a version-1 transport frame: type/flags/reserved word is {word0:#010x}"
             )
+        return self._open(frame, now, receiver_index, counter, self._window, "frame")
+
+    def open_datagram(self, data: bytes | bytearray | memoryview, now: float) -> tuple[int, bytes]:
+        """Authenticate and decrypt one sealed datagram; return its kind and plaintext.
+
+        Raises like `open` (DecodeError for a header that is not a datagram's); a replay is
+        checked against the datagrams' own window.
+        """
+        size = len(data)
+        if size < MIN_FRAME_BYTES or size > MAX_FRAME_BYTES:
+            decode_datagram_header_untrusted(data)  # raises, naming why
+        word0, receiver_index, counter = _unpack_header(data)
+        kind = word0 >> 8
+        if word0 & 0xFF != _DATAGRAM_WORD0 or kind not in DATAGRAM_KINDS:
+            decode_datagram_header_untrusted(data)  # raises, naming why
+        plaintext = self._open(
+            data, now, receiver_index, counter, self._datagram_window, "datagram"
+        )
+        return kind, plaintext
+
+    def _open(
+        self,
+        frame: bytes | bytearray | memoryview,
+        now: float,
+        receiver_index: int,
+        counter: int,
+        window: ReplayWindow,
+        what: str,
+    ) -> bytes:
         if receiver_index != self._local_index:
             raise UnknownReceiverIndex(
-                f"frame is for receiver index {receiver_index}, this key is "
-                f"{self._local_index}; route frames with peek_receiver_index",
+                f"{what} is for receiver index {receiver_index}, this key is "
+                f"{self._local_index}; route it by its receiver index",
                 receiver_index=receiver_index,
             )
         if now >= self._reject_at:
             raise KeyExpired(
-                "receive key is past its lifetime or forgery budget; frame dropped, "
+                f"receive key is past its lifetime or forgery budget; {what} dropped, "
                 "complete a new handshake"
             )
-        if size > _SLICE_COPY_LIMIT:
+        if len(frame) > _SLICE_COPY_LIMIT:
             frame = memoryview(frame)  # slicing large bytes would copy them; a view does not
         try:
             plaintext = self._aead.decrypt(
@@ -304,10 +407,10 @@ class ReceiveKey:
             if self._failures >= AEAD_FORGERY_LIMIT:
                 self._reject_at = float("-inf")
             raise AuthenticationError(
-                "transport frame failed authentication (forged or corrupted); dropped"
+                f"{what} failed authentication (forged or corrupted); dropped"
             ) from None
-        if not self._window.accept(counter):
-            raise ReplayError(f"frame counter {counter} was already received or is too old")
+        if not window.accept(counter):
+            raise ReplayError(f"{what} counter {counter} was already received or is too old")
         return plaintext
 
     def __repr__(self) -> str:
@@ -397,6 +500,29 @@ class KeyRing:
             return previous.open(frame, now)
         raise UnknownReceiverIndex(
             f"no live key of this session has receiver index {receiver_index}; frame dropped",
+            receiver_index=receiver_index,
+        )
+
+    def seal_datagram(
+        self, plaintext: bytes | bytearray | memoryview, now: float, kind: int = DATAGRAM_DATA
+    ) -> bytes:
+        """Seal a datagram under the current send key. Raises like `seal`."""
+        send = self._send
+        if send is None:
+            raise KeyExpired("no session keys are installed; complete a handshake first")
+        return send.seal_datagram(plaintext, now, kind)
+
+    def open_datagram(self, data: bytes | bytearray | memoryview, now: float) -> tuple[int, bytes]:
+        """Open a sealed datagram under whichever live receive key its receiver index names;
+        return its kind and plaintext. Raises what `ReceiveKey.open_datagram` raises, and
+        UnknownReceiverIndex when no live key matches."""
+        receiver_index = peek_datagram_index(data)
+        self._drop_previous(now)
+        for key in (self._receive, self._previous):
+            if key is not None and key.local_index == receiver_index:
+                return key.open_datagram(data, now)
+        raise UnknownReceiverIndex(
+            f"no live key of this session has receiver index {receiver_index}; datagram dropped",
             receiver_index=receiver_index,
         )
 

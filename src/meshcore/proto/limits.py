@@ -36,6 +36,9 @@ from meshcore.proto.constants import (
     RELAY_PING_INTERVAL_S,
     RELAY_RESTART_RATE_PER_S,
     RELAY_TOTAL_QUEUE_BYTES,
+    RELAY_UDP_CIRCUIT_BYTES_PER_S,
+    RELAY_UDP_CIRCUIT_PACKETS_PER_S,
+    RELAY_UDP_MAX_PACKET_BYTES,
 )
 
 __all__ = [
@@ -215,4 +218,20 @@ class RelayLimits:
         RELAY_MAX_TRACKED_ADDRESSES,
         "source addresses with a connection-rate bucket (least recently seen evicted)",
         ONE_OR_MORE,
+    )
+    udp_max_packet_bytes: int = limit(
+        RELAY_UDP_MAX_PACKET_BYTES,
+        "largest packet the relay's UDP port forwards, in bytes (larger: counted, dropped)",
+        at_least(49),
+        at_most(65507),
+    )
+    udp_circuit_packets_per_s: float = limit(
+        RELAY_UDP_CIRCUIT_PACKETS_PER_S,
+        "datagrams per second one circuit side may send through the relay's UDP port",
+        POSITIVE,
+    )
+    udp_circuit_bytes_per_s: float = limit(
+        RELAY_UDP_CIRCUIT_BYTES_PER_S,
+        "bytes per second one circuit side may send through the relay's UDP port",
+        POSITIVE,
     )

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         HandshakeInit,
         HandshakeResponse,
     )
+    from meshcore.proto.relayudp import RelayDatagram
     from meshcore.proto.resume import Resume, ResumeAck
 
 __all__ = ["PacketType", "SealedFrame", "decode_packet_untrusted", "packet_type_of"]
@@ -42,6 +43,12 @@ class PacketType(enum.IntEnum):
     """`Resume` (`resume.py`)."""
     RESUME_ACK = 6
     """`ResumeAck` (`resume.py`)."""
+    DATAGRAM = 7
+    """A sealed datagram of the session's unreliable channel: a transport frame's layout
+    with its own replay window (`framing.py`, docs/datagram.md)."""
+    RELAY_DATAGRAM = 8
+    """A sealed datagram sent by UDP through a relay: the circuit side's token in front of a
+    `DATAGRAM`, for the relay only (`relayudp.py`); the peer gets the datagram alone."""
 
 
 _BY_BYTE: Final[dict[int, PacketType]] = {int(t): t for t in PacketType}
@@ -59,8 +66,9 @@ def packet_type_of(data: bytes | bytearray | memoryview) -> PacketType | None:
 
 @attrs.frozen
 class SealedFrame:
-    """A transport frame as it arrived: its checked header and the whole frame, still sealed
-    (open it with the receive key its `header.receiver_index` names)."""
+    """A transport frame or a datagram (`header.type`) as it arrived: its checked header and
+    the whole packet, still sealed (open it with the receive key its `header.receiver_index`
+    names)."""
 
     header: FrameHeader
     frame: bytes = attrs.field(repr=lambda frame: f"<{len(frame)} bytes>")
@@ -68,13 +76,19 @@ class SealedFrame:
 
 if TYPE_CHECKING:
     _Packet: TypeAlias = (
-        HandshakeInit | HandshakeResponse | HandshakeConfirm | SealedFrame | Resume | ResumeAck
+        HandshakeInit
+        | HandshakeResponse
+        | HandshakeConfirm
+        | SealedFrame
+        | Resume
+        | ResumeAck
+        | RelayDatagram
     )
 
 
 def decode_packet_untrusted(data: bytes | bytearray | memoryview) -> _Packet:
     """Decode one peer-to-peer packet by its first byte: a handshake message, a `SealedFrame`
-    (header checked, nothing decrypted), a `Resume` or a `ResumeAck`.
+    (header checked, nothing decrypted), a `Resume`, a `ResumeAck` or a `RelayDatagram`.
 
     Raises DecodeError, and nothing else, for an empty packet, an unknown type byte, or what
     the owning module's decoder refuses.
@@ -95,10 +109,14 @@ _DECODERS: Final[dict[int, Callable[[Any], Any]]] = {}
 
 def _load_decoders() -> dict[int, Callable[[Any], Any]]:
     # Imported on first use, not at the top: these modules take their type bytes from here.
-    from meshcore.proto import framing, handshake_messages, resume
+    from meshcore.proto import framing, handshake_messages, relayudp, resume
 
     def sealed_frame(data: bytes | bytearray | memoryview) -> SealedFrame:
         header = framing.decode_frame_header_untrusted(data)
+        return SealedFrame(header, data if type(data) is bytes else bytes(data))
+
+    def sealed_datagram(data: bytes | bytearray | memoryview) -> SealedFrame:
+        header = framing.decode_datagram_header_untrusted(data)
         return SealedFrame(header, data if type(data) is bytes else bytes(data))
 
     _DECODERS.update(
@@ -109,6 +127,8 @@ def _load_decoders() -> dict[int, Callable[[Any], Any]]:
             PacketType.FRAME: sealed_frame,
             PacketType.RESUME: resume.decode_resume_untrusted,
             PacketType.RESUME_ACK: resume.decode_resume_ack_untrusted,
+            PacketType.DATAGRAM: sealed_datagram,
+            PacketType.RELAY_DATAGRAM: relayudp.decode_relay_datagram_untrusted,
         }
     )
     return _DECODERS

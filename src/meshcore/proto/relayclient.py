@@ -351,6 +351,11 @@ class RelayClientCore:
             return None  # (overdraw: the relay stopped granting; send as without credits)
         return wire.encode_relayed(circuit_id, payload)
 
+    def udp_route(self, circuit_id: int) -> tuple[bytes, int] | None:
+        """(token, the relay's UDP port) of a circuit the relay forwards datagrams of."""
+        circuit = self._circuits.get(circuit_id)
+        return None if circuit is None else circuit.udp
+
     def max_window(self, circuit_id: int) -> int:
         """The largest window a session may use on the circuit: what the relay lets it hold
         (CircuitWindow), else the window that fits an uncredited relay's queue."""
@@ -535,9 +540,10 @@ class RelayClientCore:
             return self._circuit_open_msg(msg, now)
         if isinstance(msg, wire.CircuitClose):
             return self._circuit_close_msg(msg, now)
-        if isinstance(msg, wire.CircuitCredit | wire.CircuitWindow):
+        if isinstance(msg, wire.CircuitCredit | wire.CircuitWindow | wire.CircuitUdp):
             circuit = self._circuits.get(msg.circuit_id)
-            return circuit.granted(msg) if circuit is not None and self.credited else []
+            udp = isinstance(msg, wire.CircuitUdp)
+            return circuit.granted(msg) if circuit is not None and (self.credited or udp) else []
         if isinstance(msg, wire.Ping):
             return [_send(wire.Pong(msg.nonce))]
         if isinstance(msg, wire.Pong):

@@ -64,6 +64,8 @@ class ClientCircuit:
     """Payload bytes the relay lets us send, on a credited connection (docs/relay.md)."""
     window: int = 0
     """The most credit the relay lets this circuit hold (0: not told)."""
+    udp: tuple[bytes, int] | None = attrs.field(default=None, repr=False)
+    """(token, UDP port) when the relay forwards the circuit's datagrams (CircuitUdp)."""
 
     def spend(self, size: int) -> bool:
         """Take `size` bytes of credit for a frame; False (nothing taken) if there is less."""
@@ -72,10 +74,16 @@ class ClientCircuit:
         self.credit -= size
         return True
 
-    def granted(self, msg: wire.CircuitCredit | wire.CircuitWindow) -> list[Output]:
-        """The relay's CircuitCredit (more credit: wake the senders) or CircuitWindow."""
+    def granted(
+        self, msg: wire.CircuitCredit | wire.CircuitWindow | wire.CircuitUdp
+    ) -> list[Output]:
+        """The relay's CircuitCredit (more credit: wake the senders), CircuitWindow or
+        CircuitUdp."""
         if isinstance(msg, wire.CircuitWindow):
             self.window = msg.window
+            return []
+        if isinstance(msg, wire.CircuitUdp):
+            self.udp = (msg.token, msg.port)
             return []
         self.credit += msg.credit
         return [CreditGranted(self.circuit_id)]

@@ -15,6 +15,7 @@ import attrs
 
 from meshcore.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 from meshcore.proto.codec import (
+    U16,
     U32,
     U64,
     Address,
@@ -35,6 +36,7 @@ from meshcore.proto.constants import (
     PROTOCOL_VERSION,
     RELAY_AUTH_MAC_BYTES,
     RELAY_NONCE_BYTES,
+    RELAY_UDP_TOKEN_BYTES,
     X25519_KEY_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
@@ -47,6 +49,7 @@ __all__ = [
     "CircuitClose",
     "CircuitCredit",
     "CircuitOpen",
+    "CircuitUdp",
     "CircuitWindow",
     "Close",
     "Connect",
@@ -101,6 +104,7 @@ class ControlType(enum.IntEnum):
     OBSERVED_ADDRESS = 25
     CIRCUIT_CREDIT = 26
     CIRCUIT_WINDOW = 27
+    CIRCUIT_UDP = 28
 
 
 class ErrorCode(enum.IntEnum):
@@ -163,6 +167,7 @@ _CODE: Final = Enumerated(ErrorCode, 16)
 _ROLE: Final = Enumerated(Role, 8)
 _REASON: Final = Reason()
 _FRAME: Final = Payload(MAX_FRAME_BYTES)
+_UDP_TOKEN: Final = Bytes(RELAY_UDP_TOKEN_BYTES, secret=True)
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -392,6 +397,18 @@ class CircuitWindow:
     window: int = attrs.field(**U32.spec)
 
 
+@attrs.frozen
+class CircuitUdp:
+    """relay -> peer, on a connection that agreed to UDP, when a circuit opens whose two
+    peers both did: sealed datagrams of the circuit may go by UDP to the relay's `port`
+    (at the address this connection reached), each prefixed by `token` (docs/datagram.md)."""
+
+    TYPE: ClassVar = ControlType.CIRCUIT_UDP
+    circuit_id: int = attrs.field(**U64.spec)
+    token: bytes = attrs.field(**_UDP_TOKEN.spec)
+    port: int = attrs.field(**U16.spec)
+
+
 ControlMessage = (
     Hello
     | Challenge
@@ -416,6 +433,7 @@ ControlMessage = (
     | ObservedAddress
     | CircuitCredit
     | CircuitWindow
+    | CircuitUdp
 )
 """Any relay control message."""
 
@@ -423,6 +441,7 @@ _CLASSES: Final[tuple[type[ControlMessage], ...]] = (
     Hello, Challenge, Auth, Registered, Connect, Invite, Accept, Reject, Paired,
     CircuitOpen, CircuitClose, Relayed, Ping, Pong, Error, Close, ObserveAddress,
     ObservedAddress, RelayIdentity, RelayChallenge, RelayProof, CircuitCredit, CircuitWindow,
+    CircuitUdp,
 )  # fmt: skip
 _LAYOUTS: Final[dict[type, tuple[ControlType, Layout]]] = {
     cls: (cls.TYPE, Layout(cls)) for cls in _CLASSES

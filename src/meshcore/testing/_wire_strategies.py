@@ -215,6 +215,13 @@ def observed_addresses() -> st.SearchStrategy[wire.ObservedAddress]:
     return st.builds(wire.ObservedAddress, _U64, endpoints())
 
 
+def circuit_udps() -> st.SearchStrategy[wire.CircuitUdp]:
+    """CircuitUdp messages (a circuit side's token for the relay's UDP port)."""
+    return st.builds(
+        wire.CircuitUdp, _U64, st.binary(min_size=16, max_size=16), st.integers(0, 0xFFFF)
+    )
+
+
 def circuit_credits() -> st.SearchStrategy[wire.CircuitCredit]:
     """CircuitCredit messages (the relay's grants)."""
     return st.builds(wire.CircuitCredit, _U64, _U32)

@@ -62,17 +62,7 @@ CORE_SETTINGS: Final = SessionSettings(
     direct_window_bytes=16384,
 )
 
-PATHS_CORE_SETTINGS: Final = SessionSettings(
-    window_frames=8,
-    window_bytes=4096,
-    ack_every_frames=3,
-    retransmit_timeout_s=0.5,
-    dead_after_s=None,
-    reorder_frames=64,
-    keepalive_s=0.4,
-    direct_window_frames=32,
-    direct_window_bytes=16384,
-)
+PATHS_CORE_SETTINGS: Final = attrs.evolve(CORE_SETTINGS, keepalive_s=0.4)
 PATHS_SETTINGS: Final = PathSettings(
     race_deadline_s=1.0,
     retry_s=1.0,

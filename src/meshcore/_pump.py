@@ -30,6 +30,7 @@ from meshcore.proto.constants import (
     TUNNEL_QUEUE_BYTES,
     TUNNEL_READ_BATCH_FRAMES,
 )
+from meshcore.proto.flowsplit import FlowSplit
 from meshcore.proto.fqcodel import FqCodel, FqCodelSettings
 from meshcore.proto.identity import PeerId
 from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
@@ -37,6 +38,10 @@ from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
 __all__ = ["FramePump", "LinkStats"]
 
 log = logging.getLogger("meshcore.tunnel")
+
+_SMALLEST_DATAGRAM_LIMIT = 1400
+"""Frames above this count as large for `FlowSplit` while no datagram path is up (the
+smallest limit a path has is 1403 bytes: IPv6 through the relay)."""
 
 _clock = time.monotonic
 """The queue's clock (any thread may read it; sojourn times need nothing else)."""
@@ -87,6 +92,7 @@ class _Link:
         "queue",
         "scope",
         "session",
+        "split",
         "stats",
         "wake",
     )
@@ -105,6 +111,8 @@ class _Link:
         self.queue = FqCodel(queue, offset=header)
         self.packer = FramePacker()
         self.assembler = FrameAssembler()
+        self.split = FlowSplit(header)
+        """Which flows' small frames may go by UDP (only the device thread uses it)."""
         self.scope = trio.CancelScope()
         self.wake = trio.Event()
         self.idle = False
@@ -288,15 +296,20 @@ class FramePump:
                 continue
             stats = link.stats
             session = link.session
-            if (
-                session is not None
-                and len(frame) <= session.datagram_limit
-                and session.send_datagram(frame)
-            ):  # by UDP, past the queue: nothing waits, and the path's loss is the frame's
-                stats.frames_out += 1
-                stats.bytes_out += len(frame)
-                stats.datagrams_out += 1
-                continue
+            if session is not None:
+                limit = session.datagram_limit
+                if len(frame) > (limit or _SMALLEST_DATAGRAM_LIMIT):
+                    link.split.sent_large(frame, now)  # also without a path: it may come up
+                elif (
+                    limit
+                    and link.split.may_send_datagram(frame, now)
+                    and session.send_datagram(frame)
+                ):
+                    # by UDP, past the queue: nothing waits, the path's loss is the frame's
+                    stats.frames_out += 1
+                    stats.bytes_out += len(frame)
+                    stats.datagrams_out += 1
+                    continue
             with link.lock:
                 stats.dropped_queue_full += link.queue.enqueue(frame, now)
             stats.frames_out += 1

@@ -27,8 +27,8 @@ import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
+from meshcore._relayconn import RelayConnection, serve_relay_connections
 from meshcore._relayudp import RelayUdp, open_relay_udp
-from meshcore._transport import WebSocketTransport, serve_transport
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_CLOSE_FLUSH_S,
@@ -146,7 +146,7 @@ class _Link:
         "write_scope",
     )
 
-    def __init__(self, conn_id: int, transport: WebSocketTransport) -> None:
+    def __init__(self, conn_id: int, transport: RelayConnection) -> None:
         self.conn_id = conn_id
         self.transport = transport
         self.queue: deque[tuple[bytes | None, int]] = deque()
@@ -180,6 +180,9 @@ class _Relay:
         """Relayed frames dropped, by reason (see `RelayCounters.dropped`)."""
         self._shutting_down = False
         self._all_closed = trio.Event()
+        self.stop_accepting = trio.Event()
+        """Set on shutdown: the listeners close, so that peers coming back early are refused
+        by the OS instead of costing the relay an upgrade each (docs/relay.md)."""
 
     def _timed_challenge(self, bundle: PublicBundle) -> tuple[Challenge, PendingAuth]:
         start = time.thread_time()
@@ -190,7 +193,7 @@ class _Relay:
 
     # --- connections ------------------------------------------------------------------------
 
-    async def serve_connection(self, transport: WebSocketTransport) -> None:
+    async def serve_connection(self, transport: RelayConnection) -> None:
         """The handler of one WebSocket connection; returns when it is closed."""
         conn_id = next(self._conn_ids)
         link = _Link(conn_id, transport)
@@ -412,6 +415,7 @@ class _Relay:
         """Tell every peer (Close SHUTDOWN, circuits closed), then wait up to the grace
         period for the connections to close."""
         self._shutting_down = True
+        self.stop_accepting.set()
         self.run(self.mm.shutdown(trio.current_time()))
         if not self.links:
             self._all_closed.set()
@@ -536,12 +540,13 @@ async def serve_relay(
             async with open_hidden_nursery() as nursery:
                 endpoints = await nursery.start(
                     partial(
-                        serve_transport,
+                        serve_relay_connections,
                         relay.serve_connection,
                         config.host,
                         config.port,
                         max_message=config.limits.max_message_bytes,
                         subprotocols=_subprotocols(config.limits, config.udp),
+                        stop_accepting=relay.stop_accepting,
                     )
                 )
                 nursery.start_soon(relay.run_timers)

@@ -40,6 +40,7 @@ from meshcore.proto.matchmaker import (
     Output as RelayOutput,
 )
 from meshcore.proto.packet import PacketType
+from meshcore.proto.reconnect import announced_window
 from meshcore.proto.relayclient import RelayClientCore, RelayClientState
 from meshcore.proto.relayclient_outputs import (
     CircuitClosed,
@@ -47,6 +48,7 @@ from meshcore.proto.relayclient_outputs import (
     CircuitOpenFailed,
     CircuitReopened,
     CloseConnection,
+    ConnectionLost,
     InvitationAccepted,
     Invited,
     Output,
@@ -192,6 +194,13 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
             elif isinstance(out, Reconnect):
                 event("reconnected")
                 self.dial(peer)
+            elif isinstance(out, ConnectionLost):
+                spread = announced_window(out.reason) if out.graceful else None
+                most = 0.75 + (spread or 0.0)  # the first backoff (0.5 s ± 50 %), plus the window
+                assert out.retry_in_s <= most, "a reconnect waits past backoff and window"
+                if spread is not None:
+                    assert spread <= 0.01, "three peers announced as a herd"
+                    event("a shutdown announced its reconnect window")
             elif isinstance(out, RegistrationFailed):
                 assert out.retry_in_s is not None, "a later attempt was not retried"
                 if isinstance(out.error, RelayNotVerified):
@@ -402,6 +411,20 @@ class RelayClientsAgainstMatchmaker(RuleBasedStateMachine):
         peer = self.peers[VERIFYING[i % len(VERIFYING)]]
         peer.hijack_next = True
         self.trouble(peer.index, None)
+
+    @rule()
+    def relay_restarts(self) -> None:
+        """The relay shuts down gracefully (Close(SHUTDOWN) announcing its reconnect window,
+        every circuit closed) and a new one with the same identity takes its place; every
+        client comes back within the backoff plus that window."""
+        old, self.mm = self.mm, Matchmaker(LIMITS, identity=RELAY)
+        self.relay(old.shutdown(self.now))
+        self.settle()
+        for peer in self.peers:
+            if peer.mm is old and peer.conn is not None:  # not yet told (mid-registration)
+                self.drop_connection(peer)
+                self.client(peer, peer.core.connection_lost("relay went away", self.now))
+        event("the relay restarted")
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 3.0, 6.0, 25.0]))
     def time_passes(self, seconds: float) -> None:

@@ -20,6 +20,7 @@ from meshcore.proto.constants import MAX_CANDIDATES
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import Identity, PublicBundle
 from meshcore.proto.packet import PacketType
+from meshcore.proto.reconnect import shutdown_reason
 from meshcore.proto.relayauth import make_challenge
 from meshcore.proto.relayclient import RelayClientCore, RelayClientState
 from meshcore.proto.relayclient_outputs import (
@@ -554,3 +555,40 @@ def test_the_machine_imports_no_io_library_in_a_fresh_interpreter() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# --- the reconnect window of a relay shutting down --------------------------------------------
+
+
+def test_a_shutdown_with_a_reconnect_window_spreads_the_first_wait_over_it() -> None:
+    c = Client(random=HalfRandom())
+    c.register()
+    out = c.feed(wire.Close(wire.ErrorCode.SHUTDOWN, shutdown_reason(8.0)))
+    lost = only(out, ConnectionLost)
+    assert lost.graceful and lost.retry_in_s == 0.5 + 4.0  # the backoff, plus half the window
+    assert c.advance(4.49) == [] and c.core.state is RelayClientState.LOST
+    assert c.advance(0.01) == [Reconnect()]
+
+
+@pytest.mark.parametrize(
+    ("message", "options"),
+    [
+        (wire.Close(wire.ErrorCode.SHUTDOWN, "the relay is shutting down; reconnect later"), {}),
+        (wire.Error(wire.ErrorCode.BAD_MESSAGE, "oops; reconnect within 8 s"), {}),  # no shutdown
+        (wire.Close(wire.ErrorCode.SHUTDOWN, shutdown_reason(8.0)), {"reconnect_window_max_s": 0}),
+    ],
+    ids=["a relay of an earlier build", "not a shutdown", "windows ignored"],
+)
+def test_without_an_announced_window_the_first_wait_is_the_backoff_alone(
+    message: wire.ControlMessage, options: dict[str, float]
+) -> None:
+    c = Client(random=HalfRandom(), **options)
+    c.register()
+    assert only(c.feed(message), ConnectionLost).retry_in_s == 0.5
+
+
+def test_an_announced_window_is_honoured_up_to_the_cap() -> None:
+    c = Client(random=HalfRandom(), reconnect_window_max_s=2.0)
+    c.register()
+    out = c.feed(wire.Close(wire.ErrorCode.SHUTDOWN, shutdown_reason(3600.0)))
+    assert only(out, ConnectionLost).retry_in_s == 0.5 + 1.0

@@ -244,6 +244,13 @@ RELAY_RECONNECT_MAX_S: Final = 30.0
 """Longest wait between attempts to reconnect to the relay."""
 RELAY_RECONNECT_JITTER: Final = 0.5
 """Reconnects wait the backoff x (1 ± this), so that the peers of a restarted relay spread out."""
+RELAY_RECONNECT_WINDOW_MAX_S: Final = 120.0
+"""The longest reconnect window a shutting-down relay may ask its peers to spread over
+(docs/relay-client.md): 20,000 peers at 200 registrations/s, or one misconfigured relay."""
+RELAY_RESTART_RATE_PER_S: Final = 1000.0
+"""Registrations per second a shutting-down relay asks its peers to come back at: about what
+one relay process takes on one core here (~0.95 ms each; docs/relay.md, "After a restart").
+Peers beyond it wait in the admission queue (max_pending_connections), not refused."""
 RELAY_HEARTBEAT_S: Final = 5.0
 """A peer pings its relay after this long without receiving anything on the connection (and
 again each time as long again passes), so that an idle connection still proves it lives."""

@@ -34,6 +34,7 @@ from meshcore.proto.constants import (
     RELAY_PAIRINGS_BURST,
     RELAY_PAIRINGS_PER_S,
     RELAY_PING_INTERVAL_S,
+    RELAY_RESTART_RATE_PER_S,
     RELAY_TOTAL_QUEUE_BYTES,
     RELAY_UDP_CIRCUIT_BYTES_PER_S,
     RELAY_UDP_CIRCUIT_PACKETS_PER_S,
@@ -136,6 +137,12 @@ class RelayLimits:
     )
     pairings_burst: int = limit(
         RELAY_PAIRINGS_BURST, "burst of pairing requests per peer", ONE_OR_MORE
+    )
+    restart_rate_per_s: float = limit(
+        RELAY_RESTART_RATE_PER_S,
+        "registrations per second the relay asks its peers to return at after it shut down "
+        "(they spread over peers / this many seconds)",
+        POSITIVE,
     )
     max_peers: int = limit(RELAY_MAX_PEERS, "registered peers at once", ONE_OR_MORE)
     max_pending_connections: int = limit(

@@ -25,6 +25,7 @@ from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.invitations import Invitations
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, TokenBucket, address_key
+from meshcore.proto.reconnect import reconnect_window, shutdown_reason
 from meshcore.proto.relayauth import PendingAuth, make_challenge, prove_relay
 from meshcore.proto.relayrecords import (
     CloseConnection,
@@ -295,7 +296,8 @@ class Matchmaker:
         out: list[Output] = [
             LogEvent("shutting down", {"peers": len(self._peers), "circuits": len(self._circuits)})
         ]
-        reason = "the relay is shutting down; reconnect later"
+        # the reconnect window spreads the peers' return (docs/relay.md, "After a restart")
+        reason = shutdown_reason(reconnect_window(len(self._peers), self.limits.restart_rate_per_s))
         for circuit in self._circuits.snapshot():
             self._circuits.close(
                 circuit, ErrorCode.SHUTDOWN, reason, out, tell=(circuit.a, circuit.b)

@@ -25,7 +25,6 @@ from meshcore.errors import (
     TransportClosed,
 )
 from meshcore.proto import wire
-from meshcore.proto.backoff import Backoff
 from meshcore.proto.constants import (
     DIRECT_ROUTE_TIMEOUT_S,
     MAX_CANDIDATES,
@@ -34,12 +33,14 @@ from meshcore.proto.constants import (
     RELAY_RECONNECT_JITTER,
     RELAY_RECONNECT_MAX_S,
     RELAY_RECONNECT_MIN_S,
+    RELAY_RECONNECT_WINDOW_MAX_S,
     RELAY_UNCREDITED_WINDOW_BYTES,
 )
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.heartbeat import Heartbeat
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
 from meshcore.proto.packet import PacketType, packet_type_of
+from meshcore.proto.reconnect import ReconnectPolicy, announced_window
 from meshcore.proto.relayclient_outputs import (
     CircuitClosed,
     CircuitOpened,
@@ -87,7 +88,8 @@ class RelayClientCore:
     `relay` names the relay in messages; with `relay_id` the relay must prove that id before
     anything of ours is sent (else it is not checked); `candidates` are announced before the
     local ones the driver passes to `connection_opened`; `timeout` bounds registration;
-    reconnect waits go from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %); the
+    reconnect waits go from `reconnect_min_s` doubling to `reconnect_max_s` (±50 %), plus a
+    share of a shutting-down relay's reconnect window (up to `reconnect_window_max_s`); the
     relay is pinged after `heartbeat_s` without news and given up after `dead_after_s`;
     `random` supplies request ids and the jitter (tests pass a seeded `random.Random`).
     """
@@ -102,6 +104,7 @@ class RelayClientCore:
         timeout: float = 10.0,
         reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
         reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
+        reconnect_window_max_s: float = RELAY_RECONNECT_WINDOW_MAX_S,
         route_timeout_s: float = DIRECT_ROUTE_TIMEOUT_S,
         heartbeat_s: float = RELAY_HEARTBEAT_S,
         dead_after_s: float = RELAY_DEAD_AFTER_S,
@@ -117,8 +120,9 @@ class RelayClientCore:
         self._timeout = timeout
         self._route_timeout_s = route_timeout_s
         self._random = random or SystemRandom()
-        self._backoff = Backoff(
-            reconnect_min_s, reconnect_max_s, RELAY_RECONNECT_JITTER, random=self._random.random
+        backoff = (reconnect_min_s, reconnect_max_s, RELAY_RECONNECT_JITTER)
+        self._reconnect = ReconnectPolicy(
+            *backoff, max_window_s=reconnect_window_max_s, random=self._random.random
         )
         self.state = RelayClientState.CONNECTING
         """Where the relay connection is."""
@@ -449,7 +453,7 @@ class RelayClientCore:
         self.observed = registered.observed
         self.candidates = attempt.candidates
         self.lost_reason = None
-        self._backoff.reset()
+        self._reconnect.reset()
         self._heartbeat.start(now, attempt.rtt_s)
         self._push_timer(self._heartbeat.next_check(), _T_HEARTBEAT, self.registrations)
         return [*out, Registered(registered.observed, self.candidates, self.registrations)]
@@ -464,22 +468,22 @@ class RelayClientCore:
             self.close_reason = str(error) or type(error).__name__
             out.append(RegistrationFailed(error, None))
             return out
-        wait = self._backoff.next_delay()
+        wait = self._reconnect.after_failure()
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
         out.append(RegistrationFailed(error, wait))
         return out
 
-    def _lose(
-        self, reason: str, now: float, *, close: bool, permanent: bool, graceful: bool = False
-    ) -> list[Output]:
-        """The registered connection ended: everything tied to it ends with it."""
+    def _lose(self, reason: str, now: float, *, close: bool, permanent: bool,
+              graceful: bool = False, window: float | None = None) -> list[Output]:  # fmt: skip
+        """The registered connection ended: everything tied to it ends with it. `graceful`:
+        the relay shut down, announcing `window` (its reconnect window) if not None."""
         out: list[Output] = [CloseConnection(reason)] if close else []
         out += self._end_connection(reason)
         if permanent:
             return out + self._closed(reason)
-        wait = self._backoff.next_delay()
+        wait = self._reconnect.after_loss(window)
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
@@ -550,7 +554,9 @@ class RelayClientCore:
             # another registration with our id took over: reconnecting would evict it in turn
             permanent = msg.code is wire.ErrorCode.REPLACED
             graceful = isinstance(msg, wire.Close) and msg.code is wire.ErrorCode.SHUTDOWN
-            return self._lose(reason, now, close=True, permanent=permanent, graceful=graceful)
+            window = announced_window(msg.reason) if graceful else None
+            return self._lose(reason, now, close=True, permanent=permanent, graceful=graceful,
+                              window=window)  # fmt: skip
         return []  # a message only peers send, or the relay's keys again: nothing to do
 
     def _relayed(self, msg: wire.Relayed, now: float) -> list[Output]:

@@ -206,7 +206,11 @@ table inet udpdrop {
 
 
 def datagram_state(lab: Lab, mesh: Meshcore, host: str) -> tuple[str, int, int]:
-    (session,) = status(lab, mesh, host)
+    """The datagram path of `host`'s one session, ("no session", 0, 0) before it is up."""
+    sessions = status(lab, mesh, host)
+    if not sessions:
+        return "no session", 0, 0
+    (session,) = sessions
     return session["datagram_path"], session["datagrams_sent"], session["datagrams_received"]
 
 

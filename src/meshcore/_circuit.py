@@ -5,6 +5,7 @@ circuit only asks it to send and to release, through `CircuitOwner`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -48,6 +49,10 @@ class CircuitOwner(Protocol):
 
     async def send_relayed(self, circuit_id: int, payload: bytes) -> None:
         """Send `payload` on the circuit; raises `TransportClosed` if it is gone."""
+        ...
+
+    async def send_relayed_many(self, circuit_id: int, payloads: Sequence[bytes]) -> None:
+        """Send `payloads` on the circuit in order, written together where the credit allows."""
         ...
 
     async def release_circuit(self, circuit_id: int, reason: str) -> None:
@@ -127,6 +132,25 @@ class CircuitTransport(Transport):
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
         await self._client.send_relayed(self.circuit_id, data)
+
+    async def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send frames in order, as many as the relay's credit covers in one write (a link's
+        whole batch: one message to the relay's socket, not one per frame). Cancelled, the
+        frames before the one waiting for credit have been sent."""
+        if self._close_reason is not None:
+            raise TransportClosed(self._close_reason)
+        await self._client.send_relayed_many(self.circuit_id, messages)
+
+    async def receive_batch(self) -> list[bytes]:
+        """The next frame and every one already queued behind it. Cancel-safe."""
+        batch = [await self.receive()]
+        receive_nowait = self._recv_q.receive_nowait
+        while len(batch) < _CIRCUIT_QUEUE:
+            try:
+                batch.append(receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        return batch
 
     async def receive(self) -> bytes:
         if self._unread is not None:

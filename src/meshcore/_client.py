@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from meshcore._circuit import CircuitTransport, Invitation, Pairing
+from meshcore._clientlink import ClientLink, send_quietly
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
 from meshcore._sharedport import open_shared_port_listener
@@ -46,37 +47,9 @@ log = logging.getLogger("meshcore.client")
 _INVITE_QUEUE = 64
 _UNVERIFIED: set[str] = set()
 """Relay URLs already logged as unverified in this process (logged once each)."""
-_SEND_SHIELD_S = 5.0  # a write may go on this long after its sender was cancelled
 
 
 _Result = Pairing | CircuitTransport | Exception
-
-
-class _Link:
-    """One connection to the relay: its transport, the lock its senders share, and the
-    reader's cancel scope, cancelled to close it."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.lock = trio.Lock()
-        self.scope = trio.CancelScope()
-        self.close_reason: str | None = None
-
-    async def send(self, data: bytes) -> None:
-        """Send one message. Cancelled while waiting for the lock, nothing was sent; once
-        writing, it finishes (within `_SEND_SHIELD_S`): a half-written message would cut the
-        connection every circuit shares (a circuit's writer is cancelled on its release)."""
-        async with self.lock:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(_SEND_SHIELD_S) as bound:
-                    await self.transport.send(data)
-        if bound.cancelled_caught:  # the transport has cut itself: the relay stopped reading
-            raise TransportClosed(f"the relay took no message for {_SEND_SHIELD_S:g} s")
-
-    def close(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-            self.scope.cancel()
 
 
 class RelayClient:
@@ -139,7 +112,7 @@ class RelayClient:
         )
         self._refusal: str | None = None
         """The last reason a relay was refused for its identity (logged when it changes)."""
-        self._link: _Link | None = None
+        self._link: ClientLink | None = None
         self._circuits: dict[int, CircuitTransport] = {}
         self._waiters: dict[int, trio.MemorySendChannel[_Result]] = {}
         self._tickets = itertools.count(1)
@@ -334,6 +307,30 @@ class RelayClient:
         assert link is not None  # an open circuit implies a registered connection
         await link.send(data)
 
+    async def send_relayed_many(self, circuit_id: int, payloads: Sequence[bytes]) -> None:
+        """Send `payloads` on the circuit in order (`CircuitTransport.send_many`): as many as
+        the credit covers are written together, then the next waits for credit as in
+        `send_relayed`. Raises `TransportClosed` if the circuit or the connection is gone;
+        cancelled, the payloads before the one waiting for credit have been sent."""
+        core = self._core
+        ready: list[bytes] = []
+        for payload in payloads:
+            data = core.send_relayed(circuit_id, payload)
+            if data is None:  # out of credit: send what is ready, then wait as one send
+                if ready:
+                    await self._send_now(ready)
+                    ready = []
+                await self.send_relayed(circuit_id, payload)
+            else:
+                ready.append(data)
+        if ready:
+            await self._send_now(ready)
+
+    async def _send_now(self, messages: list[bytes]) -> None:
+        link = self._link
+        assert link is not None  # an open circuit implies a registered connection
+        await link.send_many(messages)
+
     def max_window(self, circuit_id: int) -> int:
         """The largest window a session may use on the circuit (`CircuitTransport.max_window`)."""
         return self._core.max_window(circuit_id)
@@ -396,7 +393,7 @@ class RelayClient:
                 raise self._fatal
 
     async def _serve_connection(self, transport: Transport, credited: bool) -> None:
-        link = self._link = _Link(transport)
+        link = self._link = ClientLink(transport)
         reason = "relay closed the connection"
         try:
             with link.scope:
@@ -405,8 +402,8 @@ class RelayClient:
                 now = trio.current_time()
                 await self._run(self._core.connection_opened(local, now, credited=credited))
                 while True:
-                    data = await transport.receive()
-                    await self._run(self._core.receive_data(data, trio.current_time()))
+                    for data in await transport.receive_batch():
+                        await self._run(self._core.receive_data(data, trio.current_time()))
         except TransportClosed as exc:
             reason = exc.reason
         self._execute(self._core.connection_lost(reason, trio.current_time()))
@@ -426,7 +423,7 @@ class RelayClient:
             link = self._link
             sends = self._execute(self._core.handle_timer(trio.current_time()))
             if sends and link is not None:
-                nursery.start_soon(_send_quietly, link, sends)
+                nursery.start_soon(send_quietly, link, sends)
 
     # ----------------------------------------------------------------- outputs
     async def _request(
@@ -613,14 +610,6 @@ def _invited(i: Invitation) -> ev.Invited:
 def _invitation(out: ev.Invited, accepted: Pairing | None = None) -> Invitation:
     keys, where = (out.x25519_public, out.kem_public), (out.observed, out.candidates)
     return Invitation(out.request_id, out.initiator, *keys, *where, out.connection, accepted)
-
-
-async def _send_quietly(link: _Link, sends: list[bytes]) -> None:
-    try:
-        for data in sends:
-            await link.send(data)
-    except TransportClosed:
-        pass  # the reader sees the connection end
 
 
 async def _discard(result: _Result) -> None:

@@ -64,6 +64,8 @@ log = logging.getLogger("meshcore.relay")
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _CONTROL: Final = 0
 """Circuit id of queue entries that are control messages (0 is never a circuit id)."""
+_WRITE_BATCH_BYTES: Final = 256 * 1024
+"""A connection's writer takes queued messages until this many bytes for one write."""
 CHALLENGE_CPU_BUCKETS_S: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
@@ -225,30 +227,39 @@ class _Relay:
         transport, mm, conn_id = link.transport, self.mm, link.conn_id
         try:
             while not link.closing:
-                data = await transport.receive()
-                self.run(mm.receive_data(conn_id, data, trio.current_time()))
+                for data in await transport.receive_batch():
+                    self.run(mm.receive_data(conn_id, data, trio.current_time()))
+                    if link.closing:
+                        break
         except TransportClosed as exc:
             return exc.reason
         return link.close_reason
 
     async def _write_loop(self, link: _Link) -> None:
+        """Write what is queued for `link`, a batch at a time (one write to the socket for
+        everything queued, up to `_WRITE_BATCH_BYTES`): credit first, then the FIFO."""
         transport = link.transport
         try:
             with link.write_scope:
-                while True:
+                ending = False
+                while not ending:
                     while not link.queue and not link.credits:
                         await link.lot.park()
+                    batch: list[bytes] = []
                     if link.credits:  # credit overtakes queued frames: it unblocks a sender
                         credits, link.credits = link.credits, {}
-                        await transport.send_many(
-                            [encode_control(CircuitCredit(*item)) for item in credits.items()]
-                        )
-                        continue
-                    data, circuit_id = link.queue.popleft()
-                    if data is None:
-                        break
-                    self._dequeued(link, data, circuit_id)
-                    await transport.send(data)
+                        batch = [encode_control(CircuitCredit(*item)) for item in credits.items()]
+                    size, queue = 0, link.queue
+                    while queue and size < _WRITE_BATCH_BYTES:
+                        data, circuit_id = queue.popleft()
+                        if data is None:
+                            ending = True
+                            break
+                        self._dequeued(link, data, circuit_id)
+                        batch.append(data)
+                        size += len(data)
+                    if batch:
+                        await transport.send_many(batch)
         except TransportClosed:
             return
         await transport.aclose(link.close_reason or "closed")

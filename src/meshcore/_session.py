@@ -92,11 +92,6 @@ looks at the deadlines at least this often, so those threads need wake trio only
 is due sooner."""
 
 
-def _push_all(frames: list[tuple[Link, bytes]]) -> None:
-    """Queue frames handed over from another thread on their trio links, in order."""
-    for link, frame in frames:
-        link.push(frame)
-
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
     keys = KeyRing()
@@ -135,6 +130,9 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         self._window_blocked = False
         self._stashed: list[SessionEvent | PingAnswered] = []
         self._kick_pending = False
+        self._handoff: list[tuple[Link, bytes]] = []
+        """Frames routed to trio links from other threads, not yet queued on them."""
+        self._handoff_pending = False
         self._waiters = 0
         self._threaded = 0
         self._handshake = result
@@ -447,14 +445,18 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         with self._lock:
             now = self._clock.current_time()
             receive = self._paths.receive_frame
-            for data in frames:
-                if data and data[0] == _FRAME:
-                    if _trace.ENABLED:
-                        _trace.parent = _trace.key(data)
-                    receive(data, link, now)
-                    if _trace.ENABLED:
-                        _trace.mark("session.opened", data)
-                # anything else: late handshake retransmissions and the like
+            self._core.coalesce_acks(True, now)
+            try:
+                for data in frames:
+                    if data and data[0] == _FRAME:
+                        if _trace.ENABLED:
+                            _trace.parent = _trace.key(data)
+                        receive(data, link, now)
+                        if _trace.ENABLED:
+                            _trace.mark("session.opened", data)
+                    # anything else: late handshake retransmissions and the like
+            finally:
+                self._core.coalesce_acks(False, now)
             self._changed()
         _trace.parent = 0
 
@@ -476,6 +478,8 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         """Hand the core's frames to the links they go on (a trio link's queue is trio's:
         from another thread the frame is handed over in order through trio's token)."""
         off_trio = threading.get_ident() != self._trio_thread
+        if not off_trio and self._handoff:  # what other threads routed first goes first
+            self._push_handoff()
         handed: list[tuple[Link, bytes]] = []
         for link, frame in self._paths.outbox():
             if _trace.ENABLED:
@@ -484,8 +488,19 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
                 handed.append((cast(Link, link), frame))
             else:
                 cast(Link, link).push(frame)
-        if handed:  # one wakeup of trio for all of them
-            self._token.run_sync_soon(_push_all, handed)
+        if handed:  # one wakeup of trio for everything handed over until it runs
+            self._handoff += handed
+            if not self._handoff_pending:
+                self._handoff_pending = True
+                self._token.run_sync_soon(self._push_handoff)
+
+    def _push_handoff(self) -> None:
+        """Queue the frames other threads routed to trio links, in order (on trio)."""
+        with self._lock:
+            handed, self._handoff = self._handoff, []
+            self._handoff_pending = False
+        for link, frame in handed:
+            link.push(frame)
 
     def _new_link(self, transport: Transport, kind: str) -> Link:
         """A link for `transport`: one the data path's thread serves, for a direct

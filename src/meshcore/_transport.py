@@ -36,6 +36,7 @@ from meshcore._sharedport import (
     open_reuseport_listener,
     open_tcp_socket_from,
 )
+from meshcore._wsbatch import take_ready, write_messages
 from meshcore.errors import ConfigError, ConnectFailed, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
@@ -66,7 +67,9 @@ _WS_GOING_AWAY = 1001
 _WS_UNSUPPORTED_DATA = 1003
 _WS_ABNORMAL = 1006
 _WS_INTERNAL_ERROR = 1011
-_READ_BYTES = 65536  # per TCP read; trio-websocket's 4 KiB default costs 16 reads per 64 KiB
+_READ_BYTES = 256 * 1024  # per TCP read (trio-websocket's default: 4 KiB), several messages
+_BATCH_MESSAGES = 256
+"""Most messages `receive_batch` hands over at once."""
 _TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
 
 
@@ -216,22 +219,27 @@ class WebSocketTransport(Transport):
         waiting for another one is harmless; cancelling one that is writing closes the
         transport, since a half-written message would corrupt the stream.
         """
+        await self.send_many((data,))
+
+    async def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send `messages` in order, framed together and written at once (`_wsbatch`); raises
+        and behaves on cancellation like `send`, for the whole batch."""
         if self._close_reason is not None:
             raise TransportClosed(self._close_reason)
-        if not isinstance(data, bytes):
-            data = bytes(data)  # bytearray or memoryview: trio-websocket takes only bytes
-        if len(data) > self._max_message:
-            raise ValueError(
-                f"message of {len(data)} bytes is over this transport's {self._max_message}-byte "
-                "limit; split it or raise max_message on both sides"
-            )
+        batch = [m if isinstance(m, bytes) else bytes(m) for m in messages]
+        for data in batch:
+            if len(data) > self._max_message:
+                raise ValueError(
+                    f"message of {len(data)} bytes is over this transport's "
+                    f"{self._max_message}-byte limit; split it or raise max_message on both sides"
+                )
         try:  # uncontended, take the lock without a trip through the scheduler
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self._send_lock.acquire()  # cancelled here: nothing was written, no harm
         try:
             try:
-                await self._ws.send_message(data)
+                await write_messages(self._ws, batch)
             except ConnectionClosed as exc:
                 self._note_closed(exc.reason)
                 raise TransportClosed(self._close_reason or "closed") from None
@@ -244,6 +252,18 @@ class WebSocketTransport(Transport):
                 raise
         finally:
             self._send_lock.release()
+
+    async def receive_batch(self) -> list[bytes]:
+        """The next message and every one already read behind it (at most
+        `_BATCH_MESSAGES`); raises like `receive`. Cancel-safe."""
+        batch = [await self.receive()]
+        if not self._closed_here:
+            for message in take_ready(self._ws, _BATCH_MESSAGES):
+                if not isinstance(message, bytes):
+                    await self._close(_WS_UNSUPPORTED_DATA, _TEXT_REFUSED)
+                    break
+                batch.append(message)
+        return batch
 
     async def receive(self) -> bytes:
         """Return the next message; raises TransportClosed once closed (and, after a remote

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, closing
 import attrs
 import pytest
 import trio
+from freeports import free_port_outside_ephemeral_range
 
 from meshcore import Identity, Session, connect, serve
 from meshcore._client import Pairing, RelayClient, open_relay_client
@@ -62,10 +63,7 @@ async def blackhole() -> AsyncIterator[Endpoint]:
 
 
 def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port_outside_ephemeral_range()
 
 
 @asynccontextmanager

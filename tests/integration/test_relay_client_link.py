@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshcore._client import _Link
+from meshcore._clientlink import ClientLink as _Link
 from meshcore.errors import TransportClosed
 from meshcore.testing import memory_transport_pair
 
@@ -24,6 +24,10 @@ class SlowTransport:
         await trio.sleep(self.seconds)
         self.written.append(data)
 
+    async def send_many(self, messages: list[bytes]) -> None:
+        await trio.sleep(self.seconds)
+        self.written += messages
+
 
 async def test_a_cancelled_sender_still_finishes_its_write(
     autojump_clock: trio.testing.MockClock,
@@ -35,6 +39,18 @@ async def test_a_cancelled_sender_still_finishes_its_write(
         await trio.lowlevel.checkpoint()
     assert scope.cancelled_caught  # the caller was cancelled ...
     assert transport.written == [b"frame"]  # ... after the whole message was written
+
+
+async def test_a_cancelled_batch_still_finishes_its_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    transport = SlowTransport(0.5)
+    link = _Link(transport)  # type: ignore[arg-type]
+    with trio.move_on_after(0.1) as scope:
+        await link.send_many([b"one", b"two", b"three"])
+        await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    assert transport.written == [b"one", b"two", b"three"]
 
 
 async def test_a_write_the_relay_never_takes_is_cut_after_the_bound(

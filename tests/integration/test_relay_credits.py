@@ -103,6 +103,37 @@ async def test_a_fast_sender_is_held_to_its_window_and_nothing_is_dropped(
         assert peak <= WINDOW + frames * wire.RELAYED_HEADER_BYTES
 
 
+async def test_batches_larger_than_the_credit_go_out_whole_in_order_and_drop_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    # CircuitTransport.send_many writes what the credit covers at once and waits for the
+    # rest: batches of a dozen frames against a window of four, one write per credit grant
+    server = await start_relay(nursery, config(circuit_window_bytes=WINDOW))
+    frames, batch = 240, 12
+    async with (
+        open_relay_client(server.url, ALICE) as alice,
+        open_relay_client(server.url, BOB) as bob,
+    ):
+        got: list[int] = []
+
+        async def bob_reads() -> None:
+            invitation = await bob.next_invitation()
+            circuit = (await bob.accept(invitation)).circuit
+            while len(got) < frames:
+                got.extend(int.from_bytes(f[:4], "big") for f in await circuit.receive_batch())
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(bob_reads)
+                circuit = (await alice.connect(BOB.peer_id)).circuit
+                for start in range(0, frames, batch):
+                    await circuit.send_many(
+                        [n.to_bytes(4, "big") + bytes(SIZE) for n in range(start, start + batch)]
+                    )
+        assert got == list(range(frames))
+        assert server.stats().dropped_frames == 0
+
+
 async def test_a_relay_without_credits_leaves_the_peer_as_before(nursery: trio.Nursery) -> None:
     server = await start_relay(nursery, config(flow_control="drop"))
     async with (

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from freeports import free_port_outside_ephemeral_range
 
 from meshcore._transport import (
     WebSocketTransport,
@@ -50,11 +51,9 @@ def own_nurseries() -> list[trio.Nursery]:
 
 
 async def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    listener = await open_reuseport_listener("127.0.0.1", 0)
-    port: int = listener.socket.getsockname()[1]
-    await listener.aclose()
-    return port
+    """A loopback port with nothing listening on it (nor likely to be taken meanwhile)."""
+    await trio.lowlevel.checkpoint()
+    return free_port_outside_ephemeral_range()
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -122,6 +121,64 @@ async def test_websocket_batches_arrive_in_order(nursery: trio.Nursery) -> None:
             while len(got) < 50:
                 got += await transport.receive_batch()
             assert got == [b"%d" % i for i in range(50)]
+
+
+async def test_a_websocket_batch_is_one_write_and_is_read_as_one_batch() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    writes: list[int] = []
+    write = left.send_all
+
+    async def counted(data: bytes | bytearray | memoryview) -> None:
+        writes.append(len(data))
+        await write(data)
+
+    left.send_all = counted  # type: ignore[method-assign]
+    received: list[list[bytes]] = []
+
+    async def server() -> None:
+        async with wrap_stream_transport(right, client=False) as transport:
+            await sent.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            received.append(await transport.receive_batch())
+
+    sent = trio.Event()
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server)
+            async with wrap_stream_transport(left, client=True) as sender:
+                before = len(writes)
+                await sender.send_many([b"%d" % i for i in range(20)])
+                assert len(writes) == before + 1  # twenty messages, one write
+                sent.set()
+                while not received:
+                    await trio.testing.wait_all_tasks_blocked()
+    assert received == [[b"%d" % i for i in range(20)]]
+
+
+async def test_a_text_message_inside_a_batch_ends_it_and_the_connection() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            got: list[list[bytes]] = []
+
+            async def server() -> None:
+                async with wrap_stream_transport(right, client=False) as transport:
+                    await sent.wait()
+                    await trio.testing.wait_all_tasks_blocked()
+                    got.append(await transport.receive_batch())
+                    with pytest.raises(TransportClosed, match="text message"):
+                        await transport.receive_batch()
+
+            sent = trio.Event()
+            nursery.start_soon(server)
+            raw = await trio_websocket.wrap_client_stream(nursery, left, "test", "/")
+            for message in (b"one", b"two", "three", b"four"):
+                await raw.send_message(message)
+            sent.set()
+            with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                await raw.get_message()
+            assert info.value.reason is not None and info.value.reason.code == 1003
+    assert got == [[b"one", b"two"]]
 
 
 # --- close reasons ---------------------------------------------------------------------------

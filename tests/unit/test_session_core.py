@@ -95,6 +95,38 @@ def test_ack_empties_the_retransmit_buffer() -> None:
     assert a.all_acked
 
 
+def test_a_batch_of_frames_is_acknowledged_once_at_its_end() -> None:
+    a, b = make_pair(SessionSettings(ack_every_frames=1, dead_after_s=None))
+    for i in range(6):
+        a.send(b"m%d" % i, 0.0)
+    frames = [f for _, f in a.outbox()]
+    b.coalesce_acks(True, 0.0)
+    for frame in frames:
+        b.receive_frame(frame, 0.0)
+    assert b.outbox() == []  # each frame was due an ack; none went out during the batch
+    b.coalesce_acks(False, 0.0)
+    (ack,) = [f for _, f in b.outbox()]
+    a.receive_frame(ack, 0.0)
+    assert a.all_acked  # the one ack covers all six
+    assert received(b) == [b"m%d" % i for i in range(6)]
+    b.coalesce_acks(True, 0.0)
+    b.coalesce_acks(False, 0.0)
+    assert b.outbox() == []  # nothing owed: nothing sent
+
+
+def test_an_urgent_ack_is_not_held_for_the_end_of_a_batch() -> None:
+    a, b = make_pair(SessionSettings(ack_every_frames=100, dead_after_s=None))
+    for i in range(3):
+        a.send(bytes([i]), 0.0)
+    first, _, third = [f for _, f in a.outbox()]
+    b.coalesce_acks(True, 0.0)
+    b.receive_frame(first, 0.0)
+    b.receive_frame(third, 0.0)  # a gap: the sender must hear of it at once
+    assert len(b.outbox()) == 1
+    b.coalesce_acks(False, 0.0)
+    assert b.outbox() == []  # below ack_every_frames: the delayed ack's timer covers it
+
+
 def test_delayed_ack_goes_out_on_the_timer() -> None:
     a, b = make_pair(SessionSettings(ack_every_frames=100, ack_delay_s=0.02))
     a.send(b"x", 0.0)

@@ -130,6 +130,7 @@ class SessionCore(SessionSend):
         self._events: list[SessionEvent] = []
         self._outbox: list[tuple[Hashable, bytes]] = []
         self._dup_acks = 0
+        self._coalescing = False
         self._window_frames = self.settings.window_frames
         self._window_cap = self.settings.window_bytes
         self._window_direct = False

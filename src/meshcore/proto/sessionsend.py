@@ -54,6 +54,7 @@ class SessionSend:
     _rto: float
     _retransmit_at: float | None
     _dup_acks: int
+    _coalescing: bool
     _window_frames: int
     _window_cap: int
     _window_direct: bool
@@ -148,12 +149,19 @@ class SessionSend:
     def _owe_ack(self, now: float, *, urgent: bool, nbytes: int = 0) -> None:
         inbound = self._in
         inbound.owe(now, nbytes)
-        s = self.settings
-        if (
-            urgent
-            or inbound.owed_frames >= s.ack_every_frames
-            or inbound.owed_bytes >= s.ack_every_bytes
-        ):
+        if urgent or (not self._coalescing and self._ack_due()):
+            self._send_ack(now)
+
+    def _ack_due(self) -> bool:
+        s, inbound = self.settings, self._in
+        return inbound.owed_frames >= s.ack_every_frames or inbound.owed_bytes >= s.ack_every_bytes
+
+    def coalesce_acks(self, on: bool, now: float) -> None:
+        """From `coalesce_acks(True, now)` to `coalesce_acks(False, now)` (around a batch of
+        frames read at once), acknowledgements due by count wait, and the end sends one for
+        all of them: one ack per batch instead of one per 16 KiB (urgent ones still go)."""
+        self._coalescing = on
+        if not on and self.state is SessionState.OPEN and self._ack_due():
             self._send_ack(now)
 
     def _send_ack(self, now: float) -> None:

@@ -58,8 +58,8 @@ from meshcore.proto.relayclient_outputs import (
     Registered,
     RegistrationFailed,
     RelayedReceived,
-    SendBytes,
 )
+from meshcore.proto.relayclient_outputs import send_control as _send
 from meshcore.proto.relayclient_records import ClientCircuit, Request, RequestKind
 from meshcore.proto.relayregistration import CONNECTED_STATES as _CONNECTED
 from meshcore.proto.relayregistration import REGISTERING_STATES as _REGISTERING
@@ -701,6 +701,3 @@ class RelayClientCore:
             return [_send(wire.CircuitOpen(0, head.peer.digest))]
         return self._open_failed(head, head.open_timeout(), now)
 
-
-def _send(msg: wire.ControlMessage) -> SendBytes:
-    return SendBytes(wire.encode_control(msg))

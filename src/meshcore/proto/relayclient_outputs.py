@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import attrs
 
+from meshcore.proto import wire
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.identity import PeerId, PublicBundle
 from meshcore.proto.wire import Role
@@ -32,6 +33,7 @@ __all__ = [
     "RegistrationFailed",
     "RelayedReceived",
     "SendBytes",
+    "send_control",
 ]
 
 # --- commands -------------------------------------------------------------------------------
@@ -232,3 +234,8 @@ Output = (
     | CreditGranted
 )
 """What the driver has to do or know, in order."""
+
+
+def send_control(msg: wire.ControlMessage) -> SendBytes:
+    """The output that sends control message `msg` on the relay connection."""
+    return SendBytes(wire.encode_control(msg))

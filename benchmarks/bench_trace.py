@@ -105,8 +105,7 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
     if sealed is None:
         return None
     sealed_key = sealed.key
-    marks = [wake, read, take, sealed]
-    for stage, trace, key in (
+    return follow([wake, read, take, sealed], (
         ("link.take", src, sealed_key),
         ("sock.sent", src, sealed_key),
         ("sock.read", dst, sealed_key),
@@ -114,23 +113,24 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
         ("session.deliver", dst, message),
         ("pump.receive", dst, message),
         ("tap.write", dst, frame),
-    ):
-        found = trace.first(stage, marks[-1].t_ns, key=key)
-        if found is None:
-            return None
-        marks.append(found)
-    return [m.t_ns for m in marks]
+    ))  # fmt: skip
 
 
 def by_datagram(src: Trace, dst: Trace, marks: list[Mark], frame: int) -> list[int] | None:
     """The rest of `one_way` for a frame that went by UDP."""
     sealed = marks[-1].key
-    for stage, trace, key in (
+    return follow(marks, (
         ("dgram.sent", src, sealed),
         ("dgram.read", dst, sealed),
         ("dgram.opened", dst, frame),
         ("tap.write", dst, frame),
-    ):
+    ))  # fmt: skip
+
+
+def follow(marks: list[Mark], stages: tuple[tuple[str, Trace, int], ...]) -> list[int] | None:
+    """`marks` extended by the first mark of each (stage, trace, key) after the last one, as
+    times (ns); None if one is missing."""
+    for stage, trace, key in stages:
         found = trace.first(stage, marks[-1].t_ns, key=key)
         if found is None:
             return None

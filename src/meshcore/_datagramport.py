@@ -30,7 +30,13 @@ from meshcore.proto.framing import peek_datagram_index
 if TYPE_CHECKING:
     from meshcore.proto.datagram import Address
 
-__all__ = ["DatagramPort", "DatagramPortStats", "DatagramReceiver", "open_datagram_port"]
+__all__ = [
+    "DatagramPort",
+    "DatagramPortStats",
+    "DatagramReceiver",
+    "bind_udp",
+    "open_datagram_port",
+]
 
 log = logging.getLogger("meshcore.datagram")
 
@@ -158,24 +164,30 @@ class DatagramPort:
         self._sock.close()
 
 
-def _bind(port: int) -> socket.socket:
-    """A non-blocking UDP socket on `port`, dual-stack where the host has IPv6."""
+def bind_udp(host: str, port: int, *, buffer_bytes: int = _SOCKET_BUFFER_BYTES) -> socket.socket:
+    """A non-blocking UDP socket on `host:port` that never fragments (too large a datagram
+    is refused with EMSGSIZE), asking for `buffer_bytes` each way. The wildcard host ("" or
+    "::") is dual-stack where the host has IPv6, else IPv4. Raises OSError."""
+    wildcard = host in ("", "::")
+    family = socket.AF_INET6 if wildcard or ":" in host else socket.AF_INET
     try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
     except OSError as exc:
-        if exc.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+        if not wildcard or exc.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
             raise
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         if sock.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if wildcard:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _PMTUDISC_DO)
-            sock.bind(("::", port))
+            sock.bind(("::" if wildcard else host, port))
         else:
-            sock.bind(("0.0.0.0", port))
-        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_DO)
+            sock.bind(("0.0.0.0" if wildcard else host, port))
+        if sock.family == socket.AF_INET or wildcard:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_DO)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -193,7 +205,7 @@ async def open_datagram_port(
     Raises OSError if the port cannot be bound (another program has it). Leaving the block
     (or cancellation) stops reading and closes the socket.
     """
-    sock = _bind(port)
+    sock = bind_udp("", port)
     dport = DatagramPort(sock)
     try:
         if io is not None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
+from meshcore._datagramport import bind_udp
 from meshcore._iothread import open_io_thread
 from meshcore.proto.constants import RELAY_CREDIT_UDP_SUBPROTOCOL, RELAY_UDP_SUBPROTOCOL
 from meshcore.proto.limits import RelayLimits
@@ -131,24 +132,6 @@ class RelayUdp:
             self._sock = None
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on `host:port` (dual-stack for "::" and "")."""
-    wildcard = host in ("", "::")
-    family = socket.AF_INET6 if wildcard or ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6 and wildcard:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::" if wildcard else host, port))
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 @asynccontextmanager
 async def open_relay_udp(udp: RelayUdp, host: str, port: int) -> AsyncIterator[int | None]:
     """Bind UDP `host:port` (the relay's WebSocket port number) and forward in a thread for
@@ -156,7 +139,7 @@ async def open_relay_udp(udp: RelayUdp, host: str, port: int) -> AsyncIterator[i
     bound: the relay then runs without UDP. Leaving the block (or cancellation) stops the
     thread and closes the socket."""
     try:
-        sock = _bind(host, port)
+        sock = bind_udp(host, port, buffer_bytes=_SOCKET_BUFFER_BYTES)
     except OSError as exc:
         log.warning(
             "relay UDP port %s:%d cannot be bound (%s): datagrams go by WebSocket; free the "

@@ -88,6 +88,7 @@ async def test_the_server_sees_the_peers_address_and_the_subprotocol_is_optional
 
 async def test_close_reasons_travel_both_ways(nursery: trio.Nursery) -> None:
     server_saw: list[str] = []
+    saw_close = trio.Event()
 
     async def first_then_close(connection: RelayConnection) -> None:
         if await connection.receive() == b"close yourself":
@@ -97,6 +98,7 @@ async def test_close_reasons_travel_both_ways(nursery: trio.Nursery) -> None:
         with pytest.raises(TransportClosed) as info:
             await connection.receive()
         server_saw.append(info.value.reason)
+        saw_close.set()
 
     port = await serve(nursery, first_then_close)
     url = f"ws://127.0.0.1:{port}/"
@@ -110,8 +112,7 @@ async def test_close_reasons_travel_both_ways(nursery: trio.Nursery) -> None:
         async with open_transport(url) as transport:
             await transport.send(b"wait")
             await transport.aclose("client is done")
-        while not server_saw:
-            await trio.sleep(0.01)
+        await saw_close.wait()
     assert server_saw == ["client is done"]
 
 

@@ -24,18 +24,8 @@ from meshcore.errors import (
     RelayError,
     TransportClosed,
 )
+from meshcore.proto import constants as C
 from meshcore.proto import wire
-from meshcore.proto.constants import (
-    DIRECT_ROUTE_TIMEOUT_S,
-    MAX_CANDIDATES,
-    RELAY_DEAD_AFTER_S,
-    RELAY_HEARTBEAT_S,
-    RELAY_RECONNECT_JITTER,
-    RELAY_RECONNECT_MAX_S,
-    RELAY_RECONNECT_MIN_S,
-    RELAY_RECONNECT_WINDOW_MAX_S,
-    RELAY_UNCREDITED_WINDOW_BYTES,
-)
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.heartbeat import Heartbeat
 from meshcore.proto.identity import Identity, PeerId, PublicBundle
@@ -102,12 +92,12 @@ class RelayClientCore:
         relay_id: PeerId | None = None,
         candidates: Sequence[Endpoint] = (),
         timeout: float = 10.0,
-        reconnect_min_s: float = RELAY_RECONNECT_MIN_S,
-        reconnect_max_s: float = RELAY_RECONNECT_MAX_S,
-        reconnect_window_max_s: float = RELAY_RECONNECT_WINDOW_MAX_S,
-        route_timeout_s: float = DIRECT_ROUTE_TIMEOUT_S,
-        heartbeat_s: float = RELAY_HEARTBEAT_S,
-        dead_after_s: float = RELAY_DEAD_AFTER_S,
+        reconnect_min_s: float = C.RELAY_RECONNECT_MIN_S,
+        reconnect_max_s: float = C.RELAY_RECONNECT_MAX_S,
+        reconnect_window_max_s: float = C.RELAY_RECONNECT_WINDOW_MAX_S,
+        route_timeout_s: float = C.DIRECT_ROUTE_TIMEOUT_S,
+        heartbeat_s: float = C.RELAY_HEARTBEAT_S,
+        dead_after_s: float = C.RELAY_DEAD_AFTER_S,
         random: Random | None = None,
     ) -> None:
         self._identity = identity
@@ -120,7 +110,7 @@ class RelayClientCore:
         self._timeout = timeout
         self._route_timeout_s = route_timeout_s
         self._random = random or SystemRandom()
-        backoff = (reconnect_min_s, reconnect_max_s, RELAY_RECONNECT_JITTER)
+        backoff = (reconnect_min_s, reconnect_max_s, C.RELAY_RECONNECT_JITTER)
         self._reconnect = ReconnectPolicy(
             *backoff, max_window_s=reconnect_window_max_s, random=self._random.random
         )
@@ -180,7 +170,7 @@ class RelayClientCore:
             return [CloseConnection(self.close_reason or "closed")]
         if self.state is not RelayClientState.CONNECTING:
             raise ValueError(f"connection_opened while {self.state.value} (a driver bug)")
-        announced = tuple(dict.fromkeys((*self._extra, *local_candidates)))[:MAX_CANDIDATES]
+        announced = tuple(dict.fromkeys((*self._extra, *local_candidates)))[: C.MAX_CANDIDATES]
         attempt = self._attempt = Registration(
             self._identity, self._relay, self.relay_id, announced
         )
@@ -362,7 +352,7 @@ class RelayClientCore:
         circuit = self._circuits.get(circuit_id)
         if self.credited and circuit is not None and circuit.window:
             return circuit.window
-        return RELAY_UNCREDITED_WINDOW_BYTES
+        return C.RELAY_UNCREDITED_WINDOW_BYTES
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -700,4 +690,3 @@ class RelayClientCore:
         if head.deadline > now:
             return [_send(wire.CircuitOpen(0, head.peer.digest))]
         return self._open_failed(head, head.open_timeout(), now)
-

@@ -46,6 +46,10 @@ async def open_hidden_nursery() -> AsyncIterator[trio.Nursery]:
             # `outer` (trio's start), and shielded it would wait there forever
             tasks_scope.shield = True
             try:
+                # the host may have run, and met an outer cancellation, before it was
+                # shielded: then its nursery is closed, and the body must not start (it is
+                # cancelled too)
+                await trio.lowlevel.checkpoint_if_cancelled()
                 yield tasks
             except BaseException as exc:
                 body_error = exc

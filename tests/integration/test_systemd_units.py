@@ -159,7 +159,8 @@ def test_up_needs_only_the_capability_the_unit_grants(shared_dir: Path) -> None:
         seen = _read_until(proc, "tunnel up on mccap0")
         assert "device mccap0 up" in seen
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, seen + rest
     finally:
         if proc.poll() is None:
             proc.kill()

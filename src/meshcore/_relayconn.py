@@ -12,8 +12,10 @@ the frame at once: one task fewer, no hand-offs. Same protocol, same limits (a m
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import socket as _stdlib_socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +37,7 @@ from meshcore._transport import Transport
 from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
+    TRANSPORT_ACCEPT_RETRY_S,
     TRANSPORT_CANCELLED_CLOSE_S,
     TRANSPORT_CLOSE_TIMEOUT_S,
     TRANSPORT_HANDSHAKE_TIMEOUT_S,
@@ -50,6 +53,10 @@ _READ_BYTES = 65536
 _REASON_MAX_BYTES = 123  # RFC 6455 §5.5: a close frame's payload is at most 125 bytes
 _TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
 _LOST = "connection lost: TCP closed without a WebSocket close"
+_CUT = "closed: cut off without waiting for the close handshake"
+_DISCARD_BYTES = 1 << 20  # a cut connection's unread input dropped before the close, at most
+_ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+"""accept(2) errors that say the system is out of something for now (trio's own list)."""
 
 
 class RelayConnection(Transport):
@@ -86,6 +93,8 @@ class RelayConnection(Transport):
         self._remote_closed = trio.Event()  # their close frame (or EOF) arrived
         self._receiving = False
         self._reader_done = trio.lowlevel.ParkingLot()  # woken when a receive returns
+        self._unsent = b""  # the part of a final write the socket did not take at once
+        self._cut = False
 
     @property
     def local_address(self) -> Endpoint | None:
@@ -144,6 +153,39 @@ class RelayConnection(Transport):
         batch = list(self._messages)
         self._messages.clear()
         return batch
+
+    def send_final_nowait(self, messages: Sequence[bytes], reason: str) -> bool:
+        """Write `messages` and the close frame (code 1000, `reason`) now, without waiting
+        for the socket or the scheduler: True if the kernel took all of it. Otherwise (the
+        socket's buffer is full, or a send is under way) the rest is kept and written first
+        by `aclose`. Either way the connection is closing from here on; the peer's close
+        frame is still read. For closing many connections at once (a relay shutting down):
+        no task switch per connection."""
+        ws = self._ws
+        try:
+            frames = [ws.send(BytesMessage(data=bytes(m))) for m in messages]
+            frames.append(ws.send(CloseConnection(1000, _truncate(reason))))
+        except LocalProtocolError:  # a close is already under way: nothing more to say
+            frames = []
+        self._note_closed(reason)
+        data = b"".join(frames)
+        if data and not self._send_lock.locked():
+            data = data[_write_nowait(self._stream.socket, data) :]
+        self._unsent = data
+        return not data
+
+    def cut(self) -> None:
+        """End the connection now, synchronously: what arrived and was not read is
+        discarded (so that the kernel ends the TCP connection with FIN after what we wrote,
+        not RST), the socket is closed, and a receive blocked on it raises TransportClosed.
+        Costs no task switch and no cancellation: a relay cuts thousands at once."""
+        if self._cut:
+            return
+        self._cut = True
+        self._note_closed(_CUT)
+        _discard_input(self._stream.socket)
+        self._remote_closed.set()
+        self._stream.socket.close()  # wakes a task blocked on it with ClosedResourceError
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close normally (code 1000, `reason` cut to 123 UTF-8 bytes), wait up to the close
@@ -276,13 +318,16 @@ class RelayConnection(Transport):
         cancelled = trio.current_effective_deadline() == -math.inf
         if cancelled:
             timeout = min(timeout, TRANSPORT_CANCELLED_CLOSE_S)
+        if self._cut:
+            return
         try:
             with trio.CancelScope(shield=cancelled), trio.move_on_after(timeout):
                 if not self._remote_closed.is_set():
+                    data, self._unsent = self._unsent, b""  # a final write's rest goes first
                     try:
-                        data = self._ws.send(CloseConnection(code, _truncate(reason)))
+                        data += self._ws.send(CloseConnection(code, _truncate(reason)))
                     except LocalProtocolError:  # a close is already under way
-                        data = b""
+                        pass
                     if data:
                         async with self._send_lock:
                             await self._stream.send_all(data)
@@ -291,8 +336,8 @@ class RelayConnection(Transport):
             pass
         finally:
             self._remote_closed.set()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+            self._cut = True
+            self._stream.socket.close()  # no checkpoint: nothing here waits or is cancelled
 
     async def _await_their_close(self) -> None:
         """Until the peer's close frame (or EOF): read for it unless a receive does."""
@@ -309,6 +354,26 @@ class RelayConnection(Transport):
     def _note_closed(self, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = reason
+
+
+def _write_nowait(sock: trio.socket.SocketType, data: bytes) -> int:
+    """Write what the (non-blocking) socket takes of `data` at once; how many bytes."""
+    try:
+        return os.write(sock.fileno(), data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:  # broken, or no file-descriptor writes here: `aclose` finds out
+        return 0
+
+
+def _discard_input(sock: trio.socket.SocketType) -> None:
+    """Read and drop what the (non-blocking) socket holds, up to `_DISCARD_BYTES`."""
+    fd, left = sock.fileno(), _DISCARD_BYTES
+    try:
+        while left > 0 and (data := os.read(fd, min(left, _READ_BYTES))):
+            left -= len(data)
+    except OSError:  # nothing more to read (EAGAIN), or already broken
+        pass
 
 
 def _describe(code: int, reason: str | None) -> str:
@@ -415,20 +480,34 @@ async def serve_relay_connections(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            stream.socket.close()  # idempotent, and no checkpoint: cheap for thousands at once
 
     accepting = trio.CancelScope()
 
-    async def accept(task_status: trio.TaskStatus[object]) -> None:
+    async def accept(listener: trio.SocketListener) -> None:
+        # trio.serve_listeners would do, but it ends every handler with aclose_forcefully,
+        # a cancellation per connection: a relay closing 10,000 connections spent seconds
+        # on those alone. `serve_one` closes its socket itself.
         with accepting:
-            await trio.serve_listeners(
-                serve_one, listeners, handler_nursery=nursery, task_status=task_status
-            )
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        logger.error(
+                            "cannot accept connections (%s); retrying in %g s",
+                            os.strerror(exc.errno), TRANSPORT_ACCEPT_RETRY_S,
+                        )  # fmt: skip
+                        await trio.sleep(TRANSPORT_ACCEPT_RETRY_S)
+                    else:
+                        nursery.start_soon(serve_one, stream)
 
     try:
         async with open_hidden_nursery() as nursery:
-            await nursery.start(accept)
+            for listener in listeners:
+                nursery.start_soon(accept, listener)
             logger.info("serving WebSocket transports on %s", ", ".join(map(str, endpoints)))
             task_status.started(endpoints)
             if stop_accepting is not None:

@@ -126,6 +126,9 @@ TRANSPORT_CLOSE_TIMEOUT_S: Final = 2.0
 TRANSPORT_CANCELLED_CLOSE_S: Final = 0.5
 """An `aclose` of a caller that is already cancelled (a program shutting down) still sends its
 close frame, shielded, and waits at most this long for the remote's before cutting TCP."""
+TRANSPORT_ACCEPT_RETRY_S: Final = 0.1
+"""A server that cannot accept for want of file descriptors or memory tries again after this
+(as trio.serve_listeners does)."""
 TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
 """Messages read ahead of `receive()`; when full the reader stops and TCP pushes back."""
 
@@ -191,8 +194,10 @@ RELAY_MAX_TRACKED_ADDRESSES: Final = 65536
 """Source addresses (IPv4, or IPv6 /64) with a connection-rate bucket; least recent evicted."""
 RELAY_CLOSE_FLUSH_S: Final = 2.0
 """How long a connection being closed may take to flush its last messages (e.g. the Error)."""
-RELAY_SHUTDOWN_GRACE_S: Final = 3.0
-"""On shutdown, how long the relay waits for peers to take their Close before cutting them."""
+RELAY_SHUTDOWN_GRACE_S: Final = 0.5
+"""On shutdown, how long the relay waits for peers to answer their Close before cutting them
+off (what was written still reaches them: the kernel sends it before the FIN). Every Close
+is written at once, so this bounds the wait, not the writing (docs/relay.md, "Shutdown")."""
 
 # --- layer-2 tunnel (meshcore.proto.switch, meshcore._tap, meshcore._tunnel; docs/tap.md) -
 SWITCH_MAX_ENTRIES: Final = 4096

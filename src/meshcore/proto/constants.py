@@ -256,6 +256,10 @@ RELAY_RESTART_RATE_PER_S: Final = 1000.0
 """Registrations per second a shutting-down relay asks its peers to come back at: about what
 one relay process takes on one core here (~0.95 ms each; docs/relay.md, "After a restart").
 Peers beyond it wait in the admission queue (max_pending_connections), not refused."""
+RELAY_RESTART_MARGIN_S: Final = 10.0
+"""A peer told a reconnect window that finds nothing listening at the relay's port (the new
+relay is not up yet) within the window plus this retries at the shortest wait; past it the
+backoff doubles again. Covers a relay's exit and start (~2-3 s measured, docs/relay.md)."""
 RELAY_HEARTBEAT_S: Final = 5.0
 """A peer pings its relay after this long without receiving anything on the connection (and
 again each time as long again passes), so that an idle connection still proves it lives."""

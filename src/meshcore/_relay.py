@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
-from meshcore._relayconn import RelayConnection, serve_relay_connections
+from meshcore._relayconn import AdmissionGate, RelayConnection, serve_relay_connections
 from meshcore._relayudp import RelayUdp, open_relay_udp
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
@@ -45,6 +45,7 @@ from meshcore.proto.limits import RelayLimits
 from meshcore.proto.matchmaker import (
     CircuitStats,
     CloseConnection,
+    ConnState,
     Forward,
     LogEvent,
     Matchmaker,
@@ -146,6 +147,7 @@ class _Link:
         "per_circuit",
         "queue",
         "queued_bytes",
+        "settled",
         "transport",
         "write_scope",
     )
@@ -161,6 +163,7 @@ class _Link:
         self.credits: dict[int, int] = {}  # circuit id -> credit to grant, ahead of the queue
         self.closing = False
         self.close_reason = ""
+        self.settled = False  # registered: no longer counted by the admission gate
         self.final = False
         """Shutting down, its last messages and close frame were written at once: the
         writer only waits to end (the peer's close, or the cut)."""
@@ -192,6 +195,9 @@ class _Relay:
         """Relayed frames dropped, by reason (see `RelayCounters.dropped`)."""
         self._shutting_down = False
         self._all_closed = trio.Event()
+        self.gate = AdmissionGate(config.limits.max_pending_connections)
+        """Connections accepted and not yet registered, at most `max_pending_connections`:
+        past it the herd waits in the listen backlog instead of being refused."""
         self.stop_accepting = trio.Event()
         """Set on shutdown: the listeners close, so that peers coming back early are refused
         by the OS instead of costing the relay an upgrade each (docs/relay.md)."""
@@ -245,6 +251,9 @@ class _Relay:
                     self.run(mm.receive_data(conn_id, data, trio.current_time()))
                     if link.closing:
                         break
+                if not link.settled and mm.state_of(conn_id) is ConnState.REGISTERED:
+                    link.settled = True
+                    transport.settled()  # the gate takes the next connection in
         except TransportClosed as exc:
             return exc.reason
         return link.close_reason
@@ -592,6 +601,7 @@ async def serve_relay(
                         max_message=config.limits.max_message_bytes,
                         subprotocols=_subprotocols(config.limits, config.udp),
                         stop_accepting=relay.stop_accepting,
+                        gate=relay.gate,
                     )
                 )
                 nursery.start_soon(relay.run_timers)

@@ -45,7 +45,7 @@ from meshcore.proto.constants import (
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.wsupgrade import MAX_REQUEST_BYTES, Refusal, parse_upgrade, request_end
 
-__all__ = ["RelayConnection", "serve_relay_connections"]
+__all__ = ["AdmissionGate", "RelayConnection", "serve_relay_connections"]
 
 logger = logging.getLogger("meshcore.transport")
 
@@ -57,6 +57,37 @@ _CUT = "closed: cut off without waiting for the close handshake"
 _DISCARD_BYTES = 1 << 20  # a cut connection's unread input dropped before the close, at most
 _ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 """accept(2) errors that say the system is out of something for now (trio's own list)."""
+
+
+class AdmissionGate:
+    """Bounds the connections a server has accepted that are still settling in (upgrading,
+    then registering with its handler). At the bound the accept loop waits, and new
+    connections wait in the kernel's listen backlog, costing nothing, until one settles: a
+    herd is taken at the pace the server works, not refused, and none of it times out in
+    the server's own queue (docs/relay.md, "After a restart")."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an admission gate needs a limit of at least 1, got {limit}")
+        self.limit = limit
+        self.settling = 0
+        """Connections accepted and not yet settled."""
+        self._room = trio.Event()
+
+    async def enter(self) -> None:
+        """Wait until fewer than `limit` are settling, then count one more. Cancelled while
+        waiting, nothing is counted."""
+        while self.settling >= self.limit:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+        self.settling += 1
+
+    def leave(self) -> None:
+        """One that `enter` counted settled (or ended)."""
+        self.settling -= 1
+        if self.settling < self.limit:
+            self._room.set()
 
 
 class RelayConnection(Transport):
@@ -76,8 +107,10 @@ class RelayConnection(Transport):
         max_message: int,
         close_timeout: float,
         remote: Endpoint | None,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self._stream = stream
+        self._gate = gate  # left once, by `settled`
         self._ws = ws
         self._pending = pending  # frames that came right behind the upgrade request
         self._messages: deque[bytes] = deque()
@@ -119,6 +152,13 @@ class RelayConnection(Transport):
     def max_message(self) -> int:
         """The largest message this side sends or accepts, in bytes."""
         return self._max_message
+
+    def settled(self) -> None:
+        """This connection no longer counts against the server's admission (its handler
+        registered it, or it ended); idempotent."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.leave()
 
     async def send(self, data: bytes) -> None:
         """Send `data` as one binary message. Raises TransportClosed once closed, ValueError
@@ -435,13 +475,15 @@ async def serve_relay_connections(
     close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
     subprotocols: Sequence[str] = (),
     stop_accepting: trio.Event | None = None,
+    gate: AdmissionGate | None = None,
     task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(connection)` for each, as
     `serve_transport` does (same arguments, same errors, same cancellation), with
     `RelayConnection`s. Once `stop_accepting` is set the listeners close (new connections
-    are refused by the OS, costing nothing) while the connections in hand go on. Raises
-    ConfigError if it cannot listen."""
+    are refused by the OS, costing nothing) while the connections in hand go on. With
+    `gate`, a connection is accepted only when the gate has room; it counts until the
+    handler calls its `settled()` (or it ends). Raises ConfigError if it cannot listen."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
@@ -454,6 +496,7 @@ async def serve_relay_connections(
     async def serve_one(stream: trio.SocketStream) -> None:
         remote = _endpoint(stream.socket, local=False)
         what = f"WebSocket client {remote}"
+        connection = None
         try:
             upgraded = None
             with trio.move_on_after(handshake_timeout):
@@ -463,7 +506,7 @@ async def serve_relay_connections(
             ws, pending, chosen = upgraded
             connection = RelayConnection(
                 stream, ws, pending, subprotocol=chosen, max_message=max_message,
-                close_timeout=close_timeout, remote=remote,
+                close_timeout=close_timeout, remote=remote, gate=gate,
             )  # fmt: skip
             try:
                 await handler(connection)
@@ -480,6 +523,10 @@ async def serve_relay_connections(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            if connection is not None:
+                connection.settled()
+            elif gate is not None:
+                gate.leave()
             stream.socket.close()  # idempotent, and no checkpoint: cheap for thousands at once
 
     accepting = trio.CancelScope()
@@ -491,10 +538,14 @@ async def serve_relay_connections(
         with accepting:
             async with listener:
                 while True:
+                    if gate is not None:
+                        await gate.enter()
                     try:
                         stream = await listener.accept()
-                    except OSError as exc:
-                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    except BaseException as exc:
+                        if gate is not None:
+                            gate.leave()
+                        if not isinstance(exc, OSError) or exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                             raise
                         logger.error(
                             "cannot accept connections (%s); retrying in %g s",

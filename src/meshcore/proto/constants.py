@@ -139,8 +139,11 @@ MAX_INNER_BYTES: Final = MAX_FRAME_BYTES - FRAME_HEADER_BYTES - AEAD_TAG_BYTES
 # --- relay server (meshcore.proto.matchmaker, meshcore._relay; docs/relay.md) -------------
 RELAY_DEFAULT_PORT: Final = 7443
 """`meshcore-relay` listens on 127.0.0.1:7443 unless told otherwise."""
-RELAY_MAX_PENDING_CONNECTIONS: Final = 4096
-"""Connections that have not finished HELLO/AUTH yet (each may cost one KEM encapsulation)."""
+RELAY_MAX_PENDING_CONNECTIONS: Final = 1024
+"""Connections accepted that have not registered yet (upgrade, HELLO/AUTH; each may cost one KEM
+encapsulation). At this many the relay stops accepting and new ones wait in the kernel's
+listen backlog: ~1 s of work at ~1,000 registrations/s, well within RELAY_HELLO_DEADLINE_S
+(4096 made a herd time out in the relay's own queue, docs/relay.md "After a restart")."""
 RELAY_MAX_CIRCUITS_PER_PEER: Final = 64
 """Open circuits one registered peer may take part in (so one peer cannot take them all)."""
 RELAY_MAX_INVITES_PER_PEER: Final = 16
@@ -255,7 +258,7 @@ RELAY_RECONNECT_WINDOW_MAX_S: Final = 120.0
 RELAY_RESTART_RATE_PER_S: Final = 1000.0
 """Registrations per second a shutting-down relay asks its peers to come back at: about what
 one relay process takes on one core here (~0.95 ms each; docs/relay.md, "After a restart").
-Peers beyond it wait in the admission queue (max_pending_connections), not refused."""
+Peers beyond it wait in the listen backlog (max_pending_connections), not refused."""
 RELAY_RESTART_MARGIN_S: Final = 10.0
 """A peer told a reconnect window that finds nothing listening at the relay's port (the new
 relay is not up yet) within the window plus this retries at the shortest wait; past it the

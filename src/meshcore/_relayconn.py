@@ -71,7 +71,7 @@ class AdmissionGate:
             raise ValueError(f"an admission gate needs a limit of at least 1, got {limit}")
         self.limit = limit
         self.settling = 0
-        """Connections accepted and not yet settled."""
+        """Connections accepted and not yet settled, and the one an accept waits for."""
         self._room = trio.Event()
 
     async def enter(self) -> None:

@@ -126,7 +126,7 @@ async def test_the_gate_holds_new_connections_in_the_backlog_until_one_settles(
 ) -> None:
     gate = AdmissionGate(2)
     served: list[RelayConnection] = []
-    settle_first, third_served = trio.Event(), trio.Event()
+    settle_first, third_served, left = trio.Event(), trio.Event(), trio.Event()
 
     async def hold(connection: RelayConnection) -> None:
         served.append(connection)
@@ -136,8 +136,11 @@ async def test_the_gate_holds_new_connections_in_the_backlog_until_one_settles(
             await settle_first.wait()
             connection.settled()
             connection.settled()  # idempotent: counted once
-        while True:  # until the client leaves (TransportClosed)
-            await connection.receive()
+        try:
+            while True:  # until the client leaves (TransportClosed)
+                await connection.receive()
+        finally:
+            left.set()
 
     port = await serve(nursery, hold, gate=gate)
     with trio.fail_after(LIMIT_S):
@@ -153,8 +156,9 @@ async def test_the_gate_holds_new_connections_in_the_backlog_until_one_settles(
         assert (await third.receive_some(4096)).startswith(b"HTTP/1.1 101 ")
         await third_served.wait()
         assert gate.settling == 2
-        await second.aclose()  # an ended connection leaves the gate too
-        while gate.settling != 1:
-            await trio.testing.wait_all_tasks_blocked()
+        await second.aclose()  # an ended connection leaves the gate too: room for one more
+        await left.wait()
+        fourth, _ = await upgraded(port)
         await first.aclose()
         await third.aclose()
+        await fourth.aclose()

@@ -31,6 +31,7 @@ from meshcore._relayconn import AdmissionGate, RelayConnection, serve_relay_conn
 from meshcore._relayudp import RelayUdp, open_relay_udp
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
+    RELAY_ACCEPT_QUEUE_CONNECTIONS,
     RELAY_CLOSE_FLUSH_S,
     RELAY_CREDIT_SUBPROTOCOL,
     RELAY_CREDIT_UDP_SUBPROTOCOL,
@@ -230,7 +231,7 @@ class _Relay:
                 nursery.start_soon(self._write_loop, link)
                 reason = await self._read_loop(link)
                 if link.final:
-                    link.end_writer()  # the peer answered the shutdown (or it was cut)
+                    link.end_writer()  # its aclose waits for the peer's close, or the cut
                 elif not link.closing:
                     nursery.cancel_scope.cancel()  # the peer left: nothing more to send
         finally:
@@ -285,8 +286,8 @@ class _Relay:
                         await transport.send_many(batch)
         except TransportClosed:
             return
-        if not link.final:  # else the close was written and the peer answered or was cut
-            await transport.aclose(link.close_reason or "closed")
+        # after a final write this only waits for the peer's close, bounded by the cut
+        await transport.aclose(link.close_reason or "closed")
 
     # --- outputs ----------------------------------------------------------------------------
 
@@ -602,6 +603,7 @@ async def serve_relay(
                         subprotocols=_subprotocols(config.limits, config.udp),
                         stop_accepting=relay.stop_accepting,
                         gate=relay.gate,
+                        accept_queue=RELAY_ACCEPT_QUEUE_CONNECTIONS,
                     )
                 )
                 nursery.start_soon(relay.run_timers)

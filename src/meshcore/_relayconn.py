@@ -476,14 +476,17 @@ async def serve_relay_connections(
     subprotocols: Sequence[str] = (),
     stop_accepting: trio.Event | None = None,
     gate: AdmissionGate | None = None,
+    accept_queue: int = 0,
     task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(connection)` for each, as
     `serve_transport` does (same arguments, same errors, same cancellation), with
     `RelayConnection`s. Once `stop_accepting` is set the listeners close (new connections
     are refused by the OS, costing nothing) while the connections in hand go on. With
-    `gate`, a connection is accepted only when the gate has room; it counts until the
-    handler calls its `settled()` (or it ends). Raises ConfigError if it cannot listen."""
+    `gate`, a connection is served only when the gate has room (it counts until the handler
+    calls its `settled()`, or it ends); until then up to `accept_queue` accepted connections
+    wait in order, and the rest in the listen backlog. Raises ConfigError if it cannot
+    listen."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
@@ -496,7 +499,7 @@ async def serve_relay_connections(
     async def serve_one(stream: trio.SocketStream) -> None:
         remote = _endpoint(stream.socket, local=False)
         what = f"WebSocket client {remote}"
-        connection = None
+        connection = None  # the gate (if any) counted this one already
         try:
             upgraded = None
             with trio.move_on_after(handshake_timeout):
@@ -529,41 +532,70 @@ async def serve_relay_connections(
                 gate.leave()
             stream.socket.close()  # idempotent, and no checkpoint: cheap for thousands at once
 
-    accepting = trio.CancelScope()
+    accepting: list[trio.CancelScope] = []  # one per task (a scope is entered once); all
+    # cancelled when told to stop accepting
+    # Accepted connections wait here, in order, for the gate (their upgrade not yet read):
+    # a herd past the gate is held at the cost of a socket each, up to `accept_queue`, and
+    # beyond that in the kernel's listen backlog, instead of having its SYNs dropped and
+    # retried by the kernel seconds later.
+    queued, to_serve = trio.open_memory_channel[trio.SocketStream](accept_queue)
 
-    async def accept(listener: trio.SocketListener) -> None:
+    async def accept(listener: trio.SocketListener, accepting: trio.CancelScope) -> None:
         # trio.serve_listeners would do, but it ends every handler with aclose_forcefully,
         # a cancellation per connection: a relay closing 10,000 connections spent seconds
         # on those alone. `serve_one` closes its socket itself.
         with accepting:
             async with listener:
                 while True:
-                    if gate is not None:
-                        await gate.enter()
                     try:
                         stream = await listener.accept()
-                    except BaseException as exc:
-                        if gate is not None:
-                            gate.leave()
-                        if not isinstance(exc, OSError) or exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                             raise
                         logger.error(
                             "cannot accept connections (%s); retrying in %g s",
                             os.strerror(exc.errno), TRANSPORT_ACCEPT_RETRY_S,
                         )  # fmt: skip
                         await trio.sleep(TRANSPORT_ACCEPT_RETRY_S)
-                    else:
+                        continue
+                    if gate is None:
                         nursery.start_soon(serve_one, stream)
+                    else:
+                        try:
+                            await queued.send(stream)
+                        except BaseException:  # stopped while the queue was full
+                            stream.socket.close()
+                            raise
+
+    async def admit(gate: AdmissionGate, accepting: trio.CancelScope) -> None:
+        """Serve the queued connections, each once the gate has room; on stop, close the
+        ones still queued (their peers retry, as when refused by the OS)."""
+        try:
+            with accepting:
+                async for stream in to_serve:
+                    await gate.enter()
+                    nursery.start_soon(serve_one, stream)
+        finally:
+            while True:
+                try:
+                    to_serve.receive_nowait().socket.close()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     try:
         async with open_hidden_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(accept, listener)
+                accepting.append(trio.CancelScope())
+                nursery.start_soon(accept, listener, accepting[-1])
+            if gate is not None:
+                accepting.append(trio.CancelScope())
+                nursery.start_soon(admit, gate, accepting[-1])
             logger.info("serving WebSocket transports on %s", ", ".join(map(str, endpoints)))
             task_status.started(endpoints)
             if stop_accepting is not None:
                 await stop_accepting.wait()
-                accepting.cancel()
+                for scope in accepting:
+                    scope.cancel()
             await trio.sleep_forever()
     finally:
         for listener in listeners:

@@ -162,3 +162,32 @@ async def test_the_gate_holds_new_connections_in_the_backlog_until_one_settles(
         await first.aclose()
         await third.aclose()
         await fourth.aclose()
+
+
+async def test_every_listener_and_the_queue_stop_when_told(nursery: trio.Nursery) -> None:
+    # host "": one listener per address family, each accepting in its own task
+    stop, served = trio.Event(), trio.Event()
+
+    async def note(connection: RelayConnection) -> None:
+        served.set()
+        await connection.receive()
+
+    endpoints: list[Endpoint] = await nursery.start(
+        lambda task_status: serve_relay_connections(
+            note, "", 0, stop_accepting=stop, gate=AdmissionGate(4), accept_queue=8,
+            task_status=task_status,
+        )
+    )  # fmt: skip
+    port = endpoints[0].port
+    with trio.fail_after(LIMIT_S):
+        stream, _ = await upgraded(port)
+        await served.wait()
+        stop.set()
+        while True:  # the listeners close on the server's next turns
+            try:
+                probe = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                break
+            await probe.aclose()
+            await trio.sleep(0.01)
+        await stream.aclose()

@@ -144,6 +144,11 @@ RELAY_MAX_PENDING_CONNECTIONS: Final = 1024
 encapsulation). At this many the relay stops accepting and new ones wait in the kernel's
 listen backlog: ~1 s of work at ~1,000 registrations/s, well within RELAY_HELLO_DEADLINE_S
 (4096 made a herd time out in the relay's own queue, docs/relay.md "After a restart")."""
+RELAY_ACCEPT_QUEUE_CONNECTIONS: Final = 8192
+"""Connections accepted past RELAY_MAX_PENDING_CONNECTIONS that wait, in order and unread (a
+socket each), for their turn; beyond them the listen backlog holds more. Without this queue a
+herd overflows the backlog (somaxconn, 4096 here) and the kernel drops its SYNs, which are
+retried 1, 3, 7 s later: a long tail (docs/relay.md, "After a restart")."""
 RELAY_MAX_CIRCUITS_PER_PEER: Final = 64
 """Open circuits one registered peer may take part in (so one peer cannot take them all)."""
 RELAY_MAX_INVITES_PER_PEER: Final = 16

@@ -198,7 +198,7 @@ class _Relay:
         self._all_closed = trio.Event()
         self.gate = AdmissionGate(config.limits.max_pending_connections)
         """Connections accepted and not yet registered, at most `max_pending_connections`:
-        past it the herd waits in the listen backlog instead of being refused."""
+        past it a herd waits in the accept queue and the listen backlog, not refused."""
         self.stop_accepting = trio.Event()
         """Set on shutdown: the listeners close, so that peers coming back early are refused
         by the OS instead of costing the relay an upgrade each (docs/relay.md)."""

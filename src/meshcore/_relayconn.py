@@ -400,9 +400,7 @@ def _write_nowait(sock: trio.socket.SocketType, data: bytes) -> int:
     """Write what the (non-blocking) socket takes of `data` at once; how many bytes."""
     try:
         return os.write(sock.fileno(), data)
-    except (BlockingIOError, InterruptedError):
-        return 0
-    except OSError:  # broken, or no file-descriptor writes here: `aclose` finds out
+    except OSError:  # full (EAGAIN), broken, or no such writes here: `aclose` sends it
         return 0
 
 

@@ -17,7 +17,7 @@ import hmac
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -105,12 +105,15 @@ class RelayUdpSettings:
             raise ValueError("the relay's UDP rates must be more than 0")
 
 
-@attrs.frozen
-class UdpForward:
-    """Send `data` (a sealed datagram, no prefix) to `address` from the relay's UDP port."""
+class UdpForward(NamedTuple):
+    """Send `data` (a sealed datagram, no prefix) to `address` from the relay's UDP port (a
+    tuple: made once per forwarded packet, cheaper than a frozen class)."""
 
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    data: bytes
     address: Address
+
+    def __repr__(self) -> str:
+        return f"UdpForward(data=<{len(self.data)} bytes>, address={self.address!r})"
 
 
 @attrs.define
@@ -135,15 +138,25 @@ def _byte_burst(settings: RelayUdpSettings) -> float:
 class _Side:
     """One circuit side: its token, where it last sent from, its rate budget."""
 
-    __slots__ = ("address", "bytes", "circuit_id", "other", "packets", "stamp", "token")
+    __slots__ = (
+        "address",
+        "byte_burst",
+        "bytes",
+        "circuit_id",
+        "other",
+        "packet_burst",
+        "packets",
+        "stamp",
+        "token",
+    )
 
     def __init__(self, circuit_id: int, token: bytes, settings: RelayUdpSettings) -> None:
         self.circuit_id = circuit_id
         self.token = token
         self.address: Address | None = None
         self.other: _Side | None = None
-        self.packets = _packet_burst(settings)
-        self.bytes = _byte_burst(settings)
+        self.packet_burst = self.packets = _packet_burst(settings)
+        self.byte_burst = self.bytes = _byte_burst(settings)
         self.stamp: float | None = None
         """When the buckets were last filled (None: full, never used)."""
 
@@ -153,8 +166,8 @@ class _Side:
         if elapsed > 0 or self.stamp is None:
             self.stamp = now
             rate_p, rate_b = settings.packets_per_s, settings.bytes_per_s
-            self.packets = min(_packet_burst(settings), self.packets + elapsed * rate_p)
-            self.bytes = min(_byte_burst(settings), self.bytes + elapsed * rate_b)
+            self.packets = min(self.packet_burst, self.packets + elapsed * rate_p)
+            self.bytes = min(self.byte_burst, self.bytes + elapsed * rate_b)
         if self.packets < 1.0 or self.bytes < size:
             return False
         self.packets -= 1.0

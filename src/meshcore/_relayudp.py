@@ -22,12 +22,12 @@ from typing import Final
 
 from meshcore._datagramport import bind_udp
 from meshcore._iothread import open_io_thread
+from meshcore.proto.circuitwatch import Members
 from meshcore.proto.constants import RELAY_CREDIT_UDP_SUBPROTOCOL, RELAY_UDP_SUBPROTOCOL
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.readpace import ReadPace
 from meshcore.proto.relayrecords import Output
 from meshcore.proto.relayudp import (
-    Members,
     RelayUdpCircuits,
     RelayUdpCounters,
     RelayUdpSettings,

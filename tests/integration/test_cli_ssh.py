@@ -15,6 +15,7 @@ import pytest
 from peerprocs import BIN, ENV, Procs, free_port
 
 SSHD = Path("/usr/sbin/sshd")
+PRIVSEP_DIR = Path("/run/sshd")
 
 
 def _tools() -> None:
@@ -40,6 +41,9 @@ def _start_sshd(procs: Procs, workdir: Path) -> tuple[int, Path]:
             check=True, timeout=60,
         )  # fmt: skip
     (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
+    # sshd insists on its privilege separation directory, which the service manager creates
+    # at boot (RuntimeDirectory=sshd) and a machine without one lacks.
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     port = free_port()
     config = workdir / "sshd_config"
     config.write_text(

@@ -219,9 +219,25 @@ async def test_a_relay_without_udp_agrees_to_credits_only(nursery: trio.Nursery)
         assert server.stats().udp_circuits == 0
 
 
+def _udp_port_with_free_tcp_twin() -> socket.socket:
+    """A UDP socket on a loopback port whose TCP number is free too (the relay listens on
+    it): an ephemeral port may be some outgoing TCP connection's local port."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                continue
+        return udp
+    raise AssertionError("no loopback port free for both UDP and TCP in 50 tries")
+
+
 async def test_a_relay_whose_udp_port_is_taken_runs_without_it(nursery: trio.Nursery) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
+    with _udp_port_with_free_tcp_twin() as taken:
         port = taken.getsockname()[1]
         cfg = config()
         server = await start_relay(

@@ -9,32 +9,29 @@ relayed frame and reports `drained` once it is written. docs/relay.md ("Flow con
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from meshcore.proto.circuitwatch import CircuitWatcher, Members
 from meshcore.proto.constants import MAX_FRAME_BYTES, RELAY_INITIAL_CREDIT_BYTES
 from meshcore.proto.credits import CreditGrant, CreditLedger, LaneKey
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.relayrecords import Output, Send
-from meshcore.proto.wire import CircuitClose, CircuitCredit, CircuitOpen, CircuitWindow, Paired
+from meshcore.proto.wire import CircuitCredit, CircuitWindow
 
 __all__ = ["CreditGrant", "RelayFlow"]
 
-Members = Callable[[int], "tuple[int, int] | None"]
-"""circuit id -> (initiator conn id, responder conn id) of an open circuit, else None."""
 
-
-class RelayFlow:
+class RelayFlow(CircuitWatcher[CreditGrant]):
     """Per-circuit credits for the connections that agreed to them (the others keep the
-    drop-tail queues); every credited byte is bounded by `limits.max_buffer_bytes`."""
+    drop-tail queues); every credited byte is bounded by `limits.max_buffer_bytes`.
+    `watch` (`CircuitWatcher`) adds the grants as circuits open and close."""
 
     def __init__(self, limits: RelayLimits, members: Members) -> None:
+        super().__init__(members)
         self.ledger = CreditLedger(
             max_buffer_bytes=limits.max_buffer_bytes,
             window_bytes=limits.circuit_window_bytes,
             initial_bytes=RELAY_INITIAL_CREDIT_BYTES,
             min_grant_bytes=MAX_FRAME_BYTES,
         )
-        self._members = members
         self._credited: set[int] = set()
         self._lanes: dict[int, list[LaneKey]] = {}  # circuit id -> its credited lanes
 
@@ -56,29 +53,17 @@ class RelayFlow:
             out += self.ledger.close(key)
         return out
 
-    def watch(self, outputs: list[Output]) -> list[Output | CreditGrant]:
-        """The matchmaker's `outputs`, with what flow control adds after each: a new
-        circuit's CircuitWindow and first CircuitCredit to each credited member, and the
-        grants freed when a circuit closes."""
-        out: list[Output | CreditGrant] = []
-        for item in outputs:
-            out.append(item)
-            if type(item) is not Send:
-                continue
-            assert isinstance(item, Send)
-            msg = item.message
-            kind = type(msg)
-            if kind is Paired or kind is CircuitOpen:
-                assert isinstance(msg, Paired | CircuitOpen)
-                if item.conn_id in self._credited:
-                    self._open(item.conn_id, msg.circuit_id, out)
-            elif kind is CircuitClose:
-                assert isinstance(msg, CircuitClose)
-                cid = msg.circuit_id
-                if cid in self._lanes and self._members(cid) is None:
-                    for key in self._lanes.pop(cid):
-                        out += self.ledger.close(key)
-        return out
+    def circuit_opened(
+        self, conn_id: int, circuit_id: int, out: list[Output | CreditGrant]
+    ) -> None:
+        """A new circuit's CircuitWindow and first CircuitCredit, to a credited member."""
+        if conn_id in self._credited:
+            self._open(conn_id, circuit_id, out)
+
+    def circuit_gone(self, circuit_id: int, out: list[Output | CreditGrant]) -> None:
+        """A closed circuit's lanes are forgotten; the grants that frees for others."""
+        for key in self._lanes.pop(circuit_id, ()):
+            out += self.ledger.close(key)
 
     def arrived(self, receiver: int, circuit_id: int, size: int) -> bool | None:
         """A relayed payload of `size` bytes is to be queued for `receiver`: None if its lane

@@ -16,12 +16,13 @@ import hashlib
 import hmac
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import attrs
 
 from meshcore.errors import DecodeError
+from meshcore.proto.circuitwatch import CircuitWatcher, Members
 from meshcore.proto.constants import (
     RELAY_UDP_CIRCUIT_BYTES_PER_S,
     RELAY_UDP_CIRCUIT_PACKETS_PER_S,
@@ -30,7 +31,7 @@ from meshcore.proto.constants import (
 )
 from meshcore.proto.packet import PacketType
 from meshcore.proto.relayrecords import Output, Send
-from meshcore.proto.wire import CircuitClose, CircuitOpen, CircuitUdp, Paired
+from meshcore.proto.wire import CircuitUdp
 
 __all__ = [
     "DROP_REASONS",
@@ -277,19 +278,15 @@ class RelayUdpTable:
         return UdpForward(data[RELAY_DATAGRAM_PREFIX_BYTES:], to)
 
 
-Members = Callable[[int], "tuple[int, int] | None"]
-"""circuit id -> (initiator conn id, responder conn id) of an open circuit, else None."""
-
-
-class RelayUdpCircuits:
+class RelayUdpCircuits(CircuitWatcher[Output]):
     """Which connections agreed to UDP, and the `CircuitUdp` each side of a new circuit
     between two of them is sent (the relay's port must be known: `port`, None while the
-    relay has no UDP socket)."""
+    relay has no UDP socket); `watch` (`CircuitWatcher`) adds them as circuits open."""
 
     def __init__(self, table: RelayUdpTable, members: Members) -> None:
+        super().__init__(members)
         self.table = table
         self.port: int | None = None
-        self._members = members
         self._udp: set[int] = set()
         self._of_conn: dict[int, set[int]] = {}  # conn id -> circuits with tokens
         self._members_of: dict[int, tuple[int, int]] = {}  # circuit with tokens -> its conns
@@ -312,28 +309,16 @@ class RelayUdpCircuits:
         self._of_conn.clear()
         self._members_of.clear()
 
-    def watch(self, outputs: Iterable[Output]) -> list[Output]:
-        """The matchmaker's `outputs`, with a `CircuitUdp` after each Paired/CircuitOpen to a
-        member of a circuit whose both members agreed to UDP; a closed circuit's tokens are
-        freed at its CircuitClose."""
-        out: list[Output] = []
-        for item in outputs:
-            out.append(item)
-            if type(item) is not Send:
-                continue
-            assert isinstance(item, Send)
-            msg = item.message
-            kind = type(msg)
-            if kind is Paired or kind is CircuitOpen:
-                assert isinstance(msg, Paired | CircuitOpen)
-                udp = self._grant(item.conn_id, msg.circuit_id)
-                if udp is not None:
-                    out.append(Send(item.conn_id, udp))
-            elif kind is CircuitClose:
-                assert isinstance(msg, CircuitClose)
-                if msg.circuit_id in self.table and self._members(msg.circuit_id) is None:
-                    self._free(msg.circuit_id)
-        return out
+    def circuit_opened(self, conn_id: int, circuit_id: int, out: list[Output]) -> None:
+        """A `CircuitUdp` to `conn_id` if both members of the new circuit agreed to UDP."""
+        udp = self._grant(conn_id, circuit_id)
+        if udp is not None:
+            out.append(Send(conn_id, udp))
+
+    def circuit_gone(self, circuit_id: int, out: list[Output]) -> None:
+        """A closed circuit's tokens are freed."""
+        if circuit_id in self.table:
+            self._free(circuit_id)
 
     def _grant(self, conn_id: int, circuit_id: int) -> CircuitUdp | None:
         members = self._members(circuit_id)

@@ -87,12 +87,9 @@ CLOSE_GRACE_S: Final = 1.0
 
 _FRAME: Final = int(PacketType.FRAME)
 _THREADED_TIMER_TICK_S: Final = 0.02
-"""While other threads drive the session (`send_nowait`, threaded links) and did so since
-the timer task last looked, it looks at the deadlines at least this often, so those threads
-need wake trio only for what is due sooner. An idle session (or one whose frames all go by
-datagram) is not polled: a tick costs a cold wakeup of trio and the GIL a lone packet then
-waits for (docs/tap.md)."""
-
+"""While other threads drive the session (`send_nowait`, threaded links), the timer task
+looks at the deadlines at least this often, so those threads need wake trio only for what
+is due sooner; not at all while they have not since it last looked (docs/tap.md)."""
 
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
@@ -516,9 +513,7 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            # under the lock with the deadlines it reads: another thread that moves one
-            # earlier compares it with this `_timer_at`, never with the previous one
-            with self._lock:
+            with self._lock:  # a thread moving a deadline earlier sees this `_timer_at`
                 deadline = self._paths.get_timer()
                 at = deadline if deadline is not None else math.inf
                 probe_at = self._datagram_timer()

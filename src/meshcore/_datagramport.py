@@ -14,6 +14,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, Protocol
@@ -26,6 +27,7 @@ from meshcore._iothread import IoThread
 from meshcore._nursery import open_hidden_nursery
 from meshcore.errors import DecodeError
 from meshcore.proto.framing import peek_datagram_index
+from meshcore.proto.readpace import ReadPace
 
 if TYPE_CHECKING:
     from meshcore.proto.datagram import Address
@@ -87,7 +89,7 @@ class DatagramPort:
         self._sessions: set[DatagramReceiver] = set()
         self._routes: dict[int, DatagramReceiver] = {}
         self._lock = threading.Lock()
-        self._buffer = bytearray(_READ_BYTES)
+        self._pace = ReadPace(_READ_BATCH)
 
     # ----------------------------------------------------------------- sessions
     def add(self, session: DatagramReceiver) -> None:
@@ -136,25 +138,28 @@ class DatagramPort:
         return True
 
     def read_ready(self) -> None:
-        """Read and route what the socket holds (up to a batch): in the `IoThread` or in
-        the port's trio task."""
-        sock, buffer, stats = self._sock, self._buffer, self.stats
-        view = memoryview(buffer)
-        for _ in range(_READ_BATCH):
+        """Read and route what the socket holds (up to a batch; one datagram after a quiet
+        spell, see `proto.readpace`): in the `IoThread` or in the port's trio task."""
+        sock, stats, route = self._sock, self.stats, self._routes.get
+        for _ in range(self._pace.reads(time.monotonic())):
             try:
-                size, source = sock.recvfrom_into(buffer)
+                data, source = sock.recvfrom(_READ_BYTES)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # an ICMP error queued on the socket: nothing to read this time
             stats.received += 1
-            data = bytes(view[:size])
             if _trace.ENABLED:
                 _trace.mark("dgram.read", data)
             try:
-                session = self._route(peek_datagram_index(data))
+                index = peek_datagram_index(data)
             except DecodeError:
-                session = None
+                stats.dropped_unroutable += 1
+                continue
+            session = route(index)
+            if session is None:  # a miss: `_route` rebuilds the table
+                session = self._route(index)
+                route = self._routes.get
             if session is None:
                 stats.dropped_unroutable += 1
                 continue

@@ -28,6 +28,7 @@ log = logging.getLogger("meshcore.iothread")
 _IN: Final = select.EPOLLIN
 _OUT: Final = select.EPOLLOUT
 _ERRORS: Final = select.EPOLLERR | select.EPOLLHUP
+_READABLE: Final = _IN | _ERRORS
 _MAX_EVENTS: Final = 64
 _LATENCY_NICE: Final = -5
 
@@ -154,7 +155,7 @@ class IoThread:
                     if entry is None:
                         continue
                     try:
-                        if mask & (_IN | _ERRORS):
+                        if mask & _READABLE:
                             entry.on_readable()
                         if mask & _OUT and entry.on_writable is not None and not entry.removed:
                             entry.on_writable()

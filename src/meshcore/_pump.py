@@ -26,6 +26,7 @@ from meshcore._iothread import IoThread
 from meshcore._session import Session
 from meshcore.errors import DecodeError, MeshError
 from meshcore.proto.constants import (
+    LONE_PACKET_GAP_S,
     TUNNEL_MAX_RECORD_BYTES,
     TUNNEL_QUEUE_BYTES,
     TUNNEL_READ_BATCH_FRAMES,
@@ -33,6 +34,7 @@ from meshcore.proto.constants import (
 from meshcore.proto.flowsplit import FlowSplit
 from meshcore.proto.fqcodel import FqCodel, FqCodelSettings
 from meshcore.proto.identity import PeerId
+from meshcore.proto.readpace import ReadPace
 from meshcore.proto.switch import FrameAssembler, FramePacker, Switch
 
 __all__ = ["FramePump", "LinkStats"]
@@ -159,7 +161,9 @@ class FramePump:
     Frames read from the device are switched (`proto.switch.Switch`) and queued per peer
     under FQ-CoDel, at most `queue_bytes` each; one task per peer packs them into messages
     (many frames per message when the session is busy, each frame at once when it is idle)
-    and sends them. A slow peer's queue drops by sojourn time, so it never stalls the others.
+    and sends them. The device is read a batch at a time while frames keep coming, and one
+    frame per wakeup after `lone_gap_s` without one (a lone frame is not followed by a read
+    that fails). A slow peer's queue drops by sojourn time, so it never stalls the others.
     Frames from a session are written to the device.
     """
 
@@ -174,6 +178,7 @@ class FramePump:
         queue: FqCodelSettings | None = None,
         io: IoThread | None = None,
         device_io: IoThread | None = None,
+        lone_gap_s: float = LONE_PACKET_GAP_S,
     ) -> None:
         self._fd = fd
         self._io = io
@@ -183,13 +188,15 @@ class FramePump:
         self._switch_lock = threading.Lock()
         self._header = vnet_header_bytes
         self._queue = attrs.evolve(queue or FqCodelSettings(), limit_bytes=queue_bytes)
-        self._batch = batch_frames
         self.switch: Switch[PeerId] = Switch(peers)
         self._links: dict[PeerId, _Link] = {}
         self.stats: dict[PeerId, LinkStats] = {p: LinkStats() for p in self.switch.ports}
         self.dropped_no_session = 0
         """Frames for a configured peer that had no session at the time."""
         self.frames_read = 0
+        self._pace = ReadPace(batch_frames, lone_gap_s)
+        """Frames per wakeup of the device reader: one after `lone_gap_s` without any (a
+        lone frame is not followed by a read that fails), else a batch."""
         self._changed = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
@@ -252,11 +259,12 @@ class FramePump:
             io.unregister(self._fd)
 
     def _read_device(self, buffer: bytearray) -> None:
-        """Read what the device has (up to a batch), queue it, and wake the senders."""
+        """Read what the device has (up to a batch; one frame after a quiet spell, see
+        `proto.readpace`), queue it, and wake the senders."""
         fd, view = self._fd, memoryview(buffer)
         woke = _trace.now_ns() if _trace.ENABLED else 0
         touched: set[_Link] = set()
-        for _ in range(self._batch):
+        for _ in range(self._pace.reads(_clock())):
             try:
                 size = os.readv(fd, (buffer,))
             except BlockingIOError:

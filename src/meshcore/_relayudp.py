@@ -3,8 +3,10 @@ whose two peers agreed to UDP are forwarded between them by UDP, never opened.
 
 The decisions are `proto.relayudp`'s; this module binds the socket (the WebSocket listener's
 port number), reads it in a thread of its own (`IoThread`: a packet never waits for trio's
-scheduler, and the relay's second core does the forwarding) and sends what the table says.
-The relay's trio code reaches the table only through `RelayUdp`'s hooks, under its lock.
+scheduler, and the relay's second core does the forwarding; the thread has the "latency"
+role, nice -5 where the relay may raise priorities, as the peers' device threads do) and
+sends what the table says. The relay's trio code reaches the table only through
+`RelayUdp`'s hooks, under its lock.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from meshcore._iothread import open_io_thread
 from meshcore.proto.circuitwatch import Members
 from meshcore.proto.constants import RELAY_CREDIT_UDP_SUBPROTOCOL, RELAY_UDP_SUBPROTOCOL
 from meshcore.proto.limits import RelayLimits
+from meshcore.proto.readpace import ReadPace
 from meshcore.proto.relayrecords import Output
 from meshcore.proto.relayudp import (
     RelayUdpCircuits,
@@ -38,6 +41,7 @@ log = logging.getLogger("meshcore.relay")
 UDP_SUBPROTOCOLS: Final = frozenset((RELAY_UDP_SUBPROTOCOL, RELAY_CREDIT_UDP_SUBPROTOCOL))
 """The WebSocket subprotocols of a connection that agreed to UDP."""
 _READ_BATCH: Final = 256
+_READ_BYTES: Final = 65536
 _SOCKET_BUFFER_BYTES: Final = 1 << 22
 
 
@@ -60,7 +64,7 @@ class RelayUdp:
         self._table = RelayUdpTable(udp_settings(limits))
         self._circuits = RelayUdpCircuits(self._table, members)
         self._sock: socket.socket | None = None
-        self._buffer = bytearray(65536)
+        self._pace = ReadPace(_READ_BATCH)
         self.send_errors = 0
         """Forwarded datagrams the socket refused (buffer full, unreachable)."""
 
@@ -97,21 +101,21 @@ class RelayUdp:
 
     # ----------------------------------------------------------------- the thread
     def read_ready(self) -> None:
-        """Read what the socket holds (a batch) and forward it (in the I/O thread)."""
-        sock, buffer, table, lock = self._sock, self._buffer, self._table, self._lock
+        """Read what the socket holds (a batch; one packet after a quiet spell, see
+        `proto.readpace`) and forward it (in the I/O thread)."""
+        sock, table, lock = self._sock, self._table, self._lock
         if sock is None:
             return
-        view = memoryview(buffer)
         now_of = time.monotonic
-        for _ in range(_READ_BATCH):
+        for _ in range(self._pace.reads(now_of())):
             try:
-                size, source = sock.recvfrom_into(buffer)
+                data, source = sock.recvfrom(_READ_BYTES)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue  # an ICMP error of an earlier send: read on
             with lock:
-                forward = table.received(bytes(view[:size]), (source[0], source[1]), now_of())
+                forward = table.received(data, (source[0], source[1]), now_of())
             if forward is None:
                 continue
             try:
@@ -151,7 +155,7 @@ async def open_relay_udp(udp: RelayUdp, host: str, port: int) -> AsyncIterator[i
         yield None
         return
     try:
-        async with open_io_thread("meshcore-relay-udp") as io:
+        async with open_io_thread("meshcore-relay-udp", role="latency") as io:
             udp._bound(sock)
             io.register(sock.fileno(), udp.read_ready)
             try:

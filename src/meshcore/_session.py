@@ -89,8 +89,7 @@ _FRAME: Final = int(PacketType.FRAME)
 _THREADED_TIMER_TICK_S: Final = 0.02
 """While other threads drive the session (`send_nowait`, threaded links), the timer task
 looks at the deadlines at least this often, so those threads need wake trio only for what
-is due sooner."""
-
+is due sooner; not at all while they have not since it last looked (docs/tap.md)."""
 
 
 def _keyring_for(result: HandshakeResult, now: float) -> KeyRing:
@@ -150,6 +149,8 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         self._inbox_limit = inbox_limit
         self._wake_timer = trio.Event()
         self._timer_at = -math.inf
+        self._driven_off_trio = False
+        """Another thread changed the core or the paths since the timer task last looked."""
         self._progress = trio.Event()
         self._closed_by_us = False
         self._eof_sent = False
@@ -512,15 +513,16 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
     # ----------------------------------------------------------------- tasks
     async def _run_timers(self) -> None:
         while True:
-            with self._lock:
+            with self._lock:  # a thread moving a deadline earlier sees this `_timer_at`
                 deadline = self._paths.get_timer()
-            at = deadline if deadline is not None else math.inf
-            probe_at = self._datagram_timer()
-            if probe_at is not None:
-                at = min(at, probe_at)
-            if self._threaded or self._receiver is not None:
-                at = min(at, trio.current_time() + _THREADED_TIMER_TICK_S)
-            self._timer_at = at
+                at = deadline if deadline is not None else math.inf
+                probe_at = self._datagram_timer()
+                if probe_at is not None:
+                    at = min(at, probe_at)
+                if self._driven_off_trio and (self._threaded or self._receiver is not None):
+                    self._driven_off_trio = False
+                    at = min(at, trio.current_time() + _THREADED_TIMER_TICK_S)
+                self._timer_at = at
             with trio.move_on_at(at):
                 await self._wake_timer.wait()
             self._wake_timer = trio.Event()
@@ -601,12 +603,15 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
                 if events:
                     self._handle_events(events)
                 self._follow_path(now)
-            elif events:
-                wake_trio = self._deliver_off_trio(events)
+            else:
+                self._driven_off_trio = True
+                if events:
+                    wake_trio = self._deliver_off_trio(events)
             self._route()
             commands = paths.has_commands
             # most changes only push timers later; wake the timer task when one moved earlier
             deadline = paths.get_timer()
+            timer_sooner = deadline is None or deadline < self._timer_at
             window_open = self._window_open
             if window_open is None or not self._window_blocked or not self._core.can_send():
                 window_open = None
@@ -615,11 +620,10 @@ class Session(SessionDataPath, SessionDatagrams, trio.abc.Channel[bytes]):
         if on_trio:
             if commands and self._driver is not None:
                 self._driver.wake()
-            if deadline is None or deadline < self._timer_at:
+            if timer_sooner:
                 self._wake_timer.set()
             self._notify()
         else:
-            timer_sooner = deadline is None or deadline < self._timer_at
             if wake_trio or commands or self._waiters or timer_sooner:
                 self._wake_trio()
         if window_open is not None:

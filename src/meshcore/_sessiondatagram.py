@@ -112,8 +112,8 @@ class SessionDatagrams:
 
     def attach_datagram_receiver(self, deliver: Callable[[bytes], None] | None) -> None:
         """Hand each datagram's payload to `deliver` as it arrives (in whichever thread read
-        it, under the session's lock: it must not block or call into the session); None
-        drops them again."""
+        it, in order, outside the session's lock: a device write there does not hold up the
+        thread sealing the session's frames; it must not block); None drops them again."""
         self._dreceiver = deliver
 
     @property
@@ -168,6 +168,7 @@ class SessionDatagrams:
         """One sealed datagram from `source` (the port's reader, any thread)."""
         reply: bytes | None = None
         prefix = b""
+        deliver: Callable[[bytes], None] | None = None
         with self._lock:
             now = self._clock.current_time()
             try:
@@ -186,11 +187,7 @@ class SessionDatagrams:
                 received = traffic.relay_received if relayed else traffic.direct_received
                 received[0] += 1
                 received[1] += len(data)
-                if _trace.ENABLED:
-                    _trace.mark_frame("dgram.opened", plaintext, parent=_trace.key(data))
-                deliver(plaintext)
-                return
-            if kind == DATAGRAM_PROBE:
+            elif kind == DATAGRAM_PROBE:
                 try:
                     reply = self._core.keys.seal_datagram(plaintext, now, DATAGRAM_REPLY)
                 except KeyExpired:
@@ -214,6 +211,11 @@ class SessionDatagrams:
                             source[1],
                             (self._dpath.rtt_s or 0.0) * 1e3,
                         )
+        if deliver is not None:  # outside the lock: the device write is not the session's
+            if _trace.ENABLED:
+                _trace.mark_frame("dgram.opened", plaintext, parent=_trace.key(data))
+            deliver(plaintext)
+            return
         port = self._dport
         if reply is not None and port is not None:
             port.sendto(prefix + reply if prefix else reply, source)

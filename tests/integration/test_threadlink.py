@@ -141,3 +141,34 @@ async def test_send_nowait_fills_the_window_and_window_open_says_when_to_go_on()
             assert await trio.to_thread.run_sync(got.arrived.wait, 30.0)
     assert len(got.messages) == count
     assert refused > 0 and sender.window_opened >= refused  # the window did fill, and reopen
+
+
+class TimerSteps(trio.abc.Instrument):
+    """Counts the steps of the sessions' timer tasks (how often trio wakes for them)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += task.name.endswith("._run_timers")
+
+
+async def test_an_idle_session_driven_from_its_thread_does_not_poll_trio() -> None:
+    with trio.fail_after(60):
+        async with threaded_pair() as (a, b, _, io_b):
+            await wait_threaded_direct(a, b)
+            got = Collector(io_b)
+            got.expected = 100
+            b.session.attach_receiver(got.deliver, got.window_open)
+            for i in range(100):  # driven from b's data thread: its timer polls meanwhile
+                await a.session.send(i.to_bytes(4, "big"))
+            assert await trio.to_thread.run_sync(got.arrived.wait, 30.0)
+            await trio.sleep(0.1)  # the last poll after the traffic
+            steps = TimerSteps()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                await trio.sleep(1.0)  # idle: a 20 ms poll would step both timers 100 times
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            b.session.detach_receiver()
+    assert steps.steps <= 10  # only the sessions' own deadlines (heartbeats, probes)

@@ -5,6 +5,7 @@ real TAP meshes of two and three peers in network namespaces (ping, ARP, GSO seg
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def message_of(*frames: bytes) -> bytes:
 
 
 async def test_frames_read_in_one_wakeup_travel_in_one_message(device: FakeDevice) -> None:
-    pump = FramePump(device.fd, 10, [P])
+    pump = FramePump(device.fd, 10, [P], lone_gap_s=math.inf)  # read as a busy device is
     near, far = channel_pair()
     sent = [frame(BROADCAST, MAC[0], fill=i) for i in range(5)]
     with trio.fail_after(5):
@@ -134,6 +135,27 @@ async def test_frames_read_in_one_wakeup_travel_in_one_message(device: FakeDevic
     assert frames_in(message) == sent
     assert pump.stats[P].messages_out == 1
     assert pump.stats[P].frames_out == 5
+
+
+async def test_frames_queued_behind_a_lone_frame_are_all_read_in_order(
+    device: FakeDevice,
+) -> None:
+    pump = FramePump(device.fd, 10, [P], lone_gap_s=0.0)  # every wakeup reads one frame
+    near, far = channel_pair()
+    sent = [frame(BROADCAST, MAC[0], fill=i) for i in range(5)]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run_device_reader)
+            nursery.start_soon(pump.run_link, P, near)
+            await pump.wait_linked([P])
+            for item in sent:
+                device.inject(item)
+            received: list[bytes] = []
+            while len(received) < len(sent):  # none is left behind in the device
+                received += frames_in(await far.receive())
+            nursery.cancel_scope.cancel()
+    assert received == sent
+    assert pump.frames_read == pump.stats[P].frames_out == 5
 
 
 async def test_broadcast_reaches_every_linked_peer_and_unicast_only_its_own(

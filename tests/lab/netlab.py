@@ -430,6 +430,11 @@ class Lab:
         """Every namespace this lab created."""
         return list(self._namespaces)
 
+    @property
+    def processes(self) -> list[LabProcess]:
+        """Every process `popen` started in this lab, in the order it started them."""
+        return list(self._processes)
+
     def _node(self, node: str) -> _Node:
         try:
             return self._nodes[node]

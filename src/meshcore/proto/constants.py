@@ -228,6 +228,9 @@ TUNNEL_QUEUE_BYTES: Final = 4 * 1024 * 1024
 """Frames queued towards one peer's session; beyond it new frames are dropped (tail drop)."""
 TUNNEL_READ_BATCH_FRAMES: Final = 256
 """Most frames read from the TAP per wakeup before the senders get a turn."""
+LONE_PACKET_GAP_S: Final = 0.001
+"""A packet read this long after the previous read of its descriptor is read alone, without
+the failing read (EAGAIN, an exception in Python) that empties a descriptor (`readpace`)."""
 TUNNEL_BACKOFF_MIN_S: Final = 0.5
 """First wait before a failed session or relay connection is tried again (doubles)."""
 TUNNEL_BACKOFF_MAX_S: Final = 15.0

@@ -31,7 +31,7 @@ longer than a frame waits in the tunnel's queue and window on any path it uses."
 class FlowSplit:
     """Per peer: remembers which flows recently sent large frames (see the module)."""
 
-    __slots__ = ("_hold_s", "_large_at", "_offset")
+    __slots__ = ("_hold_s", "_large_at", "_last_large", "_offset")
 
     def __init__(
         self, offset: int = 0, *, slots: int = FLOW_SPLIT_SLOTS, hold_s: float = FLOW_SPLIT_HOLD_S
@@ -44,6 +44,9 @@ class FlowSplit:
         self._offset = offset
         self._hold_s = hold_s
         self._large_at = [float("-inf")] * slots
+        self._last_large = float("-inf")
+        """The latest of `_large_at`: while it is older than the hold, no flow is held back
+        and a small frame needs no flow key (a lone ping's path)."""
 
     def _slot(self, frame: bytes) -> int:
         return hash(flow_key(frame, self._offset)) % len(self._large_at)
@@ -51,7 +54,12 @@ class FlowSplit:
     def sent_large(self, frame: bytes, now: float) -> None:
         """`frame` goes by the session because it is too large for a datagram."""
         self._large_at[self._slot(frame)] = now
+        if now > self._last_large:
+            self._last_large = now
 
     def may_send_datagram(self, frame: bytes, now: float) -> bool:
         """Whether the small `frame` may go by UDP without overtaking its flow's large ones."""
-        return now - self._large_at[self._slot(frame)] > self._hold_s
+        hold = self._hold_s
+        if now - self._last_large > hold:
+            return True
+        return now - self._large_at[self._slot(frame)] > hold

@@ -12,8 +12,10 @@ the frame at once: one task fewer, no hand-offs. Same protocol, same limits (a m
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import socket as _stdlib_socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +37,7 @@ from meshcore._transport import Transport
 from meshcore.errors import ConfigError, TransportClosed
 from meshcore.proto.constants import (
     MAX_CONTROL_BYTES,
+    TRANSPORT_ACCEPT_RETRY_S,
     TRANSPORT_CANCELLED_CLOSE_S,
     TRANSPORT_CLOSE_TIMEOUT_S,
     TRANSPORT_HANDSHAKE_TIMEOUT_S,
@@ -42,7 +45,7 @@ from meshcore.proto.constants import (
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.wsupgrade import MAX_REQUEST_BYTES, Refusal, parse_upgrade, request_end
 
-__all__ = ["RelayConnection", "serve_relay_connections"]
+__all__ = ["AdmissionGate", "RelayConnection", "serve_relay_connections"]
 
 logger = logging.getLogger("meshcore.transport")
 
@@ -50,6 +53,41 @@ _READ_BYTES = 65536
 _REASON_MAX_BYTES = 123  # RFC 6455 §5.5: a close frame's payload is at most 125 bytes
 _TEXT_REFUSED = "protocol error: text message received; meshcore sends only binary messages"
 _LOST = "connection lost: TCP closed without a WebSocket close"
+_CUT = "closed: cut off without waiting for the close handshake"
+_DISCARD_BYTES = 1 << 20  # a cut connection's unread input dropped before the close, at most
+_ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+"""accept(2) errors that say the system is out of something for now (trio's own list)."""
+
+
+class AdmissionGate:
+    """Bounds the connections a server has accepted that are still settling in (upgrading,
+    then registering with its handler). At the bound the accept loop waits, and new
+    connections wait in the kernel's listen backlog, costing nothing, until one settles: a
+    herd is taken at the pace the server works, not refused, and none of it times out in
+    the server's own queue (docs/relay.md, "After a restart")."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an admission gate needs a limit of at least 1, got {limit}")
+        self.limit = limit
+        self.settling = 0
+        """Connections accepted and not yet settled, and the one an accept waits for."""
+        self._room = trio.Event()
+
+    async def enter(self) -> None:
+        """Wait until fewer than `limit` are settling, then count one more. Cancelled while
+        waiting, nothing is counted."""
+        while self.settling >= self.limit:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+        self.settling += 1
+
+    def leave(self) -> None:
+        """One that `enter` counted settled (or ended)."""
+        self.settling -= 1
+        if self.settling < self.limit:
+            self._room.set()
 
 
 class RelayConnection(Transport):
@@ -69,8 +107,10 @@ class RelayConnection(Transport):
         max_message: int,
         close_timeout: float,
         remote: Endpoint | None,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self._stream = stream
+        self._gate = gate  # left once, by `settled`
         self._ws = ws
         self._pending = pending  # frames that came right behind the upgrade request
         self._messages: deque[bytes] = deque()
@@ -86,6 +126,8 @@ class RelayConnection(Transport):
         self._remote_closed = trio.Event()  # their close frame (or EOF) arrived
         self._receiving = False
         self._reader_done = trio.lowlevel.ParkingLot()  # woken when a receive returns
+        self._unsent = b""  # the part of a final write the socket did not take at once
+        self._cut = False
 
     @property
     def local_address(self) -> Endpoint | None:
@@ -110,6 +152,13 @@ class RelayConnection(Transport):
     def max_message(self) -> int:
         """The largest message this side sends or accepts, in bytes."""
         return self._max_message
+
+    def settled(self) -> None:
+        """This connection no longer counts against the server's admission (its handler
+        registered it, or it ended); idempotent."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.leave()
 
     async def send(self, data: bytes) -> None:
         """Send `data` as one binary message. Raises TransportClosed once closed, ValueError
@@ -144,6 +193,39 @@ class RelayConnection(Transport):
         batch = list(self._messages)
         self._messages.clear()
         return batch
+
+    def send_final_nowait(self, messages: Sequence[bytes], reason: str) -> bool:
+        """Write `messages` and the close frame (code 1000, `reason`) now, without waiting
+        for the socket or the scheduler: True if the kernel took all of it. Otherwise (the
+        socket's buffer is full, or a send is under way) the rest is kept and written first
+        by `aclose`. Either way the connection is closing from here on; the peer's close
+        frame is still read. For closing many connections at once (a relay shutting down):
+        no task switch per connection."""
+        ws = self._ws
+        try:
+            frames = [ws.send(BytesMessage(data=bytes(m))) for m in messages]
+            frames.append(ws.send(CloseConnection(1000, _truncate(reason))))
+        except LocalProtocolError:  # a close is already under way: nothing more to say
+            frames = []
+        self._note_closed(reason)
+        data = b"".join(frames)
+        if data and not self._send_lock.locked():
+            data = data[_write_nowait(self._stream.socket, data) :]
+        self._unsent = data
+        return not data
+
+    def cut(self) -> None:
+        """End the connection now, synchronously: what arrived and was not read is
+        discarded (so that the kernel ends the TCP connection with FIN after what we wrote,
+        not RST), the socket is closed, and a receive blocked on it raises TransportClosed.
+        Costs no task switch and no cancellation: a relay cuts thousands at once."""
+        if self._cut:
+            return
+        self._cut = True
+        self._note_closed(_CUT)
+        _discard_input(self._stream.socket)
+        self._remote_closed.set()
+        self._stream.socket.close()  # wakes a task blocked on it with ClosedResourceError
 
     async def aclose(self, reason: str = "closed") -> None:
         """Close normally (code 1000, `reason` cut to 123 UTF-8 bytes), wait up to the close
@@ -276,13 +358,16 @@ class RelayConnection(Transport):
         cancelled = trio.current_effective_deadline() == -math.inf
         if cancelled:
             timeout = min(timeout, TRANSPORT_CANCELLED_CLOSE_S)
+        if self._cut:
+            return
         try:
             with trio.CancelScope(shield=cancelled), trio.move_on_after(timeout):
                 if not self._remote_closed.is_set():
+                    data, self._unsent = self._unsent, b""  # a final write's rest goes first
                     try:
-                        data = self._ws.send(CloseConnection(code, _truncate(reason)))
+                        data += self._ws.send(CloseConnection(code, _truncate(reason)))
                     except LocalProtocolError:  # a close is already under way
-                        data = b""
+                        pass
                     if data:
                         async with self._send_lock:
                             await self._stream.send_all(data)
@@ -291,8 +376,8 @@ class RelayConnection(Transport):
             pass
         finally:
             self._remote_closed.set()
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+            self._cut = True
+            self._stream.socket.close()  # no checkpoint: nothing here waits or is cancelled
 
     async def _await_their_close(self) -> None:
         """Until the peer's close frame (or EOF): read for it unless a receive does."""
@@ -309,6 +394,24 @@ class RelayConnection(Transport):
     def _note_closed(self, reason: str) -> None:
         if self._close_reason is None:
             self._close_reason = reason
+
+
+def _write_nowait(sock: trio.socket.SocketType, data: bytes) -> int:
+    """Write what the (non-blocking) socket takes of `data` at once; how many bytes."""
+    try:
+        return os.write(sock.fileno(), data)
+    except OSError:  # full (EAGAIN), broken, or no such writes here: `aclose` sends it
+        return 0
+
+
+def _discard_input(sock: trio.socket.SocketType) -> None:
+    """Read and drop what the (non-blocking) socket holds, up to `_DISCARD_BYTES`."""
+    fd, left = sock.fileno(), _DISCARD_BYTES
+    try:
+        while left > 0 and (data := os.read(fd, min(left, _READ_BYTES))):
+            left -= len(data)
+    except OSError:  # nothing more to read (EAGAIN), or already broken
+        pass
 
 
 def _describe(code: int, reason: str | None) -> str:
@@ -370,13 +473,18 @@ async def serve_relay_connections(
     close_timeout: float = TRANSPORT_CLOSE_TIMEOUT_S,
     subprotocols: Sequence[str] = (),
     stop_accepting: trio.Event | None = None,
+    gate: AdmissionGate | None = None,
+    accept_queue: int = 0,
     task_status: trio.TaskStatus[list[Endpoint]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket connections on `host:port` and run `handler(connection)` for each, as
     `serve_transport` does (same arguments, same errors, same cancellation), with
     `RelayConnection`s. Once `stop_accepting` is set the listeners close (new connections
-    are refused by the OS, costing nothing) while the connections in hand go on. Raises
-    ConfigError if it cannot listen."""
+    are refused by the OS, costing nothing) while the connections in hand go on. With
+    `gate`, a connection is served only when the gate has room (it counts until the handler
+    calls its `settled()`, or it ends); until then up to `accept_queue` accepted connections
+    wait in order, and the rest in the listen backlog. Raises ConfigError if it cannot
+    listen."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as exc:
@@ -389,6 +497,7 @@ async def serve_relay_connections(
     async def serve_one(stream: trio.SocketStream) -> None:
         remote = _endpoint(stream.socket, local=False)
         what = f"WebSocket client {remote}"
+        connection = None  # the gate (if any) counted this one already
         try:
             upgraded = None
             with trio.move_on_after(handshake_timeout):
@@ -398,7 +507,7 @@ async def serve_relay_connections(
             ws, pending, chosen = upgraded
             connection = RelayConnection(
                 stream, ws, pending, subprotocol=chosen, max_message=max_message,
-                close_timeout=close_timeout, remote=remote,
+                close_timeout=close_timeout, remote=remote, gate=gate,
             )  # fmt: skip
             try:
                 await handler(connection)
@@ -415,25 +524,76 @@ async def serve_relay_connections(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            if connection is not None:
+                connection.settled()
+            elif gate is not None:
+                gate.leave()
+            stream.socket.close()  # idempotent, and no checkpoint: cheap for thousands at once
 
-    accepting = trio.CancelScope()
+    accepting: list[trio.CancelScope] = []  # one per task (a scope is entered once); all
+    # cancelled when told to stop accepting
+    # Accepted connections wait here, in order, for the gate (their upgrade not yet read):
+    # a herd past the gate is held at the cost of a socket each, up to `accept_queue`, and
+    # beyond that in the kernel's listen backlog, instead of having its SYNs dropped and
+    # retried by the kernel seconds later.
+    queued, to_serve = trio.open_memory_channel[trio.SocketStream](accept_queue)
 
-    async def accept(task_status: trio.TaskStatus[object]) -> None:
+    async def accept(listener: trio.SocketListener, accepting: trio.CancelScope) -> None:
+        # trio.serve_listeners would do, but it ends every handler with aclose_forcefully,
+        # a cancellation per connection: a relay closing 10,000 connections spent seconds
+        # on those alone. `serve_one` closes its socket itself.
         with accepting:
-            await trio.serve_listeners(
-                serve_one, listeners, handler_nursery=nursery, task_status=task_status
-            )
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        logger.error(
+                            "cannot accept connections (%s); retrying in %g s",
+                            os.strerror(exc.errno), TRANSPORT_ACCEPT_RETRY_S,
+                        )  # fmt: skip
+                        await trio.sleep(TRANSPORT_ACCEPT_RETRY_S)
+                        continue
+                    if gate is None:
+                        nursery.start_soon(serve_one, stream)
+                    else:
+                        try:
+                            await queued.send(stream)
+                        except BaseException:  # stopped while the queue was full
+                            stream.socket.close()
+                            raise
+
+    async def admit(gate: AdmissionGate, accepting: trio.CancelScope) -> None:
+        """Serve the queued connections, each once the gate has room; on stop, close the
+        ones still queued (their peers retry, as when refused by the OS)."""
+        try:
+            with accepting:
+                async for stream in to_serve:
+                    await gate.enter()
+                    nursery.start_soon(serve_one, stream)
+        finally:
+            while True:
+                try:
+                    to_serve.receive_nowait().socket.close()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     try:
         async with open_hidden_nursery() as nursery:
-            await nursery.start(accept)
+            for listener in listeners:
+                accepting.append(trio.CancelScope())
+                nursery.start_soon(accept, listener, accepting[-1])
+            if gate is not None:
+                accepting.append(trio.CancelScope())
+                nursery.start_soon(admit, gate, accepting[-1])
             logger.info("serving WebSocket transports on %s", ", ".join(map(str, endpoints)))
             task_status.started(endpoints)
             if stop_accepting is not None:
                 await stop_accepting.wait()
-                accepting.cancel()
+                for scope in accepting:
+                    scope.cancel()
             await trio.sleep_forever()
     finally:
         for listener in listeners:

@@ -14,6 +14,7 @@ from meshcore.proto.circuits import CircuitTable
 from meshcore.proto.endpoint import Endpoint
 from meshcore.proto.limits import RelayLimits
 from meshcore.proto.ratelimit import AddressBuckets, address_key
+from meshcore.proto.reconnect import busy_reason, reconnect_window
 from meshcore.proto.relayrecords import ConnRecord
 from meshcore.proto.wire import CircuitOpen, Connect, ErrorCode
 
@@ -33,21 +34,27 @@ def connection_refusal(
     now: float,
 ) -> Refusal | None:
     """Why a connection from `addr` is refused (shutdown, its address's rate, too many
-    registering), or None; takes a token from the address's bucket."""
+    registering), or None; takes a token from the address's bucket.
+
+    A refusal for load says when to come back, "reconnect within S s" (the peer spreads its
+    next attempt over S instead of doubling its backoff, docs/relay-client.md): for too many
+    registering, S is the pending work over the rate the relay registers at
+    (`restart_rate_per_s`); for an address's rate, the time its bucket takes to refill.
+    """
     if shutting_down:
         return ErrorCode.SHUTDOWN, "the relay is shutting down"
     key = address_key(addr)
     if not buckets.take(key, now):
-        return (
-            ErrorCode.RATE_LIMITED,
+        refill_s = limits.connections_burst_per_ip / limits.connections_per_s_per_ip
+        what = (
             f"too many connections from {key}: at most {limits.connections_per_s_per_ip:g}/s "
-            f"(burst {limits.connections_burst_per_ip}); retry later",
+            f"(burst {limits.connections_burst_per_ip})"
         )
+        return ErrorCode.RATE_LIMITED, busy_reason(what, refill_s)
     if pending >= limits.max_pending_connections:
-        return (
-            ErrorCode.CAPACITY,
-            "too many connections are registering right now; retry in a few seconds",
-        )
+        window_s = reconnect_window(pending, limits.restart_rate_per_s)
+        what = f"too many connections are registering right now ({pending})"
+        return ErrorCode.CAPACITY, busy_reason(what, window_s)
     return None
 
 

@@ -71,6 +71,12 @@ class Backoff:
             random=self._random,
         )
 
+    def shortest_delay(self) -> float:
+        """The wait of a first failure (`base_s`, jittered), without counting a failure."""
+        return backoff_delay(
+            1, base_s=self.base_s, max_s=self.max_s, jitter=self.jitter, random=self._random
+        )
+
     def reset(self) -> None:
         """A try succeeded: the next failure waits `base_s` again."""
         self.failures = 0

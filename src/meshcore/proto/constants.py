@@ -126,6 +126,9 @@ TRANSPORT_CLOSE_TIMEOUT_S: Final = 2.0
 TRANSPORT_CANCELLED_CLOSE_S: Final = 0.5
 """An `aclose` of a caller that is already cancelled (a program shutting down) still sends its
 close frame, shielded, and waits at most this long for the remote's before cutting TCP."""
+TRANSPORT_ACCEPT_RETRY_S: Final = 0.1
+"""A server that cannot accept for want of file descriptors or memory tries again after this
+(as trio.serve_listeners does)."""
 TRANSPORT_RECEIVE_QUEUE_MESSAGES: Final = 32
 """Messages read ahead of `receive()`; when full the reader stops and TCP pushes back."""
 
@@ -136,8 +139,16 @@ MAX_INNER_BYTES: Final = MAX_FRAME_BYTES - FRAME_HEADER_BYTES - AEAD_TAG_BYTES
 # --- relay server (meshcore.proto.matchmaker, meshcore._relay; docs/relay.md) -------------
 RELAY_DEFAULT_PORT: Final = 7443
 """`meshcore-relay` listens on 127.0.0.1:7443 unless told otherwise."""
-RELAY_MAX_PENDING_CONNECTIONS: Final = 4096
-"""Connections that have not finished HELLO/AUTH yet (each may cost one KEM encapsulation)."""
+RELAY_MAX_PENDING_CONNECTIONS: Final = 1024
+"""Connections accepted that have not registered yet (upgrade, HELLO/AUTH; each may cost one KEM
+encapsulation). At this many the relay stops accepting and new ones wait in the kernel's
+listen backlog: ~1 s of work at ~1,000 registrations/s, well within RELAY_HELLO_DEADLINE_S
+(4096 made a herd time out in the relay's own queue, docs/relay.md "After a restart")."""
+RELAY_ACCEPT_QUEUE_CONNECTIONS: Final = 8192
+"""Connections accepted past RELAY_MAX_PENDING_CONNECTIONS that wait, in order and unread (a
+socket each), for their turn; beyond them the listen backlog holds more. Without this queue a
+herd overflows the backlog (somaxconn, 4096 here) and the kernel drops its SYNs, which are
+retried 1, 3, 7 s later: a long tail (docs/relay.md, "After a restart")."""
 RELAY_MAX_CIRCUITS_PER_PEER: Final = 64
 """Open circuits one registered peer may take part in (so one peer cannot take them all)."""
 RELAY_MAX_INVITES_PER_PEER: Final = 16
@@ -191,8 +202,10 @@ RELAY_MAX_TRACKED_ADDRESSES: Final = 65536
 """Source addresses (IPv4, or IPv6 /64) with a connection-rate bucket; least recent evicted."""
 RELAY_CLOSE_FLUSH_S: Final = 2.0
 """How long a connection being closed may take to flush its last messages (e.g. the Error)."""
-RELAY_SHUTDOWN_GRACE_S: Final = 3.0
-"""On shutdown, how long the relay waits for peers to take their Close before cutting them."""
+RELAY_SHUTDOWN_GRACE_S: Final = 0.5
+"""On shutdown, how long the relay waits for peers to answer their Close before cutting them
+off (what was written still reaches them: the kernel sends it before the FIN). Every Close
+is written at once, so this bounds the wait, not the writing (docs/relay.md, "Shutdown")."""
 
 # --- layer-2 tunnel (meshcore.proto.switch, meshcore._tap, meshcore._tunnel; docs/tap.md) -
 SWITCH_MAX_ENTRIES: Final = 4096
@@ -253,7 +266,11 @@ RELAY_RECONNECT_WINDOW_MAX_S: Final = 120.0
 RELAY_RESTART_RATE_PER_S: Final = 1000.0
 """Registrations per second a shutting-down relay asks its peers to come back at: about what
 one relay process takes on one core here (~0.95 ms each; docs/relay.md, "After a restart").
-Peers beyond it wait in the admission queue (max_pending_connections), not refused."""
+Peers beyond it wait in the listen backlog (max_pending_connections), not refused."""
+RELAY_RESTART_MARGIN_S: Final = 10.0
+"""A peer told a reconnect window that finds nothing listening at the relay's port (the new
+relay is not up yet) within the window plus this retries at the shortest wait; past it the
+backoff doubles again. Covers a relay's exit and start (~2-3 s measured, docs/relay.md)."""
 RELAY_HEARTBEAT_S: Final = 5.0
 """A peer pings its relay after this long without receiving anything on the connection (and
 again each time as long again passes), so that an idle connection still proves it lives."""

@@ -146,7 +146,9 @@ class RelayLimits:
     )
     max_peers: int = limit(RELAY_MAX_PEERS, "registered peers at once", ONE_OR_MORE)
     max_pending_connections: int = limit(
-        RELAY_MAX_PENDING_CONNECTIONS, "connections still in HELLO/AUTH at once", ONE_OR_MORE
+        RELAY_MAX_PENDING_CONNECTIONS,
+        "connections accepted and not yet registered at once (more wait in the listen backlog)",
+        ONE_OR_MORE,
     )
     max_circuits: int = limit(RELAY_MAX_CIRCUITS, "open circuits at once", ONE_OR_MORE)
     max_circuits_per_peer: int = limit(

@@ -458,7 +458,7 @@ class RelayClientCore:
             self.close_reason = str(error) or type(error).__name__
             out.append(RegistrationFailed(error, None))
             return out
-        wait = self._reconnect.after_failure()
+        wait = self._reconnect.after_failure(error, now)
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)
@@ -473,7 +473,7 @@ class RelayClientCore:
         out += self._end_connection(reason)
         if permanent:
             return out + self._closed(reason)
-        wait = self._reconnect.after_loss(window)
+        wait = self._reconnect.after_loss(window, now)
         self.state = RelayClientState.LOST
         self._phase_deadline = now + wait
         self._push_timer(self._phase_deadline, _T_PHASE, None)

@@ -23,8 +23,11 @@ from meshcore.proto.identity import (
     Identity,
     PeerId,
     PublicBundle,
+    x25519_public_key_is_valid,
 )
+from meshcore.proto.primitives import DEFAULT_PRIMITIVES
 from meshcore.testing._handshake_strategies import (
+    LOW_ORDER_X25519_POINTS,
     low_order_x25519_points,
     non_canonical_mlkem_public_keys,
 )
@@ -147,6 +150,38 @@ def test_bundle_with_non_canonical_kem_key_is_refused(kem_public: bytes) -> None
 def test_bundle_with_low_order_x25519_key_is_refused(point: bytes) -> None:
     with pytest.raises(DecodeError, match="small order"):
         PublicBundle(point, ALICE.public.kem_public)
+
+
+def _probe_accepts(public: bytes) -> bool:
+    """The reference: a scalar multiplication, which libsodium refuses for small order."""
+    try:
+        DEFAULT_PRIMITIVES.x25519(bytes([0x40] + [0x11] * 30 + [0x40]), public)
+    except HandshakeError:
+        return False
+    return True
+
+
+_NEAR_SMALL_ORDER = st.builds(
+    lambda point, bit: bytes(b ^ (1 << (bit % 8)) if i == bit // 8 else b
+                             for i, b in enumerate(point)),
+    low_order_x25519_points(),
+    st.integers(0, 255),
+)  # fmt: skip
+
+
+@given(st.one_of(st.binary(min_size=32, max_size=32), low_order_x25519_points(),
+                 _NEAR_SMALL_ORDER))  # fmt: skip
+def test_small_order_blocklist_agrees_with_a_probe_multiplication(public: bytes) -> None:
+    assert x25519_public_key_is_valid(public) == _probe_accepts(public)
+
+
+def test_small_order_blocklist_refuses_every_listed_point_and_its_alias() -> None:
+    assert len(LOW_ORDER_X25519_POINTS) == 14
+    for point in LOW_ORDER_X25519_POINTS:
+        assert not x25519_public_key_is_valid(point)
+        assert not _probe_accepts(point)
+    assert not x25519_public_key_is_valid(bytes(31))
+    assert x25519_public_key_is_valid(ALICE.public.x25519_public)
 
 
 def test_checked_bundle_accepts_keys_matching_the_pinned_id() -> None:

@@ -19,6 +19,7 @@ and prints a table.
 
     .venv/bin/python benchmarks/bench_relay_restart.py [--peers 10000] [--repeat 3]
         [--baseline-src /tmp/meshcore-base/src] [--scenarios base/term,new/term,...]
+        [--scenarios new/term,new@1200/term]  (@RATE: the relay's --restart-rate-per-s)
 """
 
 from __future__ import annotations
@@ -221,16 +222,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = [tuple(name.split("/")) for name in args.scenarios.split(",")]
     runs: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.repeat):
-        for mode, sig_name in chosen:
+        for mode_rate, sig_name in chosen:
+            mode, _, rate = mode_rate.partition("@")
             spec = MODES[mode]
+            flags = ["--restart-rate-per-s", rate] if rate else []
             src = args.baseline_src if spec["src"] == "baseline" else None
             if spec["src"] == "baseline" and src is None:
                 continue
-            name = f"{mode}/{sig_name}"
+            name = f"{mode_rate}/{sig_name}"
             beat = {"heartbeat_s": args.heartbeat_s, "dead_after_s": 3 * args.heartbeat_s}
             options = {**beat, **spec["core"]}
             result = await scenario(
-                identities, key, src, SIGNALS[sig_name], options, [], args.timeout
+                identities, key, src, SIGNALS[sig_name], options, flags, args.timeout
             )
             print(name, json.dumps(result), flush=True)
             runs.setdefault(name, []).append(result)
@@ -281,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default="base/term,nowindow/term,new/term,base/kill,nowindow/kill,new/kill",
-        help="MODE/SIGNAL,...: modes base, nowindow, new; signals term, kill",
+        help="MODE[@RATE]/SIGNAL,...: modes base, nowindow, new; signals term, kill; "
+        "@RATE runs the relay with --restart-rate-per-s RATE",
     )
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=300.0)

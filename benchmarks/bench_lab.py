@@ -192,6 +192,13 @@ def main() -> int:
         help="congestion control of the iperf3 stream (Linux's usual default, cubic; "
         "'default' keeps the namespace's own)",
     )
+    parser.add_argument(
+        "--stream-rate",
+        default="",
+        metavar="RATE",
+        help="iperf3 -b for the stream (e.g. 800M), the same for every tunnel: loaded RTTs at "
+        "equal load; default: as fast as each tunnel goes",
+    )
     parser.add_argument("--situations", help=f"comma-separated, of {','.join(SITUATIONS)}")
     parser.add_argument("--tunnels", help=f"comma-separated, of {','.join(TUNNELS)}")
     parser.add_argument(
@@ -216,7 +223,12 @@ def main() -> int:
         args.runs, args.seconds, args.pings = 1, 3.0, 100
         situations = situations or list(QUICK_SITUATIONS)
         tunnels = tunnels or list(QUICK_TUNNELS)
-    full = situations is None and tunnels is None and (args.runs, args.seconds) == (3, 10.0)
+    full = (
+        situations is None
+        and tunnels is None
+        and (args.runs, args.seconds) == (3, 10.0)
+        and not args.stream_rate
+    )
     situations = situations or list(SITUATIONS)
     tunnels = tunnels or list(TUNNELS)
     if args.seconds < 3:
@@ -228,7 +240,7 @@ def main() -> int:
     unavailable = ensure_packages()
     up = find_up_command()
     no_up = "" if up else "`meshcore-peer up` (TAP mode) is missing"
-    settings = Settings(args.runs, args.seconds, args.pings, args.cc)
+    settings = Settings(args.runs, args.seconds, args.pings, args.cc, args.stream_rate)
     load_before = os.getloadavg()
     started = time.monotonic()
     cells = []
@@ -244,7 +256,9 @@ def main() -> int:
     load_after = os.getloadavg()
     print(
         f"\n{settings.runs} run(s) of {settings.seconds:g} s per cell, {settings.pings} idle "
-        f"pings; iperf3 stream: {settings.congestion}; the tunnels' own TCP: {own_cc}; "
+        f"pings; iperf3 stream: {settings.congestion}"
+        f"{f' at {settings.stream_rate}bit/s' if settings.stream_rate else ''}; "
+        f"the tunnels' own TCP: {own_cc}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     print(tables(cells, rel, descriptions))

@@ -30,6 +30,9 @@ class Settings:
     congestion: str
     """TCP congestion control of the iperf3 stream inside the tunnel ("default": the
     namespace's own)."""
+    stream_rate: str = ""
+    """iperf3's `-b` for the stream (e.g. "800M"); empty: as fast as it goes. The same rate
+    for every tunnel compares loaded RTTs at equal load rather than at each one's fastest."""
 
 
 @dataclass
@@ -84,8 +87,10 @@ def loaded_run(lab: Lab, target: str, settings: Settings) -> dict[str, float]:
     """One iperf3 run a -> b, pings 10 ms apart beside it: Mbit/s and RTTs."""
     seconds = settings.seconds
     congestion = [] if settings.congestion == "default" else ["-C", settings.congestion]
+    rate = ["-b", settings.stream_rate] if settings.stream_rate else []
     client = lab.popen("a", [
         "iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", *congestion,
+        *rate,
     ])  # fmt: skip
     time.sleep(LOADED_START_S)  # let the stream leave slow start; iperf3 has no event for it
     count = max(10, round((seconds - 2 * LOADED_START_S) / PING_INTERVAL_S))

@@ -3,7 +3,7 @@ network lab with per-stage timestamps on (MESHCORE_TRACE, src/meshcore/_trace.py
 time between consecutive stages, each way, as median / p90 / p99 over the pings.
 
     sudo .venv/bin/python benchmarks/bench_trace.py [--path direct,relay] [--pings 300]
-        [--interval 0.02] [--situation flat|bottleneck|...]
+        [--interval 0.02] [--situation flat|bottleneck|...] [--load [--stream-rate 100M]]
 
 Stages of one echo request from a to b (the reply takes the same stages from b to a):
 a tap.wake (the device reader woke) > tap.read > pump.take (the peer's sender took the
@@ -193,7 +193,12 @@ def breakdown(a: Trace, b: Trace) -> dict[str, object]:
 
 
 def trace_path(
-    situation: str, via_relay: bool, pings: int, interval: float, load: bool = False
+    situation: str,
+    via_relay: bool,
+    pings: int,
+    interval: float,
+    load: bool = False,
+    stream_rate: str = "",
 ) -> dict[str, object]:
     """One lab: meshcore up on a and b with tracing on, pings a -> b, the breakdown."""
     with tempfile.TemporaryDirectory(prefix="meshcore-trace-") as tmp:
@@ -209,7 +214,8 @@ def trace_path(
                         "Server listening", 10
                     )
                     seconds = str(round(pings * interval + 10))
-                    lab.popen("a", ["iperf3", "-c", target, "-p", "5201", "-t", seconds])
+                    rate = ["-b", stream_rate] if stream_rate else []
+                    lab.popen("a", ["iperf3", "-c", target, "-p", "5201", "-t", seconds, *rate])
                     time.sleep(2.0)  # past slow start; iperf3 has no event for it
                 argv = ["ping", "-n", "-c", str(pings), "-i", str(interval), "-W", "3", target]
                 done = lab.run("a", argv, check=False, timeout=pings * interval * 3 + 30)
@@ -265,6 +271,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between pings")
     parser.add_argument("--situation", default="flat", choices=sorted(SITUATIONS))
     parser.add_argument("--load", action="store_true", help="ping while one iperf3 stream runs")
+    parser.add_argument(
+        "--stream-rate", default="", metavar="RATE", help="with --load: iperf3 -b (e.g. 100M)"
+    )
     args = parser.parse_args()
     paths = [p.strip() for p in args.path.split(",") if p.strip()]
     if not paths or any(p not in ("direct", "relay") for p in paths):
@@ -277,8 +286,9 @@ def main() -> int:
     results = {}
     for path in paths:
         results[path] = trace_path(
-            args.situation, path == "relay", args.pings, args.interval, args.load
-        )
+            args.situation, path == "relay", args.pings, args.interval, args.load,
+            args.stream_rate,
+        )  # fmt: skip
         print_result(f"{args.situation}, {path}", results[path])
     load_after = os.getloadavg()
     print(f"\nload average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
@@ -289,6 +299,7 @@ def main() -> int:
         "pings": args.pings,
         "interval_s": args.interval,
         "load": args.load,
+        "stream_rate": args.stream_rate,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -414,6 +414,6 @@ def test_public_api_is_pinned() -> None:
     assert sorted(identity.__all__) == [
         "FINGERPRINT_LABEL", "IDENTITY_FILE_HEADER", "IDENTITY_FILE_LABEL", "Identity",
         "PEER_ID_CHECKSUM_LABEL", "PEER_ID_TEXT_CHARS", "PUBLIC_BUNDLE_BYTES", "PeerId",
-        "PublicBundle", "x25519_public_key_is_valid",
+        "PublicBundle", "X25519_SMALL_ORDER_POINTS", "x25519_public_key_is_valid",
     ]  # fmt: skip
     assert all(hasattr(identity, name) for name in identity.__all__)

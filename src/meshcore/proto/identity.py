@@ -39,6 +39,7 @@ __all__ = [
     "PEER_ID_CHECKSUM_LABEL",
     "PEER_ID_TEXT_CHARS",
     "PUBLIC_BUNDLE_BYTES",
+    "X25519_SMALL_ORDER_POINTS",
     "Identity",
     "PeerId",
     "PublicBundle",
@@ -62,7 +63,7 @@ PUBLIC_BUNDLE_BYTES: Final = 1 + X25519_KEY_BYTES + MLKEM768_PK_BYTES  # 1217
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
 _GENKEY_HINT: Final = "create one with `meshcore-peer genkey`"
 
-_SMALL_ORDER_X25519: Final = frozenset(
+X25519_SMALL_ORDER_POINTS: Final = tuple(
     bytes.fromhex(h)
     for h in (
         "0000000000000000000000000000000000000000000000000000000000000000",  # 0 (order 4)
@@ -77,6 +78,7 @@ _SMALL_ORDER_X25519: Final = frozenset(
 """Every encoding of a point of order dividing 8 on Curve25519 or its twist, bit 255 clear
 (libsodium's blocklist): the u values 0, 1, -1 and the two of order 8, and the two that
 have a second encoding below 2^255 (p and p + 1)."""
+_SMALL_ORDER_X25519: Final = frozenset(X25519_SMALL_ORDER_POINTS)
 
 
 def _base32(data: bytes) -> str:

@@ -37,7 +37,7 @@ from meshcore.proto.handshake import (
     HandshakeResponse,
     mac1_key,
 )
-from meshcore.proto.identity import PublicBundle
+from meshcore.proto.identity import X25519_SMALL_ORDER_POINTS, PublicBundle
 
 __all__ = [
     "LOW_ORDER_X25519_POINTS",
@@ -53,19 +53,10 @@ __all__ = [
     "with_mac1",
 ]
 
-_LOW_ORDER_HEX: Final = (
-    "0000000000000000000000000000000000000000000000000000000000000000",  # 0 (order 4)
-    "0100000000000000000000000000000000000000000000000000000000000000",  # 1 (order 1)
-    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
-    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
-    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1 (order 2)
-    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p (= 0)
-    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1 (= 1)
-)
 LOW_ORDER_X25519_POINTS: Final[tuple[bytes, ...]] = tuple(
-    point
-    for h in _LOW_ORDER_HEX
-    for point in (bytes.fromhex(h), bytes.fromhex(h)[:31] + bytes([bytes.fromhex(h)[31] | 0x80]))
+    alias
+    for point in X25519_SMALL_ORDER_POINTS
+    for alias in (point, point[:31] + bytes([point[31] | 0x80]))
 )
 """The X25519 small-order points (libsodium's list) and their top-bit-set aliases."""
 

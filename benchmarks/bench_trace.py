@@ -17,6 +17,7 @@ CLOCK_MONOTONIC, shared by the namespaces. Writes benchmarks/results/trace.json.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import statistics
@@ -45,6 +46,9 @@ STAGES = SENDER + RECEIVER
 DATAGRAM_STAGES = ("tap.wake", "tap.read", "dgram.sealed", "dgram.sent", "dgram.read",
                    "dgram.opened", "tap.write")  # fmt: skip
 """A frame that went by the datagram path (UDP) instead of the session's messages."""
+RELAYED_DATAGRAM_STAGES = (*DATAGRAM_STAGES[:4], "relay.read", "relay.sent",
+                           *DATAGRAM_STAGES[4:])  # fmt: skip
+"""The same through the relay's UDP port, with the relay's own marks (read, forwarded)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Trace:
             self.by_stage[stage].append(mark)
         for marks in self.by_stage.values():
             marks.sort(key=lambda m: m.t_ns)
+        self._times = {stage: [m.t_ns for m in marks] for stage, marks in self.by_stage.items()}
 
     def labelled(self, stage: str, label: str) -> Mark | None:
         return next((m for m in self.by_stage[stage] if m.label == label), None)
@@ -75,9 +80,9 @@ class Trace:
         self, stage: str, after: int, *, key: int | None = None, parent: int | None = None
     ) -> Mark | None:
         """The first mark of `stage` at or after `after` ns with that key or parent."""
-        for m in self.by_stage[stage]:
-            if m.t_ns < after:
-                continue
+        marks = self.by_stage.get(stage, [])
+        for i in range(bisect.bisect_left(self._times.get(stage, []), after), len(marks)):
+            m = marks[i]
             if (key is None or m.key == key) and (parent is None or m.parent == parent):
                 return m
         return None
@@ -87,7 +92,7 @@ class Trace:
         return {m.label for m in self.by_stage["tap.read"] if m.label}
 
 
-def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
+def one_way(src: Trace, dst: Trace, label: str, relay: Trace | None = None) -> list[int] | None:
     """The stage times (ns) of the frame labelled `label` from `src` to `dst`, or None."""
     wake = src.labelled("tap.wake", label)
     read = src.labelled("tap.read", label)
@@ -96,7 +101,7 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
     frame = read.key
     sealed_dgram = src.first("dgram.sealed", read.t_ns, parent=frame)
     if sealed_dgram is not None and sealed_dgram.t_ns - read.t_ns < 50_000_000:
-        return by_datagram(src, dst, [wake, read, sealed_dgram], frame)
+        return by_datagram(src, dst, [wake, read, sealed_dgram], frame, relay)
     take = src.first("pump.take", read.t_ns, parent=frame)
     if take is None:
         return None
@@ -116,11 +121,16 @@ def one_way(src: Trace, dst: Trace, label: str) -> list[int] | None:
     ))  # fmt: skip
 
 
-def by_datagram(src: Trace, dst: Trace, marks: list[Mark], frame: int) -> list[int] | None:
-    """The rest of `one_way` for a frame that went by UDP."""
+def by_datagram(
+    src: Trace, dst: Trace, marks: list[Mark], frame: int, relay: Trace | None = None
+) -> list[int] | None:
+    """The rest of `one_way` for a frame that went by UDP (through `relay`'s UDP port, if
+    it traced)."""
     sealed = marks[-1].key
+    via = (("relay.read", relay, sealed), ("relay.sent", relay, sealed)) if relay else ()
     return follow(marks, (
         ("dgram.sent", src, sealed),
+        *via,
         ("dgram.read", dst, sealed),
         ("dgram.opened", dst, frame),
         ("tap.write", dst, frame),
@@ -151,23 +161,25 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def breakdown(a: Trace, b: Trace) -> dict[str, object]:
-    """Per-stage deltas (µs) of every echo that both traces saw whole, each way."""
+def breakdown(a: Trace, b: Trace, relay: Trace | None = None) -> dict[str, object]:
+    """Per-stage deltas (µs) of every echo that both traces (and the relay's, if given) saw
+    whole, each way."""
     requests = sorted(lb for lb in a.labels if lb.startswith("req:"))
     forward: list[list[int]] = []
     back: list[list[int]] = []
     turn: list[float] = []
     for label in requests:
-        there = one_way(a, b, label)
+        there = one_way(a, b, label, relay)
         reply = "rep:" + label[4:]
-        home = one_way(b, a, reply)
+        home = one_way(b, a, reply, relay)
         if there is None or home is None:
             continue
         forward.append(there)
         back.append(home)
         turn.append((home[0] - there[-1]) / 1000)
-    by_udp = sum(len(c) == len(DATAGRAM_STAGES) for c in forward) * 2 > len(forward)
-    names = DATAGRAM_STAGES if by_udp else STAGES  # the way most echoes went
+    udp_stages = RELAYED_DATAGRAM_STAGES if relay else DATAGRAM_STAGES
+    by_udp = sum(len(c) == len(udp_stages) for c in forward) * 2 > len(forward)
+    names = udp_stages if by_udp else STAGES  # the way most echoes went
     kept = [(f, h) for f, h in zip(forward, back, strict=True) if len(f) == len(h) == len(names)]
     forward, back = [f for f, _ in kept], [h for _, h in kept]
     hops = [f"{names[i]} > {names[i + 1]}" for i in range(len(names) - 1)]
@@ -231,10 +243,11 @@ def trace_path(
         traces = [Trace(p) for p in Path(tmp).glob("trace-*.tsv")]
     senders = [t for t in traces if any(lb.startswith("req:") for lb in t.labels)]
     receivers = [t for t in traces if any(lb.startswith("rep:") for lb in t.labels)]
-    if len(senders) != 1 or len(receivers) != 1:
-        raise LabError(f"expected one trace per peer, found {len(traces)}")
+    relays = [t for t in traces if t.by_stage.get("relay.read")]
+    if len(senders) != 1 or len(receivers) != 1 or len(relays) > 1:
+        raise LabError(f"expected one trace per peer and at most one relay's, found {len(traces)}")
     avg, p99, lost = rtt_summary(times, pings)
-    result = breakdown(senders[0], receivers[0])
+    result = breakdown(senders[0], receivers[0], relays[0] if relays else None)
     result["ping_rtt_ms"] = {"avg": round(avg, 3), "p99": round(p99, 3), "lost": lost}
     return result
 

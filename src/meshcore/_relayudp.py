@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
+from meshcore import _trace
 from meshcore._datagramport import bind_udp
 from meshcore._iothread import open_io_thread
 from meshcore.proto.circuitwatch import Members
@@ -114,12 +115,16 @@ class RelayUdp:
                 return
             except OSError:
                 continue  # an ICMP error of an earlier send: read on
+            read_ns = _trace.now_ns() if _trace.ENABLED else 0
             with lock:
                 forward = table.received(data, (source[0], source[1]), now_of())
             if forward is None:
                 continue
             try:
                 sock.sendto(forward.data, forward.address)
+                if _trace.ENABLED:  # keyed by the sealed datagram, as the peers' marks
+                    _trace.mark("relay.read", forward.data, at=read_ns)
+                    _trace.mark("relay.sent", forward.data)
             except OSError as exc:
                 self.send_errors += 1
                 if exc.errno not in (errno.EAGAIN, errno.ENOBUFS) and self.send_errors == 1:

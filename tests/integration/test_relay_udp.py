@@ -11,9 +11,11 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+import pytest
 import trio
 from test_relay import ALICE, BOB, WAIT_S, ControlClient, exchange, pair, start_relay
 
+from meshcore import _trace
 from meshcore._metrics_relay import RelayCollector
 from meshcore._relay import RelayConfig, RelayServer
 from meshcore._transport import open_transport
@@ -250,3 +252,29 @@ async def test_a_relay_whose_udp_port_is_taken_runs_without_it(nursery: trio.Nur
             await no_udp(alice, bob)
             await exchange(alice, bob, cid, b"works without UDP")
             assert server.stats().udp_circuits == 0
+
+
+async def test_a_traced_relay_marks_each_forwarded_datagram_by_its_sealed_bytes(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With MESHCORE_TRACE on, the relay's UDP thread marks `relay.read` and `relay.sent`
+    keyed like the peers' `dgram.sent` and `dgram.read` (bench_trace joins them)."""
+    server = await start_relay(nursery, config())
+    async with client(server, ALICE) as alice, client(server, BOB) as bob:
+        await pair(alice, bob, BOB)
+        to_a, to_b = await circuit_udp(alice), await circuit_udp(bob)
+        relay_at = ("127.0.0.1", to_a.port)
+        with udp_socket() as sa, udp_socket() as sb:
+            sb.sendto(relay_datagram_prefix(to_b.token) + SEALED, relay_at)
+            await settle(server, 1)  # b's address learned; nothing to forward to yet
+            monkeypatch.setattr(_trace, "ENABLED", True)
+            monkeypatch.setattr(_trace, "_marks", [])
+            sa.sendto(relay_datagram_prefix(to_a.token) + SEALED, relay_at)
+            assert await receive(sb) == SEALED
+            with trio.fail_after(WAIT_S):  # marked in the relay's thread after its sendto
+                while len(_trace._marks) < 2:
+                    await trio.sleep(0.002)
+    (read_at, read, key_r, *_), (sent_at, sent, key_s, *_) = _trace._marks
+    assert (read, sent) == ("relay.read", "relay.sent")
+    assert key_r == key_s == _trace.key(SEALED)
+    assert read_at <= sent_at

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import pytest
@@ -73,6 +73,27 @@ def udp_socket() -> Iterator[socket.socket]:
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
         yield sock
+
+
+@asynccontextmanager
+async def udp_circuit(
+    server: RelayServer,
+) -> AsyncIterator[tuple[socket.socket, socket.socket, Callable[[socket.socket], None]]]:
+    """Alice and Bob paired with UDP, each on a socket of its own, Bob's address already
+    known to the relay: (a's socket, b's socket, send(sock): one sealed datagram from it)."""
+    async with client(server, ALICE) as alice, client(server, BOB) as bob:
+        await pair(alice, bob, BOB)
+        to_a, to_b = await circuit_udp(alice), await circuit_udp(bob)
+        relay_at = ("127.0.0.1", to_a.port)
+        with udp_socket() as sa, udp_socket() as sb:
+            tokens = {sa: to_a.token, sb: to_b.token}
+
+            def send(sock: socket.socket) -> None:
+                sock.sendto(relay_datagram_prefix(tokens[sock]) + SEALED, relay_at)
+
+            send(sb)
+            await settle(server, 1)  # b's address learned; nothing to forward to yet
+            yield sa, sb, send
 
 
 async def receive(sock: socket.socket) -> bytes:
@@ -179,16 +200,10 @@ async def test_spoofed_short_oversized_and_closed_tokens_are_dropped_and_counted
 
 async def test_a_side_over_its_packet_rate_is_dropped_and_counted(nursery: trio.Nursery) -> None:
     server = await start_relay(nursery, config(udp_circuit_packets_per_s=100.0))
-    async with client(server, ALICE) as alice, client(server, BOB) as bob:
-        await pair(alice, bob, BOB)
-        to_a, to_b = await circuit_udp(alice), await circuit_udp(bob)
-        relay_at = ("127.0.0.1", to_a.port)
-        with udp_socket() as sa, udp_socket() as sb:
-            sb.sendto(relay_datagram_prefix(to_b.token) + SEALED, relay_at)
-            await settle(server, 1)
-            for _ in range(50):  # a burst of 50 against 100/s (a bucket of 5)
-                sa.sendto(relay_datagram_prefix(to_a.token) + SEALED, relay_at)
-            await settle(server, 51)
+    async with udp_circuit(server) as (sa, _sb, send):
+        for _ in range(50):  # a burst of 50 against 100/s (a bucket of 5)
+            send(sa)
+        await settle(server, 51)
         counters = server.counters().udp
         assert counters.dropped["rate"] >= 40
         assert counters.forwarded == 50 - counters.dropped["rate"]
@@ -260,20 +275,14 @@ async def test_a_traced_relay_marks_each_forwarded_datagram_by_its_sealed_bytes(
     """With MESHCORE_TRACE on, the relay's UDP thread marks `relay.read` and `relay.sent`
     keyed like the peers' `dgram.sent` and `dgram.read` (bench_trace joins them)."""
     server = await start_relay(nursery, config())
-    async with client(server, ALICE) as alice, client(server, BOB) as bob:
-        await pair(alice, bob, BOB)
-        to_a, to_b = await circuit_udp(alice), await circuit_udp(bob)
-        relay_at = ("127.0.0.1", to_a.port)
-        with udp_socket() as sa, udp_socket() as sb:
-            sb.sendto(relay_datagram_prefix(to_b.token) + SEALED, relay_at)
-            await settle(server, 1)  # b's address learned; nothing to forward to yet
-            monkeypatch.setattr(_trace, "ENABLED", True)
-            monkeypatch.setattr(_trace, "_marks", [])
-            sa.sendto(relay_datagram_prefix(to_a.token) + SEALED, relay_at)
-            assert await receive(sb) == SEALED
-            with trio.fail_after(WAIT_S):  # marked in the relay's thread after its sendto
-                while len(_trace._marks) < 2:
-                    await trio.sleep(0.002)
+    async with udp_circuit(server) as (sa, sb, send):
+        monkeypatch.setattr(_trace, "ENABLED", True)
+        monkeypatch.setattr(_trace, "_marks", [])
+        send(sa)
+        assert await receive(sb) == SEALED
+        with trio.fail_after(WAIT_S):  # marked in the relay's thread after its sendto
+            while len(_trace._marks) < 2:
+                await trio.sleep(0.002)
     (read_at, read, key_r, *_), (sent_at, sent, key_s, *_) = _trace._marks
     assert (read, sent) == ("relay.read", "relay.sent")
     assert key_r == key_s == _trace.key(SEALED)

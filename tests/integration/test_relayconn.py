@@ -140,6 +140,7 @@ async def test_a_text_message_is_refused_with_1003_after_earlier_binary_ones(
     nursery: trio.Nursery,
 ) -> None:
     got: list[bytes | str] = []
+    closed = trio.Event()
 
     async def collect(connection: RelayConnection) -> None:
         try:
@@ -147,6 +148,7 @@ async def test_a_text_message_is_refused_with_1003_after_earlier_binary_ones(
                 got.append(await connection.receive())
         except TransportClosed as exc:
             got.append(exc.reason)
+            closed.set()
 
     port = await serve(nursery, collect)
     with trio.fail_after(LIMIT_S):
@@ -155,8 +157,7 @@ async def test_a_text_message_is_refused_with_1003_after_earlier_binary_ones(
             await raw.send_message("then text")
             with pytest.raises(trio_websocket.ConnectionClosed) as info:
                 await raw.get_message()
-        while len(got) < 2:
-            await trio.sleep(0.01)
+        await closed.wait()
     assert info.value.reason is not None and info.value.reason.code == 1003
     assert got[0] == b"binary first" and "text message" in str(got[1])
 

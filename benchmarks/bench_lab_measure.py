@@ -83,15 +83,21 @@ def wait_reachable(lab: Lab, target: str, timeout: float = 60.0) -> None:
             raise LabError(f"{target} not reachable through the tunnel within {timeout} s")
 
 
+def iperf3_client(target: str, seconds: float, *, congestion: str = "default",
+                  stream_rate: str = "") -> list[str]:  # fmt: skip
+    """The iperf3 client of one stream a -> `target` (JSON report), with `Settings`'
+    congestion control and rate."""
+    cc = [] if congestion == "default" else ["-C", congestion]
+    rate = ["-b", stream_rate] if stream_rate else []
+    return ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J", *cc, *rate]
+
+
 def loaded_run(lab: Lab, target: str, settings: Settings) -> dict[str, float]:
     """One iperf3 run a -> b, pings 10 ms apart beside it: Mbit/s and RTTs."""
     seconds = settings.seconds
-    congestion = [] if settings.congestion == "default" else ["-C", settings.congestion]
-    rate = ["-b", settings.stream_rate] if settings.stream_rate else []
-    client = lab.popen("a", [
-        "iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", *congestion,
-        *rate,
-    ])  # fmt: skip
+    client = lab.popen("a", iperf3_client(
+        target, seconds, congestion=settings.congestion, stream_rate=settings.stream_rate
+    ))  # fmt: skip
     time.sleep(LOADED_START_S)  # let the stream leave slow start; iperf3 has no event for it
     count = max(10, round((seconds - 2 * LOADED_START_S) / PING_INTERVAL_S))
     times = ping_times(lab, "a", target, count)

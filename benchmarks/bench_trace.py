@@ -33,7 +33,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_lab import SITUATIONS  # noqa: E402
-from bench_lab_measure import ping_times, rtt_summary, wait_reachable  # noqa: E402
+from bench_lab_measure import (  # noqa: E402
+    IPERF_PORT,
+    iperf3_client,
+    ping_times,
+    rtt_summary,
+    wait_reachable,
+)
 from bench_lab_tunnels import TUNNEL_NET, start_meshcore_pair  # noqa: E402
 from lab.netlab import Lab, LabError, missing_prerequisites  # noqa: E402
 
@@ -222,12 +228,10 @@ def trace_path(
                 wait_reachable(lab, target)
                 ping_times(lab, "a", target, 20)
                 if load:  # one iperf3 stream a -> b for the whole ping run
-                    lab.popen("b", ["iperf3", "-s", "-p", "5201", "--forceflush"]).wait_for(
-                        "Server listening", 10
-                    )
-                    seconds = str(round(pings * interval + 10))
-                    rate = ["-b", stream_rate] if stream_rate else []
-                    lab.popen("a", ["iperf3", "-c", target, "-p", "5201", "-t", seconds, *rate])
+                    server = ["iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush"]
+                    lab.popen("b", server).wait_for("Server listening", 10)
+                    seconds = round(pings * interval + 10)
+                    lab.popen("a", iperf3_client(target, seconds, stream_rate=stream_rate))
                     time.sleep(2.0)  # past slow start; iperf3 has no event for it
                 argv = ["ping", "-n", "-c", str(pings), "-i", str(interval), "-W", "3", target]
                 done = lab.run("a", argv, check=False, timeout=pings * interval * 3 + 30)

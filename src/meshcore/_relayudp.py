@@ -107,7 +107,7 @@ class RelayUdp:
         sock, table, lock = self._sock, self._table, self._lock
         if sock is None:
             return
-        now_of = time.monotonic
+        now_of, traced = time.monotonic, _trace.ENABLED
         for _ in range(self._pace.reads(now_of())):
             try:
                 data, source = sock.recvfrom(_READ_BYTES)
@@ -115,14 +115,14 @@ class RelayUdp:
                 return
             except OSError:
                 continue  # an ICMP error of an earlier send: read on
-            read_ns = _trace.now_ns() if _trace.ENABLED else 0
+            read_ns = _trace.now_ns() if traced else 0
             with lock:
                 forward = table.received(data, (source[0], source[1]), now_of())
             if forward is None:
                 continue
             try:
                 sock.sendto(forward.data, forward.address)
-                if _trace.ENABLED:  # keyed by the sealed datagram, as the peers' marks
+                if traced:  # keyed by the sealed datagram, as the peers' marks
                     _trace.mark("relay.read", forward.data, at=read_ns)
                     _trace.mark("relay.sent", forward.data)
             except OSError as exc:

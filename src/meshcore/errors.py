@@ -16,6 +16,7 @@ from meshcore.proto.constants import PROTOCOL_VERSION
 
 __all__ = [
     "AuthenticationError",
+    "BadWebSocketFrame",
     "ClosedByPeer",
     "ConfigError",
     "ConfigProblems",
@@ -72,6 +73,16 @@ class UnsupportedVersion(DecodeError):
 
 class MessageTooLarge(DecodeError):
     """A message or one of its payloads is larger than its limit."""
+
+
+class BadWebSocketFrame(DecodeError):
+    """A WebSocket frame broke RFC 6455 or a limit; `close_code` is the code to close the
+    connection with (1002 a protocol violation, 1003 a text message, 1007 a close reason
+    that is not UTF-8, 1009 a message over the limit)."""
+
+    def __init__(self, close_code: int, message: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class AuthenticationError(ProtocolError):

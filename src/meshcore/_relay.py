@@ -27,8 +27,9 @@ import attrs
 import trio
 
 from meshcore._nursery import open_hidden_nursery
-from meshcore._relayconn import AdmissionGate, RelayConnection, serve_relay_connections
+from meshcore._relayconn import AdmissionGate, serve_relay_connections
 from meshcore._relayudp import RelayUdp, open_relay_udp
+from meshcore._wsconn import WsConnection
 from meshcore.errors import TransportClosed
 from meshcore.proto.constants import (
     RELAY_ACCEPT_QUEUE_CONNECTIONS,
@@ -153,7 +154,7 @@ class _Link:
         "write_scope",
     )
 
-    def __init__(self, conn_id: int, transport: RelayConnection) -> None:
+    def __init__(self, conn_id: int, transport: WsConnection) -> None:
         self.conn_id = conn_id
         self.transport = transport
         self.queue: deque[tuple[bytes | None, int]] = deque()
@@ -212,7 +213,7 @@ class _Relay:
 
     # --- connections ------------------------------------------------------------------------
 
-    async def serve_connection(self, transport: RelayConnection) -> None:
+    async def serve_connection(self, transport: WsConnection) -> None:
         """The handler of one WebSocket connection; returns when it is closed."""
         conn_id = next(self._conn_ids)
         link = _Link(conn_id, transport)

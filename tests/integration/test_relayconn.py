@@ -1,4 +1,4 @@
-"""The relay's own WebSocket server connections (`RelayConnection`) against the library's
+"""The relay's own WebSocket server connections (`WsConnection`) against the library's
 client (trio-websocket) and a raw socket: messages both ways, the upgrade and its refusals,
 limits, pings, close reasons each way, a handler that fails, and a client that never
 upgrades."""
@@ -12,12 +12,13 @@ import pytest
 import trio
 import trio_websocket
 
-from meshcore._relayconn import RelayConnection, serve_relay_connections
+from meshcore._relayconn import serve_relay_connections
 from meshcore._transport import open_transport
+from meshcore._wsconn import WsConnection
 from meshcore.errors import TransportClosed
 from meshcore.proto.endpoint import Endpoint
 
-Handler = Callable[[RelayConnection], Awaitable[None]]
+Handler = Callable[[WsConnection], Awaitable[None]]
 LIMIT_S = 10
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -34,7 +35,7 @@ async def serve(nursery: trio.Nursery, handler: Handler, **options: object) -> i
     return endpoints[0].port
 
 
-async def echo(connection: RelayConnection) -> None:
+async def echo(connection: WsConnection) -> None:
     while True:
         for message in await connection.receive_batch():
             await connection.send(message)
@@ -75,7 +76,7 @@ async def test_the_server_sees_the_peers_address_and_the_subprotocol_is_optional
 ) -> None:
     seen: list[tuple[Endpoint | None, Endpoint | None, str | None]] = []
 
-    async def note(connection: RelayConnection) -> None:
+    async def note(connection: WsConnection) -> None:
         seen.append((connection.remote_address, connection.local_address, connection.subprotocol))
 
     port = await serve(nursery, note, subprotocols=("meshcore-credit.1",))
@@ -90,7 +91,7 @@ async def test_close_reasons_travel_both_ways(nursery: trio.Nursery) -> None:
     server_saw: list[str] = []
     saw_close = trio.Event()
 
-    async def first_then_close(connection: RelayConnection) -> None:
+    async def first_then_close(connection: WsConnection) -> None:
         if await connection.receive() == b"close yourself":
             await connection.send(b"bye")
             await connection.aclose("maintenance, come back later")
@@ -121,7 +122,7 @@ async def test_an_oversized_message_closes_with_1009_naming_the_limit(
 ) -> None:
     server_saw: list[str] = []
 
-    async def receive_once(connection: RelayConnection) -> None:
+    async def receive_once(connection: WsConnection) -> None:
         with pytest.raises(TransportClosed) as info:
             await connection.receive()
         server_saw.append(info.value.reason)
@@ -142,7 +143,7 @@ async def test_a_text_message_is_refused_with_1003_after_earlier_binary_ones(
     got: list[bytes | str] = []
     closed = trio.Event()
 
-    async def collect(connection: RelayConnection) -> None:
+    async def collect(connection: WsConnection) -> None:
         try:
             while True:
                 got.append(await connection.receive())
@@ -188,9 +189,9 @@ async def test_pings_are_answered_and_frames_behind_the_request_are_kept(
 async def test_a_request_that_is_no_upgrade_gets_an_http_refusal_and_no_handler(
     nursery: trio.Nursery, request_head: bytes
 ) -> None:
-    handled: list[RelayConnection] = []
+    handled: list[WsConnection] = []
 
-    async def note(connection: RelayConnection) -> None:
+    async def note(connection: WsConnection) -> None:
         handled.append(connection)
 
     port = await serve(nursery, note)
@@ -218,7 +219,7 @@ async def test_a_client_that_never_upgrades_is_dropped_after_the_handshake_timeo
 async def test_a_failing_handler_loses_only_its_connection(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def picky(connection: RelayConnection) -> None:
+    async def picky(connection: WsConnection) -> None:
         if await connection.receive() == b"boom":
             raise RuntimeError("a bug")
         await echo(connection)
@@ -263,7 +264,7 @@ async def test_messages_that_came_with_the_close_frame_are_delivered_before_the_
     got: list[bytes | str] = []
     done = trio.Event()
 
-    async def collect(connection: RelayConnection) -> None:
+    async def collect(connection: WsConnection) -> None:
         try:
             while True:
                 got.append(await connection.receive())

@@ -1,4 +1,4 @@
-"""`RelayConnection` closing many at once and admitting at a pace: a final write that reaches
+"""`WsConnection` closing many at once and admitting at a pace: a final write that reaches
 a peer that never answers, the rest of a final write a full socket did not take, the cut
 that ends a blocked receive, and the admission gate that holds new connections in the
 listen backlog until one settles."""
@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from meshcore._relayconn import AdmissionGate, RelayConnection, serve_relay_connections
+from meshcore._relayconn import AdmissionGate, serve_relay_connections
+from meshcore._wsconn import WsConnection
 from meshcore.errors import TransportClosed
 from meshcore.proto.endpoint import Endpoint
 
-Handler = Callable[[RelayConnection], Awaitable[None]]
+Handler = Callable[[WsConnection], Awaitable[None]]
 LIMIT_S = 10
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -72,7 +73,7 @@ async def test_a_final_write_reaches_a_peer_that_never_answers_and_the_cut_ends_
     ended: list[str] = []
     done = trio.Event()
 
-    async def finish_at_once(connection: RelayConnection) -> None:
+    async def finish_at_once(connection: WsConnection) -> None:
         async def receive() -> None:
             try:
                 await connection.receive()
@@ -105,7 +106,7 @@ async def test_what_a_full_socket_did_not_take_of_a_final_write_aclose_sends_fir
     results: list[bool] = []
     sent = trio.Event()
 
-    async def finish_big(connection: RelayConnection) -> None:
+    async def finish_big(connection: WsConnection) -> None:
         results.append(connection.send_final_nowait(messages, "that was all"))
         sent.set()
         await connection.aclose()  # writes the rest, then waits for the peer's close
@@ -125,10 +126,10 @@ async def test_the_gate_holds_new_connections_in_the_backlog_until_one_settles(
     nursery: trio.Nursery,
 ) -> None:
     gate = AdmissionGate(2)
-    served: list[RelayConnection] = []
+    served: list[WsConnection] = []
     settle_first, third_served, left = trio.Event(), trio.Event(), trio.Event()
 
-    async def hold(connection: RelayConnection) -> None:
+    async def hold(connection: WsConnection) -> None:
         served.append(connection)
         if len(served) == 3:
             third_served.set()
@@ -168,7 +169,7 @@ async def test_every_listener_and_the_queue_stop_when_told(nursery: trio.Nursery
     # host "": one listener per address family, each accepting in its own task
     stop, served = trio.Event(), trio.Event()
 
-    async def note(connection: RelayConnection) -> None:
+    async def note(connection: WsConnection) -> None:
         served.set()
         await connection.receive()
 

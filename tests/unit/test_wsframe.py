@@ -163,3 +163,12 @@ def test_close_payload_fits_a_control_frame_at_a_character_boundary() -> None:
     assert len(payload) <= w.MAX_CONTROL_PAYLOAD_BYTES
     assert payload[:2] == b"\x03\xe8" and payload[2:].decode() == "\u00e9" * 61
     assert server().feed(w.encode_frame(w.OP_CLOSE, payload, KEY)) == [w.Close(1000, "\u00e9" * 61)]
+
+
+def test_what_came_before_a_violation_is_kept_for_the_caller() -> None:
+    reader = server()
+    data = frame(0x80 | w.OP_BINARY, b"one") + frame(0x80 | w.OP_BINARY, b"two")
+    with pytest.raises(BadWebSocketFrame) as caught:
+        reader.feed(data + frame(0x80 | w.OP_TEXT, b"three"))
+    assert caught.value.close_code == 1003 and reader.before_error == [b"one", b"two"]
+    assert reader.feed(data) == []  # unusable from then on

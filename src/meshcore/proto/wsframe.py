@@ -143,7 +143,15 @@ class FrameReader:
     is parsed: the bytes behind it are ignored.
     """
 
-    __slots__ = ("_buffer", "_closed", "_fragments", "_fragments_size", "_masked", "max_message")
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_fragments",
+        "_fragments_size",
+        "_masked",
+        "before_error",
+        "max_message",
+    )
 
     def __init__(self, *, masked: bool, max_message: int) -> None:
         self._masked = masked
@@ -152,6 +160,8 @@ class FrameReader:
         self._fragments: list[bytes] | None = None  # a message in fragments, under way
         self._fragments_size = 0
         self._closed = False
+        self.before_error: list[Event] = []
+        """The events that `feed`'s last call completed before the violation it raised."""
 
     @property
     def buffered(self) -> int:
@@ -161,8 +171,9 @@ class FrameReader:
     def feed(self, data: bytes | bytearray) -> list[Event]:
         """Parse `data` after what came before; the messages and control frames completed.
 
-        Raises BadWebSocketFrame at the first violation; the reader is then unusable and the
-        connection must close with the error's code.
+        Raises BadWebSocketFrame at the first violation, with the events completed before it
+        in `before_error` (to be taken first); the reader is then unusable and the connection
+        must close with the error's code.
         """
         if self._closed:
             return []
@@ -175,6 +186,10 @@ class FrameReader:
         events: list[Event] = []
         try:
             used = self._parse(view, events)
+        except BadWebSocketFrame:
+            self._closed = True
+            self.before_error = events
+            raise
         finally:
             view.release()
         if buffer:

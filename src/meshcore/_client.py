@@ -22,7 +22,8 @@ from meshcore._clientlink import ClientLink, send_quietly
 from meshcore._direct import DirectListener, SessionRoutes, local_candidates
 from meshcore._nursery import open_hidden_nursery
 from meshcore._sharedport import open_shared_port_listener
-from meshcore._transport import Transport, open_transport
+from meshcore._transport import Transport
+from meshcore._wsdial import dial_websocket
 from meshcore.errors import ConfigError, MeshError, RelayError, RelayNotVerified, TransportClosed
 from meshcore.proto import relayclient_outputs as ev
 from meshcore.proto import wire
@@ -378,7 +379,7 @@ class RelayClient:
             if self._core.state is RelayClientState.CLOSED:
                 return
             opened = False
-            dial = open_transport(self.url, local_port=self._local_port, subprotocols=_OFFER)
+            dial = dial_websocket(self.url, local_port=self._local_port, subprotocols=_OFFER)
             try:
                 async with dial as transport:
                     opened = True

@@ -504,7 +504,7 @@ async def open_transport(
     deadline = trio.current_time() + connect_timeout
     stream: trio.SocketStream | None = None
     with trio.move_on_at(deadline):
-        stream = await _connect(url, host, port, local_port)
+        stream = await connect_tcp(url, host, port, local_port)
     if stream is None:
         raise ConnectFailed(f"{url}: no TCP connection within {connect_timeout} s")
     host_header = f"[{host}]" if ":" in host else host
@@ -652,7 +652,7 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, port, resource
 
 
-async def _connect(url: str, host: str, port: int, local_port: int | None) -> trio.SocketStream:
+async def connect_tcp(url: str, host: str, port: int, local_port: int | None) -> trio.SocketStream:
     """TCP-connect to host:port (from `local_port` if given); errors name `url`."""
     try:
         if local_port is None:

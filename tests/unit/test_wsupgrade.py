@@ -1,5 +1,7 @@
-"""The server's half of the WebSocket opening handshake: a valid upgrade is answered with the
-RFC's accept token, anything else is refused with an HTTP status, and no bytes raise."""
+"""The WebSocket opening handshake. The server's half: a valid upgrade is answered with the
+RFC's accept token, anything else is refused with an HTTP status, and no bytes raise. The
+client's half: our request passes our server, and an answer that is no upgrade (a status,
+a header, the accept token, an extension or a subprotocol we did not offer) is refused."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ from hypothesis import strategies as st
 
 from meshcore.proto.wsupgrade import (
     MAX_REQUEST_BYTES,
+    Accepted,
     Refusal,
+    Refused,
     Upgrade,
+    check_response,
+    client_request,
     parse_upgrade,
     request_end,
 )
@@ -108,3 +114,62 @@ def test_every_key_gets_its_accept_token(raw: bytes) -> None:
     answer = parse_upgrade(request().replace(KEY, key), ())
     token = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     assert isinstance(answer, Upgrade) and b"Sec-WebSocket-Accept: " + token in answer.response
+
+
+# --- the client's half ----------------------------------------------------------------------
+
+
+def answer_to(request_head: bytes, subprotocols: tuple[str, ...] = ()) -> bytes:
+    upgrade = parse_upgrade(request_head, subprotocols)
+    assert isinstance(upgrade, Upgrade)
+    return upgrade.response
+
+
+def test_our_request_is_accepted_by_our_server_and_its_answer_by_us() -> None:
+    offered = ("meshcore-credit-udp.1", "meshcore-credit.1")
+    head = client_request("relay.test:7443", "/x?y=1", KEY, offered)
+    assert head.startswith(b"GET /x?y=1 HTTP/1.1\r\nHost: relay.test:7443\r\n")
+    answer = answer_to(head, ("meshcore-credit.1",))
+    assert check_response(answer, KEY, offered) == Accepted("meshcore-credit.1")
+    assert check_response(answer_to(client_request("h", "/", KEY, ())), KEY, ()) == Accepted(None)
+
+
+def test_the_rfc_example_answer_is_accepted() -> None:
+    answer = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + ACCEPT + b"\r\n\r\n"
+    )
+    assert check_response(answer, KEY, ()) == Accepted(None)
+
+
+GOOD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: " + ACCEPT + b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "words"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 404, "HTTP 404, not 101"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", None, "status line"),
+        (b"HTTP/1.1 101\r\n", None, "not an HTTP response head"),
+        (GOOD.replace(b"Upgrade: websocket", b"Upgrade: h2c") + b"\r\n", 101, "Upgrade: websocket"),
+        (GOOD.replace(b"Connection: Upgrade", b"Connection: close") + b"\r\n", 101, "Connection"),
+        (GOOD.replace(ACCEPT, b"AAAA" + ACCEPT[4:]) + b"\r\n", 101, "does not match our key"),
+        (GOOD + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n", 101, "extension"),
+        (GOOD + b"Sec-WebSocket-Protocol: other.1\r\n\r\n", 101, "did not offer"),
+        (GOOD + b"Bad Header\r\n\r\n", 101, "malformed header"),
+    ],
+)
+def test_answers_that_are_no_upgrade_are_refused_saying_why(
+    answer: bytes, status: int | None, words: str
+) -> None:
+    refused = check_response(answer, KEY, ("meshcore-credit.1",))
+    assert isinstance(refused, Refused) and refused.status == status and words in refused.reason
+
+
+@given(st.binary(max_size=300))
+def test_any_answer_is_accepted_or_refused_never_raises(answer: bytes) -> None:
+    assert isinstance(check_response(answer + b"\r\n\r\n", KEY, ("a",)), Accepted | Refused)
+    assert isinstance(check_response(GOOD + answer + b"\r\n\r\n", KEY, ("a",)), Accepted | Refused)

@@ -1,5 +1,6 @@
-"""The server's half of the WebSocket opening handshake (RFC 6455 §4.2), sans-IO: the peer's
-HTTP upgrade request in, the 101 answer (or the refusal) out.
+"""The WebSocket opening handshake (RFC 6455 §4), sans-IO. The server's half: the peer's HTTP
+upgrade request in, the 101 answer (or the refusal) out. The client's half: the request to
+send, then the server's answer checked (`client_request`, `check_response`).
 
 The relay answers one upgrade per registration; h11's general HTTP machinery cost it ~10 %
 of a registration's CPU (docs/relay.md, "After a restart"), for a request whose every field
@@ -18,7 +19,17 @@ from typing import Final
 
 import attrs
 
-__all__ = ["MAX_REQUEST_BYTES", "Refusal", "Upgrade", "parse_upgrade", "request_end"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Accepted",
+    "Refusal",
+    "Refused",
+    "Upgrade",
+    "check_response",
+    "client_request",
+    "parse_upgrade",
+    "request_end",
+]
 
 MAX_REQUEST_BYTES: Final = 8192
 """The longest upgrade request head taken; a longer one is refused (431)."""
@@ -62,14 +73,9 @@ def parse_upgrade(head: bytes, subprotocols: Sequence[str]) -> Upgrade | Refusal
         return _refuse(400, "Bad Request", "not an HTTP/1.1 request line")
     if parts[0] != b"GET":
         return _refuse(405, "Method Not Allowed", "a WebSocket upgrade is a GET")
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:-2]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
-            return _refuse(400, "Bad Request", "malformed header line")
-        field = name.lower()
-        value = value.strip(b" \t")
-        headers[field] = headers[field] + b", " + value if field in headers else value
+    headers = _headers(lines[1:-2])
+    if headers is None:
+        return _refuse(400, "Bad Request", "malformed header line")
     if b"host" not in headers:
         return _refuse(400, "Bad Request", "no Host header")
     if b"websocket" not in _tokens(headers.get(b"upgrade", b"")):
@@ -88,7 +94,7 @@ def parse_upgrade(head: bytes, subprotocols: Sequence[str]) -> Upgrade | Refusal
         return _refuse(400, "Bad Request", "Sec-WebSocket-Key is not base64")
     offered = _protocol_list(headers.get(b"sec-websocket-protocol", b""))
     chosen = next((p for p in offered if p in subprotocols), None)
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    accept = _accept(key)
     response = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept + b"\r\n"
@@ -96,6 +102,89 @@ def parse_upgrade(head: bytes, subprotocols: Sequence[str]) -> Upgrade | Refusal
     if chosen is not None:
         response += b"Sec-WebSocket-Protocol: " + chosen.encode() + b"\r\n"
     return Upgrade(response + b"\r\n", chosen)
+
+
+@attrs.frozen
+class Accepted:
+    """The server accepted our upgrade, agreeing to `subprotocol` (None: to none)."""
+
+    subprotocol: str | None
+
+
+@attrs.frozen
+class Refused:
+    """The server's answer was no upgrade: its HTTP `status` (None if the answer was not
+    HTTP at all) and why, in words for an error message."""
+
+    status: int | None
+    reason: str
+
+
+def client_request(host: str, resource: str, key: bytes, subprotocols: Sequence[str]) -> bytes:
+    """The upgrade request for `resource` at `host` (the Host header's value, with the port
+    if it is not 80), with `key` (base64 of 16 random bytes), offering `subprotocols`."""
+    request = (
+        (
+            f"GET {resource} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        ).encode()
+        + b"Sec-WebSocket-Key: "
+        + key
+        + b"\r\n"
+    )
+    if subprotocols:
+        request += f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}\r\n".encode()
+    return request + b"\r\n"
+
+
+def check_response(head: bytes, key: bytes, offered: Sequence[str]) -> Accepted | Refused:
+    """Check the server's answer head (up to and including its blank line) to our request
+    with `key`, which offered `offered`. Total over untrusted bytes."""
+    lines = head.split(b"\r\n")
+    if len(head) > MAX_REQUEST_BYTES or len(lines) < 3 or lines[-2:] != [b"", b""]:
+        return Refused(None, "the answer is not an HTTP response head")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or parts[0] != b"HTTP/1.1" or not parts[1].isdigit() or len(parts[1]) != 3:
+        return Refused(None, "the answer is not an HTTP/1.1 status line")
+    status = int(parts[1])
+    if status != 101:
+        return Refused(status, f"the server answered HTTP {status}, not 101")
+    headers = _headers(lines[1:-2])
+    if headers is None:
+        return Refused(status, "the answer has a malformed header line")
+    if b"websocket" not in _tokens(headers.get(b"upgrade", b"")):
+        return Refused(status, "the answer has no Upgrade: websocket")
+    if b"upgrade" not in _tokens(headers.get(b"connection", b"")):
+        return Refused(status, "the answer has no Connection: upgrade")
+    if headers.get(b"sec-websocket-accept") != _accept(key):
+        return Refused(status, "the answer's Sec-WebSocket-Accept does not match our key")
+    if b"sec-websocket-extensions" in headers:
+        return Refused(status, "the server agreed to an extension we did not offer")
+    chosen = headers.get(b"sec-websocket-protocol")
+    if chosen is None:
+        return Accepted(None)
+    name = chosen.decode("latin-1")
+    if name not in offered:
+        return Refused(status, f"the server agreed to subprotocol {name!r}, which we did not offer")
+    return Accepted(name)
+
+
+def _accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept value for `key` (§4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def _headers(lines: list[bytes]) -> dict[bytes, bytes] | None:
+    """Header lines as {lower-case name: value}, repeated fields joined; None if malformed."""
+    headers: dict[bytes, bytes] = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            return None
+        field = name.lower()
+        value = value.strip(b" \t")
+        headers[field] = headers[field] + b", " + value if field in headers else value
+    return headers
 
 
 def _tokens(value: bytes) -> list[bytes]:

@@ -42,7 +42,7 @@ __all__ = ["READ_BYTES", "WsConnection", "peer_endpoint"]
 
 logger = logging.getLogger("meshcore.transport")
 
-READ_BYTES: Final = 65536
+READ_BYTES: Final = 262144
 """The most one read of a WebSocket's socket takes."""
 _LOST = "connection lost: TCP closed without a WebSocket close"
 _CUT = "closed: cut off without waiting for the close handshake"

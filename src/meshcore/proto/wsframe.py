@@ -17,17 +17,47 @@ for, so a peer cannot make the reader buffer more than one largest message.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import Final, cast
 
 import attrs
 
 from meshcore.errors import BadWebSocketFrame
 
-try:  # the C implementation; websockets falls back to a pure-Python one where it has none
-    from websockets.speedups import apply_mask as _apply_mask
-except ImportError:  # pragma: no cover - every wheel the project installs has it
-    from websockets.utils import apply_mask as _apply_mask
+
+def _load_apply_mask() -> Callable[[bytes | bytearray | memoryview, bytes], bytes]:
+    """websockets' C `apply_mask`, loaded from its extension module alone: importing the
+    `websockets` package would pull in `socket` and `subprocess`, which a sans-IO core must
+    not. Without it (no wheel with the extension), a pure-Python XOR."""
+    spec = importlib.util.find_spec("websockets")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "speedups" + suffix)
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader("websockets.speedups", path)
+                module_spec = importlib.util.spec_from_loader("websockets.speedups", loader)
+                if module_spec is not None:
+                    module = importlib.util.module_from_spec(module_spec)
+                    loader.exec_module(module)
+                    return cast(
+                        Callable[[bytes | bytearray | memoryview, bytes], bytes],
+                        module.apply_mask,
+                    )
+    return _python_mask  # pragma: no cover - every wheel the project installs has it
+
+
+def _python_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    size = len(data)
+    mask = (key * (size // 4 + 1))[:size]
+    value = int.from_bytes(data, "big") ^ int.from_bytes(mask, "big")
+    return value.to_bytes(size, "big")
+
+
+_apply_mask = _load_apply_mask()
 
 __all__ = [
     "CLOSE_ABNORMAL",

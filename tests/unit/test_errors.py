@@ -99,7 +99,8 @@ def test_connect_failed_keeps_the_os_error_number() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(errors.__all__) == [
-        "AuthenticationError", "BadWebSocketFrame", "ClosedByPeer", "ConfigError", "ConfigProblems", "ConnectFailed",
+        "AuthenticationError", "BadWebSocketFrame", "ClosedByPeer", "ConfigError",
+        "ConfigProblems", "ConnectFailed",
         "ControlRequestFailed", "CryptoLibraryMissing", "DecodeError", "FrameTooLarge",
         "HandshakeError", "KeyExpired", "MeshError", "MessageTooLarge", "NoUsablePath",
         "ProtocolError", "RegistryError", "RelayError", "RelayNotVerified", "ReplayError",
